@@ -1,0 +1,3 @@
+fn main() {
+    berth::helper::main()
+}

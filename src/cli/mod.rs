@@ -1,0 +1,181 @@
+//! berthctl: a thin CLI over the D-Bus API. Parses arguments, calls `org.berth.berth1`
+//! through the proxies generated from [`crate::dbus`], renders tables or JSON. One file per
+//! verb; exit codes in [`Exit`].
+
+mod kill;
+mod list;
+mod output;
+mod remove;
+mod run;
+mod show;
+mod start;
+mod status;
+mod stop;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::dbus::{self, ManagerProxy};
+
+/// berthctl's exit codes (also in README.md). `run` in the foreground returns the payload's
+/// own status instead, and 125/126/127 when the payload could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Success = 0,
+    /// berthd, systemd or the kernel refused (org.berth.berth1.Error.Failed and others).
+    Failed = 1,
+    /// Bad command line (from clap).
+    Usage = 2,
+    /// No such container or image.
+    NotFound = 3,
+    /// An argument was rejected (InvalidArgument).
+    InvalidArgument = 4,
+    /// The container is not in a state that allows this (InvalidState).
+    InvalidState = 5,
+    /// The name is taken (AlreadyExists).
+    AlreadyExists = 6,
+    /// Not allowed (PermissionDenied, AccessDenied).
+    PermissionDenied = 7,
+    /// berthd cannot be reached on the system bus.
+    NoDaemon = 8,
+    /// `run`: berth failed before the payload ran.
+    RunFailed = 125,
+    /// `run`: the payload's command exists but cannot be executed.
+    RunCannotExecute = 126,
+    /// `run`: the payload's command was not found.
+    RunNotFound = 127,
+}
+
+/// An error to show once on stderr, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: Exit,
+    pub message: String,
+}
+
+pub type CliResult<T = u8> = Result<T, CliError>;
+
+impl CliError {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        CliError { exit, message: message.into() }
+    }
+}
+
+impl From<dbus::Error> for CliError {
+    fn from(e: dbus::Error) -> Self {
+        use dbus::Error as E;
+        let (exit, msg) = match e {
+            E::NoSuchContainer(m) | E::NoSuchImage(m) => (Exit::NotFound, m),
+            E::InvalidArgument(m) => (Exit::InvalidArgument, m),
+            E::InvalidState(m) => (Exit::InvalidState, m),
+            E::AlreadyExists(m) => (Exit::AlreadyExists, m),
+            E::PermissionDenied(m) => (Exit::PermissionDenied, m),
+            E::CommandNotFound(m) => (Exit::RunNotFound, m),
+            E::LimitExceeded(m) | E::Failed(m) => (Exit::Failed, m),
+            E::ZBus(z) => return z.into(),
+        };
+        CliError::new(exit, msg)
+    }
+}
+
+impl From<zbus::Error> for CliError {
+    fn from(e: zbus::Error) -> Self {
+        if let zbus::Error::MethodError(name, desc, _) = &e {
+            let desc = desc.clone().unwrap_or_default();
+            return match name.as_str() {
+                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+                    CliError::new(Exit::NoDaemon, "berthd is not running (org.berth.berth1 is not on the system bus)")
+                }
+                "org.freedesktop.DBus.Error.AccessDenied" => CliError::new(Exit::PermissionDenied, desc),
+                _ => CliError::new(Exit::Failed, format!("{name}: {desc}")),
+            };
+        }
+        CliError::new(Exit::Failed, e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, about = "Control berth containers over D-Bus")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and start a container; wait for it unless --detach.
+    Run(run::RunArgs),
+    /// Define a container without starting it.
+    Create(run::CreateArgs),
+    /// Start a defined container.
+    Start(start::StartArgs),
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    Stop(stop::StopArgs),
+    /// Send a signal to a container.
+    Kill(kill::KillArgs),
+    /// Remove a container's definition and writable layer.
+    #[command(alias = "rm")]
+    Remove(remove::RemoveArgs),
+    /// List containers.
+    #[command(alias = "ls")]
+    List(list::ListArgs),
+    /// Show a container's state, unit, leader, uptime and processes.
+    Status(status::StatusArgs),
+    /// Show a container's properties.
+    Show(show::ShowArgs),
+}
+
+/// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides) and berthd's manager.
+pub async fn manager() -> CliResult<(zbus::Connection, ManagerProxy<'static>)> {
+    let conn = zbus::Connection::system()
+        .await
+        .map_err(|e| CliError::new(Exit::NoDaemon, format!("cannot connect to the system bus: {e}")))?;
+    let proxy = ManagerProxy::new(&conn).await?;
+    Ok((conn, proxy))
+}
+
+/// Run berthctl; returns the process exit code.
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { Exit::Usage as u8 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthctl: {e}");
+            return Exit::Failed as u8;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(a) => run::run(a).await,
+            Command::Create(a) => run::create(a).await,
+            Command::Start(a) => start::run(a).await,
+            Command::Stop(a) => stop::run(a).await,
+            Command::Kill(a) => kill::run(a).await,
+            Command::Remove(a) => remove::run(a).await,
+            Command::List(a) => list::run(a).await,
+            Command::Status(a) => status::run(a).await,
+            Command::Show(a) => show::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berthctl: {}", e.message);
+            e.exit as u8
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Rendering: the JSON view structs (a stable contract, snake_case keys) and human formats.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::dbus::ContainerInfo;
+
+/// One container in `--output json`.
+#[derive(Debug, Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    /// created | starting | running | stopping | exited
+    pub state: String,
+    pub unit: String,
+    /// Host PID of the container's PID 1, null when not running.
+    pub leader: Option<u32>,
+    pub image: Option<String>,
+    pub root_directory: String,
+    /// Microseconds since the epoch.
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    /// The last run's exit status (128 + signal when killed), null before the first exit.
+    pub exit_status: Option<i32>,
+}
+
+impl From<ContainerInfo> for ContainerView {
+    fn from(i: ContainerInfo) -> Self {
+        ContainerView {
+            name: i.name,
+            state: i.state,
+            unit: i.unit,
+            leader: (i.leader != 0).then_some(i.leader),
+            image: (!i.image.is_empty()).then_some(i.image),
+            root_directory: i.root_directory,
+            created_at: i.created_at,
+            started_at: (i.started_at != 0).then_some(i.started_at),
+            exit_status: (i.exit_status >= 0).then_some(i.exit_status),
+        }
+    }
+}
+
+/// Print JSON to stdout; a closed pipe is not an error.
+pub fn print_json<T: Serialize>(v: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
+}
+
+/// Print lines to stdout, stopping quietly if the reader went away.
+pub fn print_lines(lines: impl IntoIterator<Item = String>) {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        if writeln!(out, "{l}").is_err() {
+            return;
+        }
+    }
+}
+
+/// A UTC timestamp from microseconds since the epoch: `2026-11-29 01:02:03 UTC`.
+pub fn timestamp(usec: u64) -> String {
+    let secs = usec / 1_000_000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// A short duration: `3h 2min`, `5s`.
+pub fn span(usec: u64) -> String {
+    let s = usec / 1_000_000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}min {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}min", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Left-aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(timestamp(1_796_000_000 * 1_000_000), "2026-11-29 02:13:20 UTC");
+        assert_eq!(span(5_000_000), "5s");
+        assert_eq!(span(3_700 * 1_000_000), "1h 1min");
+    }
+
+    #[test]
+    fn view_maps_sentinels_to_null() {
+        let info = ContainerInfo {
+            name: "a".into(),
+            state: "created".into(),
+            unit: "berth-a.scope".into(),
+            leader: 0,
+            image: String::new(),
+            root_directory: "/srv".into(),
+            created_at: 1,
+            started_at: 0,
+            exit_status: -1,
+            object_path: zbus::OwnedObjectPath::try_from("/org/berth/berth1/container/a").unwrap(),
+        };
+        let v = serde_json::to_value(ContainerView::from(info)).unwrap();
+        assert_eq!(v["leader"], serde_json::Value::Null);
+        assert_eq!(v["exit_status"], serde_json::Value::Null);
+        assert_eq!(v["state"], "created");
+    }
+}

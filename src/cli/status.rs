@@ -1,0 +1,62 @@
+//! `berthctl status NAME [-o json]`: state, unit, leader, uptime and the scope's processes.
+
+use clap::Args;
+
+use super::output::{self, ContainerView};
+use super::{CliError, CliResult, Exit, Format, manager};
+use crate::systemd::SystemdManagerProxy;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub name: String,
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Format,
+}
+
+pub async fn run(a: StatusArgs) -> CliResult {
+    let (conn, proxy) = manager().await?;
+    let info = proxy
+        .list_containers()
+        .await?
+        .into_iter()
+        .find(|c| c.name == a.name)
+        .ok_or_else(|| CliError::new(Exit::NotFound, format!("no container named {:?}", a.name)))?;
+    let view = ContainerView::from(info);
+    if a.output == Format::Json {
+        output::print_json(&view);
+        return Ok(0);
+    }
+    let now = crate::daemon::Layout::now();
+    let mut lines = vec![format!("{} ({})", view.name, view.state)];
+    lines.push(format!("      Unit: {}", view.unit));
+    lines.push(format!("    Leader: {}", view.leader.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
+    match &view.image {
+        Some(i) => lines.push(format!("     Image: {i} ({})", view.root_directory)),
+        None => lines.push(format!("      Root: {}", view.root_directory)),
+    }
+    lines.push(format!("   Created: {}", output::timestamp(view.created_at)));
+    if let Some(s) = view.started_at {
+        let up = if view.leader.is_some() { format!("; up {}", output::span(now.saturating_sub(s))) } else { String::new() };
+        lines.push(format!("   Started: {}{up}", output::timestamp(s)));
+    }
+    if let Some(s) = view.exit_status {
+        lines.push(format!("    Status: exited with {s}"));
+    }
+    if view.leader.is_some() {
+        // The scope's processes, from systemd (what `systemctl status` shows).
+        if let Ok(sd) = SystemdManagerProxy::new(&conn).await {
+            if let Ok(procs) = sd.get_unit_processes(&view.unit).await {
+                if let Some((cg, _, _)) = procs.first() {
+                    lines.push(format!("    CGroup: {cg}"));
+                }
+                let n = procs.len();
+                for (i, (_, pid, cmd)) in procs.iter().enumerate() {
+                    let branch = if i + 1 == n { "└─" } else { "├─" };
+                    lines.push(format!("            {branch}{pid} {cmd}"));
+                }
+            }
+        }
+    }
+    output::print_lines(lines);
+    Ok(0)
+}

@@ -1,0 +1,137 @@
+//! What berthd keeps on disk: definitions under /var/lib/berth/containers/NAME/ (survive
+//! reboots) and runtime records under /run/berth/containers/NAME.json (survive berthd
+//! restarts, not reboots). Every write is atomic (temporary file, then rename).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Definition;
+
+/// Where state lives.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `/var/lib/berth`
+    pub lib: PathBuf,
+    /// `/run/berth`
+    pub run: PathBuf,
+    /// Directories searched for images by name, in order.
+    pub image_dirs: Vec<PathBuf>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            lib: "/var/lib/berth".into(),
+            run: "/run/berth".into(),
+            image_dirs: vec![
+                "/var/lib/berth/images".into(),
+                "/usr/local/lib/berth/images".into(),
+                "/usr/lib/berth/images".into(),
+            ],
+        }
+    }
+}
+
+/// The runtime record of a container that has been started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub running: bool,
+    pub leader: i32,
+    /// The leader's start time (field 22 of /proc/PID/stat), against PID reuse.
+    pub leader_start: u64,
+    pub started_at: u64,
+    pub exit_status: i32,
+}
+
+impl Layout {
+    pub fn containers(&self) -> PathBuf {
+        self.lib.join("containers")
+    }
+    pub fn container_dir(&self, name: &str) -> PathBuf {
+        self.containers().join(name)
+    }
+    pub fn definition(&self, name: &str) -> PathBuf {
+        self.container_dir(name).join("container.toml")
+    }
+    pub fn runtime(&self, name: &str) -> PathBuf {
+        self.run.join("containers").join(format!("{name}.json"))
+    }
+
+    /// Microseconds since the epoch (the clock berth's timestamps use).
+    pub fn now() -> u64 {
+        now_usec()
+    }
+
+    /// The first image directory holding `name`.
+    pub fn find_image(&self, name: &str) -> Option<PathBuf> {
+        self.image_dirs.iter().map(|d| d.join(name)).find(|p| p.is_dir())
+    }
+}
+
+/// Write `data` to `path` atomically.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn save_definition(layout: &Layout, def: &Definition) -> std::io::Result<()> {
+    let text = toml::to_string(def).map_err(std::io::Error::other)?;
+    write_atomic(&layout.definition(&def.name), text.as_bytes())
+}
+
+pub fn load_definition(path: &Path) -> std::io::Result<Definition> {
+    toml::from_str(&std::fs::read_to_string(path)?).map_err(std::io::Error::other)
+}
+
+pub fn save_runtime(layout: &Layout, name: &str, rt: &Runtime) -> std::io::Result<()> {
+    write_atomic(&layout.runtime(name), &serde_json::to_vec(rt)?)
+}
+
+pub fn load_runtime(layout: &Layout, name: &str) -> Option<Runtime> {
+    serde_json::from_slice(&std::fs::read(layout.runtime(name)).ok()?).ok()
+}
+
+/// The start time of a process (clock ticks since boot), from /proc/PID/stat.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a /proc/PID/stat line; the command (field 2) may contain spaces and ')'.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Microseconds since the epoch.
+pub fn now_usec() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let line = "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(parse_start_time(line), Some(987654));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn atomic_write_and_runtime_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout { lib: dir.path().join("lib"), run: dir.path().join("run"), image_dirs: vec![] };
+        std::fs::create_dir_all(layout.run.join("containers")).unwrap();
+        let rt = Runtime { running: true, leader: 7, leader_start: 9, started_at: 1, exit_status: -1 };
+        save_runtime(&layout, "web", &rt).unwrap();
+        assert_eq!(load_runtime(&layout, "web"), Some(rt));
+        assert!(!layout.runtime("web").with_extension("tmp").exists());
+    }
+}

@@ -1,0 +1,209 @@
+//! The D-Bus API `org.berth.berth1`: one definition serves berthd (the `#[interface]` impls)
+//! and berthctl (the proxies generated from them).
+//!
+//! The objects only translate between the bus and a [`Backend`]; the daemon implements it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use zbus::object_server::SignalEmitter;
+use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
+
+pub const BUS_NAME: &str = "org.berth.berth1";
+pub const MANAGER_PATH: &str = "/org/berth/berth1";
+
+/// Errors on the bus, named `org.berth.berth1.Error.<Variant>`.
+#[derive(Debug, DBusError)]
+#[zbus(prefix = "org.berth.berth1.Error")]
+pub enum Error {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No container has that name.
+    NoSuchContainer(String),
+    /// No image has that name.
+    NoSuchImage(String),
+    /// An argument is malformed or out of range.
+    InvalidArgument(String),
+    /// A container with that name exists.
+    AlreadyExists(String),
+    /// The container is not in a state that allows the operation.
+    InvalidState(String),
+    /// The payload's command does not exist in the container.
+    CommandNotFound(String),
+    /// The caller may not do this.
+    PermissionDenied(String),
+    /// A configured bound was reached.
+    LimitExceeded(String),
+    /// Starting or stopping failed (systemd, the kernel or the helper refused).
+    Failed(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One container, as `ListContainers` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ContainerInfo {
+    pub name: String,
+    /// created | starting | running | stopping | exited
+    pub state: String,
+    pub unit: String,
+    /// Host PID of the container's PID 1; 0 when not running.
+    pub leader: u32,
+    pub image: String,
+    pub root_directory: String,
+    /// Microseconds since the epoch; 0 when never.
+    pub created_at: u64,
+    pub started_at: u64,
+    /// The payload's exit status (128 + signal when killed); -1 before the first exit.
+    pub exit_status: i32,
+    pub object_path: OwnedObjectPath,
+}
+
+/// What the bus objects need from the daemon.
+pub trait Backend: Send + Sync + 'static {
+    fn create(&self, name: String, options: HashMap<String, OwnedVariant>) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    fn start(&self, name: String, options: HashMap<String, OwnedVariant>) -> BoxFuture<'_, Result<()>>;
+    fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>>;
+    fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>>;
+    fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
+    fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>>;
+    fn list(&self) -> Vec<ContainerInfo>;
+    fn info(&self, name: &str) -> Option<ContainerInfo>;
+}
+
+/// `/org/berth/berth1`: the manager.
+pub struct Manager {
+    pub backend: Arc<dyn Backend>,
+}
+
+#[interface(
+    name = "org.berth.berth1.Manager",
+    proxy(default_service = "org.berth.berth1", default_path = "/org/berth/berth1")
+)]
+impl Manager {
+    /// Define a container. Options: Image (s), Directory (s), Command (as), Hostname (s),
+    /// AutoRemove (b), Properties (a{ss}, scope properties). Returns the container's object.
+    async fn create_container(&self, name: String, options: HashMap<String, OwnedVariant>) -> Result<OwnedObjectPath> {
+        self.backend.create(name, options).await
+    }
+
+    /// Start a defined container and return once its payload runs. Options: StandardInput,
+    /// StandardOutput, StandardError (h) for the payload's stdio (default /dev/null).
+    async fn start_container(&self, name: String, options: HashMap<String, OwnedVariant>) -> Result<()> {
+        self.backend.start(name, options).await
+    }
+
+    /// SIGTERM to the container's PID 1, then SIGKILL to the whole scope after the timeout
+    /// (microseconds; 0 means 10 s). Returns once the container has exited.
+    async fn stop_container(&self, name: String, timeout_usec: u64) -> Result<()> {
+        self.backend.stop(name, timeout_usec).await
+    }
+
+    /// Send a signal to the container's PID 1 (whom = "leader") or every process in its scope
+    /// (whom = "all").
+    async fn kill_container(&self, name: String, whom: String, signal: i32) -> Result<()> {
+        self.backend.kill(name, whom, signal).await
+    }
+
+    /// Remove a container's definition and writable layer; a running one only with force,
+    /// which kills it first.
+    async fn remove_container(&self, name: String, force: bool) -> Result<()> {
+        self.backend.remove(name, force).await
+    }
+
+    /// Wait until the container has exited and return its exit status.
+    async fn wait_container(&self, name: String) -> Result<i32> {
+        self.backend.wait(name).await
+    }
+
+    /// All containers.
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
+        Ok(self.backend.list())
+    }
+
+    /// The object path of a container.
+    async fn get_container(&self, name: String) -> Result<OwnedObjectPath> {
+        self.backend
+            .info(&name)
+            .map(|i| i.object_path)
+            .ok_or_else(|| Error::NoSuchContainer(format!("no container named {name:?}")))
+    }
+
+    /// A container was defined.
+    #[zbus(signal)]
+    pub async fn container_new(emitter: &SignalEmitter<'_>, name: &str, path: OwnedObjectPath) -> zbus::Result<()>;
+
+    /// A container was removed.
+    #[zbus(signal)]
+    pub async fn container_removed(emitter: &SignalEmitter<'_>, name: &str, path: OwnedObjectPath) -> zbus::Result<()>;
+}
+
+/// `/org/berth/berth1/container/<escaped name>`: one container.
+pub struct Container {
+    pub backend: Arc<dyn Backend>,
+    pub name: String,
+}
+
+impl Container {
+    fn get(&self) -> zbus::fdo::Result<ContainerInfo> {
+        self.backend
+            .info(&self.name)
+            .ok_or_else(|| zbus::fdo::Error::UnknownObject(format!("container {:?} is gone", self.name)))
+    }
+}
+
+#[interface(
+    name = "org.berth.berth1.Container",
+    proxy(default_service = "org.berth.berth1", default_path = "/org/berth/berth1/container/_")
+)]
+impl Container {
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// created | starting | running | stopping | exited
+    #[zbus(property)]
+    fn state(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.state)
+    }
+
+    /// Host PID of the container's PID 1, 0 when not running.
+    #[zbus(property)]
+    fn leader(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.get()?.leader)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn unit(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.unit)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn image(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.image)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn root_directory(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.root_directory)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn created_at(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.get()?.created_at)
+    }
+
+    #[zbus(property)]
+    fn started_at(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.get()?.started_at)
+    }
+
+    /// Exit status of the last run (128 + signal when killed), -1 before the first exit.
+    #[zbus(property)]
+    fn exit_status(&self) -> zbus::fdo::Result<i32> {
+        Ok(self.get()?.exit_status)
+    }
+}

@@ -1,0 +1,143 @@
+//! Turning a container definition into the helper's [`Plan`]: every mount, device node and
+//! environment variable is decided here, in berthd, and tested without root.
+
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use crate::protocol::{MountOp, Plan};
+use crate::spec::Definition;
+
+/// The `PATH` a payload gets.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Files under /proc a container must not read or write (as nspawn and runc mask them).
+const MASKED: &[&str] = &[
+    "proc/kcore",
+    "proc/keys",
+    "proc/timer_list",
+    "proc/sysrq-trigger",
+    "proc/latency_stats",
+    "proc/acpi",
+    "proc/scsi",
+];
+
+/// The device nodes of the minimal /dev: (name, major, minor).
+const DEVICES: &[(&str, u64, u64)] =
+    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+
+fn fs(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) -> MountOp {
+    MountOp::Fs { fstype: fstype.into(), target: target.into(), flags: flags.bits(), data: data.map(Into::into) }
+}
+
+fn link(path: &str, target: &str) -> MountOp {
+    MountOp::Symlink { path: path.into(), target: target.into() }
+}
+
+/// The API filesystems, /dev and masks every container gets, in the order they are applied.
+pub fn api_mounts() -> Vec<MountOp> {
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut ops = vec![
+        fs("proc", "proc", hard, None),
+        MountOp::ReadOnly { path: "proc/sys".into() },
+    ];
+    ops.extend(MASKED.iter().map(|p| MountOp::Mask { path: (*p).into() }));
+    ops.push(fs("sysfs", "sys", hard | MsFlags::MS_RDONLY, None));
+    ops.push(fs("tmpfs", "dev", MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=4m")));
+    ops.extend(DEVICES.iter().map(|(name, major, minor)| MountOp::CharDev {
+        path: format!("dev/{name}"),
+        mode: 0o666,
+        major: *major,
+        minor: *minor,
+    }));
+    ops.push(fs("devpts", "dev/pts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=620")));
+    ops.push(link("dev/ptmx", "pts/ptmx"));
+    ops.push(fs("tmpfs", "dev/shm", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")));
+    ops.push(fs("mqueue", "dev/mqueue", hard, None));
+    ops.push(link("dev/fd", "/proc/self/fd"));
+    for (i, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
+        ops.push(link(&format!("dev/{name}"), &format!("/proc/self/fd/{i}")));
+    }
+    ops.push(fs("tmpfs", "run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755")));
+    ops
+}
+
+/// Where a container's files live on the host.
+#[derive(Debug, Clone)]
+pub struct ContainerDirs {
+    pub upper: std::path::PathBuf,
+    pub work: std::path::PathBuf,
+    pub root: std::path::PathBuf,
+}
+
+impl ContainerDirs {
+    pub fn under(dir: &Path) -> Self {
+        ContainerDirs { upper: dir.join("upper"), work: dir.join("work"), root: dir.join("root") }
+    }
+}
+
+/// The complete plan for starting `def` on top of `lower`.
+pub fn build(def: &Definition, lower: &Path, dirs: &ContainerDirs, term: Option<&str>) -> Plan {
+    let mut env = vec![format!("PATH={PATH}"), "HOME=/root".into(), "container=berth".into()];
+    if let Some(t) = term {
+        env.push(format!("TERM={t}"));
+    }
+    Plan {
+        name: def.name.clone(),
+        hostname: def.hostname().into(),
+        lower: lower.into(),
+        upper: dirs.upper.clone(),
+        work: dirs.work.clone(),
+        root: dirs.root.clone(),
+        mounts: api_mounts(),
+        argv: def.argv(),
+        env,
+        workdir: "/".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_mounts_are_relative_and_ordered() {
+        let ops = api_mounts();
+        let pos = |pred: &dyn Fn(&MountOp) -> bool| ops.iter().position(pred).unwrap();
+        let dev = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "dev"));
+        let null = pos(&|o| matches!(o, MountOp::CharDev { path, .. } if path == "dev/null"));
+        let proc_ = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "proc"));
+        let sys_ro = pos(&|o| matches!(o, MountOp::ReadOnly { path } if path == "proc/sys"));
+        assert!(dev < null && proc_ < sys_ro);
+        for op in &ops {
+            let p = match op {
+                MountOp::Fs { target, .. } => target,
+                MountOp::CharDev { path, .. } | MountOp::Symlink { path, .. } => path,
+                MountOp::ReadOnly { path } | MountOp::Mask { path } => path,
+            };
+            assert!(!p.starts_with('/') && !p.split('/').any(|c| c == ".."), "{p}");
+        }
+        assert!(ops.iter().any(|o| matches!(o, MountOp::Fs { fstype, flags, .. }
+            if fstype == "sysfs" && flags & MsFlags::MS_RDONLY.bits() != 0)));
+    }
+
+    #[test]
+    fn plan_uses_definition() {
+        let def = Definition {
+            name: "web".into(),
+            image: None,
+            directory: Some("/srv/root".into()),
+            command: vec![],
+            hostname: Some("h1".into()),
+            auto_remove: false,
+            properties: Default::default(),
+            created_at: 0,
+        };
+        let dirs = ContainerDirs::under(Path::new("/var/lib/berth/containers/web"));
+        let p = build(&def, Path::new("/srv/root"), &dirs, None);
+        assert_eq!(p.hostname, "h1");
+        assert_eq!(p.argv, vec!["/bin/sh"]);
+        assert_eq!(p.upper, Path::new("/var/lib/berth/containers/web/upper"));
+        assert!(p.env.contains(&"container=berth".to_string()));
+    }
+}

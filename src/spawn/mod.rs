@@ -1,0 +1,124 @@
+//! berthd's side of the helper protocol: exec berth-helper with the socket as descriptor 3,
+//! then exchange [`crate::protocol`] messages asynchronously.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+
+use crate::protocol::{self, FromHelper, ProtocolError};
+
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    #[error("cannot create the helper socket: {0}")]
+    Socket(nix::Error),
+    #[error("cannot execute {path}: {source}")]
+    Exec { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("the helper did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A running helper (and, after `Forked`, the leader that inherited its socket).
+pub struct Helper {
+    sock: AsyncFd<OwnedFd>,
+    child: tokio::process::Child,
+}
+
+impl Helper {
+    /// Exec the helper binary.
+    pub fn spawn(path: &Path) -> Result<Helper, SpawnError> {
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).map_err(SpawnError::Socket)?;
+        // The helper blocks on its end; only ours is non-blocking.
+        let theirs = clear_nonblock(theirs).map_err(SpawnError::Socket)?;
+        let mut cmd = std::process::Command::new(path);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        crate::sys::command_pass_fd(&mut cmd, theirs, crate::helper::SOCKET_FD);
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(false);
+        let child = cmd.spawn().map_err(|source| SpawnError::Exec { path: path.display().to_string(), source })?;
+        let sock = crate::sys::async_fd(ours).map_err(io_err)?;
+        Ok(Helper { sock, child })
+    }
+
+    pub async fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), SpawnError> {
+        send_on(&self.sock, msg, fds).await
+    }
+
+    /// The next message, within `timeout`.
+    pub async fn recv(&self, timeout: Duration) -> Result<FromHelper, SpawnError> {
+        recv_on(&self.sock, timeout).await
+    }
+
+    /// Reap the helper process itself (it exits right after `Forked`) in the background.
+    pub fn reap_in_background(self) -> AsyncFd<OwnedFd> {
+        let Helper { sock, mut child } = self;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        sock
+    }
+
+    /// Kill the helper process (not the leader) and reap it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn clear_nonblock(fd: OwnedFd) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(fd)
+}
+
+// AsyncFd::try_io wants io::Error with WouldBlock; carry protocol errors through it.
+fn to_io(e: ProtocolError) -> std::io::Error {
+    match e {
+        ProtocolError::Io(nix::Error::EAGAIN) => std::io::ErrorKind::WouldBlock.into(),
+        other => std::io::Error::other(other),
+    }
+}
+
+fn from_io(e: std::io::Error) -> SpawnError {
+    match e.downcast::<ProtocolError>() {
+        Ok(p) => SpawnError::Protocol(p),
+        Err(e) => io_err(e),
+    }
+}
+
+fn io_err(e: std::io::Error) -> SpawnError {
+    SpawnError::Protocol(ProtocolError::Io(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+}
+
+/// Send a message (and descriptors) on the helper's socket.
+pub async fn send_on<T: Serialize>(sock: &AsyncFd<OwnedFd>, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), SpawnError> {
+    loop {
+        let mut guard = sock.writable().await.map_err(io_err)?;
+        match guard.try_io(|s| protocol::send(s.get_ref().as_fd(), msg, fds).map_err(to_io)) {
+            Ok(r) => return r.map_err(from_io),
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Receive the next message on the helper's socket, within `timeout`.
+pub async fn recv_on(sock: &AsyncFd<OwnedFd>, timeout: Duration) -> Result<FromHelper, SpawnError> {
+    let fut = async {
+        loop {
+            let mut guard = sock.readable().await.map_err(io_err)?;
+            match guard.try_io(|s| protocol::recv::<FromHelper>(s.get_ref().as_fd()).map_err(to_io)) {
+                Ok(r) => return r.map(|(m, _)| m).map_err(from_io),
+                Err(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| SpawnError::Timeout(timeout))?
+}

@@ -1,0 +1,209 @@
+//! The only module with `unsafe`: one small wrapper per system call that nix does not cover
+//! (pidfd calls, `close_range`, `fork`, passing a descriptor to an exec'd child).
+//!
+//! Every wrapper returns owned handles (`OwnedFd`) and `nix::Result`, so callers never touch raw
+//! integers or `errno`.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// How a process ended, as `waitid(2)` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// `_exit(code)`.
+    Exited(i32),
+    /// Killed by this signal number.
+    Signaled(i32),
+}
+
+impl ExitInfo {
+    /// The shell's convention: the exit code, or 128 + the signal number.
+    pub fn as_status(self) -> i32 {
+        match self {
+            ExitInfo::Exited(code) => code,
+            ExitInfo::Signaled(sig) => 128 + sig,
+        }
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that refers to `pid` for as long as it is held, immune to PID
+/// reuse, and that polls readable when the process exits.
+pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1; the
+    // descriptor is owned by nobody else, so wrapping it in OwnedFd is sound.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: ret is a fresh descriptor returned by the kernel (checked non-negative above).
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`: signal the process behind `pidfd`, never a recycled PID.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> nix::Result<()> {
+    // SAFETY: the descriptor is valid for the duration of the borrow; info is NULL, which the
+    // kernel accepts as "like kill(2)"; flags are 0.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `waitid(P_PIDFD, WEXITED | WNOHANG)`: reap our child behind `pidfd` if it has exited.
+/// Returns `Ok(None)` while it runs and `Err(ECHILD)` when it is not our child.
+pub fn pidfd_try_reap(pidfd: BorrowedFd<'_>) -> nix::Result<Option<ExitInfo>> {
+    // SAFETY: siginfo_t is plain data for which all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t; the descriptor is valid for the borrow.
+    let ret = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: waitid filled `info` (or left it zeroed, which si_pid() == 0 tells us).
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if code == libc::CLD_EXITED {
+        ExitInfo::Exited(status)
+    } else {
+        ExitInfo::Signaled(status)
+    }))
+}
+
+/// `close_range(2)`: close every descriptor from `first` up, so that nothing the parent leaked
+/// reaches a container.
+pub fn close_from(first: RawFd) -> nix::Result<()> {
+    // SAFETY: close_range only closes descriptors; no Rust object in this single-threaded
+    // helper owns a descriptor at or above `first` when this is called (callers guarantee it).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// The two sides of `fork(2)`.
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// `fork(2)`, for the single-threaded helper only.
+///
+/// # Safety
+/// The calling process must be single-threaded (berth-helper is), so the child cannot inherit a
+/// lock held by another thread.
+pub unsafe fn fork_single_threaded() -> nix::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded, which is the condition under
+    // which running arbitrary code in the child is sound.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Arrange for `fd` to appear as descriptor `target` in the program `cmd` executes, and nowhere
+/// else: the descriptor stays close-on-exec in this (multi-threaded) process, so a concurrent
+/// spawn cannot inherit it.
+pub fn command_pass_fd(cmd: &mut Command, fd: OwnedFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec in the child and only calls dup2/fcntl,
+    // which are async-signal-safe and allocate nothing. `fd` is moved into the closure, so it
+    // stays open in the parent until the Command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &fd;
+            if raw == target {
+                let flags = libc::fcntl(raw, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Set an environment variable of this process. Only for single-threaded processes (the
+/// helper), where no other thread can read the environment concurrently.
+pub fn set_env_single_threaded(key: &str, value: &str) {
+    // SAFETY: callers are single-threaded, the documented condition for set_var.
+    unsafe { std::env::set_var(key, value) }
+}
+
+/// Take ownership of a descriptor the kernel just installed for us (from `SCM_RIGHTS`).
+pub fn owned_from_kernel(fd: RawFd) -> OwnedFd {
+    // SAFETY: descriptors received by SCM_RIGHTS are new in this process and owned by nobody
+    // else; the caller hands each one over exactly once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Bring the loopback interface of the current network namespace up (`SIOCSIFFLAGS`), the
+/// one thing a fresh network namespace needs for `127.0.0.1` to work.
+pub fn set_loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the flags into the ifreq we own; the socket is valid.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: ifr_ifru is a union; SIOCGIFFLAGS just initialised its `ifru_flags` member.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own; the socket is valid.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Move `fd` to descriptor number `target` (closing whatever was there), keeping it
+/// close-on-exec.
+pub fn move_fd(fd: OwnedFd, target: RawFd) -> OwnedFd {
+    if fd.as_raw_fd() == target {
+        return fd;
+    }
+    // SAFETY: dup3 onto `target` atomically replaces whatever was there; the caller owns no
+    // other handle to `target` (it is the helper's protocol socket, dropped by this).
+    let ret = unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) };
+    if ret < 0 {
+        return fd;
+    }
+    // SAFETY: `target` now holds a fresh duplicate that only we own.
+    unsafe { OwnedFd::from_raw_fd(target) }
+}
+
+/// Register an owned descriptor with the tokio reactor.
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is owned (moved in), so no other handle can close or reuse the descriptor
+    // while it is registered; it is deregistered when the AsyncFd drops it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Remove an environment variable. Only before any second thread exists.
+pub fn remove_env_single_threaded(key: &str) {
+    // SAFETY: callers run before the process starts threads, the documented condition.
+    unsafe { std::env::remove_var(key) }
+}
