@@ -24,9 +24,9 @@ install: build install-image
 	install -D -m 0755 $(TARGET)/berthd $(DESTDIR)$(BINDIR)/berthd
 	install -D -m 0755 $(TARGET)/berthctl $(DESTDIR)$(BINDIR)/berthctl
 	install -D -m 0755 $(TARGET)/berth-helper $(DESTDIR)$(LIBEXECDIR)/berth-helper
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	for u in berthd.service berth@.service; do \
-	  sed 's|/usr/local/|$(PREFIX)/|g' units/$$u > $(DESTDIR)$(UNITDIR).$$u.tmp && \
-	  install -D -m 0644 $(DESTDIR)$(UNITDIR).$$u.tmp $(DESTDIR)$(UNITDIR)/$$u && rm -f $(DESTDIR)$(UNITDIR).$$u.tmp; \
+	  sed 's|/usr/local/|$(PREFIX)/|g' units/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; \
 	done
 	install -D -m 0644 units/org.berth.berth1.service $(DESTDIR)$(DBUSDIR)/system-services/org.berth.berth1.service
 	install -D -m 0644 policy/org.berth.berth1.conf $(DESTDIR)$(DBUSDIR)/system.d/org.berth.berth1.conf
