@@ -80,6 +80,17 @@ impl From<dbus::Error> for CliError {
 
 impl From<zbus::Error> for CliError {
     fn from(e: zbus::Error) -> Self {
+        if let zbus::Error::FDO(f) = &e {
+            match f.as_ref() {
+                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_) => {
+                    return CliError::new(Exit::NoDaemon, "berthd is not running (org.berth.berth1 is not on the system bus)");
+                }
+                zbus::fdo::Error::AccessDenied(m) => {
+                    return CliError::new(Exit::PermissionDenied, format!("permission denied: {m}"));
+                }
+                _ => {}
+            }
+        }
         if let zbus::Error::MethodError(name, desc, _) = &e {
             let desc = desc.clone().unwrap_or_default();
             return match name.as_str() {

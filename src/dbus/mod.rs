@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
 
@@ -73,6 +74,18 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self, name: &str) -> Option<ContainerInfo>;
 }
 
+/// Only root may change anything. The bus policy already says so; this is the second check,
+/// made by berthd itself on the caller's credentials from the bus.
+async fn authorize(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<()> {
+    let sender = hdr.sender().ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
+    let uid = zbus::fdo::DBusProxy::new(conn)
+        .await?
+        .get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(zbus::Error::from)?;
+    if uid == 0 { Ok(()) } else { Err(Error::PermissionDenied(format!("uid {uid} may not change containers"))) }
+}
+
 /// `/org/berth/berth1`: the manager.
 pub struct Manager {
     pub backend: Arc<dyn Backend>,
@@ -85,31 +98,61 @@ pub struct Manager {
 impl Manager {
     /// Define a container. Options: Image (s), Directory (s), Command (as), Hostname (s),
     /// AutoRemove (b), Properties (a{ss}, scope properties). Returns the container's object.
-    async fn create_container(&self, name: String, options: HashMap<String, OwnedVariant>) -> Result<OwnedObjectPath> {
+    async fn create_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String, options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath> {
+        authorize(conn, &hdr).await?;
         self.backend.create(name, options).await
     }
 
     /// Start a defined container and return once its payload runs. Options: StandardInput,
     /// StandardOutput, StandardError (h) for the payload's stdio (default /dev/null).
-    async fn start_container(&self, name: String, options: HashMap<String, OwnedVariant>) -> Result<()> {
+    async fn start_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String, options: HashMap<String, OwnedVariant>,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
         self.backend.start(name, options).await
     }
 
     /// SIGTERM to the container's PID 1, then SIGKILL to the whole scope after the timeout
     /// (microseconds; 0 means 10 s). Returns once the container has exited.
-    async fn stop_container(&self, name: String, timeout_usec: u64) -> Result<()> {
+    async fn stop_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String, timeout_usec: u64,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
         self.backend.stop(name, timeout_usec).await
     }
 
     /// Send a signal to the container's PID 1 (whom = "leader") or every process in its scope
     /// (whom = "all").
-    async fn kill_container(&self, name: String, whom: String, signal: i32) -> Result<()> {
+    async fn kill_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String, whom: String, signal: i32,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
         self.backend.kill(name, whom, signal).await
     }
 
     /// Remove a container's definition and writable layer; a running one only with force,
     /// which kills it first.
-    async fn remove_container(&self, name: String, force: bool) -> Result<()> {
+    async fn remove_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String, force: bool,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
         self.backend.remove(name, force).await
     }
 

@@ -30,6 +30,7 @@ pub trait SystemdManager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn unref_unit(&self, name: &str) -> zbus::Result<()>;
     fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
@@ -161,13 +162,21 @@ impl Systemd {
         self.wait_job(unit, job).await
     }
 
-    /// Stop a unit and wait until it is stopped. A unit that is already gone is fine.
+    /// Stop a unit, wait until it is stopped, and drop the reference `AddRef=yes` took, so
+    /// that systemd collects it. A unit that is already gone is fine.
     pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
-        match self.proxy.stop_unit(unit, "replace").await {
+        let stopped = match self.proxy.stop_unit(unit, "replace").await {
             Ok(job) => self.wait_job(unit, job).await,
-            Err(e) if is_no_such_unit(&e) => Ok(()),
+            Err(e) if is_no_such_unit(&e) => return Ok(()),
             Err(source) => Err(SystemdError::Call { call: "StopUnit", unit: unit.into(), source }),
+        };
+        match self.proxy.unref_unit(unit).await {
+            Err(e) if !is_no_such_unit(&e) && !is_not_referenced(&e) => {
+                tracing::warn!("cannot drop the reference on {unit}: {e}, ignoring")
+            }
+            _ => {}
         }
+        stopped
     }
 
     /// Send a signal to the processes of a unit (`whom`: main, control or all).
@@ -191,6 +200,10 @@ fn check(unit: &str, result: String) -> Result<(), SystemdError> {
 fn is_no_such_unit(e: &zbus::Error) -> bool {
     matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
         || name.as_str() == "org.freedesktop.systemd1.LoadFailed")
+}
+
+fn is_not_referenced(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == "org.freedesktop.systemd1.NotReferenced")
 }
 
 #[cfg(test)]

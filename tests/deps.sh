@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install (as root, from Debian) what building berth, its default image and its tests need.
+# Cargo/rustc themselves must already be there (rustup; Rust >= 1.89).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=(systemd dbus dbus-bin util-linux bsdutils mount iproute2 busybox-static python3 libglib2.0-bin make gcc)
+missing=()
+for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust >= 1.89 (rustup)" >&2; exit 1; }
