@@ -27,7 +27,10 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
         return Err(NameError::BadCharacter(name.to_string()));
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {
@@ -100,7 +103,9 @@ mod tests {
     fn rejects_bad_names() {
         assert_eq!(validate(""), Err(NameError::Empty));
         assert_eq!(validate(&"a".repeat(65)), Err(NameError::TooLong));
-        for n in ["/", "..", ".", "a/b", "héllo", "a b", "-x", ".hidden", "_x", "a\0"] {
+        for n in [
+            "/", "..", ".", "a/b", "héllo", "a b", "-x", ".hidden", "_x", "a\0",
+        ] {
             assert!(validate(n).is_err(), "{n:?} accepted");
         }
     }

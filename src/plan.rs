@@ -23,15 +23,29 @@ const MASKED: &[&str] = &[
 ];
 
 /// The device nodes of the minimal /dev: (name, major, minor).
-const DEVICES: &[(&str, u64, u64)] =
-    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 fn fs(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) -> MountOp {
-    MountOp::Fs { fstype: fstype.into(), target: target.into(), flags: flags.bits(), data: data.map(Into::into) }
+    MountOp::Fs {
+        fstype: fstype.into(),
+        target: target.into(),
+        flags: flags.bits(),
+        data: data.map(Into::into),
+    }
 }
 
 fn link(path: &str, target: &str) -> MountOp {
-    MountOp::Symlink { path: path.into(), target: target.into() }
+    MountOp::Symlink {
+        path: path.into(),
+        target: target.into(),
+    }
 }
 
 /// The API filesystems, /dev and masks every container gets, in the order they are applied.
@@ -39,26 +53,48 @@ pub fn api_mounts() -> Vec<MountOp> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mut ops = vec![
         fs("proc", "proc", hard, None),
-        MountOp::ReadOnly { path: "proc/sys".into() },
+        MountOp::ReadOnly {
+            path: "proc/sys".into(),
+        },
     ];
     ops.extend(MASKED.iter().map(|p| MountOp::Mask { path: (*p).into() }));
     ops.push(fs("sysfs", "sys", hard | MsFlags::MS_RDONLY, None));
-    ops.push(fs("tmpfs", "dev", MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=4m")));
+    ops.push(fs(
+        "tmpfs",
+        "dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=4m"),
+    ));
     ops.extend(DEVICES.iter().map(|(name, major, minor)| MountOp::CharDev {
         path: format!("dev/{name}"),
         mode: 0o666,
         major: *major,
         minor: *minor,
     }));
-    ops.push(fs("devpts", "dev/pts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=620")));
+    ops.push(fs(
+        "devpts",
+        "dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    ));
     ops.push(link("dev/ptmx", "pts/ptmx"));
-    ops.push(fs("tmpfs", "dev/shm", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")));
+    ops.push(fs(
+        "tmpfs",
+        "dev/shm",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    ));
     ops.push(fs("mqueue", "dev/mqueue", hard, None));
     ops.push(link("dev/fd", "/proc/self/fd"));
     for (i, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
         ops.push(link(&format!("dev/{name}"), &format!("/proc/self/fd/{i}")));
     }
-    ops.push(fs("tmpfs", "run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755")));
+    ops.push(fs(
+        "tmpfs",
+        "run",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755"),
+    ));
     ops
 }
 
@@ -72,13 +108,21 @@ pub struct ContainerDirs {
 
 impl ContainerDirs {
     pub fn under(dir: &Path) -> Self {
-        ContainerDirs { upper: dir.join("upper"), work: dir.join("work"), root: dir.join("root") }
+        ContainerDirs {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            root: dir.join("root"),
+        }
     }
 }
 
 /// The complete plan for starting `def` on top of `lower`.
 pub fn build(def: &Definition, lower: &Path, dirs: &ContainerDirs, term: Option<&str>) -> Plan {
-    let mut env = vec![format!("PATH={PATH}"), "HOME=/root".into(), "container=berth".into()];
+    let mut env = vec![
+        format!("PATH={PATH}"),
+        "HOME=/root".into(),
+        "container=berth".into(),
+    ];
     if let Some(t) = term {
         env.push(format!("TERM={t}"));
     }
@@ -115,10 +159,16 @@ mod tests {
                 MountOp::CharDev { path, .. } | MountOp::Symlink { path, .. } => path,
                 MountOp::ReadOnly { path } | MountOp::Mask { path } => path,
             };
-            assert!(!p.starts_with('/') && !p.split('/').any(|c| c == ".."), "{p}");
+            assert!(
+                !p.starts_with('/') && !p.split('/').any(|c| c == ".."),
+                "{p}"
+            );
         }
-        assert!(ops.iter().any(|o| matches!(o, MountOp::Fs { fstype, flags, .. }
-            if fstype == "sysfs" && flags & MsFlags::MS_RDONLY.bits() != 0)));
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, MountOp::Fs { fstype, flags, .. }
+            if fstype == "sysfs" && flags & MsFlags::MS_RDONLY.bits() != 0))
+        );
     }
 
     #[test]

@@ -27,9 +27,19 @@ pub const PLAN_FDS: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountOp {
     /// Mount a fresh filesystem (`proc`, `sysfs`, `tmpfs`, `devpts`, `mqueue`).
-    Fs { fstype: String, target: String, flags: u64, data: Option<String> },
+    Fs {
+        fstype: String,
+        target: String,
+        flags: u64,
+        data: Option<String>,
+    },
     /// Create a device node (character device `major:minor`).
-    CharDev { path: String, mode: u32, major: u64, minor: u64 },
+    CharDev {
+        path: String,
+        mode: u32,
+        major: u64,
+        minor: u64,
+    },
     /// Create a symlink `path` → `target` (the link text is not resolved).
     Symlink { path: String, target: String },
     /// Bind a path onto itself and make it read-only (e.g. `proc/sys`).
@@ -63,7 +73,7 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToHelper {
-    Plan(Plan),
+    Plan(Box<Plan>),
     Release,
 }
 
@@ -82,9 +92,15 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromHelper {
-    Forked { pid: i32 },
+    Forked {
+        pid: i32,
+    },
     Started,
-    Failed { step: Step, errno: i32, message: String },
+    Failed {
+        step: Step,
+        errno: i32,
+        message: String,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -100,22 +116,39 @@ pub enum ProtocolError {
 }
 
 /// Send one message with descriptors. Blocking or not, as the socket is.
-pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), ProtocolError> {
+pub fn send<T: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ProtocolError> {
     let bytes = serde_json::to_vec(msg)?;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
     Ok(())
 }
 
 /// Receive one message and the descriptors it carries (close-on-exec).
-pub fn recv<T: for<'de> Deserialize<'de>>(sock: BorrowedFd<'_>) -> Result<(T, Vec<OwnedFd>), ProtocolError> {
+pub fn recv<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> Result<(T, Vec<OwnedFd>), ProtocolError> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg_space = nix::cmsg_space!([RawFd; PLAN_FDS]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
         let mut fds = Vec::new();
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(list) = c {
@@ -132,6 +165,12 @@ pub fn recv<T: for<'de> Deserialize<'de>>(sock: BorrowedFd<'_>) -> Result<(T, Ve
 
 /// Check that a message carried exactly `want` descriptors.
 pub fn expect_fds(fds: &[OwnedFd], want: usize) -> Result<(), ProtocolError> {
-    if fds.len() == want { Ok(()) } else { Err(ProtocolError::Fds { got: fds.len(), want }) }
+    if fds.len() == want {
+        Ok(())
+    } else {
+        Err(ProtocolError::Fds {
+            got: fds.len(),
+            want,
+        })
+    }
 }
-

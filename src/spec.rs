@@ -42,7 +42,11 @@ impl Definition {
 
     /// The payload's argv.
     pub fn argv(&self) -> Vec<String> {
-        if self.command.is_empty() { vec!["/bin/sh".into()] } else { self.command.clone() }
+        if self.command.is_empty() {
+            vec!["/bin/sh".into()]
+        } else {
+            self.command.clone()
+        }
     }
 }
 
@@ -58,7 +62,11 @@ pub enum PropertyError {
     #[error("unknown property {0:?} (known: {known})", known = KNOWN.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))]
     Unknown(String),
     #[error("bad value {value:?} for {key}: {why}")]
-    BadValue { key: String, value: String, why: &'static str },
+    BadValue {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
     #[error("property must be KEY=VALUE, got {0:?}")]
     Syntax(String),
 }
@@ -67,26 +75,49 @@ type Parser = fn(&str) -> Result<(&'static str, PropValue), &'static str>;
 
 /// The properties accepted, each with its parser to the systemd property and value.
 const KNOWN: &[(&str, Parser)] = &[
-    ("MemoryMax", |v| Ok(("MemoryMax", PropValue::U64(bytes(v)?)))),
-    ("MemoryHigh", |v| Ok(("MemoryHigh", PropValue::U64(bytes(v)?)))),
-    ("MemoryLow", |v| Ok(("MemoryLow", PropValue::U64(bytes(v)?)))),
-    ("MemorySwapMax", |v| Ok(("MemorySwapMax", PropValue::U64(bytes(v)?)))),
-    ("CPUQuota", |v| Ok(("CPUQuotaPerSecUSec", PropValue::U64(percent_usec(v)?)))),
-    ("CPUWeight", |v| Ok(("CPUWeight", PropValue::U64(weight(v)?)))),
+    ("MemoryMax", |v| {
+        Ok(("MemoryMax", PropValue::U64(bytes(v)?)))
+    }),
+    ("MemoryHigh", |v| {
+        Ok(("MemoryHigh", PropValue::U64(bytes(v)?)))
+    }),
+    ("MemoryLow", |v| {
+        Ok(("MemoryLow", PropValue::U64(bytes(v)?)))
+    }),
+    ("MemorySwapMax", |v| {
+        Ok(("MemorySwapMax", PropValue::U64(bytes(v)?)))
+    }),
+    ("CPUQuota", |v| {
+        Ok(("CPUQuotaPerSecUSec", PropValue::U64(percent_usec(v)?)))
+    }),
+    ("CPUWeight", |v| {
+        Ok(("CPUWeight", PropValue::U64(weight(v)?)))
+    }),
     ("IOWeight", |v| Ok(("IOWeight", PropValue::U64(weight(v)?)))),
     ("TasksMax", |v| Ok(("TasksMax", PropValue::U64(count(v)?)))),
-    ("Description", |v| Ok(("Description", PropValue::Str(text(v)?)))),
+    ("Description", |v| {
+        Ok(("Description", PropValue::Str(text(v)?)))
+    }),
 ];
 
 /// Check `KEY=VALUE` and turn it into the systemd property name and typed value.
 pub fn parse_property(key: &str, value: &str) -> Result<(&'static str, PropValue), PropertyError> {
-    let (_, parse) = KNOWN.iter().find(|(k, _)| *k == key).ok_or_else(|| PropertyError::Unknown(key.into()))?;
-    parse(value).map_err(|why| PropertyError::BadValue { key: key.into(), value: value.into(), why })
+    let (_, parse) = KNOWN
+        .iter()
+        .find(|(k, _)| *k == key)
+        .ok_or_else(|| PropertyError::Unknown(key.into()))?;
+    parse(value).map_err(|why| PropertyError::BadValue {
+        key: key.into(),
+        value: value.into(),
+        why,
+    })
 }
 
 /// Split `KEY=VALUE`.
 pub fn split_assignment(s: &str) -> Result<(&str, &str), PropertyError> {
-    s.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| PropertyError::Syntax(s.into()))
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| PropertyError::Syntax(s.into()))
 }
 
 fn bytes(v: &str) -> Result<u64, &'static str> {
@@ -106,9 +137,15 @@ fn bytes(v: &str) -> Result<u64, &'static str> {
         }
         _ => (v, 1),
     };
-    let n: u64 = num.parse().map_err(|_| "expected a size like 512M, 2G or infinity")?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a size like 512M, 2G or infinity")?;
     let b = n.checked_mul(mult).ok_or("size is too large")?;
-    if b == 0 { Err("size must be greater than zero") } else { Ok(b) }
+    if b == 0 {
+        Err("size must be greater than zero")
+    } else {
+        Ok(b)
+    }
 }
 
 fn percent_usec(v: &str) -> Result<u64, &'static str> {
@@ -155,28 +192,57 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_property("MemoryMax", "512M"), Ok(("MemoryMax", PropValue::U64(512 << 20))));
-        assert_eq!(parse_property("MemoryMax", "4096"), Ok(("MemoryMax", PropValue::U64(4096))));
-        assert_eq!(parse_property("MemoryMax", "infinity"), Ok(("MemoryMax", PropValue::U64(u64::MAX))));
-        for bad in ["-1", "abc", "0", "", "5X", "99999999999999999999", "16777216T"] {
+        assert_eq!(
+            parse_property("MemoryMax", "512M"),
+            Ok(("MemoryMax", PropValue::U64(512 << 20)))
+        );
+        assert_eq!(
+            parse_property("MemoryMax", "4096"),
+            Ok(("MemoryMax", PropValue::U64(4096)))
+        );
+        assert_eq!(
+            parse_property("MemoryMax", "infinity"),
+            Ok(("MemoryMax", PropValue::U64(u64::MAX)))
+        );
+        for bad in [
+            "-1",
+            "abc",
+            "0",
+            "",
+            "5X",
+            "99999999999999999999",
+            "16777216T",
+        ] {
             assert!(parse_property("MemoryMax", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn cpu_and_tasks() {
-        assert_eq!(parse_property("CPUQuota", "150%"), Ok(("CPUQuotaPerSecUSec", PropValue::U64(1_500_000))));
+        assert_eq!(
+            parse_property("CPUQuota", "150%"),
+            Ok(("CPUQuotaPerSecUSec", PropValue::U64(1_500_000)))
+        );
         assert!(parse_property("CPUQuota", "1.5").is_err());
-        assert_eq!(parse_property("CPUWeight", "100"), Ok(("CPUWeight", PropValue::U64(100))));
+        assert_eq!(
+            parse_property("CPUWeight", "100"),
+            Ok(("CPUWeight", PropValue::U64(100)))
+        );
         assert!(parse_property("CPUWeight", "0").is_err());
         assert!(parse_property("CPUWeight", "10001").is_err());
-        assert_eq!(parse_property("TasksMax", "200"), Ok(("TasksMax", PropValue::U64(200))));
+        assert_eq!(
+            parse_property("TasksMax", "200"),
+            Ok(("TasksMax", PropValue::U64(200)))
+        );
         assert!(parse_property("TasksMax", "99999999999999999999").is_err());
     }
 
     #[test]
     fn unknown_and_syntax() {
-        assert!(matches!(parse_property("Bogus", "1"), Err(PropertyError::Unknown(_))));
+        assert!(matches!(
+            parse_property("Bogus", "1"),
+            Err(PropertyError::Unknown(_))
+        ));
         assert_eq!(split_assignment("A=b=c"), Ok(("A", "b=c")));
         assert!(split_assignment("nokey").is_err());
         assert!(split_assignment("=v").is_err());

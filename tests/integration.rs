@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn host() -> String {
-    std::env::var("BERTH_TEST_HOST").expect("BERTH_TEST_HOST unset: run `make integration-test` (tests/run-integration.sh)")
+    std::env::var("BERTH_TEST_HOST")
+        .expect("BERTH_TEST_HOST unset: run `make integration-test` (tests/run-integration.sh)")
 }
 
 /// Run a shell command inside the host.
@@ -20,7 +21,13 @@ fn sh(cmd: &str) -> Output {
 
 fn ok(cmd: &str) -> String {
     let o = sh(cmd);
-    assert!(o.status.success(), "`{cmd}` failed ({:?}): {}{}", o.status.code(), out(&o), err(&o));
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed ({:?}): {}{}",
+        o.status.code(),
+        out(&o),
+        err(&o)
+    );
     out(&o)
 }
 
@@ -39,7 +46,10 @@ fn code(cmd: &str) -> i32 {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -50,31 +60,45 @@ fn prop(name: &str, p: &str) -> String {
 
 /// What must not change when a request is refused.
 fn leftovers() -> String {
-    ok("systemctl list-units --all --plain --no-legend 'berth-*' | sort; ls /run/berth/containers /var/lib/berth/containers | sort; berthctl list -a -o json | grep -c '\"name\"' || true")
+    ok(
+        "systemctl list-units --all --plain --no-legend 'berth-*' | sort; ls /run/berth/containers /var/lib/berth/containers | sort; berthctl list -a -o json | grep -c '\"name\"' || true",
+    )
 }
 
 #[test]
 fn payload_gets_its_own_namespaces_hostname_and_dev() {
-    let inside = ok("berthctl run --rm --name ns1 -- /bin/sh -c 'for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done'");
+    let inside = ok(
+        "berthctl run --rm --name ns1 -- /bin/sh -c 'for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done'",
+    );
     let outside = ok("for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done");
     for (i, o) in inside.lines().zip(outside.lines()) {
         assert_ne!(i, o, "namespace shared with the host");
     }
     assert_eq!(inside.lines().count(), 6);
     assert_eq!(ok("berthctl run --rm --name hn1 -- hostname"), "hn1");
-    assert_eq!(ok("berthctl run --rm --name hn2 --hostname other -- hostname"), "other");
+    assert_eq!(
+        ok("berthctl run --rm --name hn2 --hostname other -- hostname"),
+        "other"
+    );
     // Only loopback, and it is up.
-    let links = ok("berthctl run --rm -- /bin/sh -c 'ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags'");
+    let links = ok(
+        "berthctl run --rm -- /bin/sh -c 'ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags'",
+    );
     assert!(links.starts_with("lo\n"), "{links}");
     assert!(links.ends_with("0x9"), "lo is not up: {links}");
     let dev = ok("berthctl run --rm -- ls /dev");
-    for d in ["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm"] {
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm",
+    ] {
         assert!(dev.lines().any(|l| l == d), "/dev/{d} missing: {dev}");
     }
     // PID 1 is berth's init, the payload is PID 2; /sys is read-only; /proc/sys too.
     assert_eq!(ok("berthctl run --rm -- /bin/sh -c 'echo $$'"), "2");
     assert_eq!(code("berthctl run --rm -- /bin/sh -c 'touch /sys/x'"), 1);
-    assert_eq!(code("berthctl run --rm -- /bin/sh -c 'echo 1 > /proc/sys/kernel/shmmax'"), 1);
+    assert_eq!(
+        code("berthctl run --rm -- /bin/sh -c 'echo 1 > /proc/sys/kernel/shmmax'"),
+        1
+    );
 }
 
 #[test]
@@ -83,17 +107,37 @@ fn scope_is_delegated_in_machine_slice_and_goes_away() {
     assert_eq!(prop("sc1", "State"), "running");
     let leader = prop("sc1", "Leader");
     let cg = ok(&format!("cat /proc/{leader}/cgroup"));
-    assert!(cg.lines().any(|l| l.ends_with(":/machine.slice/berth-sc1.scope")), "{cg}");
-    assert_eq!(ok("systemctl show -p Delegate --value berth-sc1.scope"), "yes");
-    assert_eq!(ok("systemctl show -p Slice --value berth-sc1.scope"), "machine.slice");
+    assert!(
+        cg.lines()
+            .any(|l| l.ends_with(":/machine.slice/berth-sc1.scope")),
+        "{cg}"
+    );
+    assert_eq!(
+        ok("systemctl show -p Delegate --value berth-sc1.scope"),
+        "yes"
+    );
+    assert_eq!(
+        ok("systemctl show -p Slice --value berth-sc1.scope"),
+        "machine.slice"
+    );
     // The payload sees its own cgroup as the root (cgroup namespace).
-    assert!(ok("berthctl run --rm -- cat /proc/self/cgroup").lines().all(|l| l.ends_with(":/")));
+    assert!(
+        ok("berthctl run --rm -- cat /proc/self/cgroup")
+            .lines()
+            .all(|l| l.ends_with(":/"))
+    );
     let status = ok("berthctl status sc1");
-    assert!(status.contains("berth-sc1.scope") && status.contains("sleep 1000"), "{status}");
+    assert!(
+        status.contains("berth-sc1.scope") && status.contains("sleep 1000"),
+        "{status}"
+    );
     ok("berthctl stop sc1");
     assert_eq!(prop("sc1", "State"), "exited");
     assert_eq!(prop("sc1", "ExitStatus"), "143");
-    assert_eq!(ok("systemctl show -p LoadState --value berth-sc1.scope"), "not-found");
+    assert_eq!(
+        ok("systemctl show -p LoadState --value berth-sc1.scope"),
+        "not-found"
+    );
     assert_ne!(code(&format!("test -e /proc/{leader}")), 0);
     ok("berthctl remove sc1");
 }
@@ -102,9 +146,14 @@ fn scope_is_delegated_in_machine_slice_and_goes_away() {
 fn writes_go_to_the_container_layer_never_to_the_image() {
     ok("rm -rf /srv/img1 && cp -a /usr/local/lib/berth/images/default /srv/img1");
     let before = ok("cd /srv/img1 && find . -printf '%p %s %m\\n' | sort | md5sum");
-    ok("berthctl create --name wr1 -D /srv/img1 -- /bin/sh -c 'test -e /marker && echo again; echo x > /marker; rm /etc/passwd; rm -rf /bin/ls'");
+    ok(
+        "berthctl create --name wr1 -D /srv/img1 -- /bin/sh -c 'test -e /marker && echo again; echo x > /marker; rm /etc/passwd; rm -rf /bin/ls'",
+    );
     ok("berthctl start --wait wr1");
-    assert_eq!(ok("cd /srv/img1 && find . -printf '%p %s %m\\n' | sort | md5sum"), before);
+    assert_eq!(
+        ok("cd /srv/img1 && find . -printf '%p %s %m\\n' | sort | md5sum"),
+        before
+    );
     // The writable layer survives a restart of the same container.
     let o = sh("berthctl start --wait wr1; cat /var/lib/berth/containers/wr1/upper/marker");
     assert_eq!(out(&o), "x");
@@ -118,11 +167,19 @@ fn exit_codes_propagate_and_zombies_are_reaped() {
     assert_eq!(code("berthctl run --rm -- /bin/sh -c 'kill -9 $$'"), 137);
     assert_eq!(code("berthctl run --rm -- /bin/true"), 0);
     // Orphans are re-parented to PID 1, which must reap them.
-    let stats = ok("berthctl run --rm -- /bin/sh -c '(sleep 0.2 &); (sleep 0.2 &); sleep 1.5; cat /proc/[0-9]*/stat'");
+    let stats = ok(
+        "berthctl run --rm -- /bin/sh -c '(sleep 0.2 &); (sleep 0.2 &); sleep 1.5; cat /proc/[0-9]*/stat'",
+    );
     assert!(stats.lines().count() >= 2, "{stats}");
-    assert!(!stats.lines().any(|l| l.contains(") Z ")), "zombie left: {stats}");
+    assert!(
+        !stats.lines().any(|l| l.contains(") Z ")),
+        "zombie left: {stats}"
+    );
     // --rm leaves nothing.
-    assert_eq!(ok("ls /var/lib/berth/containers | grep -c . || true"), ok("berthctl list -a -o json | grep -c '\"name\"' || true"));
+    assert_eq!(
+        ok("ls /var/lib/berth/containers | grep -c . || true"),
+        ok("berthctl list -a -o json | grep -c '\"name\"' || true")
+    );
 }
 
 #[test]
@@ -134,7 +191,9 @@ fn stop_kill_and_signals() {
     assert_eq!(prop("st1", "ExitStatus"), "137");
     ok("berthctl remove st1");
 
-    ok("berthctl run -d --name k1 -- /bin/sh -c 'trap \"exit 3\" USR1; while :; do sleep 0.1; done'");
+    ok(
+        "berthctl run -d --name k1 -- /bin/sh -c 'trap \"exit 3\" USR1; while :; do sleep 0.1; done'",
+    );
     std::thread::sleep(Duration::from_millis(300));
     ok("berthctl kill -s USR1 k1");
     wait_until("k1 to exit", || prop("k1", "State") == "exited");
@@ -152,8 +211,19 @@ fn json_views_have_stable_keys() {
     ok("berthctl run -d --name js1 -- sleep 1000");
     let list = ok("berthctl list -o json");
     let status = ok("berthctl status -o json js1");
-    for key in ["\"name\"", "\"state\"", "\"unit\"", "\"leader\"", "\"image\"", "\"exit_status\"", "\"created_at\""] {
-        assert!(list.contains(key) && status.contains(key), "{key} missing: {list}");
+    for key in [
+        "\"name\"",
+        "\"state\"",
+        "\"unit\"",
+        "\"leader\"",
+        "\"image\"",
+        "\"exit_status\"",
+        "\"created_at\"",
+    ] {
+        assert!(
+            list.contains(key) && status.contains(key),
+            "{key} missing: {list}"
+        );
     }
     assert!(status.contains("\"state\": \"running\""), "{status}");
     ok("berthctl remove --force js1");
@@ -176,7 +246,10 @@ fn bad_input_is_refused_cleanly() {
         ("berthctl create --name x1 -D /nonexistent".into(), 4),
         ("berthctl create --name x1 -D /srv/afile".into(), 4),
         ("berthctl create --name x1 --image nosuch".into(), 3),
-        ("berthctl run --rm --name x1 -- /no/such/command".into(), 127),
+        (
+            "berthctl run --rm --name x1 -- /no/such/command".into(),
+            127,
+        ),
         ("berthctl run --name x1 -- nosuchcmd".into(), 127),
         ("berthctl stop nosuch".into(), 3),
         ("berthctl kill nosuch".into(), 3),
@@ -185,7 +258,10 @@ fn bad_input_is_refused_cleanly() {
         ("berthctl start busy1".into(), 5),
         ("berthctl create --name x1 -p Bogus=1".into(), 4),
         ("berthctl create --name x1 -p MemoryMax=-1".into(), 4),
-        ("berthctl create --name x1 -p TasksMax=99999999999999999999".into(), 4),
+        (
+            "berthctl create --name x1 -p TasksMax=99999999999999999999".into(),
+            4,
+        ),
         ("berthctl create --name x1 -p CPUQuota=abc".into(), 4),
         ("berthctl kill -s NOPE busy1".into(), 4),
         ("berthctl run --name x1 -p Bogus=1 -- true".into(), 125),
@@ -193,14 +269,30 @@ fn bad_input_is_refused_cleanly() {
     for (cmd, want) in cases {
         let o = sh(&cmd);
         assert_eq!(o.status.code(), Some(want), "`{cmd}`: {}", err(&o));
-        assert!(err(&o).starts_with("berthctl: ") && !err(&o).contains("panicked"), "`{cmd}`: {}", err(&o));
+        assert!(
+            err(&o).starts_with("berthctl: ") && !err(&o).contains("panicked"),
+            "`{cmd}`: {}",
+            err(&o)
+        );
         assert_eq!(leftovers(), before, "`{cmd}` left something behind");
     }
     // Typed errors on the bus.
-    let o = sh("busctl call org.berth.berth1 /org/berth/berth1 org.berth.berth1.Manager StopContainer st nosuch 0");
-    assert!(err(&o).contains("no container named") || out(&o).contains("NoSuchContainer"), "{}", err(&o));
-    let o = sh("gdbus call --system -d org.berth.berth1 -o /org/berth/berth1 -m org.berth.berth1.Manager.CreateContainer .. {} 2>&1");
-    assert!(out(&o).contains("org.berth.berth1.Error.InvalidArgument"), "{}", out(&o));
+    let o = sh(
+        "busctl call org.berth.berth1 /org/berth/berth1 org.berth.berth1.Manager StopContainer st nosuch 0",
+    );
+    assert!(
+        err(&o).contains("no container named") || out(&o).contains("NoSuchContainer"),
+        "{}",
+        err(&o)
+    );
+    let o = sh(
+        "gdbus call --system -d org.berth.berth1 -o /org/berth/berth1 -m org.berth.berth1.Manager.CreateContainer .. {} 2>&1",
+    );
+    assert!(
+        out(&o).contains("org.berth.berth1.Error.InvalidArgument"),
+        "{}",
+        out(&o)
+    );
     ok("berthctl remove --force busy1");
 }
 
@@ -232,10 +324,15 @@ fn exit_while_berthd_is_down_is_recorded() {
     // Stop berthd's restart from racing us: kill it and the container's payload at once.
     ok("systemctl kill -s KILL berthd");
     ok(&format!("kill -TERM {leader}"));
-    wait_until("berthd to come back", || code("berthctl list >/dev/null 2>&1") == 0);
+    wait_until("berthd to come back", || {
+        code("berthctl list >/dev/null 2>&1") == 0
+    });
     wait_until("dn1 to be seen exited", || prop("dn1", "State") == "exited");
     assert_eq!(prop("dn1", "ExitStatus"), "143");
-    assert_eq!(ok("systemctl show -p LoadState --value berth-dn1.scope"), "not-found");
+    assert_eq!(
+        ok("systemctl show -p LoadState --value berth-dn1.scope"),
+        "not-found"
+    );
     ok("berthctl remove dn1");
 }
 
@@ -243,8 +340,13 @@ fn exit_while_berthd_is_down_is_recorded() {
 fn template_unit_runs_a_defined_container() {
     ok("berthctl create --name svc1 -- /bin/sh -c 'sleep 0.5; exit 3'");
     let _ = sh("systemctl start berth@svc1");
-    wait_until("berth@svc1 to finish", || ok("systemctl show -p ActiveState --value berth@svc1") != "active");
-    assert_eq!(ok("systemctl show -p ExecMainStatus --value berth@svc1"), "3");
+    wait_until("berth@svc1 to finish", || {
+        ok("systemctl show -p ActiveState --value berth@svc1") != "active"
+    });
+    assert_eq!(
+        ok("systemctl show -p ExecMainStatus --value berth@svc1"),
+        "3"
+    );
     ok("berthctl create --name svc2 -- sleep 1000");
     ok("systemctl start berth@svc2");
     wait_until("svc2 to run", || prop("svc2", "State") == "running");
@@ -256,9 +358,18 @@ fn template_unit_runs_a_defined_container() {
 #[test]
 fn unprivileged_users_may_read_but_not_act() {
     ok("berthctl create --name pv1 -- true");
-    assert_eq!(code("setpriv --reuid=65534 --regid=65534 --clear-groups berthctl list -a >/dev/null"), 0);
-    assert_eq!(code("setpriv --reuid=65534 --regid=65534 --clear-groups berthctl remove pv1"), 7);
-    assert_eq!(code("setpriv --reuid=65534 --regid=65534 --clear-groups berthctl create --name pv2"), 7);
+    assert_eq!(
+        code("setpriv --reuid=65534 --regid=65534 --clear-groups berthctl list -a >/dev/null"),
+        0
+    );
+    assert_eq!(
+        code("setpriv --reuid=65534 --regid=65534 --clear-groups berthctl remove pv1"),
+        7
+    );
+    assert_eq!(
+        code("setpriv --reuid=65534 --regid=65534 --clear-groups berthctl create --name pv2"),
+        7
+    );
     ok("berthctl remove pv1");
 }
 
@@ -268,13 +379,21 @@ fn published_interfaces_match_what_berthd_serves() {
     ok("berthctl create --name if1 -- true");
     for (iface, path) in [
         ("org.berth.berth1.Manager", "/org/berth/berth1"),
-        ("org.berth.berth1.Container", "/org/berth/berth1/container/if1"),
+        (
+            "org.berth.berth1.Container",
+            "/org/berth/berth1/container/if1",
+        ),
     ] {
         let served = ok(&format!(
             "busctl introspect --xml-interface org.berth.berth1 {path} | python3 {root}/tests/extract-interface.py {iface}"
         ));
-        let published = std::fs::read_to_string(format!("{root}/dbus-interfaces/{iface}.xml")).unwrap();
-        assert_eq!(served.trim(), published.trim(), "{iface} drifted from dbus-interfaces/");
+        let published =
+            std::fs::read_to_string(format!("{root}/dbus-interfaces/{iface}.xml")).unwrap();
+        assert_eq!(
+            served.trim(),
+            published.trim(),
+            "{iface} drifted from dbus-interfaces/"
+        );
     }
     ok("berthctl remove if1");
 }

@@ -21,13 +21,23 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         return nix::sys::signal::Signal::try_from(n).ok().map(|s| s as i32);
     }
     let up = s.to_ascii_uppercase();
-    let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    full.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
 }
 
 pub async fn run(a: KillArgs) -> CliResult {
-    let sig = parse_signal(&a.signal)
-        .ok_or_else(|| CliError::new(Exit::InvalidArgument, format!("unknown signal {:?}", a.signal)))?;
+    let sig = parse_signal(&a.signal).ok_or_else(|| {
+        CliError::new(
+            Exit::InvalidArgument,
+            format!("unknown signal {:?}", a.signal),
+        )
+    })?;
     let (_conn, proxy) = manager().await?;
     let whom = if a.all { "all" } else { "leader" };
     proxy.kill_container(a.name, whom.into(), sig).await?;

@@ -32,13 +32,20 @@ pub async fn run(a: ListArgs) -> CliResult {
                     vec![
                         v.name.clone(),
                         v.state.clone(),
-                        v.leader.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        v.leader
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         v.image.clone().unwrap_or_else(|| v.root_directory.clone()),
-                        v.exit_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                        v.exit_status
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            output::print_lines(output::table(&["NAME", "STATE", "LEADER", "IMAGE", "EXIT"], &rows));
+            output::print_lines(output::table(
+                &["NAME", "STATE", "LEADER", "IMAGE", "EXIT"],
+                &rows,
+            ));
         }
     }
     Ok(0)

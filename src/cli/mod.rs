@@ -57,7 +57,10 @@ pub type CliResult<T = u8> = Result<T, CliError>;
 
 impl CliError {
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        CliError { exit, message: message.into() }
+        CliError {
+            exit,
+            message: message.into(),
+        }
     }
 }
 
@@ -83,10 +86,16 @@ impl From<zbus::Error> for CliError {
         if let zbus::Error::FDO(f) = &e {
             match f.as_ref() {
                 zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_) => {
-                    return CliError::new(Exit::NoDaemon, "berthd is not running (org.berth.berth1 is not on the system bus)");
+                    return CliError::new(
+                        Exit::NoDaemon,
+                        "berthd is not running (org.berth.berth1 is not on the system bus)",
+                    );
                 }
                 zbus::fdo::Error::AccessDenied(m) => {
-                    return CliError::new(Exit::PermissionDenied, format!("permission denied: {m}"));
+                    return CliError::new(
+                        Exit::PermissionDenied,
+                        format!("permission denied: {m}"),
+                    );
                 }
                 _ => {}
             }
@@ -94,10 +103,14 @@ impl From<zbus::Error> for CliError {
         if let zbus::Error::MethodError(name, desc, _) = &e {
             let desc = desc.clone().unwrap_or_default();
             return match name.as_str() {
-                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
-                    CliError::new(Exit::NoDaemon, "berthd is not running (org.berth.berth1 is not on the system bus)")
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner" => CliError::new(
+                    Exit::NoDaemon,
+                    "berthd is not running (org.berth.berth1 is not on the system bus)",
+                ),
+                "org.freedesktop.DBus.Error.AccessDenied" => {
+                    CliError::new(Exit::PermissionDenied, desc)
                 }
-                "org.freedesktop.DBus.Error.AccessDenied" => CliError::new(Exit::PermissionDenied, desc),
                 _ => CliError::new(Exit::Failed, format!("{name}: {desc}")),
             };
         }
@@ -113,7 +126,11 @@ pub enum Format {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "berthctl", version, about = "Control berth containers over D-Bus")]
+#[command(
+    name = "berthctl",
+    version,
+    about = "Control berth containers over D-Bus"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -145,9 +162,12 @@ pub enum Command {
 
 /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides) and berthd's manager.
 pub async fn manager() -> CliResult<(zbus::Connection, ManagerProxy<'static>)> {
-    let conn = zbus::Connection::system()
-        .await
-        .map_err(|e| CliError::new(Exit::NoDaemon, format!("cannot connect to the system bus: {e}")))?;
+    let conn = zbus::Connection::system().await.map_err(|e| {
+        CliError::new(
+            Exit::NoDaemon,
+            format!("cannot connect to the system bus: {e}"),
+        )
+    })?;
     let proxy = ManagerProxy::new(&conn).await?;
     Ok((conn, proxy))
 }
@@ -162,7 +182,10 @@ pub fn main() -> u8 {
             return code;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berthctl: {e}");

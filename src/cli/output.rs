@@ -71,7 +71,12 @@ pub fn timestamp(usec: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// A short duration: `3h 2min`, `5s`.
@@ -116,7 +121,10 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(timestamp(1_796_000_000 * 1_000_000), "2026-11-29 02:13:20 UTC");
+        assert_eq!(
+            timestamp(1_796_000_000 * 1_000_000),
+            "2026-11-30 00:53:20 UTC"
+        );
         assert_eq!(span(5_000_000), "5s");
         assert_eq!(span(3_700 * 1_000_000), "1h 1min");
     }

@@ -54,8 +54,12 @@ pub struct CreateArgs {
 
 fn generated_name() -> String {
     let mut b = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    format!("berth-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    format!(
+        "berth-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 fn variant<'a>(v: impl Into<Variant<'a>>) -> CliResult<OwnedVariant> {
@@ -69,8 +73,12 @@ fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>>
     }
     if let Some(d) = &o.directory {
         // Resolve relative paths here, where the caller's working directory is known.
-        let abs = std::path::absolute(d).map_err(|e| CliError::new(Exit::InvalidArgument, format!("{d}: {e}")))?;
-        m.insert("Directory".into(), variant(abs.to_string_lossy().into_owned())?);
+        let abs = std::path::absolute(d)
+            .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{d}: {e}")))?;
+        m.insert(
+            "Directory".into(),
+            variant(abs.to_string_lossy().into_owned())?,
+        );
     }
     if let Some(h) = &o.hostname {
         m.insert("Hostname".into(), variant(h.as_str())?);
@@ -84,7 +92,8 @@ fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>>
     if !o.properties.is_empty() {
         let mut props = HashMap::new();
         for p in &o.properties {
-            let (k, v) = crate::spec::split_assignment(p).map_err(|e| CliError::new(Exit::InvalidArgument, e.to_string()))?;
+            let (k, v) = crate::spec::split_assignment(p)
+                .map_err(|e| CliError::new(Exit::InvalidArgument, e.to_string()))?;
             props.insert(k.to_string(), v.to_string());
         }
         m.insert("Properties".into(), variant(props)?);
@@ -94,7 +103,9 @@ fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>>
 
 async fn define(proxy: &ManagerProxy<'_>, o: &ContainerOpts) -> CliResult<String> {
     let name = o.name.clone().unwrap_or_else(generated_name);
-    proxy.create_container(name.clone(), create_options(o)?).await?;
+    proxy
+        .create_container(name.clone(), create_options(o)?)
+        .await?;
     Ok(name)
 }
 
@@ -109,9 +120,18 @@ pub async fn create(a: CreateArgs) -> CliResult {
 fn stdio_options() -> CliResult<HashMap<String, OwnedVariant>> {
     let mut m = HashMap::new();
     let fds = [
-        ("StandardInput", std::io::stdin().as_fd().try_clone_to_owned()),
-        ("StandardOutput", std::io::stdout().as_fd().try_clone_to_owned()),
-        ("StandardError", std::io::stderr().as_fd().try_clone_to_owned()),
+        (
+            "StandardInput",
+            std::io::stdin().as_fd().try_clone_to_owned(),
+        ),
+        (
+            "StandardOutput",
+            std::io::stdout().as_fd().try_clone_to_owned(),
+        ),
+        (
+            "StandardError",
+            std::io::stderr().as_fd().try_clone_to_owned(),
+        ),
     ];
     for (k, fd) in fds {
         let fd = fd.map_err(|e| CliError::new(Exit::Failed, format!("{k}: {e}")))?;
@@ -123,11 +143,18 @@ fn stdio_options() -> CliResult<HashMap<String, OwnedVariant>> {
 pub async fn run(a: RunArgs) -> CliResult {
     let as_run_error = |e: CliError| match e.exit {
         Exit::RunNotFound | Exit::NoDaemon => e,
-        _ => CliError { exit: Exit::RunFailed, message: e.message },
+        _ => CliError {
+            exit: Exit::RunFailed,
+            message: e.message,
+        },
     };
     let (_conn, proxy) = manager().await.map_err(as_run_error)?;
     let name = define(&proxy, &a.opts).await.map_err(as_run_error)?;
-    let options = if a.detach { HashMap::new() } else { stdio_options()? };
+    let options = if a.detach {
+        HashMap::new()
+    } else {
+        stdio_options()?
+    };
     if let Err(e) = proxy.start_container(name.clone(), options).await {
         // `run` made this container; a failed start leaves nothing behind.
         let _ = proxy.remove_container(name.clone(), true).await;
@@ -137,15 +164,20 @@ pub async fn run(a: RunArgs) -> CliResult {
         super::output::print_lines([name]);
         return Ok(0);
     }
-    wait_forwarding_signals(&proxy, &name).await.map_err(as_run_error)
+    wait_forwarding_signals(&proxy, &name)
+        .await
+        .map_err(as_run_error)
 }
 
 /// Wait for the container's exit, passing SIGINT, SIGTERM and SIGHUP on to its PID 1.
 pub async fn wait_forwarding_signals(proxy: &ManagerProxy<'_>, name: &str) -> CliResult {
     use tokio::signal::unix::{SignalKind, signal};
     let sig = |k| signal(k).map_err(|e| CliError::new(Exit::Failed, e.to_string()));
-    let (mut int, mut term, mut hup) =
-        (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
+    let (mut int, mut term, mut hup) = (
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::hangup())?,
+    );
     let mut wait = Box::pin(proxy.wait_container(name.to_string()).fuse());
     loop {
         let forward = tokio::select! {
@@ -154,6 +186,8 @@ pub async fn wait_forwarding_signals(proxy: &ManagerProxy<'_>, name: &str) -> Cl
             _ = term.recv() => libc::SIGTERM,
             _ = hup.recv() => libc::SIGHUP,
         };
-        let _ = proxy.kill_container(name.to_string(), "leader".into(), forward).await;
+        let _ = proxy
+            .kill_container(name.to_string(), "leader".into(), forward)
+            .await;
     }
 }

@@ -40,8 +40,14 @@ pub async fn run(a: ShowArgs) -> CliResult {
     let (conn, proxy) = manager().await?;
     let path = proxy.get_container(a.name.clone()).await?;
     if a.output == Format::Json {
-        let info = proxy.list_containers().await?.into_iter().find(|c| c.name == a.name);
-        let info = info.ok_or_else(|| CliError::new(Exit::NotFound, format!("no container named {:?}", a.name)))?;
+        let info = proxy
+            .list_containers()
+            .await?
+            .into_iter()
+            .find(|c| c.name == a.name);
+        let info = info.ok_or_else(|| {
+            CliError::new(Exit::NotFound, format!("no container named {:?}", a.name))
+        })?;
         output::print_json(&ContainerView::from(info));
         return Ok(0);
     }
@@ -51,20 +57,31 @@ pub async fn run(a: ShowArgs) -> CliResult {
         .build()
         .await?;
     let all = props
-        .get_all(zbus::names::InterfaceName::from_static_str_unchecked("org.berth.berth1.Container").into())
+        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+            "org.berth.berth1.Container",
+        ))
         .await
         .map_err(zbus::Error::from)?;
     let mut keys: Vec<&String> = all.keys().collect();
     keys.sort();
     for p in &a.properties {
         if !all.contains_key(p) {
-            return Err(CliError::new(Exit::InvalidArgument, format!("no property {p:?}")));
+            return Err(CliError::new(
+                Exit::InvalidArgument,
+                format!("no property {p:?}"),
+            ));
         }
     }
     let lines = keys
         .into_iter()
         .filter(|k| a.properties.is_empty() || a.properties.contains(k))
-        .map(|k| if a.value { plain(&all[k]) } else { format!("{k}={}", plain(&all[k])) });
+        .map(|k| {
+            if a.value {
+                plain(&all[k])
+            } else {
+                format!("{k}={}", plain(&all[k]))
+            }
+        });
     output::print_lines(lines);
     Ok(0)
 }

@@ -16,7 +16,9 @@ pub struct StartArgs {
 
 pub async fn run(a: StartArgs) -> CliResult {
     let (_conn, proxy) = manager().await?;
-    proxy.start_container(a.name.clone(), HashMap::new()).await?;
+    proxy
+        .start_container(a.name.clone(), HashMap::new())
+        .await?;
     if a.wait {
         return super::run::wait_forwarding_signals(&proxy, &a.name).await;
     }

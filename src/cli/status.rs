@@ -29,34 +29,55 @@ pub async fn run(a: StatusArgs) -> CliResult {
     let now = crate::daemon::Layout::now();
     let mut lines = vec![format!("{} ({})", view.name, view.state)];
     lines.push(format!("      Unit: {}", view.unit));
-    lines.push(format!("    Leader: {}", view.leader.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
+    lines.push(format!(
+        "    Leader: {}",
+        view.leader
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into())
+    ));
     match &view.image {
         Some(i) => lines.push(format!("     Image: {i} ({})", view.root_directory)),
         None => lines.push(format!("      Root: {}", view.root_directory)),
     }
-    lines.push(format!("   Created: {}", output::timestamp(view.created_at)));
+    lines.push(format!(
+        "   Created: {}",
+        output::timestamp(view.created_at)
+    ));
     if let Some(s) = view.started_at {
-        let up = if view.leader.is_some() { format!("; up {}", output::span(now.saturating_sub(s))) } else { String::new() };
+        let up = if view.leader.is_some() {
+            format!("; up {}", output::span(now.saturating_sub(s)))
+        } else {
+            String::new()
+        };
         lines.push(format!("   Started: {}{up}", output::timestamp(s)));
     }
     if let Some(s) = view.exit_status {
         lines.push(format!("    Status: exited with {s}"));
     }
     if view.leader.is_some() {
-        // The scope's processes, from systemd (what `systemctl status` shows).
-        if let Ok(sd) = SystemdManagerProxy::new(&conn).await {
-            if let Ok(procs) = sd.get_unit_processes(&view.unit).await {
-                if let Some((cg, _, _)) = procs.first() {
-                    lines.push(format!("    CGroup: {cg}"));
-                }
-                let n = procs.len();
-                for (i, (_, pid, cmd)) in procs.iter().enumerate() {
-                    let branch = if i + 1 == n { "└─" } else { "├─" };
-                    lines.push(format!("            {branch}{pid} {cmd}"));
-                }
-            }
-        }
+        lines.extend(processes(&conn, &view.unit).await);
     }
     output::print_lines(lines);
     Ok(0)
+}
+
+/// The scope's processes, from systemd (what `systemctl status` shows); none if it cannot say.
+async fn processes(conn: &zbus::Connection, unit: &str) -> Vec<String> {
+    let Ok(sd) = SystemdManagerProxy::new(conn).await else {
+        return vec![];
+    };
+    let Ok(procs) = sd.get_unit_processes(unit).await else {
+        return vec![];
+    };
+    let mut lines: Vec<String> = procs
+        .first()
+        .map(|(cg, _, _)| format!("    CGroup: {cg}"))
+        .into_iter()
+        .collect();
+    let n = procs.len();
+    for (i, (_, pid, cmd)) in procs.iter().enumerate() {
+        let branch = if i + 1 == n { "└─" } else { "├─" };
+        lines.push(format!("            {branch}{pid} {cmd}"));
+    }
+    lines
 }

@@ -20,9 +20,15 @@ pub enum DaemonError {
     #[error("cannot talk to systemd: {0}")]
     Systemd(zbus::Error),
     #[error("cannot serve {what}: {source}")]
-    Serve { what: &'static str, source: zbus::Error },
+    Serve {
+        what: &'static str,
+        source: zbus::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -31,12 +37,20 @@ fn init_logging() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let journald = if std::env::var_os("JOURNAL_STREAM").is_some() { tracing_journald::layer().ok() } else { None };
+    let journald = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing_journald::layer().ok()
+    } else {
+        None
+    };
     match journald {
         Some(j) => tracing_subscriber::registry().with(filter).with(j).init(),
         None => tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).without_time())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .without_time(),
+            )
             .init(),
     }
 }
@@ -49,10 +63,13 @@ fn helper_path() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    [dir.join("berth-helper"), dir.join("../libexec/berth-helper")]
-        .into_iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| "/usr/local/libexec/berth-helper".into())
+    [
+        dir.join("berth-helper"),
+        dir.join("../libexec/berth-helper"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| "/usr/local/libexec/berth-helper".into())
 }
 
 /// Run berthd until SIGTERM or SIGINT.
@@ -64,38 +81,58 @@ pub fn run() -> Result<(), DaemonError> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot become a child subreaper: {e}, ignoring");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
     rt.block_on(serve(stored))
 }
 
-async fn serve(stored: std::collections::HashMap<String, std::os::fd::OwnedFd>) -> Result<(), DaemonError> {
+async fn serve(
+    stored: std::collections::HashMap<String, std::os::fd::OwnedFd>,
+) -> Result<(), DaemonError> {
     let layout = Layout::default();
     for dir in [layout.containers(), layout.run.join("containers")] {
-        std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Dir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let conn = zbus::connection::Builder::system()
         .build()
         .await
         .map_err(DaemonError::Bus)?;
-    let systemd = crate::systemd::Systemd::new(&conn).await.map_err(DaemonError::Systemd)?;
+    let systemd = crate::systemd::Systemd::new(&conn)
+        .await
+        .map_err(DaemonError::Systemd)?;
     let registry = Registry::new(conn.clone(), systemd, layout, helper_path());
     registry.recover(stored).await;
     let server = conn.object_server();
     server
         .at(crate::dbus::MANAGER_PATH, zbus::fdo::ObjectManager)
         .await
-        .map_err(|source| DaemonError::Serve { what: "ObjectManager", source })?;
+        .map_err(|source| DaemonError::Serve {
+            what: "ObjectManager",
+            source,
+        })?;
     let backend: Arc<dyn crate::dbus::Backend> = registry.clone();
     server
         .at(crate::dbus::MANAGER_PATH, crate::dbus::Manager { backend })
         .await
-        .map_err(|source| DaemonError::Serve { what: "Manager", source })?;
+        .map_err(|source| DaemonError::Serve {
+            what: "Manager",
+            source,
+        })?;
     conn.request_name(crate::dbus::BUS_NAME)
         .await
-        .map_err(|source| DaemonError::Serve { what: crate::dbus::BUS_NAME, source })?;
+        .map_err(|source| DaemonError::Serve {
+            what: crate::dbus::BUS_NAME,
+            source,
+        })?;
     let _ = notify::notify("READY=1\nSTATUS=serving", &[]);
     info!("serving {} on the system bus", crate::dbus::BUS_NAME);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Runtime)?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

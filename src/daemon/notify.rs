@@ -12,17 +12,30 @@ use nix::sys::socket::{
 
 /// Send a notification to the service manager; `Ok(false)` when there is none.
 pub fn notify(state: &str, fds: &[BorrowedFd<'_>]) -> nix::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(false) };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
     let path = path.into_encoded_bytes();
     let addr = match path.strip_prefix(b"@") {
         Some(abs) => UnixAddr::new_abstract(abs)?,
         None => UnixAddr::new(path.as_slice())?,
     };
-    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    sendmsg(sock.as_raw_fd(), &[IoSlice::new(state.as_bytes())], cmsgs, MsgFlags::empty(), Some(&addr))?;
+    sendmsg(
+        sock.as_raw_fd(),
+        &[IoSlice::new(state.as_bytes())],
+        cmsgs,
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
     Ok(true)
 }
 
@@ -40,8 +53,14 @@ pub fn remove_fd(name: &str) -> nix::Result<bool> {
 /// and clear the variables. Call before any thread starts.
 pub fn take_listen_fds() -> HashMap<String, OwnedFd> {
     let mut out = HashMap::new();
-    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     for key in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         crate::sys::remove_env_single_threaded(key);
@@ -52,7 +71,10 @@ pub fn take_listen_fds() -> HashMap<String, OwnedFd> {
     let mut names = names.split(':');
     for i in 0..count {
         let fd = crate::sys::owned_from_kernel(3 + i);
-        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
         out.insert(names.next().unwrap_or("unknown").to_string(), fd);
     }
     out

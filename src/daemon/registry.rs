@@ -117,7 +117,11 @@ fn parse_create_options(options: HashMap<String, OwnedVariant>) -> Result<Create
             "Command" => o.command = opt::<Vec<String>>(&key, v)?,
             "Hostname" => o.hostname = Some(opt::<String>(&key, v)?),
             "AutoRemove" => o.auto_remove = opt::<bool>(&key, v)?,
-            "Properties" => o.properties = opt::<HashMap<String, String>>(&key, v)?.into_iter().collect(),
+            "Properties" => {
+                o.properties = opt::<HashMap<String, String>>(&key, v)?
+                    .into_iter()
+                    .collect()
+            }
             _ => return Err(invalid(format!("unknown option {key:?}"))),
         }
     }
@@ -128,15 +132,22 @@ fn parse_create_options(options: HashMap<String, OwnedVariant>) -> Result<Create
 /// characters that overlayfs uses as option separators.
 fn check_directory(dir: &Path) -> Result<PathBuf> {
     if !dir.is_absolute() {
-        return Err(invalid(format!("directory {} is not an absolute path", dir.display())));
+        return Err(invalid(format!(
+            "directory {} is not an absolute path",
+            dir.display()
+        )));
     }
-    let canon = dir.canonicalize().map_err(|e| invalid(format!("directory {}: {e}", dir.display())))?;
+    let canon = dir
+        .canonicalize()
+        .map_err(|e| invalid(format!("directory {}: {e}", dir.display())))?;
     if !canon.is_dir() {
         return Err(invalid(format!("{} is not a directory", dir.display())));
     }
     let s = canon.to_string_lossy();
-    if s.contains([',', ':', '\\']) || s == "/" && false {
-        return Err(invalid(format!("directory {s} contains ',', ':' or '\\', which overlayfs cannot take")));
+    if s.contains([',', ':', '\\']) {
+        return Err(invalid(format!(
+            "directory {s} contains ',', ':' or '\\', which overlayfs cannot take"
+        )));
     }
     Ok(canon)
 }
@@ -144,9 +155,14 @@ fn check_directory(dir: &Path) -> Result<PathBuf> {
 fn check_hostname(h: &str) -> Result<()> {
     let ok = !h.is_empty()
         && h.len() <= 64
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !h.starts_with(['-', '.']);
-    if ok { Ok(()) } else { Err(invalid(format!("invalid hostname {h:?}"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("invalid hostname {h:?}")))
+    }
 }
 
 fn check_command(cmd: &[String]) -> Result<()> {
@@ -159,7 +175,9 @@ fn check_command(cmd: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn check_properties(props: &BTreeMap<String, String>) -> Result<Vec<(&'static str, spec::PropValue)>> {
+fn check_properties(
+    props: &BTreeMap<String, String>,
+) -> Result<Vec<(&'static str, spec::PropValue)>> {
     props
         .iter()
         .map(|(k, v)| spec::parse_property(k, v).map_err(|e| invalid(e.to_string())))
@@ -193,7 +211,8 @@ impl Registry {
             created_at: e.def.created_at,
             started_at: e.started_at,
             exit_status: e.exit_status,
-            object_path: OwnedObjectPath::try_from(name::container_path(name)).expect("escaped path is valid"),
+            object_path: OwnedObjectPath::try_from(name::container_path(name))
+                .expect("escaped path is valid"),
         }
     }
 
@@ -211,15 +230,28 @@ impl Registry {
     }
 
     async fn export(&self, name: &str) {
-        let obj = dbus::Container { backend: self.arc(), name: name.into() };
-        if let Err(e) = self.conn.object_server().at(name::container_path(name), obj).await {
+        let obj = dbus::Container {
+            backend: self.arc(),
+            name: name.into(),
+        };
+        if let Err(e) = self
+            .conn
+            .object_server()
+            .at(name::container_path(name), obj)
+            .await
+        {
             warn!("cannot export container {name}: {e}, ignoring");
         }
     }
 
     async fn emit_changed(&self, name: &str) {
         let path = name::container_path(name);
-        let Ok(iface) = self.conn.object_server().interface::<_, dbus::Container>(path.as_str()).await else {
+        let Ok(iface) = self
+            .conn
+            .object_server()
+            .interface::<_, dbus::Container>(path.as_str())
+            .await
+        else {
             return;
         };
         let c = iface.get().await;
@@ -240,7 +272,11 @@ impl Registry {
 
     // ---- create -------------------------------------------------------------------------
 
-    async fn create(&self, name: String, options: HashMap<String, OwnedVariant>) -> Result<OwnedObjectPath> {
+    async fn create(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath> {
         name::validate(&name).map_err(|e| invalid(e.to_string()))?;
         let o = parse_create_options(options)?;
         let lower = match (&o.image, &o.directory) {
@@ -248,8 +284,11 @@ impl Registry {
             (None, Some(dir)) => check_directory(dir)?,
             (image, None) => {
                 let image = image.as_deref().unwrap_or(DEFAULT_IMAGE);
-                name::validate(image).map_err(|_| invalid(format!("invalid image name {image:?}")))?;
-                self.layout.find_image(image).ok_or_else(|| Error::NoSuchImage(format!("no image named {image:?}")))?
+                name::validate(image)
+                    .map_err(|_| invalid(format!("invalid image name {image:?}")))?;
+                self.layout
+                    .find_image(image)
+                    .ok_or_else(|| Error::NoSuchImage(format!("no image named {image:?}")))?
             }
         };
         if let Some(h) = &o.hostname {
@@ -257,7 +296,11 @@ impl Registry {
         }
         check_command(&o.command)?;
         check_properties(&o.properties)?;
-        let image = if o.directory.is_some() { None } else { Some(o.image.unwrap_or_else(|| DEFAULT_IMAGE.into())) };
+        let image = if o.directory.is_some() {
+            None
+        } else {
+            Some(o.image.unwrap_or_else(|| DEFAULT_IMAGE.into()))
+        };
         let def = Definition {
             name: name.clone(),
             image,
@@ -271,14 +314,20 @@ impl Registry {
         {
             let mut entries = self.entries.lock().unwrap();
             if entries.contains_key(&name) {
-                return Err(Error::AlreadyExists(format!("a container named {name:?} exists")));
+                return Err(Error::AlreadyExists(format!(
+                    "a container named {name:?} exists"
+                )));
             }
             if entries.len() >= MAX_CONTAINERS {
-                return Err(Error::LimitExceeded(format!("at most {MAX_CONTAINERS} containers")));
+                return Err(Error::LimitExceeded(format!(
+                    "at most {MAX_CONTAINERS} containers"
+                )));
             }
             if let Err(e) = self.write_container_dir(&def) {
                 let _ = std::fs::remove_dir_all(self.layout.container_dir(&name));
-                return Err(Error::Failed(format!("cannot write the definition of {name:?}: {e}")));
+                return Err(Error::Failed(format!(
+                    "cannot write the definition of {name:?}: {e}"
+                )));
             }
             entries.insert(name.clone(), Self::new_entry(def, lower));
         }
@@ -311,7 +360,8 @@ impl Registry {
                 "StandardError" => 2,
                 _ => return Err(invalid(format!("unknown option {key:?}"))),
             };
-            let fd = zbus::Fd::try_from(v).map_err(|_| invalid(format!("option {key} must be a file descriptor")))?;
+            let fd = zbus::Fd::try_from(v)
+                .map_err(|_| invalid(format!("option {key} must be a file descriptor")))?;
             stdio[slot] = Some(OwnedFd::try_from(fd).map_err(|e| Error::Failed(e.to_string()))?);
         }
         let (def, lower, previous) = {
@@ -319,7 +369,12 @@ impl Registry {
             let e = entries.get_mut(&name).ok_or_else(|| no_such(&name))?;
             match e.state {
                 State::Created | State::Exited => {}
-                s => return Err(Error::InvalidState(format!("container {name:?} is {}", s.as_str()))),
+                s => {
+                    return Err(Error::InvalidState(format!(
+                        "container {name:?} is {}",
+                        s.as_str()
+                    )));
+                }
             }
             let previous = e.state;
             e.state = State::Starting;
@@ -371,15 +426,33 @@ impl Registry {
 
     /// The start sequence (ARCHITECTURE.md, "Starting a container"). On error everything made
     /// so far is undone: the leader is killed and the scope stopped.
-    async fn launch(&self, def: &Definition, lower: &Path, stdio: [Option<OwnedFd>; 3]) -> Result<(i32, OwnedFd, OwnedFd)> {
+    async fn launch(
+        &self,
+        def: &Definition,
+        lower: &Path,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<(i32, OwnedFd, OwnedFd)> {
         let failed = |what: &str, e: &dyn std::fmt::Display| Error::Failed(format!("{what}: {e}"));
         let devnull = || {
-            std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map(OwnedFd::from)
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
         };
         let [i, o, e] = stdio;
-        let i = match i { Some(fd) => fd, None => devnull().map_err(|e| failed("open /dev/null", &e))? };
-        let o = match o { Some(fd) => fd, None => devnull().map_err(|e| failed("open /dev/null", &e))? };
-        let e = match e { Some(fd) => fd, None => devnull().map_err(|e| failed("open /dev/null", &e))? };
+        let i = match i {
+            Some(fd) => fd,
+            None => devnull().map_err(|e| failed("open /dev/null", &e))?,
+        };
+        let o = match o {
+            Some(fd) => fd,
+            None => devnull().map_err(|e| failed("open /dev/null", &e))?,
+        };
+        let e = match e {
+            Some(fd) => fd,
+            None => devnull().map_err(|e| failed("open /dev/null", &e))?,
+        };
         let memfd = nix::sys::memfd::memfd_create(
             format!("berth-exit-{}", def.name).as_str(),
             nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
@@ -388,25 +461,35 @@ impl Registry {
         let props = check_properties(&def.properties)?;
         let dirs = ContainerDirs::under(&self.layout.container_dir(&def.name));
         if !lower.is_dir() {
-            return Err(Error::Failed(format!("root directory {} is gone", lower.display())));
+            return Err(Error::Failed(format!(
+                "root directory {} is gone",
+                lower.display()
+            )));
         }
         let plan = plan::build(def, lower, &dirs, None);
 
-        let helper = Helper::spawn(&self.helper).map_err(|e| failed("cannot start berth-helper", &e))?;
+        let helper =
+            Helper::spawn(&self.helper).map_err(|e| failed("cannot start berth-helper", &e))?;
         let fds = [i.as_fd(), o.as_fd(), e.as_fd(), memfd.as_fd()];
-        if let Err(err) = helper.send(&ToHelper::Plan(plan), &fds).await {
+        if let Err(err) = helper.send(&ToHelper::Plan(Box::new(plan)), &fds).await {
             helper.kill().await;
             return Err(failed("berth-helper", &err));
         }
         let pid = match helper.recv(Duration::from_secs(10)).await {
             Ok(FromHelper::Forked { pid }) => pid,
-            Ok(FromHelper::Failed { step, errno, message }) => {
+            Ok(FromHelper::Failed {
+                step,
+                errno,
+                message,
+            }) => {
                 helper.kill().await;
                 return Err(helper_failure(def, step, errno, &message));
             }
             Ok(other) => {
                 helper.kill().await;
-                return Err(Error::Failed(format!("berth-helper sent {other:?} out of order")));
+                return Err(Error::Failed(format!(
+                    "berth-helper sent {other:?} out of order"
+                )));
             }
             Err(err) => {
                 helper.kill().await;
@@ -414,9 +497,11 @@ impl Registry {
             }
         };
         let sock = helper.reap_in_background();
-        let pidfd = sys::pidfd_open(nix::unistd::Pid::from_raw(pid)).map_err(|e| failed("pidfd_open", &e))?;
+        let pidfd = sys::pidfd_open(nix::unistd::Pid::from_raw(pid))
+            .map_err(|e| failed("pidfd_open", &e))?;
         let unit = name::scope_unit(&def.name);
-        let mut scope = systemd::scope_properties(&format!("berth container {}", def.name), pid as u32);
+        let mut scope =
+            systemd::scope_properties(&format!("berth container {}", def.name), pid as u32);
         for (key, value) in &props {
             scope = scope.value(key, value);
         }
@@ -436,8 +521,15 @@ impl Registry {
         }
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
             Ok(FromHelper::Started) => Ok((pid, pidfd, memfd)),
-            Ok(FromHelper::Failed { step, errno, message }) => Err(abort(helper_failure(def, step, errno, &message)).await),
-            Ok(other) => Err(abort(Error::Failed(format!("container sent {other:?} out of order"))).await),
+            Ok(FromHelper::Failed {
+                step,
+                errno,
+                message,
+            }) => Err(abort(helper_failure(def, step, errno, &message)).await),
+            Ok(other) => Err(abort(Error::Failed(format!(
+                "container sent {other:?} out of order"
+            )))
+            .await),
             Err(e) => Err(abort(failed("container start", &e)).await),
         }
     }
@@ -456,13 +548,17 @@ impl Registry {
 
     /// Watch a running leader; on exit record its status, stop the scope and notify.
     async fn watch_leader(self: Arc<Self>, name: String, pidfd: Arc<OwnedFd>, memfd: OwnedFd) {
-        if let Ok(dup) = pidfd.try_clone() {
-            if let Ok(afd) = sys::async_fd(dup) {
-                let _ = afd.readable().await;
-            }
+        if let Some(afd) = pidfd
+            .try_clone()
+            .ok()
+            .and_then(|dup| sys::async_fd(dup).ok())
+        {
+            let _ = afd.readable().await;
         }
         let reaped = self.reap_now(&pidfd).await;
-        let status = read_status(&memfd).or(reaped.map(sys::ExitInfo::as_status)).unwrap_or(-1);
+        let status = read_status(&memfd)
+            .or(reaped.map(sys::ExitInfo::as_status))
+            .unwrap_or(-1);
         self.on_exit(&name, status).await;
     }
 
@@ -474,7 +570,9 @@ impl Registry {
         let _ = notify::remove_fd(&fdname(name));
         let (tx, auto_remove, started_at) = {
             let mut entries = self.entries.lock().unwrap();
-            let Some(e) = entries.get_mut(name) else { return };
+            let Some(e) = entries.get_mut(name) else {
+                return;
+            };
             e.state = State::Exited;
             e.leader = None;
             e.pidfd = None;
@@ -482,7 +580,13 @@ impl Registry {
             (e.exited.clone(), e.def.auto_remove, e.started_at)
         };
         info!("container {name} exited with status {status}");
-        let rt = Runtime { running: false, leader: 0, leader_start: 0, started_at, exit_status: status };
+        let rt = Runtime {
+            running: false,
+            leader: 0,
+            leader_start: 0,
+            started_at,
+            exit_status: status,
+        };
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
             warn!("cannot record exit of {name}: {e}, ignoring");
         }
@@ -495,7 +599,11 @@ impl Registry {
 
     // ---- stop, kill, wait ---------------------------------------------------------------
 
-    fn running(&self, name: &str, next: Option<State>) -> Result<(Arc<OwnedFd>, watch::Receiver<Option<i32>>)> {
+    fn running(
+        &self,
+        name: &str,
+        next: Option<State>,
+    ) -> Result<(Arc<OwnedFd>, watch::Receiver<Option<i32>>)> {
         let mut entries = self.entries.lock().unwrap();
         let e = entries.get_mut(name).ok_or_else(|| no_such(name))?;
         match (e.state, &e.pidfd) {
@@ -506,16 +614,26 @@ impl Registry {
                 }
                 Ok(r)
             }
-            (s, _) => Err(Error::InvalidState(format!("container {name:?} is {}, not running", s.as_str()))),
+            (s, _) => Err(Error::InvalidState(format!(
+                "container {name:?} is {}, not running",
+                s.as_str()
+            ))),
         }
     }
 
     async fn stop(&self, name: String, timeout_usec: u64) -> Result<()> {
-        let timeout = if timeout_usec == 0 { DEFAULT_STOP_TIMEOUT } else { Duration::from_micros(timeout_usec) };
+        let timeout = if timeout_usec == 0 {
+            DEFAULT_STOP_TIMEOUT
+        } else {
+            Duration::from_micros(timeout_usec)
+        };
         let (pidfd, mut rx) = self.running(&name, Some(State::Stopping))?;
         self.emit_changed(&name).await;
         let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGTERM);
-        if tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await.is_err() {
+        if tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
             info!("container {name} did not stop within {timeout:?}, killing it");
             self.systemd
                 .kill_unit(&name::scope_unit(&name), "all", Signal::SIGKILL as i32)
@@ -523,23 +641,30 @@ impl Registry {
                 .map_err(|e| Error::Failed(e.to_string()))?;
             tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some))
                 .await
-                .map_err(|_| Error::Failed(format!("container {name:?} did not die after SIGKILL")))?
+                .map_err(|_| {
+                    Error::Failed(format!("container {name:?} did not die after SIGKILL"))
+                })?
                 .ok();
         }
         Ok(())
     }
 
     async fn kill(&self, name: String, whom: String, signal: i32) -> Result<()> {
-        let sig = Signal::try_from(signal).map_err(|_| invalid(format!("invalid signal number {signal}")))?;
+        let sig = Signal::try_from(signal)
+            .map_err(|_| invalid(format!("invalid signal number {signal}")))?;
         let (pidfd, _) = self.running(&name, None)?;
         match whom.as_str() {
-            "leader" | "" => sys::pidfd_send_signal(pidfd.as_fd(), sig).map_err(|e| Error::Failed(e.to_string())),
+            "leader" | "" => {
+                sys::pidfd_send_signal(pidfd.as_fd(), sig).map_err(|e| Error::Failed(e.to_string()))
+            }
             "all" => self
                 .systemd
                 .kill_unit(&name::scope_unit(&name), "all", signal)
                 .await
                 .map_err(|e| Error::Failed(e.to_string())),
-            other => Err(invalid(format!("whom must be \"leader\" or \"all\", not {other:?}"))),
+            other => Err(invalid(format!(
+                "whom must be \"leader\" or \"all\", not {other:?}"
+            ))),
         }
     }
 
@@ -549,11 +674,18 @@ impl Registry {
             let e = entries.get(&name).ok_or_else(|| no_such(&name))?;
             match e.state {
                 State::Exited => return Ok(e.exit_status),
-                State::Created => return Err(Error::InvalidState(format!("container {name:?} has not been started"))),
+                State::Created => {
+                    return Err(Error::InvalidState(format!(
+                        "container {name:?} has not been started"
+                    )));
+                }
                 _ => e.exited.subscribe(),
             }
         };
-        let v = rx.wait_for(Option::is_some).await.map_err(|_| Error::Failed("berthd is shutting down".into()))?;
+        let v = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Failed("berthd is shutting down".into()))?;
         Ok(v.unwrap_or(-1))
     }
 
@@ -572,14 +704,19 @@ impl Registry {
                     .kill_unit(&name::scope_unit(&name), "all", Signal::SIGKILL as i32)
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?;
-                let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some))
+                    .await;
             }
             State::Running | State::Stopping => {
                 return Err(Error::InvalidState(format!(
                     "container {name:?} is running; stop it first or remove it with --force"
                 )));
             }
-            State::Starting => return Err(Error::InvalidState(format!("container {name:?} is starting"))),
+            State::Starting => {
+                return Err(Error::InvalidState(format!(
+                    "container {name:?} is starting"
+                )));
+            }
         }
         self.remove_entry(&name).await;
         Ok(())
@@ -599,7 +736,11 @@ impl Registry {
         if let Ok(Err(e)) = removed {
             warn!("cannot remove the files of {name}: {e}, ignoring");
         }
-        let _ = self.conn.object_server().remove::<dbus::Container, _>(name::container_path(name)).await;
+        let _ = self
+            .conn
+            .object_server()
+            .remove::<dbus::Container, _>(name::container_path(name))
+            .await;
         if let Some(em) = self.manager_emitter() {
             let _ = dbus::Manager::container_removed(&em, name, Self::path(name)).await;
         }
@@ -611,8 +752,13 @@ impl Registry {
     /// Rebuild the registry from disk and systemd after a (re)start of berthd, re-adopting
     /// running containers.
     pub async fn recover(&self, mut stored: HashMap<String, OwnedFd>) {
-        let Ok(dir) = std::fs::read_dir(self.layout.containers()) else { return };
-        let mut names: Vec<String> = dir.flatten().filter_map(|d| d.file_name().into_string().ok()).collect();
+        let Ok(dir) = std::fs::read_dir(self.layout.containers()) else {
+            return;
+        };
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter_map(|d| d.file_name().into_string().ok())
+            .collect();
         names.sort();
         for name in names {
             if name::validate(&name).is_err() {
@@ -642,7 +788,11 @@ impl Registry {
                 if rt.running {
                     let alive = store::process_start_time(rt.leader) == Some(rt.leader_start)
                         && rt.leader_start != 0;
-                    let pidfd = if alive { sys::pidfd_open(nix::unistd::Pid::from_raw(rt.leader)).ok() } else { None };
+                    let pidfd = if alive {
+                        sys::pidfd_open(nix::unistd::Pid::from_raw(rt.leader)).ok()
+                    } else {
+                        None
+                    };
                     match (pidfd, memfd) {
                         (Some(pidfd), Some(memfd)) => {
                             let pidfd = Arc::new(pidfd);
@@ -660,15 +810,23 @@ impl Registry {
                             entry.state = State::Running;
                             entry.leader = Some(rt.leader);
                             entry.pidfd = Some(pidfd.clone());
-                            let memfd = nix::sys::memfd::memfd_create("berth-exit-lost", nix::sys::memfd::MFdFlags::MFD_CLOEXEC);
+                            let memfd = nix::sys::memfd::memfd_create(
+                                "berth-exit-lost",
+                                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                            );
                             if let Ok(m) = memfd {
                                 watch = Some((pidfd, m));
                             }
-                            warn!("re-adopted {name} without its exit descriptor, its exit status may be lost");
+                            warn!(
+                                "re-adopted {name} without its exit descriptor, its exit status may be lost"
+                            );
                         }
                         (None, memfd) => {
                             entry.exit_status = memfd.as_ref().and_then(read_status).unwrap_or(-1);
-                            info!("container {name} exited while berthd was away, status {}", entry.exit_status);
+                            info!(
+                                "container {name} exited while berthd was away, status {}",
+                                entry.exit_status
+                            );
                         }
                     }
                 }
@@ -682,9 +840,21 @@ impl Registry {
                     tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, memfd));
                 }
                 None if exited_meanwhile => {
-                    let status = self.entries.lock().unwrap().get(&name).map(|e| e.exit_status).unwrap_or(-1);
+                    let status = self
+                        .entries
+                        .lock()
+                        .unwrap()
+                        .get(&name)
+                        .map(|e| e.exit_status)
+                        .unwrap_or(-1);
                     let _ = self.systemd.stop_unit(&name::scope_unit(&name)).await;
-                    let rt = Runtime { running: false, leader: 0, leader_start: 0, started_at: 0, exit_status: status };
+                    let rt = Runtime {
+                        running: false,
+                        leader: 0,
+                        leader_start: 0,
+                        started_at: 0,
+                        exit_status: status,
+                    };
                     let _ = store::save_runtime(&self.layout, &name, &rt);
                     let _ = notify::remove_fd(&fdname(&name));
                     if auto_remove {
@@ -716,15 +886,27 @@ fn helper_failure(def: &Definition, step: Step, errno: i32, message: &str) -> Er
             def.name
         )),
         (Step::Exec, _) => Error::Failed(message.to_string()),
-        (step, errno) => Error::Failed(format!("container {:?}: {step:?} failed: {message}: {}", def.name, errno.desc())),
+        (step, errno) => Error::Failed(format!(
+            "container {:?}: {step:?} failed: {message}: {}",
+            def.name,
+            errno.desc()
+        )),
     }
 }
 
 impl dbus::Backend for Registry {
-    fn create(&self, name: String, options: HashMap<String, OwnedVariant>) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+    fn create(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
         Box::pin(self.create(name, options))
     }
-    fn start(&self, name: String, options: HashMap<String, OwnedVariant>) -> BoxFuture<'_, Result<()>> {
+    fn start(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.start(name, options))
     }
     fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
@@ -740,9 +922,18 @@ impl dbus::Backend for Registry {
         Box::pin(self.wait(name))
     }
     fn list(&self) -> Vec<ContainerInfo> {
-        self.entries.lock().unwrap().iter().map(|(n, e)| Self::info_of(n, e)).collect()
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, e)| Self::info_of(n, e))
+            .collect()
     }
     fn info(&self, name: &str) -> Option<ContainerInfo> {
-        self.entries.lock().unwrap().get(name).map(|e| Self::info_of(name, e))
+        self.entries
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|e| Self::info_of(name, e))
     }
 }

@@ -66,7 +66,10 @@ impl Layout {
 
     /// The first image directory holding `name`.
     pub fn find_image(&self, name: &str) -> Option<PathBuf> {
-        self.image_dirs.iter().map(|d| d.join(name)).find(|p| p.is_dir())
+        self.image_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| p.is_dir())
     }
 }
 
@@ -110,7 +113,10 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
 
 /// Microseconds since the epoch.
 pub fn now_usec() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -119,7 +125,8 @@ mod tests {
 
     #[test]
     fn start_time_survives_odd_command_names() {
-        let line = "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let line =
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         assert_eq!(parse_start_time(line), Some(987654));
         assert_eq!(parse_start_time("garbage"), None);
     }
@@ -127,9 +134,19 @@ mod tests {
     #[test]
     fn atomic_write_and_runtime_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout { lib: dir.path().join("lib"), run: dir.path().join("run"), image_dirs: vec![] };
+        let layout = Layout {
+            lib: dir.path().join("lib"),
+            run: dir.path().join("run"),
+            image_dirs: vec![],
+        };
         std::fs::create_dir_all(layout.run.join("containers")).unwrap();
-        let rt = Runtime { running: true, leader: 7, leader_start: 9, started_at: 1, exit_status: -1 };
+        let rt = Runtime {
+            running: true,
+            leader: 7,
+            leader_start: 9,
+            started_at: 1,
+            exit_status: -1,
+        };
         save_runtime(&layout, "web", &rt).unwrap();
         assert_eq!(load_runtime(&layout, "web"), Some(rt));
         assert!(!layout.runtime("web").with_extension("tmp").exists());

@@ -64,8 +64,16 @@ pub struct ContainerInfo {
 
 /// What the bus objects need from the daemon.
 pub trait Backend: Send + Sync + 'static {
-    fn create(&self, name: String, options: HashMap<String, OwnedVariant>) -> BoxFuture<'_, Result<OwnedObjectPath>>;
-    fn start(&self, name: String, options: HashMap<String, OwnedVariant>) -> BoxFuture<'_, Result<()>>;
+    fn create(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    fn start(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<()>>;
     fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>>;
     fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>>;
     fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
@@ -77,13 +85,21 @@ pub trait Backend: Send + Sync + 'static {
 /// Only root may change anything. The bus policy already says so; this is the second check,
 /// made by berthd itself on the caller's credentials from the bus.
 async fn authorize(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<()> {
-    let sender = hdr.sender().ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
+    let sender = hdr
+        .sender()
+        .ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
     let uid = zbus::fdo::DBusProxy::new(conn)
         .await?
         .get_connection_unix_user(sender.clone().into())
         .await
         .map_err(zbus::Error::from)?;
-    if uid == 0 { Ok(()) } else { Err(Error::PermissionDenied(format!("uid {uid} may not change containers"))) }
+    if uid == 0 {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "uid {uid} may not change containers"
+        )))
+    }
 }
 
 /// `/org/berth/berth1`: the manager.
@@ -93,7 +109,10 @@ pub struct Manager {
 
 #[interface(
     name = "org.berth.berth1.Manager",
-    proxy(default_service = "org.berth.berth1", default_path = "/org/berth/berth1")
+    proxy(
+        default_service = "org.berth.berth1",
+        default_path = "/org/berth/berth1"
+    )
 )]
 impl Manager {
     /// Define a container. Options: Image (s), Directory (s), Command (as), Hostname (s),
@@ -102,7 +121,8 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
-        name: String, options: HashMap<String, OwnedVariant>,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath> {
         authorize(conn, &hdr).await?;
         self.backend.create(name, options).await
@@ -114,7 +134,8 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
-        name: String, options: HashMap<String, OwnedVariant>,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
     ) -> Result<()> {
         authorize(conn, &hdr).await?;
         self.backend.start(name, options).await
@@ -126,7 +147,8 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
-        name: String, timeout_usec: u64,
+        name: String,
+        timeout_usec: u64,
     ) -> Result<()> {
         authorize(conn, &hdr).await?;
         self.backend.stop(name, timeout_usec).await
@@ -138,7 +160,9 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
-        name: String, whom: String, signal: i32,
+        name: String,
+        whom: String,
+        signal: i32,
     ) -> Result<()> {
         authorize(conn, &hdr).await?;
         self.backend.kill(name, whom, signal).await
@@ -150,7 +174,8 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
-        name: String, force: bool,
+        name: String,
+        force: bool,
     ) -> Result<()> {
         authorize(conn, &hdr).await?;
         self.backend.remove(name, force).await
@@ -176,11 +201,19 @@ impl Manager {
 
     /// A container was defined.
     #[zbus(signal)]
-    pub async fn container_new(emitter: &SignalEmitter<'_>, name: &str, path: OwnedObjectPath) -> zbus::Result<()>;
+    pub async fn container_new(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: OwnedObjectPath,
+    ) -> zbus::Result<()>;
 
     /// A container was removed.
     #[zbus(signal)]
-    pub async fn container_removed(emitter: &SignalEmitter<'_>, name: &str, path: OwnedObjectPath) -> zbus::Result<()>;
+    pub async fn container_removed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: OwnedObjectPath,
+    ) -> zbus::Result<()>;
 }
 
 /// `/org/berth/berth1/container/<escaped name>`: one container.
@@ -191,15 +224,18 @@ pub struct Container {
 
 impl Container {
     fn get(&self) -> zbus::fdo::Result<ContainerInfo> {
-        self.backend
-            .info(&self.name)
-            .ok_or_else(|| zbus::fdo::Error::UnknownObject(format!("container {:?} is gone", self.name)))
+        self.backend.info(&self.name).ok_or_else(|| {
+            zbus::fdo::Error::UnknownObject(format!("container {:?} is gone", self.name))
+        })
     }
 }
 
 #[interface(
     name = "org.berth.berth1.Container",
-    proxy(default_service = "org.berth.berth1", default_path = "/org/berth/berth1/container/_")
+    proxy(
+        default_service = "org.berth.berth1",
+        default_path = "/org/berth/berth1/container/_"
+    )
 )]
 impl Container {
     #[zbus(property(emits_changed_signal = "const"))]

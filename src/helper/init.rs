@@ -146,7 +146,9 @@ pub fn supervise(payload: Pid, status_fd: OwnedFd) -> ! {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == payload => finish(code, &status_fd),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => finish(128 + sig as i32, &status_fd),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == payload => {
+                    finish(128 + sig as i32, &status_fd)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }

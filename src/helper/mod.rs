@@ -39,14 +39,23 @@ pub fn main() -> ! {
         std::process::exit(1);
     };
     if let Err((step, errno, message)) = run(&sock, &plan, fds) {
-        let _ = protocol::send(sock.as_fd(), &FromHelper::Failed { step, errno: errno as i32, message }, &[]);
+        let _ = protocol::send(
+            sock.as_fd(),
+            &FromHelper::Failed {
+                step,
+                errno: errno as i32,
+                message,
+            },
+            &[],
+        );
         std::process::exit(1);
     }
     std::process::exit(0);
 }
 
 fn run(sock: &OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> StepResult<()> {
-    protocol::expect_fds(&fds, PLAN_FDS).map_err(|e| (Step::Namespaces, Errno::EINVAL, e.to_string()))?;
+    protocol::expect_fds(&fds, PLAN_FDS)
+        .map_err(|e| (Step::Namespaces, Errno::EINVAL, e.to_string()))?;
     let payload = init::Payload::from_plan(plan).map_err(|m| (Step::Exec, Errno::EINVAL, m))?;
     let ns = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
@@ -84,7 +93,15 @@ fn run(sock: &OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> StepResult<()> {
                     init::supervise(pid, status_fd)
                 }
                 Err((step, errno, message)) => {
-                    let _ = protocol::send(sock.as_fd(), &FromHelper::Failed { step, errno: errno as i32, message }, &[]);
+                    let _ = protocol::send(
+                        sock.as_fd(),
+                        &FromHelper::Failed {
+                            step,
+                            errno: errno as i32,
+                            message,
+                        },
+                        &[],
+                    );
                     std::process::exit(1)
                 }
             }
@@ -93,16 +110,22 @@ fn run(sock: &OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> StepResult<()> {
 }
 
 /// Everything the leader does after the barrier, up to the payload's exec.
-fn leader(plan: &Plan, payload: &init::Payload, fds: Vec<OwnedFd>) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd)> {
+fn leader(
+    plan: &Plan,
+    payload: &init::Payload,
+    fds: Vec<OwnedFd>,
+) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd)> {
     // Now that systemd has moved us into the scope, the cgroup namespace root is the scope.
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
+    unshare(CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
     sys::set_loopback_up().map_err(|e| (Step::Namespaces, e, "bring up loopback".into()))?;
     let root = mount::mount_root(plan).map_err(|(e, m)| (Step::Mount, e, m))?;
     for op in &plan.mounts {
         mount::apply(&root, op).map_err(|(e, m)| (Step::Mount, e, m))?;
     }
     drop(root);
-    nix::unistd::sethostname(&plan.hostname).map_err(|e| (Step::Hostname, e, "sethostname".into()))?;
+    nix::unistd::sethostname(&plan.hostname)
+        .map_err(|e| (Step::Hostname, e, "sethostname".into()))?;
     mount::pivot(&plan.root).map_err(|(e, m)| (Step::Pivot, e, m))?;
     let devnull = nix::fcntl::open(
         "/dev/null",
@@ -111,9 +134,18 @@ fn leader(plan: &Plan, payload: &init::Payload, fds: Vec<OwnedFd>) -> StepResult
     )
     .map_err(|e| (Step::Mount, e, "open /dev/null".into()))?;
     let mut fds = fds.into_iter();
-    let (i, o, e, status) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
+    let (i, o, e, status) = (
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+        fds.next().unwrap(),
+    );
     let pid = init::start_payload(payload, [i, o, e]).map_err(|errno| {
-        (Step::Exec, errno, format!("cannot execute {:?}: {}", plan.argv[0], errno.desc()))
+        (
+            Step::Exec,
+            errno,
+            format!("cannot execute {:?}: {}", plan.argv[0], errno.desc()),
+        )
     })?;
     Ok((pid, status, devnull))
 }

@@ -24,7 +24,11 @@ fn ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> MountResult<T> {
 fn how(flags: OFlag) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
 }
 
 /// Open `rel` inside `root` as an `O_PATH` handle, following no symlink.
@@ -57,7 +61,11 @@ fn parent_of<'a>(root: &OwnedFd, rel: &'a str) -> nix::Result<(OwnedFd, &'a str)
     let (dir, base) = rel.rsplit_once('/').unwrap_or(("", rel));
     let parent = ensure_dir(root, dir)?;
     // mknodat/symlinkat need a real directory descriptor, not O_PATH.
-    let parent = openat2(parent.as_fd(), ".", how(OFlag::O_RDONLY | OFlag::O_DIRECTORY))?;
+    let parent = openat2(
+        parent.as_fd(),
+        ".",
+        how(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
+    )?;
     Ok((parent, base))
 }
 
@@ -68,20 +76,38 @@ fn fd_path(fd: &OwnedFd) -> String {
 /// Make every mount private, then mount the overlay root at `plan.root`.
 pub fn mount_root(plan: &Plan) -> MountResult<OwnedFd> {
     // Without this, mounts below would propagate back to the host's shared mounts.
-    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
-        "make / private".into()
-    })?;
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "make / private".into(),
+    )?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         plan.lower.display(),
         plan.upper.display(),
         plan.work.display()
     );
-    ctx(mount(Some("overlay"), &plan.root, Some("overlay"), MsFlags::empty(), Some(data.as_str())), || {
-        format!("mount overlay on {}", plan.root.display())
-    })?;
     ctx(
-        nix::fcntl::open(&plan.root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()),
+        mount(
+            Some("overlay"),
+            &plan.root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        ),
+        || format!("mount overlay on {}", plan.root.display()),
+    )?;
+    ctx(
+        nix::fcntl::open(
+            &plan.root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
         || format!("open {}", plan.root.display()),
     )
 }
@@ -89,28 +115,53 @@ pub fn mount_root(plan: &Plan) -> MountResult<OwnedFd> {
 /// Apply one operation inside the root.
 pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
     match op {
-        MountOp::Fs { fstype, target, flags, data } => {
+        MountOp::Fs {
+            fstype,
+            target,
+            flags,
+            data,
+        } => {
             let dir = ctx(ensure_dir(root, target), || format!("create /{target}"))?;
             let flags = MsFlags::from_bits_truncate(*flags);
             ctx(
-                mount(Some(fstype.as_str()), fd_path(&dir).as_str(), Some(fstype.as_str()), flags, data.as_deref()),
+                mount(
+                    Some(fstype.as_str()),
+                    fd_path(&dir).as_str(),
+                    Some(fstype.as_str()),
+                    flags,
+                    data.as_deref(),
+                ),
                 || format!("mount {fstype} on /{target}"),
             )
         }
-        MountOp::CharDev { path, mode, major, minor } => {
+        MountOp::CharDev {
+            path,
+            mode,
+            major,
+            minor,
+        } => {
             let (parent, base) = ctx(parent_of(root, path), || format!("open parent of /{path}"))?;
             ctx(
-                mknodat(parent.as_fd(), base, SFlag::S_IFCHR, Mode::from_bits_truncate(*mode), makedev(*major, *minor)),
+                mknodat(
+                    parent.as_fd(),
+                    base,
+                    SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(*mode),
+                    makedev(*major, *minor),
+                ),
                 || format!("mknod /{path}"),
             )?;
             // mknod honours the umask; set the mode we asked for.
             let node = ctx(open_in(root, path), || format!("open /{path}"))?;
-            ctx(nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                fd_path(&node).as_str(),
-                Mode::from_bits_truncate(*mode),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            ), || format!("chmod /{path}"))
+            ctx(
+                nix::sys::stat::fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    fd_path(&node).as_str(),
+                    Mode::from_bits_truncate(*mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                ),
+                || format!("chmod /{path}"),
+            )
         }
         MountOp::Symlink { path, target } => {
             let (parent, base) = ctx(parent_of(root, path), || format!("open parent of /{path}"))?;
@@ -122,9 +173,16 @@ pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
         MountOp::ReadOnly { path } => {
             let fd = ctx(open_in(root, path), || format!("open /{path}"))?;
             let p = fd_path(&fd);
-            ctx(mount(Some(p.as_str()), p.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || {
-                format!("bind /{path}")
-            })?;
+            ctx(
+                mount(
+                    Some(p.as_str()),
+                    p.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
+                || format!("bind /{path}"),
+            )?;
             // Re-open: the handle above names the directory under the new bind mount.
             let fd = ctx(open_in(root, path), || format!("open /{path}"))?;
             let flags = MsFlags::MS_BIND
@@ -133,22 +191,45 @@ pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
                 | MsFlags::MS_NOSUID
                 | MsFlags::MS_NODEV
                 | MsFlags::MS_NOEXEC;
-            ctx(mount(None::<&str>, fd_path(&fd).as_str(), None::<&str>, flags, None::<&str>), || {
-                format!("remount /{path} read-only")
-            })
+            ctx(
+                mount(
+                    None::<&str>,
+                    fd_path(&fd).as_str(),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                ),
+                || format!("remount /{path} read-only"),
+            )
         }
         MountOp::Mask { path } => {
             let fd = match open_in(root, path) {
                 Err(Errno::ENOENT) => return Ok(()),
                 other => ctx(other, || format!("open /{path}"))?,
             };
-            let is_dir = ctx(nix::sys::stat::fstat(fd.as_fd()), || format!("stat /{path}"))?.st_mode & libc::S_IFMT
+            let is_dir = ctx(nix::sys::stat::fstat(fd.as_fd()), || {
+                format!("stat /{path}")
+            })?
+            .st_mode
+                & libc::S_IFMT
                 == libc::S_IFDIR;
             let target = fd_path(&fd);
             let r = if is_dir {
-                mount(Some("tmpfs"), target.as_str(), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0,mode=000"))
+                mount(
+                    Some("tmpfs"),
+                    target.as_str(),
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    Some("size=0,mode=000"),
+                )
             } else {
-                mount(Some("/dev/null"), target.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                mount(
+                    Some("/dev/null"),
+                    target.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
             };
             ctx(r, || format!("mask /{path}"))
         }
@@ -160,6 +241,8 @@ pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
 pub fn pivot(root: &Path) -> MountResult<()> {
     ctx(chdir(root), || format!("chdir {}", root.display()))?;
     ctx(pivot_root(".", "."), || "pivot_root".into())?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || "detach old root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach old root".into()
+    })?;
     ctx(chdir("/"), || "chdir /".into())
 }

@@ -17,7 +17,10 @@ pub enum SpawnError {
     #[error("cannot create the helper socket: {0}")]
     Socket(nix::Error),
     #[error("cannot execute {path}: {source}")]
-    Exec { path: String, source: std::io::Error },
+    Exec {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("the helper did not answer within {0:?}")]
@@ -34,21 +37,29 @@ impl Helper {
     /// Exec the helper binary.
     pub fn spawn(path: &Path) -> Result<Helper, SpawnError> {
         let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-        let (ours, theirs) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).map_err(SpawnError::Socket)?;
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)
+            .map_err(SpawnError::Socket)?;
         // The helper blocks on its end; only ours is non-blocking.
         let theirs = clear_nonblock(theirs).map_err(SpawnError::Socket)?;
         let mut cmd = std::process::Command::new(path);
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
         crate::sys::command_pass_fd(&mut cmd, theirs, crate::helper::SOCKET_FD);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
-        let child = cmd.spawn().map_err(|source| SpawnError::Exec { path: path.display().to_string(), source })?;
+        let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+            path: path.display().to_string(),
+            source,
+        })?;
         let sock = crate::sys::async_fd(ours).map_err(io_err)?;
         Ok(Helper { sock, child })
     }
 
-    pub async fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), SpawnError> {
+    pub async fn send<T: Serialize>(
+        &self,
+        msg: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SpawnError> {
         send_on(&self.sock, msg, fds).await
     }
 
@@ -95,11 +106,17 @@ fn from_io(e: std::io::Error) -> SpawnError {
 }
 
 fn io_err(e: std::io::Error) -> SpawnError {
-    SpawnError::Protocol(ProtocolError::Io(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    SpawnError::Protocol(ProtocolError::Io(nix::Error::from_raw(
+        e.raw_os_error().unwrap_or(libc::EIO),
+    )))
 }
 
 /// Send a message (and descriptors) on the helper's socket.
-pub async fn send_on<T: Serialize>(sock: &AsyncFd<OwnedFd>, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), SpawnError> {
+pub async fn send_on<T: Serialize>(
+    sock: &AsyncFd<OwnedFd>,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), SpawnError> {
     loop {
         let mut guard = sock.writable().await.map_err(io_err)?;
         match guard.try_io(|s| protocol::send(s.get_ref().as_fd(), msg, fds).map_err(to_io)) {
@@ -114,11 +131,14 @@ pub async fn recv_on(sock: &AsyncFd<OwnedFd>, timeout: Duration) -> Result<FromH
     let fut = async {
         loop {
             let mut guard = sock.readable().await.map_err(io_err)?;
-            match guard.try_io(|s| protocol::recv::<FromHelper>(s.get_ref().as_fd()).map_err(to_io)) {
+            match guard.try_io(|s| protocol::recv::<FromHelper>(s.get_ref().as_fd()).map_err(to_io))
+            {
                 Ok(r) => return r.map(|(m, _)| m).map_err(from_io),
                 Err(_) => continue,
             }
         }
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| SpawnError::Timeout(timeout))?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| SpawnError::Timeout(timeout))?
 }

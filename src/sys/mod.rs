@@ -93,7 +93,14 @@ pub fn pidfd_try_reap(pidfd: BorrowedFd<'_>) -> nix::Result<Option<ExitInfo>> {
 pub fn close_from(first: RawFd) -> nix::Result<()> {
     // SAFETY: close_range only closes descriptors; no Rust object in this single-threaded
     // helper owns a descriptor at or above `first` when this is called (callers guarantee it).
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
     if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
@@ -160,7 +167,12 @@ pub fn owned_from_kernel(fd: RawFd) -> OwnedFd {
 /// one thing a fresh network namespace needs for `127.0.0.1` to work.
 pub fn set_loopback_up() -> nix::Result<()> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {

@@ -33,13 +33,23 @@ pub trait SystemdManager {
     fn unref_unit(&self, name: &str) -> zbus::Result<()>;
     fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
 }
 
 #[derive(Debug, Error)]
 pub enum SystemdError {
     #[error("systemd call {call} for {unit} failed: {source}")]
-    Call { call: &'static str, unit: String, source: zbus::Error },
+    Call {
+        call: &'static str,
+        unit: String,
+        source: zbus::Error,
+    },
     #[error("systemd job for {unit} ended with result {result:?}")]
     Job { unit: String, result: String },
     #[error("systemd job for {unit} did not finish within {0:?}", JOB_TIMEOUT)]
@@ -153,12 +163,29 @@ impl Systemd {
     }
 
     /// Start a transient scope and wait for its job: only `done` is success.
-    pub async fn start_scope(&self, unit: &str, props: &UnitProperties) -> Result<(), SystemdError> {
+    pub async fn start_scope(
+        &self,
+        unit: &str,
+        props: &UnitProperties,
+    ) -> Result<(), SystemdError> {
         let job = self
             .proxy
-            .start_transient_unit(unit, "fail", &props.0.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>(), &[])
+            .start_transient_unit(
+                unit,
+                "fail",
+                &props
+                    .0
+                    .iter()
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect::<Vec<_>>(),
+                &[],
+            )
             .await
-            .map_err(|source| SystemdError::Call { call: "StartTransientUnit", unit: unit.into(), source })?;
+            .map_err(|source| SystemdError::Call {
+                call: "StartTransientUnit",
+                unit: unit.into(),
+                source,
+            })?;
         self.wait_job(unit, job).await
     }
 
@@ -168,7 +195,11 @@ impl Systemd {
         let stopped = match self.proxy.stop_unit(unit, "replace").await {
             Ok(job) => self.wait_job(unit, job).await,
             Err(e) if is_no_such_unit(&e) => return Ok(()),
-            Err(source) => Err(SystemdError::Call { call: "StopUnit", unit: unit.into(), source }),
+            Err(source) => Err(SystemdError::Call {
+                call: "StopUnit",
+                unit: unit.into(),
+                source,
+            }),
         };
         match self.proxy.unref_unit(unit).await {
             Err(e) if !is_no_such_unit(&e) && !is_not_referenced(&e) => {
@@ -183,7 +214,11 @@ impl Systemd {
     pub async fn kill_unit(&self, unit: &str, whom: &str, signal: i32) -> Result<(), SystemdError> {
         match self.proxy.kill_unit(unit, whom, signal).await {
             Err(e) if is_no_such_unit(&e) => Ok(()),
-            r => r.map_err(|source| SystemdError::Call { call: "KillUnit", unit: unit.into(), source }),
+            r => r.map_err(|source| SystemdError::Call {
+                call: "KillUnit",
+                unit: unit.into(),
+                source,
+            }),
         }
     }
 
@@ -194,7 +229,14 @@ impl Systemd {
 }
 
 fn check(unit: &str, result: String) -> Result<(), SystemdError> {
-    if result == "done" { Ok(()) } else { Err(SystemdError::Job { unit: unit.into(), result }) }
+    if result == "done" {
+        Ok(())
+    } else {
+        Err(SystemdError::Job {
+            unit: unit.into(),
+            result,
+        })
+    }
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
@@ -213,8 +255,24 @@ mod tests {
     #[test]
     fn scope_properties_are_delegated_in_machine_slice() {
         let p = scope_properties("berth container web", 42);
-        assert_eq!(p.keys(), ["Description", "Slice", "Delegate", "CollectMode", "AddRef", "PIDs"]);
-        assert!(p.0.iter().any(|(k, v)| *k == "Slice" && *v == Variant::from("machine.slice")));
-        assert!(p.0.iter().any(|(k, v)| *k == "Delegate" && *v == Variant::from(true)));
+        assert_eq!(
+            p.keys(),
+            [
+                "Description",
+                "Slice",
+                "Delegate",
+                "CollectMode",
+                "AddRef",
+                "PIDs"
+            ]
+        );
+        assert!(
+            p.0.iter()
+                .any(|(k, v)| *k == "Slice" && *v == Variant::from("machine.slice"))
+        );
+        assert!(
+            p.0.iter()
+                .any(|(k, v)| *k == "Delegate" && *v == Variant::from(true))
+        );
     }
 }
