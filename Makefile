@@ -57,7 +57,9 @@ uninstall:
 
 # Quick start: build, install into a disposable systemd host (or this host when PID 1 is
 # systemd) and run a first container from the built-in image.
-quickstart: build
+quickstart:
+	tests/deps.sh
+	$(MAKE) build
 	tests/quickstart.sh
 
 lint:
@@ -69,7 +71,9 @@ unit-test:
 
 # The privileged tier: boots a disposable systemd host, installs berth into it and drives it
 # through the real bus, CLI and systemctl. Fails (never skips) if the host cannot boot.
-integration-test: build
+integration-test:
+	tests/deps.sh
+	$(MAKE) build
 	tests/run-integration.sh
 
 check test: unit-test integration-test
