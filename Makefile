@@ -67,7 +67,7 @@ lint:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 unit-test:
-	$(CARGO) test --locked --lib --bins
+	$(CARGO) test --locked --release --lib --bins
 
 # The privileged tier: boots a disposable systemd host, installs berth into it and drives it
 # through the real bus, CLI and systemctl. Fails (never skips) if the host cannot boot.

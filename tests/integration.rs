@@ -166,6 +166,11 @@ fn exit_codes_propagate_and_zombies_are_reaped() {
     assert_eq!(code("berthctl run --rm -- /bin/sh -c 'exit 42'"), 42);
     assert_eq!(code("berthctl run --rm -- /bin/sh -c 'kill -9 $$'"), 137);
     assert_eq!(code("berthctl run --rm -- /bin/true"), 0);
+    // A payload that exits at once is removed before berthctl asks for its status: still 0.
+    assert_eq!(
+        ok("for i in $(seq 40); do berthctl run --rm -- /bin/true || echo FAIL $?; done"),
+        ""
+    );
     // Orphans are re-parented to PID 1, which must reap them.
     let stats = ok(
         "berthctl run --rm -- /bin/sh -c '(sleep 0.2 &); (sleep 0.2 &); sleep 1.5; cat /proc/[0-9]*/stat'",
@@ -396,4 +401,44 @@ fn published_interfaces_match_what_berthd_serves() {
         );
     }
     ok("berthctl remove if1");
+}
+
+#[test]
+fn bus_signals_announce_new_removed_and_state_changes() {
+    // A real client on the bus, listening while a container comes and goes.
+    let o = sh(
+        "timeout 6 gdbus monitor --system -d org.berth.berth1 > /tmp/mon.log 2>&1 & sleep 1; \
+                berthctl run --rm --name sig1 -- /bin/true; sleep 1; kill %1 2>/dev/null; cat /tmp/mon.log",
+    );
+    let log = out(&o);
+    assert!(
+        log.contains("org.berth.berth1.Manager.ContainerNew ('sig1'"),
+        "{log}"
+    );
+    assert!(
+        log.contains("org.berth.berth1.Manager.ContainerRemoved ('sig1'"),
+        "{log}"
+    );
+    assert!(
+        log.contains("'State': <'running'>") && log.contains("'State': <'exited'>"),
+        "{log}"
+    );
+    assert!(
+        log.contains("org.freedesktop.DBus.ObjectManager.InterfacesAdded"),
+        "{log}"
+    );
+}
+
+#[test]
+fn containers_cannot_load_modules_read_kernel_logs_or_set_the_clock() {
+    // berthd.service's ProtectKernelModules/ProtectKernelLogs/ProtectClock reach every container.
+    let capbnd = ok("berthctl run --rm -- /bin/sh -c 'grep CapBnd /proc/self/status'");
+    let mask = u64::from_str_radix(capbnd.split_whitespace().last().unwrap(), 16).unwrap();
+    for (cap, bit) in [("CAP_SYS_MODULE", 16), ("CAP_SYSLOG", 34)] {
+        assert_eq!(mask & (1 << bit), 0, "{cap} in the bounding set: {capbnd}");
+    }
+    assert_ne!(
+        code("berthctl run --rm -- /bin/sh -c 'date -s 2000-01-01'"),
+        0
+    );
 }

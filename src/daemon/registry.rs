@@ -73,7 +73,13 @@ pub struct Registry {
     layout: Layout,
     helper: PathBuf,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Exit statuses of containers removed at exit (`--rm`), newest last, so that a
+    /// WaitContainer arriving after the removal still gets the status.
+    removed_at_exit: Mutex<std::collections::VecDeque<(String, i32)>>,
 }
+
+/// How many auto-removed containers' statuses are remembered.
+const REMEMBER_REMOVED: usize = 256;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
@@ -193,6 +199,7 @@ impl Registry {
             layout,
             helper,
             entries: Mutex::new(BTreeMap::new()),
+            removed_at_exit: Mutex::default(),
         })
     }
 
@@ -592,6 +599,14 @@ impl Registry {
         }
         self.emit_changed(name).await;
         if auto_remove {
+            {
+                let mut gone = self.removed_at_exit.lock().unwrap();
+                gone.retain(|(n, _)| n != name);
+                if gone.len() == REMEMBER_REMOVED {
+                    gone.pop_front();
+                }
+                gone.push_back((name.to_string(), status));
+            }
             self.remove_entry(name).await;
         }
         tx.send_replace(Some(status));
@@ -671,7 +686,15 @@ impl Registry {
     async fn wait(&self, name: String) -> Result<i32> {
         let mut rx = {
             let entries = self.entries.lock().unwrap();
-            let e = entries.get(&name).ok_or_else(|| no_such(&name))?;
+            let Some(e) = entries.get(&name) else {
+                let gone = self.removed_at_exit.lock().unwrap();
+                return gone
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, s)| *s)
+                    .ok_or_else(|| no_such(&name));
+            };
             match e.state {
                 State::Exited => return Ok(e.exit_status),
                 State::Created => {

@@ -181,7 +181,9 @@ impl Manager {
         self.backend.remove(name, force).await
     }
 
-    /// Wait until the container has exited and return its exit status.
+    /// Wait until the container has exited and return its exit status. A container removed at
+    /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
+    /// this after StartContainer cannot miss a payload that exited at once.
     async fn wait_container(&self, name: String) -> Result<i32> {
         self.backend.wait(name).await
     }

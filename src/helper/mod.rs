@@ -38,17 +38,8 @@ pub fn main() -> ! {
         eprintln!("berth-helper: expected a plan");
         std::process::exit(1);
     };
-    if let Err((step, errno, message)) = run(&sock, &plan, fds) {
-        let _ = protocol::send(
-            sock.as_fd(),
-            &FromHelper::Failed {
-                step,
-                errno: errno as i32,
-                message,
-            },
-            &[],
-        );
-        std::process::exit(1);
+    if let Err(failure) = run(&sock, &plan, fds) {
+        fail(&sock, failure);
     }
     std::process::exit(0);
 }
@@ -92,18 +83,7 @@ fn run(sock: &OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> StepResult<()> {
                     let _ = sys::close_from(SOCKET_FD + 1);
                     init::supervise(pid, status_fd)
                 }
-                Err((step, errno, message)) => {
-                    let _ = protocol::send(
-                        sock.as_fd(),
-                        &FromHelper::Failed {
-                            step,
-                            errno: errno as i32,
-                            message,
-                        },
-                        &[],
-                    );
-                    std::process::exit(1)
-                }
+                Err(failure) => fail(sock, failure),
             }
         }
     }
@@ -148,4 +128,15 @@ fn leader(
         )
     })?;
     Ok((pid, status, devnull))
+}
+
+/// Tell berthd which step failed, and exit.
+fn fail(sock: &OwnedFd, (step, errno, message): (Step, Errno, String)) -> ! {
+    let failed = FromHelper::Failed {
+        step,
+        errno: errno as i32,
+        message,
+    };
+    let _ = protocol::send(sock.as_fd(), &failed, &[]);
+    std::process::exit(1)
 }
