@@ -389,9 +389,18 @@ fn published_interfaces_match_what_berthd_serves() {
             "/org/berth/berth1/container/if1",
         ),
     ] {
-        let served = ok(&format!(
-            "busctl introspect --xml-interface org.berth.berth1 {path} | python3 {root}/tests/extract-interface.py {iface}"
+        // Extract outside the host: its /tmp is its own, and the checkout may live there.
+        let xml = ok(&format!(
+            "busctl introspect --xml-interface org.berth.berth1 {path}"
         ));
+        let mut py = Command::new("python3")
+            .args([format!("{root}/tests/extract-interface.py").as_str(), iface])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        std::io::Write::write_all(&mut py.stdin.take().unwrap(), xml.as_bytes()).unwrap();
+        let served = String::from_utf8(py.wait_with_output().unwrap().stdout).unwrap();
         let published =
             std::fs::read_to_string(format!("{root}/dbus-interfaces/{iface}.xml")).unwrap();
         assert_eq!(
