@@ -450,3 +450,16 @@ fn containers_cannot_load_modules_read_kernel_logs_or_set_the_clock() {
     let year = ok("berthctl run --rm -- /bin/sh -c 'date -s 2000-01-01 >/dev/null 2>&1; date +%Y'");
     assert_ne!(year, "2000", "a container set the clock");
 }
+
+#[test]
+fn init_holds_no_host_descriptors() {
+    // PID 1 keeps only the container's /dev/null on 0-2 and its exit-status memfd.
+    let fds = ok("berthctl run --rm -- /bin/sh -c 'for f in /proc/1/fd/*; do readlink $f; done'");
+    assert!(!fds.is_empty());
+    for l in fds.lines() {
+        assert!(
+            l == "/dev/null" || l.starts_with("/memfd:berth-exit"),
+            "PID 1 holds {l}: {fds}"
+        );
+    }
+}
