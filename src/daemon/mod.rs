@@ -69,6 +69,7 @@ fn helper_path() -> PathBuf {
     ]
     .into_iter()
     .find(|p| p.exists())
+    .and_then(|p| p.canonicalize().ok())
     .unwrap_or_else(|| "/usr/local/libexec/berth-helper".into())
 }
 
