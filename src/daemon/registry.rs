@@ -416,7 +416,7 @@ impl Registry {
                         e.exited.send_replace(None);
                     }
                 }
-                tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, memfd));
+                tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, Some(memfd)));
                 self.emit_changed(&name).await;
                 info!("started container {name}, leader {pid}");
                 Ok(())
@@ -554,7 +554,12 @@ impl Registry {
     }
 
     /// Watch a running leader; on exit record its status, stop the scope and notify.
-    async fn watch_leader(self: Arc<Self>, name: String, pidfd: Arc<OwnedFd>, memfd: OwnedFd) {
+    async fn watch_leader(
+        self: Arc<Self>,
+        name: String,
+        pidfd: Arc<OwnedFd>,
+        memfd: Option<OwnedFd>,
+    ) {
         if let Some(afd) = pidfd
             .try_clone()
             .ok()
@@ -563,7 +568,9 @@ impl Registry {
             let _ = afd.readable().await;
         }
         let reaped = self.reap_now(&pidfd).await;
-        let status = read_status(&memfd)
+        let status = memfd
+            .as_ref()
+            .and_then(read_status)
             .or(reaped.map(sys::ExitInfo::as_status))
             .unwrap_or(-1);
         self.on_exit(&name, status).await;
@@ -817,32 +824,21 @@ impl Registry {
                         None
                     };
                     match (pidfd, memfd) {
-                        (Some(pidfd), Some(memfd)) => {
+                        (Some(pidfd), memfd) => {
                             let pidfd = Arc::new(pidfd);
                             entry.state = State::Running;
                             entry.leader = Some(rt.leader);
                             entry.pidfd = Some(pidfd.clone());
-                            let _ = notify::store_fd(&fdname(&name), memfd.as_fd());
+                            match &memfd {
+                                Some(m) => {
+                                    let _ = notify::store_fd(&fdname(&name), m.as_fd());
+                                }
+                                None => warn!(
+                                    "{name} has no exit descriptor (berthd ran without a service manager?), its exit status may be lost"
+                                ),
+                            }
                             watch = Some((pidfd, memfd));
                             info!("re-adopted running container {name}, leader {}", rt.leader);
-                        }
-                        (Some(pidfd), None) => {
-                            // Running but its exit descriptor was lost: adopt it, status will be
-                            // what waitid says, if anything.
-                            let pidfd = Arc::new(pidfd);
-                            entry.state = State::Running;
-                            entry.leader = Some(rt.leader);
-                            entry.pidfd = Some(pidfd.clone());
-                            let memfd = nix::sys::memfd::memfd_create(
-                                "berth-exit-lost",
-                                nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-                            );
-                            if let Ok(m) = memfd {
-                                watch = Some((pidfd, m));
-                            }
-                            warn!(
-                                "re-adopted {name} without its exit descriptor, its exit status may be lost"
-                            );
                         }
                         (None, memfd) => {
                             entry.exit_status = memfd.as_ref().and_then(read_status).unwrap_or(-1);

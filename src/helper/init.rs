@@ -75,9 +75,7 @@ pub fn start_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Result<Pid, Errn
     nix::sys::prctl::set_dumpable(false)?;
     // A close-on-exec pipe tells the parent whether exec worked: EOF means it did.
     let (rd, wr) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY-relevant: the helper is single-threaded.
-    // SAFETY: berth-helper never starts a second thread.
-    match unsafe { fork_single_threaded() }? {
+    match fork_single_threaded()? {
         Forked::Child => {
             drop(rd);
             let errno = exec_payload(payload, stdio);

@@ -54,8 +54,7 @@ fn run(sock: &OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> StepResult<()> {
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID;
     unshare(ns).map_err(|e| (Step::Namespaces, e, "unshare namespaces".into()))?;
-    // SAFETY: berth-helper is single-threaded.
-    match unsafe { sys::fork_single_threaded() }.map_err(|e| (Step::Fork, e, "fork".into()))? {
+    match sys::fork_single_threaded().map_err(|e| (Step::Fork, e, "fork".into()))? {
         Forked::Parent(pid) => {
             protocol::send(sock.as_fd(), &FromHelper::Forked { pid: pid.as_raw() }, &[])
                 .map_err(|e| (Step::Fork, Errno::EPIPE, e.to_string()))?;

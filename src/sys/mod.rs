@@ -110,14 +110,19 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`, for the single-threaded helper only.
-///
-/// # Safety
-/// The calling process must be single-threaded (berth-helper is), so the child cannot inherit a
-/// lock held by another thread.
-pub unsafe fn fork_single_threaded() -> nix::Result<Forked> {
-    // SAFETY: the caller guarantees the process is single-threaded, which is the condition under
-    // which running arbitrary code in the child is sound.
+/// `fork(2)`, for single-threaded processes only (berth-helper): refuses with `EDEADLK` when
+/// the process has more than one thread, since the child could then inherit a lock another
+/// thread held and must not run arbitrary code.
+pub fn fork_single_threaded() -> nix::Result<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|_| Errno::EIO)?
+        .count();
+    if threads != 1 {
+        return Err(Errno::EDEADLK);
+    }
+    // SAFETY: checked just above that this process has exactly one thread, the condition under
+    // which running arbitrary code in the child is sound; no thread can appear in between
+    // because only this thread could create one.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
