@@ -453,8 +453,12 @@ fn containers_cannot_load_modules_read_kernel_logs_or_set_the_clock() {
 
 #[test]
 fn init_holds_no_host_descriptors() {
-    // PID 1 keeps only the container's /dev/null on 0-2 and its exit-status memfd.
-    let fds = ok("berthctl run --rm -- /bin/sh -c 'for f in /proc/1/fd/*; do readlink $f; done'");
+    // PID 1 keeps only the container's /dev/null on 0-2 and its exit-status memfd. Right after
+    // exec it may still hold the exec-status pipe for a moment: wait, and skip an fd that
+    // closes between the glob and readlink (it is not held).
+    let fds = ok(
+        "berthctl run --rm -- /bin/sh -c 'sleep 0.2; for f in /proc/1/fd/*; do readlink $f || true; done'",
+    );
     assert!(!fds.is_empty());
     for l in fds.lines() {
         assert!(
