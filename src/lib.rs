@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dbus;
 pub mod helper;
+pub mod image;
 pub mod name;
 pub mod plan;
 pub mod protocol;
