@@ -12,6 +12,7 @@ pub mod image;
 pub mod name;
 pub mod plan;
 pub mod protocol;
+pub mod resources;
 pub mod spawn;
 pub mod spec;
 pub mod sys;

@@ -6,6 +6,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::protocol::{MountOp, Plan};
+use crate::resources::Device;
 use crate::spec::Definition;
 
 /// The `PATH` a payload gets.
@@ -65,9 +66,10 @@ pub fn api_mounts() -> Vec<MountOp> {
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=4m"),
     ));
-    ops.extend(DEVICES.iter().map(|(name, major, minor)| MountOp::CharDev {
+    ops.extend(DEVICES.iter().map(|(name, major, minor)| MountOp::Device {
         path: format!("dev/{name}"),
         mode: 0o666,
+        block: false,
         major: *major,
         minor: *minor,
     }));
@@ -117,7 +119,15 @@ impl ContainerDirs {
 }
 
 /// The complete plan for starting `def` on top of `lower`.
-pub fn build(def: &Definition, lower: &Path, dirs: &ContainerDirs, term: Option<&str>) -> Plan {
+/// The plan for starting `def` on top of `lower`, with `devices` (already checked against the
+/// host) made in its /dev besides the defaults.
+pub fn build(
+    def: &Definition,
+    lower: &Path,
+    dirs: &ContainerDirs,
+    devices: &[Device],
+    term: Option<&str>,
+) -> Plan {
     let mut env = vec![
         format!("PATH={PATH}"),
         "HOME=/root".into(),
@@ -133,7 +143,16 @@ pub fn build(def: &Definition, lower: &Path, dirs: &ContainerDirs, term: Option<
         upper: dirs.upper.clone(),
         work: dirs.work.clone(),
         root: dirs.root.clone(),
-        mounts: api_mounts(),
+        mounts: api_mounts()
+            .into_iter()
+            .chain(devices.iter().map(|d| MountOp::Device {
+                path: d.path.trim_start_matches('/').into(),
+                mode: 0o660,
+                block: d.block,
+                major: d.major,
+                minor: d.minor,
+            }))
+            .collect(),
         argv: def.argv(),
         env,
         workdir: "/".into(),
@@ -149,14 +168,14 @@ mod tests {
         let ops = api_mounts();
         let pos = |pred: &dyn Fn(&MountOp) -> bool| ops.iter().position(pred).unwrap();
         let dev = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "dev"));
-        let null = pos(&|o| matches!(o, MountOp::CharDev { path, .. } if path == "dev/null"));
+        let null = pos(&|o| matches!(o, MountOp::Device { path, .. } if path == "dev/null"));
         let proc_ = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "proc"));
         let sys_ro = pos(&|o| matches!(o, MountOp::ReadOnly { path } if path == "proc/sys"));
         assert!(dev < null && proc_ < sys_ro);
         for op in &ops {
             let p = match op {
                 MountOp::Fs { target, .. } => target,
-                MountOp::CharDev { path, .. } | MountOp::Symlink { path, .. } => path,
+                MountOp::Device { path, .. } | MountOp::Symlink { path, .. } => path,
                 MountOp::ReadOnly { path } | MountOp::Mask { path } => path,
             };
             assert!(
@@ -180,11 +199,26 @@ mod tests {
             command: vec![],
             hostname: Some("h1".into()),
             auto_remove: false,
+            resources: Default::default(),
             properties: Default::default(),
             created_at: 0,
         };
         let dirs = ContainerDirs::under(Path::new("/var/lib/berth/containers/web"));
-        let p = build(&def, Path::new("/srv/root"), &dirs, None);
+        let tun = Device {
+            path: "/dev/net/tun".into(),
+            perms: "rwm".into(),
+            block: false,
+            major: 10,
+            minor: 200,
+        };
+        let p = build(&def, Path::new("/srv/root"), &dirs, &[tun], None);
+        assert!(p.mounts.contains(&MountOp::Device {
+            path: "dev/net/tun".into(),
+            mode: 0o660,
+            block: false,
+            major: 10,
+            minor: 200
+        }));
         assert_eq!(p.hostname, "h1");
         assert_eq!(p.argv, vec!["/bin/sh"]);
         assert_eq!(p.upper, Path::new("/var/lib/berth/containers/web/upper"));

@@ -33,10 +33,11 @@ pub enum MountOp {
         flags: u64,
         data: Option<String>,
     },
-    /// Create a device node (character device `major:minor`).
-    CharDev {
+    /// Create a device node (`major:minor`, a block device when `block`).
+    Device {
         path: String,
         mode: u32,
+        block: bool,
         major: u64,
         minor: u64,
     },

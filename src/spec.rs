@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::resources::{self, Resources};
+
 /// A container definition, stored as `/var/lib/berth/containers/NAME/container.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +29,10 @@ pub struct Definition {
     /// Remove the definition and writable layer when the container exits.
     #[serde(default)]
     pub auto_remove: bool,
-    /// Scope properties (`KEY=VALUE` as the user wrote them; checked by [`parse_property`]).
+    /// Resource limits and extra devices (see [`Resources`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
+    /// Raw scope properties (`KEY=VALUE` as the user wrote them; checked by [`parse_property`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Creation time, microseconds since the epoch.
@@ -50,11 +55,25 @@ impl Definition {
     }
 }
 
-/// A typed value for one systemd unit property.
+fn is_default(r: &Resources) -> bool {
+    *r == Resources::default()
+}
+
+/// A typed value for one systemd unit property (the D-Bus signatures systemd expects).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PropValue {
+    /// `t`
     U64(u64),
+    /// `s`
     Str(String),
+    /// `b`
+    Bool(bool),
+    /// `ay` (CPU and NUMA node bitmasks)
+    Bytes(Vec<u8>),
+    /// `a(st)` (per-device IO limits)
+    PathU64(Vec<(String, u64)>),
+    /// `a(ss)` (device allow list)
+    PathStr(Vec<(String, String)>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -71,46 +90,74 @@ pub enum PropertyError {
     Syntax(String),
 }
 
-type Parser = fn(&str) -> Result<(&'static str, PropValue), &'static str>;
+type Parser = fn(&str) -> Result<PropValue, &'static str>;
 
-/// The properties accepted, each with its parser to the systemd property and value.
+/// The raw scope properties accepted by `--property`, as systemd-run spells them, each with
+/// its parser to the typed value. CPUQuota and RuntimeMaxSec are renamed to the properties
+/// systemd takes on the bus (see [`bus_name`]).
 const KNOWN: &[(&str, Parser)] = &[
-    ("MemoryMax", |v| {
-        Ok(("MemoryMax", PropValue::U64(bytes(v)?)))
+    ("MemoryMin", |v| Ok(PropValue::U64(size(v)?))),
+    ("MemoryLow", |v| Ok(PropValue::U64(size(v)?))),
+    ("MemoryHigh", |v| Ok(PropValue::U64(size(v)?))),
+    ("MemoryMax", |v| Ok(PropValue::U64(size(v)?))),
+    ("MemorySwapMax", |v| Ok(PropValue::U64(size(v)?))),
+    ("CPUQuota", |v| Ok(PropValue::U64(percent_usec(v)?))),
+    ("CPUWeight", |v| Ok(PropValue::U64(weight(v)?))),
+    ("StartupCPUWeight", |v| Ok(PropValue::U64(weight(v)?))),
+    ("AllowedCPUs", |v| {
+        let possible = resources::possible_cpus();
+        Ok(PropValue::Bytes(resources::cpuset(v, possible)?))
     }),
-    ("MemoryHigh", |v| {
-        Ok(("MemoryHigh", PropValue::U64(bytes(v)?)))
+    ("TasksMax", |v| Ok(PropValue::U64(count(v)?))),
+    ("IOWeight", |v| Ok(PropValue::U64(weight(v)?))),
+    ("StartupIOWeight", |v| Ok(PropValue::U64(weight(v)?))),
+    ("IOReadBandwidthMax", |v| Ok(PropValue::PathU64(vec![device_size(v)?]))),
+    ("IOWriteBandwidthMax", |v| Ok(PropValue::PathU64(vec![device_size(v)?]))),
+    ("IOReadIOPSMax", |v| Ok(PropValue::PathU64(vec![device_count(v)?]))),
+    ("IOWriteIOPSMax", |v| Ok(PropValue::PathU64(vec![device_count(v)?]))),
+    ("DeviceAllow", |v| {
+        let (path, perms) = v.split_once(' ').unwrap_or((v, "rwm"));
+        if !(path.starts_with("/dev/") || path.starts_with("char-") || path.starts_with("block-"))
+            || perms.is_empty()
+            || !perms.chars().all(|c| "rwm".contains(c))
+        {
+            return Err("expected a device and permissions, like \"/dev/fuse rw\"");
+        }
+        Ok(PropValue::PathStr(vec![(path.into(), perms.into())]))
     }),
-    ("MemoryLow", |v| {
-        Ok(("MemoryLow", PropValue::U64(bytes(v)?)))
+    ("RuntimeMaxSec", |v| {
+        let s = count(v).map_err(|_| "expected a number of seconds or infinity")?;
+        Ok(PropValue::U64(s.checked_mul(1_000_000).unwrap_or(u64::MAX)))
     }),
-    ("MemorySwapMax", |v| {
-        Ok(("MemorySwapMax", PropValue::U64(bytes(v)?)))
-    }),
-    ("CPUQuota", |v| {
-        Ok(("CPUQuotaPerSecUSec", PropValue::U64(percent_usec(v)?)))
-    }),
-    ("CPUWeight", |v| {
-        Ok(("CPUWeight", PropValue::U64(weight(v)?)))
-    }),
-    ("IOWeight", |v| Ok(("IOWeight", PropValue::U64(weight(v)?)))),
-    ("TasksMax", |v| Ok(("TasksMax", PropValue::U64(count(v)?)))),
-    ("Description", |v| {
-        Ok(("Description", PropValue::Str(text(v)?)))
-    }),
+    ("CPUAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),
+    ("MemoryAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),
+    ("IOAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),
+    ("TasksAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),
+    ("Description", |v| Ok(PropValue::Str(text(v)?))),
 ];
+
+/// The name systemd takes on the bus for a property as users write it.
+fn bus_name(key: &'static str) -> &'static str {
+    match key {
+        "CPUQuota" => "CPUQuotaPerSecUSec",
+        "RuntimeMaxSec" => "RuntimeMaxUSec",
+        k => k,
+    }
+}
 
 /// Check `KEY=VALUE` and turn it into the systemd property name and typed value.
 pub fn parse_property(key: &str, value: &str) -> Result<(&'static str, PropValue), PropertyError> {
-    let (_, parse) = KNOWN
+    let (k, parse) = KNOWN
         .iter()
         .find(|(k, _)| *k == key)
         .ok_or_else(|| PropertyError::Unknown(key.into()))?;
-    parse(value).map_err(|why| PropertyError::BadValue {
-        key: key.into(),
-        value: value.into(),
-        why,
-    })
+    parse(value)
+        .map(|v| (bus_name(k), v))
+        .map_err(|why| PropertyError::BadValue {
+            key: key.into(),
+            value: value.into(),
+            why,
+        })
 }
 
 /// Split `KEY=VALUE`.
@@ -120,31 +167,39 @@ pub fn split_assignment(s: &str) -> Result<(&str, &str), PropertyError> {
         .ok_or_else(|| PropertyError::Syntax(s.into()))
 }
 
-fn bytes(v: &str) -> Result<u64, &'static str> {
-    if v == "infinity" {
-        return Ok(u64::MAX);
-    }
-    let (num, mult) = match v.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err("expected a size like 512M, 2G or infinity"),
-            };
-            (&v[..i], m)
-        }
-        _ => (v, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "expected a size like 512M, 2G or infinity")?;
-    let b = n.checked_mul(mult).ok_or("size is too large")?;
-    if b == 0 {
-        Err("size must be greater than zero")
-    } else {
-        Ok(b)
+fn size(v: &str) -> Result<u64, &'static str> {
+    resources::size(v).map_err(|_| "expected a size like 512M, 2G or infinity")
+}
+
+fn count(v: &str) -> Result<u64, &'static str> {
+    resources::count(v).map_err(|_| "expected a number greater than zero, or infinity")
+}
+
+fn weight(v: &str) -> Result<u64, &'static str> {
+    resources::weight(v).map_err(|_| "expected a weight from 1 to 10000")
+}
+
+fn device_size(v: &str) -> Result<(String, u64), &'static str> {
+    let (dev, n) = v
+        .split_once(' ')
+        .filter(|(d, _)| d.starts_with("/dev/"))
+        .ok_or("expected a device and a rate, like \"/dev/vda 10M\"")?;
+    Ok((dev.into(), size(n)?))
+}
+
+fn device_count(v: &str) -> Result<(String, u64), &'static str> {
+    let (dev, n) = v
+        .split_once(' ')
+        .filter(|(d, _)| d.starts_with("/dev/"))
+        .ok_or("expected a device and a number, like \"/dev/vda 1000\"")?;
+    Ok((dev.into(), count(n)?))
+}
+
+fn boolean(v: &str) -> Result<bool, &'static str> {
+    match v {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err("expected yes or no"),
     }
 }
 
@@ -158,24 +213,6 @@ fn percent_usec(v: &str) -> Result<u64, &'static str> {
         return Err("quota must be greater than 0%");
     }
     n.checked_mul(10_000).ok_or("percentage is too large")
-}
-
-fn weight(v: &str) -> Result<u64, &'static str> {
-    match v.parse::<u64>() {
-        Ok(n @ 1..=10_000) => Ok(n),
-        _ => Err("expected a weight from 1 to 10000"),
-    }
-}
-
-fn count(v: &str) -> Result<u64, &'static str> {
-    if v == "infinity" {
-        return Ok(u64::MAX);
-    }
-    match v.parse::<u64>() {
-        Ok(0) => Err("must be greater than zero"),
-        Ok(n) => Ok(n),
-        Err(_) => Err("expected a number or infinity"),
-    }
 }
 
 fn text(v: &str) -> Result<String, &'static str> {
@@ -257,6 +294,7 @@ mod tests {
             command: vec!["/bin/true".into()],
             hostname: None,
             auto_remove: true,
+            resources: Resources::default(),
             properties: [("TasksMax".to_string(), "10".to_string())].into(),
             created_at: 1,
         };

@@ -7,8 +7,10 @@ mod list;
 mod output;
 mod remove;
 mod run;
+mod set;
 mod show;
 mod start;
+mod stats;
 mod status;
 mod stop;
 
@@ -158,6 +160,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Show a container's properties.
     Show(show::ShowArgs),
+    /// Change resource limits of a running container, live.
+    Set(set::SetArgs),
+    /// Show resource usage of running containers, refreshing.
+    Stats(stats::StatsArgs),
 }
 
 /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides) and berthd's manager.
@@ -203,6 +209,8 @@ pub fn main() -> u8 {
             Command::List(a) => list::run(a).await,
             Command::Status(a) => status::run(a).await,
             Command::Show(a) => show::run(a).await,
+            Command::Set(a) => set::run(a).await,
+            Command::Stats(a) => stats::run(a).await,
         }
     });
     match result {

@@ -22,6 +22,11 @@ pub struct ContainerView {
     pub started_at: Option<u64>,
     /// The last run's exit status (128 + signal when killed), null before the first exit.
     pub exit_status: Option<i32>,
+    /// Resource settings in force, keys as `berthctl set` takes them.
+    pub resources: std::collections::BTreeMap<String, String>,
+    pub oom_kills: u64,
+    /// When the last OOM kill happened (microseconds since the epoch), null when never.
+    pub last_oom_at: Option<u64>,
 }
 
 impl From<ContainerInfo> for ContainerView {
@@ -36,8 +41,68 @@ impl From<ContainerInfo> for ContainerView {
             created_at: i.created_at,
             started_at: (i.started_at != 0).then_some(i.started_at),
             exit_status: (i.exit_status >= 0).then_some(i.exit_status),
+            resources: i.resources.into_iter().collect(),
+            oom_kills: i.oom_kills,
+            last_oom_at: (i.last_oom_at != 0).then_some(i.last_oom_at),
         }
     }
+}
+
+/// One container's resource usage in `berthctl stats -o json`. Limits are null when
+/// unlimited.
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    pub name: String,
+    pub state: String,
+    pub timestamp_usec: u64,
+    pub cpu_usage_ns: u64,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: u64,
+    pub pids_limit: Option<u64>,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub oom_kills: u64,
+}
+
+impl From<crate::dbus::StatsInfo> for StatsView {
+    fn from(s: crate::dbus::StatsInfo) -> Self {
+        let limit = |v: u64| (v != u64::MAX).then_some(v);
+        StatsView {
+            name: s.name,
+            state: s.state,
+            timestamp_usec: s.timestamp_usec,
+            cpu_usage_ns: s.cpu_usage_ns,
+            cpu_percent: (s.cpu_percent * 100.0).round() / 100.0,
+            memory_bytes: s.memory_bytes,
+            memory_limit_bytes: limit(s.memory_limit_bytes),
+            pids: s.pids,
+            pids_limit: limit(s.pids_limit),
+            io_read_bytes: s.io_read_bytes,
+            io_write_bytes: s.io_write_bytes,
+            net_rx_bytes: s.net_rx_bytes,
+            net_tx_bytes: s.net_tx_bytes,
+            oom_kills: s.oom_kills,
+        }
+    }
+}
+
+/// Bytes for people: `512B`, `1.5KiB`, `20.0MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1}{}", UNITS[u])
 }
 
 /// Print JSON to stdout; a closed pipe is not an error.
@@ -127,6 +192,9 @@ mod tests {
         );
         assert_eq!(span(5_000_000), "5s");
         assert_eq!(span(3_700 * 1_000_000), "1h 1min");
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(1536), "1.5KiB");
+        assert_eq!(bytes(20 << 20), "20.0MiB");
     }
 
     #[test]
@@ -141,6 +209,9 @@ mod tests {
             created_at: 1,
             started_at: 0,
             exit_status: -1,
+            resources: Default::default(),
+            oom_kills: 0,
+            last_oom_at: 0,
             object_path: zbus::OwnedObjectPath::try_from("/org/berth/berth1/container/a").unwrap(),
         };
         let v = serde_json::to_value(ContainerView::from(info)).unwrap();

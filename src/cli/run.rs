@@ -28,13 +28,86 @@ pub struct ContainerOpts {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
-    /// Scope property KEY=VALUE (MemoryMax, MemoryHigh, MemoryLow, MemorySwapMax, CPUQuota,
-    /// CPUWeight, IOWeight, TasksMax, Description). Repeatable.
+    #[command(flatten)]
+    pub resources: ResourceOpts,
+    /// Raw scope property KEY=VALUE, as systemd-run takes them (MemoryLow, IOReadIOPSMax,
+    /// DeviceAllow, RuntimeMaxSec, …; see README). Repeatable.
     #[arg(long = "property", short = 'p', value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
     /// The command and its arguments (default: /bin/sh).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Resource limits and devices (the keys of `berthctl set`).
+#[derive(Debug, Args)]
+pub struct ResourceOpts {
+    /// Memory limit (MemoryMax), like 512M or 2G.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Memory use above which the container is throttled (MemoryHigh).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_high: Option<String>,
+    /// Swap limit (MemorySwapMax).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_swap: Option<String>,
+    /// CPU time as a number of CPUs, like 1.5 (CPUQuota=150%).
+    #[arg(long, value_name = "CPUS")]
+    pub cpus: Option<String>,
+    /// Relative CPU weight, 1 to 10000 (CPUWeight).
+    #[arg(long, value_name = "WEIGHT")]
+    pub cpu_weight: Option<String>,
+    /// CPUs it may run on, like 0-1,3 (AllowedCPUs; needs the unified cgroup hierarchy).
+    #[arg(long, value_name = "LIST")]
+    pub cpuset: Option<String>,
+    /// Maximum number of tasks (TasksMax).
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<String>,
+    /// Relative block IO weight, 1 to 10000 (IOWeight).
+    #[arg(long, value_name = "WEIGHT")]
+    pub io_weight: Option<String>,
+    /// Read bandwidth limit of a block device, like /dev/vda:10M. Repeatable.
+    #[arg(long, value_name = "DEV:RATE")]
+    pub device_read_bps: Vec<String>,
+    /// Write bandwidth limit of a block device. Repeatable.
+    #[arg(long, value_name = "DEV:RATE")]
+    pub device_write_bps: Vec<String>,
+    /// Network bandwidth limit (needs a network interface; containers only have loopback yet).
+    #[arg(long, value_name = "RATE")]
+    pub network_rate: Option<String>,
+    /// A host device to make and allow in the container, PATH[:rwm]. Repeatable.
+    #[arg(long = "device", value_name = "PATH[:rwm]")]
+    pub devices: Vec<String>,
+}
+
+impl ResourceOpts {
+    /// The settings as (key, value) pairs, keys as `berthctl set` spells them.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let one = [
+            ("memory", &self.memory),
+            ("memory-high", &self.memory_high),
+            ("memory-swap", &self.memory_swap),
+            ("cpus", &self.cpus),
+            ("cpu-weight", &self.cpu_weight),
+            ("cpuset", &self.cpuset),
+            ("pids", &self.pids_limit),
+            ("io-weight", &self.io_weight),
+            ("network-rate", &self.network_rate),
+        ];
+        let many = [
+            ("device-read-bps", &self.device_read_bps),
+            ("device-write-bps", &self.device_write_bps),
+            ("devices", &self.devices),
+        ];
+        let mut out: Vec<(String, String)> = one
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
+            .collect();
+        for (k, list) in many {
+            out.extend(list.iter().map(|v| (k.to_string(), v.clone())));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +161,10 @@ fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>>
     }
     if o.rm {
         m.insert("AutoRemove".into(), variant(true)?);
+    }
+    let resources = o.resources.pairs();
+    if !resources.is_empty() {
+        m.insert("Resources".into(), variant(resources)?);
     }
     if !o.properties.is_empty() {
         let mut props = HashMap::new();

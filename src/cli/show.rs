@@ -33,6 +33,11 @@ fn plain(v: &OwnedVariant) -> String {
     if let Ok(n) = i32::try_from(v) {
         return n.to_string();
     }
+    if let Ok(m) = std::collections::HashMap::<String, String>::try_from(v.clone()) {
+        let mut kv: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        kv.sort();
+        return kv.join(" ");
+    }
     format!("{v:?}")
 }
 

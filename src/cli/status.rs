@@ -54,6 +54,17 @@ pub async fn run(a: StatusArgs) -> CliResult {
     if let Some(s) = view.exit_status {
         lines.push(format!("    Status: exited with {s}"));
     }
+    if !view.resources.is_empty() {
+        let r: Vec<String> = view.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.push(format!("    Limits: {}", r.join(" ")));
+    }
+    if let Some(at) = view.last_oom_at {
+        lines.push(format!(
+            "       OOM: {} kill(s), last at {}",
+            view.oom_kills,
+            output::timestamp(at)
+        ));
+    }
     if view.leader.is_some() {
         lines.extend(processes(&conn, &view.unit).await);
     }

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant};
 
+use crate::cgroup::{Cgroup, Hierarchies};
 use crate::daemon::notify;
 use crate::daemon::store::{self, Layout, Runtime};
 use crate::dbus::{self, ContainerInfo, Error, Result};
@@ -21,6 +22,7 @@ use crate::name;
 use crate::plan::{self, ContainerDirs};
 use crate::protocol::{FromHelper, Step, ToHelper};
 use crate::spawn::{self, Helper};
+use crate::resources::Resources;
 use crate::spec::{self, Definition};
 use crate::sys;
 use crate::systemd::{self, Systemd};
@@ -63,6 +65,15 @@ struct Entry {
     pidfd: Option<Arc<OwnedFd>>,
     /// `Some(status)` once the current run has exited.
     exited: watch::Sender<Option<i32>>,
+    /// The resource settings in force: the definition's, plus `set --runtime` changes while
+    /// running.
+    resources: Resources,
+    /// The running container's cgroup.
+    cgroup: Option<Cgroup>,
+    /// OOM kills seen over the container's life in this berthd's records, and the last one's
+    /// time (microseconds since the epoch).
+    oom_kills: u64,
+    last_oom_at: u64,
 }
 
 /// The daemon's state. Lock order: only `entries`, never held across an await.
@@ -76,7 +87,15 @@ pub struct Registry {
     /// Exit statuses of containers removed at exit (`--rm`), newest last, so that a
     /// WaitContainer arriving after the removal still gets the status.
     removed_at_exit: Mutex<std::collections::VecDeque<(String, i32)>>,
+    /// The machine's cgroup hierarchies, found once.
+    hierarchies: Hierarchies,
+    /// The last CPU sample per container (time, usage), for CPU percentages.
+    cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
+    /// Stats subscriptions by subscriber (unique bus name).
+    stats_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
+
+mod limits;
 
 /// How many auto-removed containers' statuses are remembered.
 const REMEMBER_REMOVED: usize = 256;
@@ -100,6 +119,7 @@ struct CreateOptions {
     command: Vec<String>,
     hostname: Option<String>,
     auto_remove: bool,
+    resources: Resources,
     properties: BTreeMap<String, String>,
 }
 
@@ -114,6 +134,7 @@ fn parse_create_options(options: HashMap<String, OwnedVariant>) -> Result<Create
         command: vec![],
         hostname: None,
         auto_remove: false,
+        resources: Resources::default(),
         properties: BTreeMap::new(),
     };
     for (key, v) in options {
@@ -123,6 +144,13 @@ fn parse_create_options(options: HashMap<String, OwnedVariant>) -> Result<Create
             "Command" => o.command = opt::<Vec<String>>(&key, v)?,
             "Hostname" => o.hostname = Some(opt::<String>(&key, v)?),
             "AutoRemove" => o.auto_remove = opt::<bool>(&key, v)?,
+            "Resources" => {
+                for (k, val) in opt::<Vec<(String, String)>>(&key, v)? {
+                    o.resources
+                        .set(&k, &val)
+                        .map_err(|e| invalid(e.to_string()))?;
+                }
+            }
             "Properties" => {
                 o.properties = opt::<HashMap<String, String>>(&key, v)?
                     .into_iter()
@@ -181,6 +209,14 @@ fn check_command(cmd: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Check resource settings and turn them into scope properties: the device policy first, then
+/// the settings.
+fn check_resources(r: &Resources) -> Result<Vec<(&'static str, spec::PropValue)>> {
+    let mut props = r.device_properties().map_err(|e| invalid(e.to_string()))?;
+    props.extend(r.properties().map_err(|e| invalid(e.to_string()))?);
+    Ok(props)
+}
+
 fn check_properties(
     props: &BTreeMap<String, String>,
 ) -> Result<Vec<(&'static str, spec::PropValue)>> {
@@ -200,6 +236,12 @@ impl Registry {
             helper,
             entries: Mutex::new(BTreeMap::new()),
             removed_at_exit: Mutex::default(),
+            hierarchies: Hierarchies::detect().unwrap_or_else(|e| {
+                warn!("cannot read the cgroup mounts: {e}, stats will be empty");
+                Hierarchies::default()
+            }),
+            cpu_samples: Mutex::default(),
+            stats_watchers: Mutex::default(),
         })
     }
 
@@ -218,6 +260,11 @@ impl Registry {
             created_at: e.def.created_at,
             started_at: e.started_at,
             exit_status: e.exit_status,
+            resources: crate::resources::display_map(&e.resources)
+                .into_iter()
+                .collect(),
+            oom_kills: e.oom_kills,
+            last_oom_at: e.last_oom_at,
             object_path: OwnedObjectPath::try_from(name::container_path(name))
                 .expect("escaped path is valid"),
         }
@@ -225,6 +272,10 @@ impl Registry {
 
     fn new_entry(def: Definition, lower: PathBuf) -> Entry {
         Entry {
+            resources: def.resources.clone(),
+            cgroup: None,
+            oom_kills: 0,
+            last_oom_at: 0,
             def,
             lower,
             state: State::Created,
@@ -267,6 +318,9 @@ impl Registry {
         let _ = c.leader_changed(e).await;
         let _ = c.started_at_changed(e).await;
         let _ = c.exit_status_changed(e).await;
+        let _ = c.resources_changed(e).await;
+        let _ = c.o_o_m_kills_changed(e).await;
+        let _ = c.last_o_o_m_at_changed(e).await;
     }
 
     fn manager_emitter(&self) -> Option<SignalEmitter<'static>> {
@@ -302,6 +356,7 @@ impl Registry {
             check_hostname(h)?;
         }
         check_command(&o.command)?;
+        check_resources(&o.resources)?;
         check_properties(&o.properties)?;
         let image = if o.directory.is_some() {
             None
@@ -315,6 +370,7 @@ impl Registry {
             command: o.command,
             hostname: o.hostname,
             auto_remove: o.auto_remove,
+            resources: o.resources,
             properties: o.properties,
             created_at: store::now_usec(),
         };
@@ -398,6 +454,7 @@ impl Registry {
                     leader_start: store::process_start_time(pid).unwrap_or(0),
                     started_at,
                     exit_status: -1,
+                    ..Default::default()
                 };
                 if let Err(e) = store::save_runtime(&self.layout, &name, &rt) {
                     warn!("cannot record runtime state of {name}: {e}, ignoring");
@@ -413,9 +470,11 @@ impl Registry {
                         e.leader = Some(pid);
                         e.started_at = started_at;
                         e.pidfd = Some(pidfd.clone());
+                        e.resources = e.def.resources.clone();
                         e.exited.send_replace(None);
                     }
                 }
+                self.adopt_cgroup(&name, pid);
                 tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, Some(memfd)));
                 self.emit_changed(&name).await;
                 info!("started container {name}, leader {pid}");
@@ -465,7 +524,12 @@ impl Registry {
             nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
         )
         .map_err(|e| failed("memfd_create", &e))?;
-        let props = check_properties(&def.properties)?;
+        let mut props = check_resources(&def.resources)?;
+        props.extend(check_properties(&def.properties)?);
+        let devices = def
+            .resources
+            .extra_devices()
+            .map_err(|e| invalid(e.to_string()))?;
         let dirs = ContainerDirs::under(&self.layout.container_dir(&def.name));
         if !lower.is_dir() {
             return Err(Error::Failed(format!(
@@ -473,7 +537,7 @@ impl Registry {
                 lower.display()
             )));
         }
-        let plan = plan::build(def, lower, &dirs, None);
+        let plan = plan::build(def, lower, &dirs, &devices, None);
 
         let helper =
             Helper::spawn(&self.helper).map_err(|e| failed("cannot start berth-helper", &e))?;
@@ -507,11 +571,8 @@ impl Registry {
         let pidfd = sys::pidfd_open(nix::unistd::Pid::from_raw(pid))
             .map_err(|e| failed("pidfd_open", &e))?;
         let unit = name::scope_unit(&def.name);
-        let mut scope =
-            systemd::scope_properties(&format!("berth container {}", def.name), pid as u32);
-        for (key, value) in &props {
-            scope = scope.value(key, value);
-        }
+        let scope = systemd::scope_properties(&format!("berth container {}", def.name), pid as u32)
+            .values(&props);
         let abort = |reason: Error| async {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
             self.reap_now(&pidfd).await;
@@ -582,7 +643,8 @@ impl Registry {
             warn!("cannot stop {unit}: {e}, ignoring");
         }
         let _ = notify::remove_fd(&fdname(name));
-        let (tx, auto_remove, started_at) = {
+        self.cpu_samples.lock().unwrap().remove(name);
+        let (tx, auto_remove, started_at, oom_kills, last_oom_at) = {
             let mut entries = self.entries.lock().unwrap();
             let Some(e) = entries.get_mut(name) else {
                 return;
@@ -591,7 +653,15 @@ impl Registry {
             e.leader = None;
             e.pidfd = None;
             e.exit_status = status;
-            (e.exited.clone(), e.def.auto_remove, e.started_at)
+            e.cgroup = None;
+            e.resources = e.def.resources.clone();
+            (
+                e.exited.clone(),
+                e.def.auto_remove,
+                e.started_at,
+                e.oom_kills,
+                e.last_oom_at,
+            )
         };
         info!("container {name} exited with status {status}");
         let rt = Runtime {
@@ -600,6 +670,9 @@ impl Registry {
             leader_start: 0,
             started_at,
             exit_status: status,
+            oom_kills,
+            last_oom_at,
+            ..Default::default()
         };
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
             warn!("cannot record exit of {name}: {e}, ignoring");
@@ -814,6 +887,8 @@ impl Registry {
             if let Some(rt) = store::load_runtime(&self.layout, &name) {
                 entry.started_at = rt.started_at;
                 entry.exit_status = rt.exit_status;
+                entry.oom_kills = rt.oom_kills;
+                entry.last_oom_at = rt.last_oom_at;
                 entry.state = State::Exited;
                 if rt.running {
                     let alive = store::process_start_time(rt.leader) == Some(rt.leader_start)
@@ -829,6 +904,9 @@ impl Registry {
                             entry.state = State::Running;
                             entry.leader = Some(rt.leader);
                             entry.pidfd = Some(pidfd.clone());
+                            if let Some(r) = rt.resources.clone() {
+                                entry.resources = r;
+                            }
                             match &memfd {
                                 Some(m) => {
                                     let _ = notify::store_fd(&fdname(&name), m.as_fd());
@@ -856,6 +934,9 @@ impl Registry {
             self.export(&name).await;
             match watch {
                 Some((pidfd, memfd)) => {
+                    if let Some(leader) = self.entries.lock().unwrap().get(&name).and_then(|e| e.leader) {
+                        self.adopt_cgroup(&name, leader);
+                    }
                     tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, memfd));
                 }
                 None if exited_meanwhile => {
@@ -873,6 +954,7 @@ impl Registry {
                         leader_start: 0,
                         started_at: 0,
                         exit_status: status,
+                        ..Default::default()
                     };
                     let _ = store::save_runtime(&self.layout, &name, &rt);
                     let _ = notify::remove_fd(&fdname(&name));
@@ -939,6 +1021,23 @@ impl dbus::Backend for Registry {
     }
     fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>> {
         Box::pin(self.wait(name))
+    }
+    fn set_resources(
+        &self,
+        name: String,
+        assignments: Vec<(String, String)>,
+        runtime: bool,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Registry::set_resources(self, name, assignments, runtime))
+    }
+    fn stats(&self, names: Vec<String>) -> BoxFuture<'_, Result<Vec<dbus::StatsInfo>>> {
+        Box::pin(Registry::stats(self, names))
+    }
+    fn watch_stats(&self, subscriber: String, interval_usec: u64) -> Result<()> {
+        Registry::watch_stats(self, subscriber, interval_usec)
+    }
+    fn unwatch_stats(&self, subscriber: &str) {
+        Registry::unwatch_stats(self, subscriber)
     }
     fn list(&self) -> Vec<ContainerInfo> {
         self.entries

@@ -35,7 +35,7 @@ impl Default for Layout {
 }
 
 /// The runtime record of a container that has been started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runtime {
     pub running: bool,
     pub leader: i32,
@@ -43,6 +43,14 @@ pub struct Runtime {
     pub leader_start: u64,
     pub started_at: u64,
     pub exit_status: i32,
+    /// Resource settings in force while running, when `set --runtime` changed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::resources::Resources>,
+    /// OOM kills recorded so far, and when the last one happened (microseconds).
+    #[serde(default)]
+    pub oom_kills: u64,
+    #[serde(default)]
+    pub last_oom_at: u64,
 }
 
 impl Layout {
@@ -146,6 +154,8 @@ mod tests {
             leader_start: 9,
             started_at: 1,
             exit_status: -1,
+            oom_kills: 2,
+            ..Default::default()
         };
         save_runtime(&layout, "web", &rt).unwrap();
         assert_eq!(load_runtime(&layout, "web"), Some(rt));

@@ -59,7 +59,34 @@ pub struct ContainerInfo {
     pub started_at: u64,
     /// The payload's exit status (128 + signal when killed); -1 before the first exit.
     pub exit_status: i32,
+    /// Resource settings in force (`memory` → `512M`, …; see README).
+    pub resources: HashMap<String, String>,
+    /// OOM kills recorded, and when the last happened (microseconds since the epoch, 0: never).
+    pub oom_kills: u64,
+    pub last_oom_at: u64,
     pub object_path: OwnedObjectPath,
+}
+
+/// One container's resource usage, as `GetStats` and the `Stats` signal carry it. Counters the
+/// kernel does not provide here are 0; limits are `u64::MAX` when unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct StatsInfo {
+    pub name: String,
+    pub state: String,
+    /// When the sample was taken, microseconds since the epoch.
+    pub timestamp_usec: u64,
+    pub cpu_usage_ns: u64,
+    /// CPU use since the previous sample, in percent of one CPU.
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids: u64,
+    pub pids_limit: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub oom_kills: u64,
 }
 
 /// What the bus objects need from the daemon.
@@ -78,6 +105,15 @@ pub trait Backend: Send + Sync + 'static {
     fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>>;
     fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
     fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>>;
+    fn set_resources(
+        &self,
+        name: String,
+        assignments: Vec<(String, String)>,
+        runtime: bool,
+    ) -> BoxFuture<'_, Result<()>>;
+    fn stats(&self, names: Vec<String>) -> BoxFuture<'_, Result<Vec<StatsInfo>>>;
+    fn watch_stats(&self, subscriber: String, interval_usec: u64) -> Result<()>;
+    fn unwatch_stats(&self, subscriber: &str);
     fn list(&self) -> Vec<ContainerInfo>;
     fn info(&self, name: &str) -> Option<ContainerInfo>;
 }
@@ -181,6 +217,44 @@ impl Manager {
         self.backend.remove(name, force).await
     }
 
+    /// Change resource settings of a running container, live, through systemd
+    /// (`SetUnitProperties` on its scope). Assignments are `(key, value)`: the keys of
+    /// `berthctl set` (memory, cpus, pids, …) or scope properties (MemoryLow, …). Unless
+    /// `runtime`, the container's definition keeps them for its next start.
+    async fn set_resources(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        assignments: Vec<(String, String)>,
+        runtime: bool,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
+        self.backend.set_resources(name, assignments, runtime).await
+    }
+
+    /// Resource usage of the named containers (all running ones when empty).
+    async fn get_stats(&self, names: Vec<String>) -> Result<Vec<StatsInfo>> {
+        self.backend.stats(names).await
+    }
+
+    /// Receive a `Stats` signal (sent to the caller only) for all running containers every
+    /// `interval_usec` (at least 100 ms), until `UnwatchStats` or the caller leaves the bus.
+    async fn watch_stats(&self, #[zbus(header)] hdr: Header<'_>, interval_usec: u64) -> Result<()> {
+        let sender = hdr
+            .sender()
+            .ok_or_else(|| Error::InvalidArgument("the caller is unknown".into()))?;
+        self.backend.watch_stats(sender.to_string(), interval_usec)
+    }
+
+    /// Stop the caller's `Stats` signals.
+    async fn unwatch_stats(&self, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
+        if let Some(sender) = hdr.sender() {
+            self.backend.unwatch_stats(sender.as_str());
+        }
+        Ok(())
+    }
+
     /// Wait until the container has exited and return its exit status. A container removed at
     /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
     /// this after StartContainer cannot miss a payload that exited at once.
@@ -207,6 +281,20 @@ impl Manager {
         emitter: &SignalEmitter<'_>,
         name: &str,
         path: OwnedObjectPath,
+    ) -> zbus::Result<()>;
+
+    /// Periodic resource usage, for a subscriber of `WatchStats`.
+    #[zbus(signal)]
+    pub async fn stats(emitter: &SignalEmitter<'_>, stats: Vec<StatsInfo>) -> zbus::Result<()>;
+
+    /// The kernel killed a process of the container for lack of memory; `kills` counts all
+    /// so far.
+    #[zbus(signal, name = "ContainerOOMKilled")]
+    pub async fn container_oom_killed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: OwnedObjectPath,
+        kills: u64,
     ) -> zbus::Result<()>;
 
     /// A container was removed.
@@ -286,5 +374,24 @@ impl Container {
     #[zbus(property)]
     fn exit_status(&self) -> zbus::fdo::Result<i32> {
         Ok(self.get()?.exit_status)
+    }
+
+    /// Resource settings in force: the definition's, plus live changes made with
+    /// `SetResources(runtime = true)` while it runs.
+    #[zbus(property)]
+    fn resources(&self) -> zbus::fdo::Result<HashMap<String, String>> {
+        Ok(self.get()?.resources)
+    }
+
+    /// OOM kills recorded for this container.
+    #[zbus(property, name = "OOMKills")]
+    fn oom_kills(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.get()?.oom_kills)
+    }
+
+    /// When the last OOM kill happened, microseconds since the epoch; 0 when never.
+    #[zbus(property, name = "LastOOMAt")]
+    fn last_oom_at(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.get()?.last_oom_at)
     }
 }

@@ -134,9 +134,10 @@ pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
                 || format!("mount {fstype} on /{target}"),
             )
         }
-        MountOp::CharDev {
+        MountOp::Device {
             path,
             mode,
+            block,
             major,
             minor,
         } => {
@@ -145,7 +146,7 @@ pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
                 mknodat(
                     parent.as_fd(),
                     base,
-                    SFlag::S_IFCHR,
+                    if *block { SFlag::S_IFBLK } else { SFlag::S_IFCHR },
                     Mode::from_bits_truncate(*mode),
                     makedev(*major, *minor),
                 ),

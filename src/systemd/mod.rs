@@ -31,6 +31,12 @@ pub trait SystemdManager {
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn unref_unit(&self, name: &str) -> zbus::Result<()>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Variant<'_>)],
+    ) -> zbus::Result<()>;
     fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     #[zbus(signal)]
     fn job_removed(
@@ -80,11 +86,21 @@ impl UnitProperties {
         self.0.push(("PIDs", Variant::from(pids)));
         self
     }
-    pub fn value(self, key: &'static str, v: &PropValue) -> Self {
-        match v {
-            PropValue::U64(n) => self.u64(key, *n),
-            PropValue::Str(s) => self.string(key, s.clone()),
-        }
+    pub fn value(mut self, key: &'static str, v: &PropValue) -> Self {
+        let v = match v {
+            PropValue::U64(n) => Variant::from(*n),
+            PropValue::Str(s) => Variant::from(s.clone()),
+            PropValue::Bool(b) => Variant::from(*b),
+            PropValue::Bytes(b) => Variant::from(b.clone()),
+            PropValue::PathU64(l) => Variant::from(l.clone()),
+            PropValue::PathStr(l) => Variant::from(l.clone()),
+        };
+        self.0.push((key, v));
+        self
+    }
+    /// Every property of `props`, in order.
+    pub fn values<'a>(self, props: impl IntoIterator<Item = &'a (&'static str, PropValue)>) -> Self {
+        props.into_iter().fold(self, |p, (k, v)| p.value(k, v))
     }
     /// The property names, in order (for tests and logs).
     pub fn keys(&self) -> Vec<&'static str> {
@@ -93,7 +109,9 @@ impl UnitProperties {
 }
 
 /// The properties of a container's scope: in `machine.slice`, delegated, collected when it
-/// ends (also when failed), referenced by berthd while it starts it.
+/// ends (also when failed), referenced by berthd while it starts it, with accounting on so that
+/// every controller's files exist for stats (on hybrid hosts systemd only creates a unit's v1
+/// cgroups for the controllers it needs).
 pub fn scope_properties(description: &str, leader: u32) -> UnitProperties {
     UnitProperties::default()
         .string("Description", description)
@@ -101,6 +119,10 @@ pub fn scope_properties(description: &str, leader: u32) -> UnitProperties {
         .boolean("Delegate", true)
         .string("CollectMode", "inactive-or-failed")
         .boolean("AddRef", true)
+        .boolean("CPUAccounting", true)
+        .boolean("MemoryAccounting", true)
+        .boolean("TasksAccounting", true)
+        .boolean("IOAccounting", true)
         .pids(vec![leader])
 }
 
@@ -222,6 +244,24 @@ impl Systemd {
         }
     }
 
+    /// Change properties of a live unit (`runtime`: until it stops, not written to disk).
+    pub async fn set_unit_properties(
+        &self,
+        unit: &str,
+        runtime: bool,
+        props: &[(&'static str, PropValue)],
+    ) -> Result<(), SystemdError> {
+        let p = UnitProperties::default().values(props);
+        self.proxy
+            .set_unit_properties(unit, runtime, &p.0)
+            .await
+            .map_err(|source| SystemdError::Call {
+                call: "SetUnitProperties",
+                unit: unit.into(),
+                source,
+            })
+    }
+
     /// Whether systemd knows the unit (loaded, active or not yet collected).
     pub async fn unit_exists(&self, unit: &str) -> bool {
         self.proxy.get_unit(unit).await.is_ok()
@@ -263,6 +303,10 @@ mod tests {
                 "Delegate",
                 "CollectMode",
                 "AddRef",
+                "CPUAccounting",
+                "MemoryAccounting",
+                "TasksAccounting",
+                "IOAccounting",
                 "PIDs"
             ]
         );

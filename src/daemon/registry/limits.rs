@@ -1,0 +1,391 @@
+//! Resource flows of the registry: live changes (`SetUnitProperties` on the scope), stats from
+//! the scope's cgroup, stats subscriptions, and OOM kill detection.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use zbus::names::BusName;
+use zbus::object_server::SignalEmitter;
+
+use super::{Registry, State, check_properties, invalid, no_such};
+use crate::cgroup::{self, Cgroup, OomWatch};
+use crate::dbus::{self, Error, Result, StatsInfo};
+use crate::daemon::store;
+use crate::name;
+use crate::resources;
+use crate::spec::{self, PropValue};
+
+/// At most this many stats subscriptions at once.
+pub const MAX_STATS_WATCHERS: usize = 64;
+/// The shortest interval a subscriber may ask for.
+pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Registry {
+    /// Find a running container's cgroup and start watching it for OOM kills.
+    pub(super) fn adopt_cgroup(&self, name: &str, leader: i32) {
+        let cg = match self.hierarchies.of_process(leader as u32) {
+            Ok(cg) => cg,
+            Err(e) => {
+                warn!("cannot find the cgroup of {name}: {e}, ignoring");
+                return;
+            }
+        };
+        let exited = {
+            let mut entries = self.entries.lock().unwrap();
+            let Some(e) = entries.get_mut(name) else {
+                return;
+            };
+            e.cgroup = Some(cg.clone());
+            e.exited.subscribe()
+        };
+        if let Some(w) = cg.oom_watch() {
+            tokio::spawn(self.arc().watch_oom(name.to_string(), cg, w, exited));
+        }
+    }
+
+    /// Wait for OOM events in a container's cgroup until it exits. The kernel tells about
+    /// changes of v2 `memory.events` through inotify, and about v1 OOM events through an
+    /// eventfd registered in `cgroup.event_control`; either way the kill counter is read
+    /// afterwards (on v1 the event comes before the kill is counted, so read again shortly).
+    async fn watch_oom(
+        self: std::sync::Arc<Self>,
+        name: String,
+        cg: Cgroup,
+        w: OomWatch,
+        mut exited: tokio::sync::watch::Receiver<Option<i32>>,
+    ) {
+        let mut seen = cg.oom_kills().ok().flatten().unwrap_or(0);
+        let source = match oom_event_source(&w) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot watch {name} for OOM kills: {e}, ignoring");
+                return;
+            }
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                r = source.readable() => {
+                    let Ok(mut guard) = r else { return };
+                    let _ = guard.try_io(|fd| {
+                        nix::unistd::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from)
+                    });
+                    guard.clear_ready();
+                }
+                _ = async { exited.wait_for(Option::is_some).await.is_ok() } => {
+                    // A last look: the kill that ended the payload may be what stopped it.
+                    self.check_oom(&name, &cg, &mut seen).await;
+                    return;
+                }
+            }
+            for delay in [0, 50, 250] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                self.check_oom(&name, &cg, &mut seen).await;
+            }
+        }
+    }
+
+    async fn check_oom(&self, name: &str, cg: &Cgroup, seen: &mut u64) {
+        let Ok(Some(now)) = cg.oom_kills() else {
+            return;
+        };
+        if now <= *seen {
+            return;
+        }
+        let new = now - *seen;
+        *seen = now;
+        let at = store::now_usec();
+        let total = {
+            let mut entries = self.entries.lock().unwrap();
+            let Some(e) = entries.get_mut(name) else {
+                return;
+            };
+            e.oom_kills += new;
+            e.last_oom_at = at;
+            e.oom_kills
+        };
+        warn!("container {name}: {new} process(es) killed for lack of memory ({total} so far)");
+        self.emit_changed(name).await;
+        if let Some(em) = self.manager_emitter() {
+            let _ = dbus::Manager::container_oom_killed(&em, name, Self::path(name), total).await;
+        }
+    }
+
+    // ---- set ----------------------------------------------------------------------------
+
+    /// Change resource settings of a running container through systemd. Every assignment is
+    /// checked before anything changes; `runtime` keeps the definition as it is.
+    pub(super) async fn set_resources(
+        &self,
+        name: String,
+        assignments: Vec<(String, String)>,
+        runtime: bool,
+    ) -> Result<()> {
+        if assignments.is_empty() {
+            return Err(invalid("nothing to set"));
+        }
+        let (mut res, mut def) = {
+            let entries = self.entries.lock().unwrap();
+            let e = entries.get(&name).ok_or_else(|| no_such(&name))?;
+            if e.state != State::Running {
+                return Err(Error::InvalidState(format!(
+                    "container {name:?} is {}, not running; limits of a stopped container are \
+                     changed in its definition",
+                    e.state.as_str()
+                )));
+            }
+            (e.resources.clone(), e.def.clone())
+        };
+        let mut props: Vec<(&'static str, PropValue)> = Vec::new();
+        let mut raw = std::collections::BTreeMap::new();
+        for (key, value) in &assignments {
+            if resources::KEYS.iter().any(|k| k.0 == key) {
+                if key == "devices" {
+                    return Err(invalid(
+                        "devices can only be given when the container is created",
+                    ));
+                }
+                res.set(key, value).map_err(|e| invalid(e.to_string()))?;
+                props.extend(res.key_properties(key).map_err(|e| invalid(e.to_string()))?);
+            } else {
+                spec::parse_property(key, value).map_err(|_| {
+                    invalid(format!(
+                        "unknown setting {key:?} (known: {}, or a scope property like MemoryLow)",
+                        resources::KEYS
+                            .iter()
+                            .map(|k| k.0)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+                raw.insert(key.clone(), value.clone());
+            }
+        }
+        props.extend(check_properties(&raw)?);
+        // The whole set must still be valid together (e.g. all device rates).
+        res.properties().map_err(|e| invalid(e.to_string()))?;
+        let unit = name::scope_unit(&name);
+        self.systemd
+            .set_unit_properties(&unit, runtime, &props)
+            .await
+            .map_err(|e| Error::Failed(format!("systemd refused the change: {e}")))?;
+        if !runtime {
+            def.resources = res.clone();
+            def.properties.extend(raw);
+            store::save_definition(&self.layout, &def)
+                .map_err(|e| Error::Failed(format!("cannot save the definition: {e}")))?;
+        }
+        let rt_res = res.clone();
+        {
+            let mut entries = self.entries.lock().unwrap();
+            if let Some(e) = entries.get_mut(&name) {
+                e.resources = res;
+                if !runtime {
+                    e.def = def;
+                }
+            }
+        }
+        if let Some(mut rt) = store::load_runtime(&self.layout, &name) {
+            rt.resources = Some(rt_res);
+            let _ = store::save_runtime(&self.layout, &name, &rt);
+        }
+        info!(
+            "container {name}: set {}{}",
+            assignments
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if runtime { " (until it stops)" } else { "" }
+        );
+        self.emit_changed(&name).await;
+        Ok(())
+    }
+
+    // ---- stats --------------------------------------------------------------------------
+
+    /// One sample per container (all when `names` is empty). CPU percentages are over the
+    /// time since the previous sample of the same container; without a recent one, two
+    /// samples are taken 100 ms apart.
+    pub(super) async fn stats(&self, names: Vec<String>) -> Result<Vec<StatsInfo>> {
+        let first = self.sample(&names)?;
+        let stale = {
+            let prev = self.cpu_samples.lock().unwrap();
+            first.iter().any(|(s, _)| {
+                s.state == "running"
+                    && !prev
+                        .get(&s.name)
+                        .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(30))
+            })
+        };
+        let samples = if stale {
+            self.record_cpu(&first);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.sample(&names)?
+        } else {
+            first
+        };
+        Ok(self.record_cpu(&samples))
+    }
+
+    /// Fill in `cpu_percent` from the previous sample and remember this one.
+    fn record_cpu(&self, samples: &[(StatsInfo, Instant)]) -> Vec<StatsInfo> {
+        let mut prev = self.cpu_samples.lock().unwrap();
+        let mut out = Vec::with_capacity(samples.len());
+        for (s, at) in samples {
+            let mut s = s.clone();
+            if let Some((t0, u0)) = prev.get(&s.name) {
+                let dt = at.saturating_duration_since(*t0).as_nanos() as f64;
+                if dt > 0.0 && s.cpu_usage_ns >= *u0 {
+                    s.cpu_percent = (s.cpu_usage_ns - u0) as f64 / dt * 100.0;
+                }
+            }
+            if s.state == "running" {
+                prev.insert(s.name.clone(), (*at, s.cpu_usage_ns));
+            }
+            out.push(s);
+        }
+        out
+    }
+
+    fn sample(&self, names: &[String]) -> Result<Vec<(StatsInfo, Instant)>> {
+        let targets: Vec<(String, String, Option<Cgroup>, Option<i32>, u64)> = {
+            let entries = self.entries.lock().unwrap();
+            let pick: Vec<String> = if names.is_empty() {
+                entries
+                    .iter()
+                    .filter(|(_, e)| e.state == State::Running)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            } else {
+                names.to_vec()
+            };
+            pick.into_iter()
+                .map(|n| {
+                    let e = entries.get(&n).ok_or_else(|| no_such(&n))?;
+                    Ok((
+                        n,
+                        e.state.as_str().to_string(),
+                        e.cgroup.clone(),
+                        e.leader,
+                        e.oom_kills,
+                    ))
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for (name, state, cg, leader, oom_kills) in targets {
+            let mut s = StatsInfo {
+                name,
+                state,
+                memory_limit_bytes: u64::MAX,
+                pids_limit: u64::MAX,
+                oom_kills,
+                ..StatsInfo::default()
+            };
+            if let Some(Ok(c)) = cg.as_ref().map(Cgroup::stats) {
+                s.cpu_usage_ns = c.cpu_usage_ns.unwrap_or(0);
+                s.memory_bytes = c.memory_bytes.unwrap_or(0);
+                s.memory_limit_bytes = c.memory_limit_bytes.unwrap_or(u64::MAX);
+                s.pids = c.pids.unwrap_or(0);
+                s.pids_limit = c.pids_limit.unwrap_or(u64::MAX);
+                s.io_read_bytes = c.io_read_bytes.unwrap_or(0);
+                s.io_write_bytes = c.io_write_bytes.unwrap_or(0);
+            }
+            if let Some(Ok((rx, tx))) = leader.map(|p| cgroup::net_totals(p as u32)) {
+                s.net_rx_bytes = rx;
+                s.net_tx_bytes = tx;
+            }
+            s.timestamp_usec = store::now_usec();
+            out.push((s, Instant::now()));
+        }
+        Ok(out)
+    }
+
+    /// Send `Stats` signals to `subscriber` every `interval` until it leaves the bus or
+    /// unsubscribes. A second subscription of the same subscriber replaces the first.
+    pub(super) fn watch_stats(&self, subscriber: String, interval_usec: u64) -> Result<()> {
+        let interval = Duration::from_micros(interval_usec);
+        if interval < MIN_STATS_INTERVAL || interval > Duration::from_secs(3600) {
+            return Err(invalid(format!(
+                "the interval must be between {} ms and one hour",
+                MIN_STATS_INTERVAL.as_millis()
+            )));
+        }
+        let dest = BusName::try_from(subscriber.clone())
+            .map_err(|_| invalid("the subscriber has no bus name"))?
+            .to_owned();
+        let mut watchers = self.stats_watchers.lock().unwrap();
+        watchers.retain(|_, h| !h.is_finished());
+        if !watchers.contains_key(&subscriber) && watchers.len() >= MAX_STATS_WATCHERS {
+            return Err(Error::LimitExceeded(format!(
+                "at most {MAX_STATS_WATCHERS} stats subscriptions"
+            )));
+        }
+        let me = self.arc();
+        let conn = self.conn.clone();
+        let task = tokio::spawn(async move {
+            let Ok(em) = SignalEmitter::new(&conn, dbus::MANAGER_PATH) else {
+                return;
+            };
+            let em = em.set_destination(dest.clone());
+            let Ok(bus) = zbus::fdo::DBusProxy::new(&conn).await else {
+                return;
+            };
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                if !bus.name_has_owner(dest.clone()).await.unwrap_or(false) {
+                    break;
+                }
+                let Ok(stats) = me.stats(Vec::new()).await else {
+                    continue;
+                };
+                if dbus::Manager::stats(&em, stats).await.is_err() {
+                    break;
+                }
+            }
+            me.stats_watchers.lock().unwrap().remove(dest.as_str());
+        });
+        if let Some(old) = watchers.insert(subscriber, task.abort_handle()) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    pub(super) fn unwatch_stats(&self, subscriber: &str) {
+        if let Some(h) = self.stats_watchers.lock().unwrap().remove(subscriber) {
+            h.abort();
+        }
+    }
+}
+
+/// An fd that becomes readable on OOM events (see [`Registry::watch_oom`]).
+fn oom_event_source(
+    w: &OomWatch,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    match w {
+        OomWatch::Events(path) => {
+            let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+            ino.add_watch(path, AddWatchFlags::IN_MODIFY)?;
+            crate::sys::async_fd(ino.into())
+        }
+        OomWatch::V1 {
+            oom_control,
+            event_control,
+        } => {
+            let efd = nix::sys::eventfd::EventFd::from_flags(
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )?;
+            let ctl = std::fs::File::open(oom_control)?;
+            // cgroup-v1/memory.rst §9: write "<event_fd> <fd of memory.oom_control>".
+            std::fs::write(
+                event_control,
+                format!("{} {}", efd.as_fd().as_raw_fd(), ctl.as_raw_fd()),
+            )?;
+            crate::sys::async_fd(efd.into())
+        }
+    }
+}
