@@ -16,15 +16,31 @@ use crate::spec::PropValue;
 /// The user-facing resource keys, each with its systemd property and what it takes.
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("memory", "MemoryMax", "a size like 512M, 2G or infinity"),
-    ("memory-high", "MemoryHigh", "a size like 512M, 2G or infinity"),
-    ("memory-swap", "MemorySwapMax", "a size like 512M, 2G or infinity"),
+    (
+        "memory-high",
+        "MemoryHigh",
+        "a size like 512M, 2G or infinity",
+    ),
+    (
+        "memory-swap",
+        "MemorySwapMax",
+        "a size like 512M, 2G or infinity",
+    ),
     ("cpus", "CPUQuotaPerSecUSec", "a number of CPUs like 1.5"),
     ("cpu-weight", "CPUWeight", "a weight from 1 to 10000"),
     ("cpuset", "AllowedCPUs", "CPU numbers like 0-2,4"),
     ("pids", "TasksMax", "a number of tasks or infinity"),
     ("io-weight", "IOWeight", "a weight from 1 to 10000"),
-    ("device-read-bps", "IOReadBandwidthMax", "DEVICE:RATE like /dev/vda:10M"),
-    ("device-write-bps", "IOWriteBandwidthMax", "DEVICE:RATE like /dev/vda:10M"),
+    (
+        "device-read-bps",
+        "IOReadBandwidthMax",
+        "DEVICE:RATE like /dev/vda:10M",
+    ),
+    (
+        "device-write-bps",
+        "IOWriteBandwidthMax",
+        "DEVICE:RATE like /dev/vda:10M",
+    ),
     ("devices", "DeviceAllow", "a device PATH[:rwm]"),
     ("network-rate", "", "a rate like 10M (bytes per second)"),
 ];
@@ -53,7 +69,9 @@ pub enum ResourceError {
         expected: &'static str,
         why: String,
     },
-    #[error("network-rate needs a network interface, and berth containers have only loopback so far")]
+    #[error(
+        "network-rate needs a network interface, and berth containers have only loopback so far"
+    )]
     NoNetwork,
 }
 
@@ -62,28 +80,60 @@ pub enum ResourceError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Resources {
     /// Hard memory limit (MemoryMax): a size like 512M, or infinity.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub memory: Option<String>,
     /// Memory throttling threshold (MemoryHigh).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub memory_high: Option<String>,
     /// Swap limit (MemorySwapMax).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub memory_swap: Option<String>,
     /// CPU time as a number of CPUs (CPUQuota; 1.5 = 150%).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub cpus: Option<String>,
     /// Relative CPU weight, 1–10000 (CPUWeight).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub cpu_weight: Option<String>,
     /// CPUs the container may run on, like 0-2,4 (AllowedCPUs).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub cpuset: Option<String>,
     /// Maximum number of tasks (TasksMax).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub pids: Option<String>,
     /// Relative block IO weight, 1–10000 (IOWeight).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub io_weight: Option<String>,
     /// Read bandwidth limits, DEVICE:RATE (IOReadBandwidthMax).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -95,7 +145,11 @@ pub struct Resources {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
     /// Network bandwidth (egress and ingress) on the container's host-side interface.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "scalar")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scalar"
+    )]
     pub network_rate: Option<String>,
 }
 
@@ -218,7 +272,10 @@ impl Resources {
                 "pids" => props.push((*prop, PropValue::U64(count(&value).map_err(bad)?))),
                 "cpuset" => {
                     let online = possible_cpus();
-                    props.push((*prop, PropValue::Bytes(cpuset(&value, online).map_err(bad)?)))
+                    props.push((
+                        *prop,
+                        PropValue::Bytes(cpuset(&value, online).map_err(bad)?),
+                    ))
                 }
                 "device-read-bps" | "device-write-bps" => {
                     let (dev, rate) = value.rsplit_once(':').ok_or_else(|| bad(""))?;
@@ -326,7 +383,9 @@ pub fn display_map(r: &Resources) -> BTreeMap<String, String> {
 fn parse_device(v: &str) -> Result<Device, String> {
     let (path, perms) = match v.rsplit_once(':') {
         Some((p, m)) if !m.is_empty() && m.chars().all(|c| "rwm".contains(c)) => (p, m),
-        Some((_, m)) if !m.starts_with('/') => return Err(format!("permissions {m:?} are not a subset of rwm")),
+        Some((_, m)) if !m.starts_with('/') => {
+            return Err(format!("permissions {m:?} are not a subset of rwm"));
+        }
         _ => (v, "rwm"),
     };
     let mut d = device(path)?;
@@ -377,7 +436,11 @@ pub fn size(v: &str) -> Result<u64, &'static str> {
     }
     let n: u64 = num.parse().map_err(|_| "too large")?;
     let b = n.checked_mul(mult).ok_or("too large")?;
-    if b == 0 { Err("must be greater than zero") } else { Ok(b) }
+    if b == 0 {
+        Err("must be greater than zero")
+    } else {
+        Ok(b)
+    }
 }
 
 /// CPUs → microseconds of CPU time per second (CPUQuotaPerSecUSec). At least 1% of a CPU,
@@ -391,7 +454,11 @@ pub fn cpus(v: &str) -> Result<u64, &'static str> {
         return Err("too large");
     }
     let usec = (f * 1_000_000.0).round() as u64;
-    if usec < 10_000 { Err("less than 0.01 CPUs") } else { Ok(usec) }
+    if usec < 10_000 {
+        Err("less than 0.01 CPUs")
+    } else {
+        Ok(usec)
+    }
 }
 
 pub fn weight(v: &str) -> Result<u64, &'static str> {
@@ -459,12 +526,19 @@ mod tests {
     #[test]
     fn friendly_keys_map_to_scope_properties() {
         let mut r = Resources::default();
-        for (k, v) in [("memory", "512M"), ("cpus", "1.5"), ("pids", "200"), ("cpu-weight", "50")]
-        {
+        for (k, v) in [
+            ("memory", "512M"),
+            ("cpus", "1.5"),
+            ("pids", "200"),
+            ("cpu-weight", "50"),
+        ] {
             r.set(k, v).unwrap();
         }
         assert_eq!(prop(&r, "MemoryMax"), Some(PropValue::U64(512 << 20)));
-        assert_eq!(prop(&r, "CPUQuotaPerSecUSec"), Some(PropValue::U64(1_500_000)));
+        assert_eq!(
+            prop(&r, "CPUQuotaPerSecUSec"),
+            Some(PropValue::U64(1_500_000))
+        );
         assert_eq!(prop(&r, "TasksMax"), Some(PropValue::U64(200)));
         assert_eq!(prop(&r, "CPUWeight"), Some(PropValue::U64(50)));
         r.set("memory", "").unwrap();
@@ -508,7 +582,10 @@ mod tests {
             assert!(e.unwrap_err().to_string().contains(k), "{k}={v}");
         }
         let mut r = Resources::default();
-        assert!(matches!(r.set("bogus", "1"), Err(ResourceError::Unknown(_))));
+        assert!(matches!(
+            r.set("bogus", "1"),
+            Err(ResourceError::Unknown(_))
+        ));
         r.set("network-rate", "10M").unwrap();
         assert_eq!(r.properties(), Err(ResourceError::NoNetwork));
     }

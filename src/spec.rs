@@ -111,10 +111,18 @@ const KNOWN: &[(&str, Parser)] = &[
     ("TasksMax", |v| Ok(PropValue::U64(count(v)?))),
     ("IOWeight", |v| Ok(PropValue::U64(weight(v)?))),
     ("StartupIOWeight", |v| Ok(PropValue::U64(weight(v)?))),
-    ("IOReadBandwidthMax", |v| Ok(PropValue::PathU64(vec![device_size(v)?]))),
-    ("IOWriteBandwidthMax", |v| Ok(PropValue::PathU64(vec![device_size(v)?]))),
-    ("IOReadIOPSMax", |v| Ok(PropValue::PathU64(vec![device_count(v)?]))),
-    ("IOWriteIOPSMax", |v| Ok(PropValue::PathU64(vec![device_count(v)?]))),
+    ("IOReadBandwidthMax", |v| {
+        Ok(PropValue::PathU64(vec![device_size(v)?]))
+    }),
+    ("IOWriteBandwidthMax", |v| {
+        Ok(PropValue::PathU64(vec![device_size(v)?]))
+    }),
+    ("IOReadIOPSMax", |v| {
+        Ok(PropValue::PathU64(vec![device_count(v)?]))
+    }),
+    ("IOWriteIOPSMax", |v| {
+        Ok(PropValue::PathU64(vec![device_count(v)?]))
+    }),
     ("DeviceAllow", |v| {
         let (path, perms) = v.split_once(' ').unwrap_or((v, "rwm"));
         if !(path.starts_with("/dev/") || path.starts_with("char-") || path.starts_with("block-"))

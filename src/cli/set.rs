@@ -21,12 +21,15 @@ pub struct SetArgs {
 pub async fn run(a: SetArgs) -> CliResult {
     let mut pairs = Vec::with_capacity(a.assignments.len());
     for s in &a.assignments {
-        let (k, v) = s.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| {
-            CliError::new(
-                Exit::InvalidArgument,
-                format!("expected KEY=VALUE, got {s:?}"),
-            )
-        })?;
+        let (k, v) = s
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                CliError::new(
+                    Exit::InvalidArgument,
+                    format!("expected KEY=VALUE, got {s:?}"),
+                )
+            })?;
         pairs.push((k.to_string(), v.to_string()));
     }
     let (_conn, proxy) = manager().await?;

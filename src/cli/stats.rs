@@ -52,7 +52,15 @@ fn rows(stats: Vec<StatsView>) -> Vec<String> {
         })
         .collect();
     output::table(
-        &["NAME", "CPU", "MEM / LIMIT", "PIDS", "BLOCK R / W", "NET RX / TX", "OOM"],
+        &[
+            "NAME",
+            "CPU",
+            "MEM / LIMIT",
+            "PIDS",
+            "BLOCK R / W",
+            "NET RX / TX",
+            "OOM",
+        ],
         &rows,
     )
 }

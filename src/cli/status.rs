@@ -55,7 +55,11 @@ pub async fn run(a: StatusArgs) -> CliResult {
         lines.push(format!("    Status: exited with {s}"));
     }
     if !view.resources.is_empty() {
-        let r: Vec<String> = view.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let r: Vec<String> = view
+            .resources
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         lines.push(format!("    Limits: {}", r.join(" ")));
     }
     if let Some(at) = view.last_oom_at {

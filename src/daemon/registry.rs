@@ -21,8 +21,8 @@ use crate::dbus::{self, ContainerInfo, Error, Result};
 use crate::name;
 use crate::plan::{self, ContainerDirs};
 use crate::protocol::{FromHelper, Step, ToHelper};
-use crate::spawn::{self, Helper};
 use crate::resources::Resources;
+use crate::spawn::{self, Helper};
 use crate::spec::{self, Definition};
 use crate::sys;
 use crate::systemd::{self, Systemd};
@@ -934,7 +934,13 @@ impl Registry {
             self.export(&name).await;
             match watch {
                 Some((pidfd, memfd)) => {
-                    if let Some(leader) = self.entries.lock().unwrap().get(&name).and_then(|e| e.leader) {
+                    let leader = self
+                        .entries
+                        .lock()
+                        .unwrap()
+                        .get(&name)
+                        .and_then(|e| e.leader);
+                    if let Some(leader) = leader {
                         self.adopt_cgroup(&name, leader);
                     }
                     tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, memfd));

@@ -146,7 +146,11 @@ pub fn apply(root: &OwnedFd, op: &MountOp) -> MountResult<()> {
                 mknodat(
                     parent.as_fd(),
                     base,
-                    if *block { SFlag::S_IFBLK } else { SFlag::S_IFCHR },
+                    if *block {
+                        SFlag::S_IFBLK
+                    } else {
+                        SFlag::S_IFCHR
+                    },
                     Mode::from_bits_truncate(*mode),
                     makedev(*major, *minor),
                 ),

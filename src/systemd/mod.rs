@@ -99,7 +99,10 @@ impl UnitProperties {
         self
     }
     /// Every property of `props`, in order.
-    pub fn values<'a>(self, props: impl IntoIterator<Item = &'a (&'static str, PropValue)>) -> Self {
+    pub fn values<'a>(
+        self,
+        props: impl IntoIterator<Item = &'a (&'static str, PropValue)>,
+    ) -> Self {
         props.into_iter().fold(self, |p, (k, v)| p.value(k, v))
     }
     /// The property names, in order (for tests and logs).

@@ -10,8 +10,8 @@ use zbus::object_server::SignalEmitter;
 
 use super::{Registry, State, check_properties, invalid, no_such};
 use crate::cgroup::{self, Cgroup, OomWatch};
-use crate::dbus::{self, Error, Result, StatsInfo};
 use crate::daemon::store;
+use crate::dbus::{self, Error, Result, StatsInfo};
 use crate::name;
 use crate::resources;
 use crate::spec::{self, PropValue};
@@ -44,10 +44,15 @@ impl Registry {
         }
     }
 
-    /// Wait for OOM events in a container's cgroup until it exits. The kernel tells about
-    /// changes of v2 `memory.events` through inotify, and about v1 OOM events through an
-    /// eventfd registered in `cgroup.event_control`; either way the kill counter is read
-    /// afterwards (on v1 the event comes before the kill is counted, so read again shortly).
+    /// Wait for OOM events in a container's cgroup until it exits.
+    ///
+    /// - v2: the kernel notifies changes of `memory.events` (inotify IN_MODIFY) after counting
+    ///   the kill, so the counter is read at once.
+    /// - v1: an eventfd registered in `cgroup.event_control` fires when the OOM killer is
+    ///   invoked, before the victim dies and the kill is counted. When the victim was the
+    ///   payload, the container ends and systemd removes the cgroup within milliseconds, so
+    ///   the counter is polled briefly; if the cgroup vanishes first, the event counts as one
+    ///   kill (with `oom_kill_disable=0`, which berth never changes, the killer always kills).
     async fn watch_oom(
         self: std::sync::Arc<Self>,
         name: String,
@@ -63,6 +68,7 @@ impl Registry {
                 return;
             }
         };
+        let v1 = matches!(w, OomWatch::V1 { .. });
         let mut buf = [0u8; 4096];
         loop {
             tokio::select! {
@@ -73,23 +79,33 @@ impl Registry {
                     });
                     guard.clear_ready();
                 }
-                _ = async { exited.wait_for(Option::is_some).await.is_ok() } => {
-                    // A last look: the kill that ended the payload may be what stopped it.
-                    self.check_oom(&name, &cg, &mut seen).await;
-                    return;
-                }
+                _ = async { exited.wait_for(Option::is_some).await.is_ok() } => return,
             }
-            for delay in [0, 50, 250] {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                self.check_oom(&name, &cg, &mut seen).await;
+            if !v1 {
+                if let Ok(Some(now)) = cg.oom_kills() {
+                    self.record_oom(&name, &mut seen, now).await;
+                }
+                continue;
+            }
+            for _ in 0..100 {
+                match cg.oom_kills() {
+                    Ok(Some(now)) if now > seen => {
+                        self.record_oom(&name, &mut seen, now).await;
+                        break;
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    Err(_) => {
+                        let now = seen + 1;
+                        self.record_oom(&name, &mut seen, now).await;
+                        break;
+                    }
+                }
             }
         }
     }
 
-    async fn check_oom(&self, name: &str, cg: &Cgroup, seen: &mut u64) {
-        let Ok(Some(now)) = cg.oom_kills() else {
-            return;
-        };
+    /// The kernel's counter says `now` kills; record the ones not seen yet.
+    async fn record_oom(&self, name: &str, seen: &mut u64, now: u64) {
         if now <= *seen {
             return;
         }
@@ -147,7 +163,10 @@ impl Registry {
                     ));
                 }
                 res.set(key, value).map_err(|e| invalid(e.to_string()))?;
-                props.extend(res.key_properties(key).map_err(|e| invalid(e.to_string()))?);
+                props.extend(
+                    res.key_properties(key)
+                        .map_err(|e| invalid(e.to_string()))?,
+                );
             } else {
                 spec::parse_property(key, value).map_err(|_| {
                     invalid(format!(
@@ -377,7 +396,8 @@ fn oom_event_source(
             event_control,
         } => {
             let efd = nix::sys::eventfd::EventFd::from_flags(
-                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                    | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
             )?;
             let ctl = std::fs::File::open(oom_control)?;
             // cgroup-v1/memory.rst §9: write "<event_fd> <fd of memory.oom_control>".
