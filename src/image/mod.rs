@@ -12,9 +12,19 @@
 //! - `tmp/`: work in progress, removed when the store opens. Nothing becomes visible under its
 //!   final name until it is complete (rename is the commit).
 
+pub mod compress;
 pub mod digest;
+pub mod extract;
+pub mod store;
+#[cfg(test)]
+mod testtar;
 
 pub use digest::Digest;
+pub use extract::{LayerStats, Limits, apply_layer};
+pub use store::{
+    ImageConfig, ImageKind, ImageRecord, ImageSource, ImportProgress, PartialBlob, Store,
+    StoreError,
+};
 
 /// How a failure should be reported to a caller; each module's error type maps onto this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
