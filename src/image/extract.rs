@@ -242,11 +242,11 @@ impl<R: Read> Stream<R> {
 }
 
 /// One file system entry after extension headers are folded in.
-struct Entry {
-    kind: EntryType,
-    path: Vec<u8>,
-    link: Option<Vec<u8>>,
-    size: u64,
+pub(crate) struct Entry {
+    pub(crate) kind: EntryType,
+    pub(crate) path: Vec<u8>,
+    pub(crate) link: Option<Vec<u8>>,
+    pub(crate) size: u64,
     mode: u32,
     uid: u64,
     gid: u64,
@@ -414,8 +414,36 @@ fn next_entry<R: Read>(
     }
 }
 
+/// Read a tar stream (not a layer: nothing is extracted) with the framing, limits and
+/// truncation checks of [`apply_layer`]. For each entry `open` may return a sink for its data,
+/// which `close` gets back once the data is copied. Paths are not validated here.
+pub(crate) fn read_archive<R: Read, W: Write>(
+    reader: R,
+    limits: &Limits,
+    mut open: impl FnMut(&Entry) -> Result<Option<W>, ExtractError>,
+    mut close: impl FnMut(&Entry, W) -> Result<(), ExtractError>,
+) -> Result<(), ExtractError> {
+    let mut s = Stream {
+        inner: reader,
+        hasher: Hasher::default(),
+        read: 0,
+        max: limits.max_bytes,
+    };
+    let mut headers = 0;
+    while let Some(e) = next_entry(&mut s, limits, &mut headers)? {
+        match open(&e)? {
+            Some(mut w) => {
+                s.copy_data(e.size, &mut w, &e.path)?;
+                close(&e, w)?;
+            }
+            None => s.skip_data(e.size, &e.path)?,
+        }
+    }
+    Ok(())
+}
+
 /// Split an entry path into components, refusing absolute paths and `..`.
-fn components(path: &[u8]) -> Result<Vec<&[u8]>, ExtractError> {
+pub(crate) fn components(path: &[u8]) -> Result<Vec<&[u8]>, ExtractError> {
     if path.first() == Some(&b'/') {
         return Err(refused(path, "absolute path"));
     }

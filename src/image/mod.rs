@@ -12,14 +12,18 @@
 //! - `tmp/`: work in progress, removed when the store opens. Nothing becomes visible under its
 //!   final name until it is complete (rename is the commit).
 
+pub mod archive;
 pub mod compress;
 pub mod digest;
+pub mod export;
 pub mod extract;
 pub mod store;
 #[cfg(test)]
 mod testtar;
 
+pub use archive::{ImportError, import_fs, import_oci, import_tar};
 pub use digest::Digest;
+pub use export::{ExportError, export_dir, export_image};
 pub use extract::{LayerStats, Limits, apply_layer};
 pub use store::{
     ImageConfig, ImageKind, ImageRecord, ImageSource, ImportProgress, PartialBlob, Store,

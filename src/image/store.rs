@@ -328,6 +328,10 @@ impl Store {
         &self.root
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub(crate) fn tmp_path(&self, prefix: &str) -> PathBuf {
         self.root.join("tmp").join(unique(prefix))
     }
@@ -414,41 +418,43 @@ impl Store {
         mut reader: impl Read,
         expected: Option<&Digest>,
     ) -> Result<(Digest, u64), StoreError> {
-        let tmp = self.tmp_path("ingest");
-        let r = (|| {
-            let ctx = "writing a blob";
-            let mut f = File::create(&tmp).map_err(io_err(ctx))?;
-            let mut h = Hasher::default();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut len = 0u64;
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err("reading blob content")(e)),
-                };
-                h.update(&buf[..n]);
-                f.write_all(&buf[..n]).map_err(io_err(ctx))?;
-                len += n as u64;
-            }
-            let d = h.finish();
-            if let Some(want) = expected
-                && *want != d
-            {
-                return Err(StoreError::DigestMismatch {
-                    expected: *want,
-                    actual: d,
-                });
-            }
-            f.sync_all().map_err(io_err(ctx))?;
-            fs::rename(&tmp, self.blob_path(&d)).map_err(io_err(ctx))?;
-            Ok((d, len))
-        })();
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let mut w = self.blob_writer()?;
+        io::copy(&mut reader, &mut w).map_err(io_err("reading blob content"))?;
+        let (d, len) = w.finish()?;
+        if let Some(want) = expected
+            && *want != d.digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: *want,
+                actual: d.digest,
+            });
         }
-        r
+        let digest = d.digest;
+        self.adopt_blob(d)?;
+        Ok((digest, len))
+    }
+
+    /// A file in `tmp/` that hashes what is written to it; [`BlobWriter::finish`] then
+    /// [`Store::adopt_blob`] gives it its name.
+    pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
+        let path = self.tmp_path("blob");
+        let file = File::create(&path).map_err(io_err("creating a blob"))?;
+        Ok(BlobWriter {
+            file,
+            path,
+            hasher: Hasher::default(),
+            len: 0,
+        })
+    }
+
+    /// Move a finished blob into `blobs/` (a no-op if the store has it already).
+    pub fn adopt_blob(&self, b: SpooledBlob) -> Result<(), StoreError> {
+        if self.has_blob(&b.digest) {
+            let _ = fs::remove_file(&b.path);
+            return Ok(());
+        }
+        fs::rename(&b.path, self.blob_path(&b.digest))
+            .map_err(io_err(format!("storing blob {}", b.digest)))
     }
 
     /// Read a small blob, checking its digest (the store is trusted, the disk less so).
@@ -951,8 +957,364 @@ impl Store {
     }
 }
 
+/// A blob being written to `tmp/`, hashed on the way.
+pub struct BlobWriter {
+    file: File,
+    path: PathBuf,
+    hasher: Hasher,
+    len: u64,
+}
+
+/// A complete, synced blob in `tmp/`, not yet in `blobs/` (dropped: stays in tmp/ until the
+/// next [`Store::open`], or is removed by its owner).
+#[derive(Debug)]
+pub struct SpooledBlob {
+    pub digest: Digest,
+    pub path: PathBuf,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Sync the data; returns the blob and its length.
+    pub fn finish(self) -> Result<(SpooledBlob, u64), StoreError> {
+        let r = self.file.sync_all();
+        if let Err(e) = r {
+            let _ = fs::remove_file(&self.path);
+            return Err(io_err("syncing a blob")(e));
+        }
+        Ok((
+            SpooledBlob {
+                digest: self.hasher.finish(),
+                path: self.path,
+            },
+            self.len,
+        ))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct LayerSidecar {
     diff_id: Digest,
     size: u64,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::image::testtar::RawTar;
+
+    pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Config and manifest JSON for `layers` (uncompressed tars, stored gzipped), with the
+    /// layer blobs; returns (manifest, config, blobs).
+    pub(crate) fn image_json(layers: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
+        let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "created": "2024-01-02T03:04:05.5Z",
+            "config": {"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"], "Env": ["A=1"],
+                       "WorkingDir": "/srv", "User": "1000:1000", "StopSignal": "SIGINT",
+                       "Labels": {"k": "v"}},
+            "rootfs": {"type": "layers",
+                       "diff_ids": layers.iter().map(|l| Digest::of(l).to_string()).collect::<Vec<_>>()},
+        }))
+        .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": Digest::of(&config).to_string(), "size": config.len()},
+            "layers": blobs.iter().map(|b| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": Digest::of(b).to_string(), "size": b.len()})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        (manifest, config, blobs)
+    }
+
+    pub(crate) fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut t = RawTar::new();
+        for (p, d) in files {
+            t.file(p, d);
+        }
+        t.finish()
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("store")).unwrap();
+        (tmp, s)
+    }
+
+    fn import(s: &Store, name: &str, layers: &[Vec<u8>]) -> Result<ImageRecord, StoreError> {
+        let (m, c, blobs) = image_json(layers);
+        for b in &blobs {
+            s.put_blob(b).unwrap();
+        }
+        s.put_blob(&c).unwrap();
+        let md = s.put_blob(&m).unwrap();
+        s.create_image_from_blob(name, &md, ImageKind::Oci, &|_| {})
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// After a failed import: no record, no layer, and tmp/ empty once reopened.
+    pub(crate) fn assert_clean(s: &Store, images_before: usize) {
+        assert_eq!(s.list().len(), images_before);
+        let layers = names(&s.root.join("layers"));
+        let recs = s.list();
+        let referenced: BTreeSet<String> = recs
+            .iter()
+            .flat_map(|r| r.layers.iter().map(|d| d.hex()))
+            .collect();
+        for l in layers {
+            let hex = l.strip_suffix(".json").unwrap_or(&l).to_string();
+            assert!(referenced.contains(&hex), "stray layer {l}");
+        }
+        let s2 = Store::open(&s.root).unwrap();
+        assert!(names(&s2.root.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn images_share_layers_and_gc_keeps_what_is_referenced() {
+        let (_t, s) = store();
+        let base = layer(&[("etc/os-release", b"base")]);
+        let a = layer(&[("a", b"a")]);
+        let b = layer(&[("b", b"b")]);
+        let steps = std::cell::RefCell::new(Vec::new());
+        let (m, c, blobs) = image_json(&[base.clone(), a.clone()]);
+        for x in &blobs {
+            s.put_blob(x).unwrap();
+        }
+        s.put_blob(&c).unwrap();
+        let manifest: ImageManifest = serde_json::from_slice(&m).unwrap();
+        let ra = s
+            .create_image("img-a", &manifest, ImageKind::Registry, &|p| {
+                steps.borrow_mut().push(p)
+            })
+            .unwrap();
+        assert_eq!(steps.borrow().len(), 4);
+        assert_eq!(ra.layers, vec![Digest::of(&base), Digest::of(&a)]);
+        assert_eq!(ra.size, (base.len() + a.len()) as u64);
+        assert_eq!(ra.created, 1_704_164_645);
+        assert_eq!(ra.config.entrypoint, ["/bin/sh"]);
+        assert_eq!(ra.config.cmd, ["-c", "true"]);
+        assert_eq!(ra.config.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(ra.config.user.as_deref(), Some("1000:1000"));
+        assert_eq!(ra.config.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(ra.config.labels["k"], "v");
+        let paths = s.layer_paths(&ra);
+        assert_eq!(fs::read(paths[0].join("etc/os-release")).unwrap(), b"base");
+        assert_eq!(fs::read(paths[1].join("a")).unwrap(), b"a");
+
+        let rb = import(&s, "img-b", &[base.clone(), b.clone()]).unwrap();
+        assert!(matches!(
+            // (Same content, so no unreferenced blobs are left to wait for their grace period.)
+            import(&s, "img-b", &[base.clone(), b.clone()]).unwrap_err(),
+            StoreError::Exists(_)
+        ));
+        assert_eq!(s.get("img-b").unwrap(), rb);
+        s.tag("img-b", "img-b2").unwrap();
+        s.clone_image("img-b", "img-b3").unwrap();
+        s.rename("img-b3", "img-c").unwrap();
+        assert!(matches!(s.get("img-b3"), Err(StoreError::NoSuchImage(_))));
+        assert_eq!(
+            s.list().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["img-a", "img-b", "img-b2", "img-c"]
+        );
+        s.set_read_only("img-c", true).unwrap();
+        assert_eq!(
+            s.remove("img-c").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        s.set_read_only("img-c", false).unwrap();
+
+        s.remove("img-a").unwrap();
+        assert!(!s.layer_dir(&Digest::of(&a)).exists());
+        assert!(!s.has_blob(&ra.digest) && !s.has_blob(&ra.layer_blobs[1]));
+        assert!(s.layer_dir(&Digest::of(&base)).exists(), "shared base kept");
+        assert!(s.has_blob(&ra.layer_blobs[0]));
+        for n in ["img-b", "img-b2", "img-c"] {
+            s.remove(n).unwrap();
+        }
+        assert!(names(&s.root.join("layers")).is_empty());
+        assert!(names(&s.root.join("blobs/sha256")).is_empty());
+        assert!(names(&s.root.join("images")).is_empty());
+    }
+
+    #[test]
+    fn blobs_resume_and_verify() {
+        let (_t, s) = store();
+        let data = b"some manifest bytes";
+        let d = Digest::of(data);
+        let mut p = s.begin_blob(&d).unwrap();
+        assert_eq!(p.len, 0);
+        p.file.write_all(&data[..5]).unwrap();
+        drop(p);
+        let mut p = s.begin_blob(&d).unwrap();
+        assert_eq!(p.len, 5);
+        p.file.write_all(&data[5..]).unwrap();
+        s.commit_blob(&d, p).unwrap();
+        assert!(s.has_blob(&d));
+        assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data);
+
+        let wrong = Digest::of(b"other");
+        let mut p = s.begin_blob(&wrong).unwrap();
+        p.file.write_all(b"not other").unwrap();
+        let e = s.commit_blob(&wrong, p).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!s.has_blob(&wrong));
+        assert!(names(&s.root.join("tmp")).is_empty(), "partial deleted");
+        assert_eq!(s.put_blob(b"x").unwrap(), Digest::of(b"x"));
+    }
+
+    #[test]
+    fn bad_manifests_leave_nothing_behind() {
+        let (_t, s) = store();
+        let l = layer(&[("f", b"f")]);
+        let (m, c, blobs) = image_json(&[l.clone()]);
+        let mut mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
+
+        // Missing layer blob: NotFound naming the digest.
+        s.put_blob(&c).unwrap();
+        let md = s.put_blob(&m).unwrap();
+        let e = s
+            .create_image_from_blob("x", &md, ImageKind::Oci, &|_| {})
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(
+            e.to_string().contains(&Digest::of(&blobs[0]).to_string()),
+            "{e}"
+        );
+        s.put_blob(&blobs[0]).unwrap();
+
+        let try_with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = mv.clone();
+            f(&mut v);
+            let md = s.put_blob(&serde_json::to_vec(&v).unwrap()).unwrap();
+            let e = s
+                .create_image_from_blob("x", &md, ImageKind::Oci, &|_| {})
+                .unwrap_err();
+            assert_clean(&s, 0);
+            e
+        };
+        let e = try_with(&|v| v["layers"][0]["mediaType"] = "application/x-tar-ish".into());
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let e = try_with(&|v| v["layers"][0]["digest"] = "sha256:../x".into());
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let e = try_with(&|v| v["layers"][0]["digest"] = "sha256:abcd".into());
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let e = try_with(&|v| v["config"]["digest"] = "sha512:abcd".into());
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        // A layer whose content is not what the config's diff_id says.
+        let other = gzip(&layer(&[("g", b"g")]));
+        s.put_blob(&other).unwrap();
+        let e = try_with(&|v| {
+            v["layers"][0]["digest"] = Digest::of(&other).to_string().into();
+        });
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        // A hostile layer.
+        let mut t = RawTar::new();
+        t.file("../escape", b"x");
+        let evil = t.finish();
+        let (m2, c2, b2) = image_json(&[evil]);
+        s.put_blob(&c2).unwrap();
+        s.put_blob(&b2[0]).unwrap();
+        let md = s.put_blob(&m2).unwrap();
+        let e = s
+            .create_image_from_blob("x", &md, ImageKind::Oci, &|_| {})
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert_clean(&s, 0);
+        mv["schemaVersion"] = 1.into();
+        let md = s.put_blob(&serde_json::to_vec(&mv).unwrap()).unwrap();
+        assert!(
+            s.create_image_from_blob("x", &md, ImageKind::Oci, &|_| {})
+                .is_err()
+        );
+        assert!(!s.root.join("../escape").exists());
+        // Names are validated.
+        assert_eq!(
+            import(&s, "../x", &[l]).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn concurrent_imports_of_one_name_and_one_layer() {
+        let (_t, s) = store();
+        let shared = layer(&[("big", &[1u8; 200_000])]);
+        let (m, c, blobs) = image_json(&[shared.clone()]);
+        for b in &blobs {
+            s.put_blob(b).unwrap();
+        }
+        s.put_blob(&c).unwrap();
+        let md = s.put_blob(&m).unwrap();
+        let results: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..4)
+                .map(|i| {
+                    let s = &s;
+                    sc.spawn(move || {
+                        let name = if i < 2 {
+                            "same".to_string()
+                        } else {
+                            format!("n{i}")
+                        };
+                        s.create_image_from_blob(&name, &md, ImageKind::Oci, &|_| {})
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let exists = results
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Exists(_))))
+            .count();
+        assert_eq!(exists, 1, "{results:?}");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+        assert_eq!(
+            names(&s.root.join("layers")).len(),
+            2,
+            "one layer and its sidecar"
+        );
+        assert_clean(&s, 3);
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2024-01-02T03:04:05.123456789Z"),
+            Some(1_704_164_645)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-01-02T04:04:05+01:00"),
+            Some(1_704_164_645)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
+    }
 }

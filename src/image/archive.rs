@@ -1,0 +1,606 @@
+//! Imports from local files: a directory tree, a root file system tarball, a `docker save`
+//! archive, an OCI image layout directory or an OCI archive. Each gets its blobs into the store
+//! (verified) and ends in [`Store::create_image_from_blob`], the one path that extracts
+//! layers and writes records.
+//!
+//! - A directory becomes one uncompressed tar layer (written by [`export_dir`], so symlinks
+//!   are stored, not followed), with a synthesized OCI config and manifest.
+//! - A rootfs tarball is stored as its own layer blob as it is (gzip, zstd or uncompressed,
+//!   recognised by content); xz, which has no OCI layer media type, is stored decompressed.
+//! - Archives are read once, front to back, without extracting them by their paths: every
+//!   regular file is spooled into `tmp/` and hashed; the JSON then says which spooled files
+//!   are which blobs. Digests in hostile JSON go through [`Digest`]'s parser before they are
+//!   used to name anything, and each blob's content must hash to the name it is filed under.
+//!   Paths in `docker save`'s `manifest.json` must be relative without `..`.
+//! - From an index with several manifests the one for this host's platform is chosen, or else
+//!   the only one carrying an `org.opencontainers.image.ref.name` annotation.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ErrorKind;
+use super::compress::{self, Compression};
+use super::digest::Digest;
+use super::export::{ExportError, export_dir};
+use super::extract::{self, ExtractError};
+use super::store::{ImageKind, ImageRecord, SpooledBlob, Store, StoreError, parse_digest};
+
+const MAX_INDEX_DEPTH: usize = 3;
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the archive: {0}")]
+    Archive(#[from] ExtractError),
+    #[error("copying the directory: {0}")]
+    Export(#[from] ExportError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl ImportError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ImportError::Store(e) => e.kind(),
+            ImportError::Archive(e) => e.kind(),
+            ImportError::Export(e) => e.kind(),
+            ImportError::Invalid(_) => ErrorKind::InvalidInput,
+            ImportError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            ImportError::Io { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImportError {
+    let path = path.display().to_string();
+    move |source| ImportError::Io { path, source }
+}
+
+fn invalid(msg: impl Into<String>) -> ImportError {
+    ImportError::Invalid(msg.into())
+}
+
+/// OCI's name for this host's architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+fn layer_media_type(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::None | Compression::Xz => "application/vnd.oci.image.layer.v1.tar",
+    }
+}
+
+fn sniff(path: &Path) -> Result<Compression, ImportError> {
+    let mut head = [0u8; 6];
+    let mut f = File::open(path).map_err(io_at(path))?;
+    let mut got = 0;
+    while got < head.len() {
+        let n = f.read(&mut head[got..]).map_err(io_at(path))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(Compression::detect(&head[..got]))
+}
+
+/// Fail early, before any copying, if the name is invalid or taken (the record write checks
+/// again, atomically).
+fn check_free(store: &Store, name: &str) -> Result<(), ImportError> {
+    match store.get(name) {
+        Ok(_) => Err(StoreError::Exists(name.into()).into()),
+        Err(StoreError::NoSuchImage(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Synthesize config and manifest for single-layer imports and create the image.
+fn single_layer_image(
+    store: &Store,
+    name: &str,
+    blob: Digest,
+    blob_size: u64,
+    compression: Compression,
+    kind: ImageKind,
+) -> Result<ImageRecord, ImportError> {
+    let (diff_id, _, _) = store.ensure_layer(&blob, None)?;
+    let config = json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+    });
+    let config = serde_json::to_vec(&config).expect("serializing a config");
+    let config_digest = store.put_blob(&config)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": layer_media_type(compression),
+            "digest": blob.to_string(),
+            "size": blob_size,
+        }],
+    });
+    let manifest = serde_json::to_vec(&manifest).expect("serializing a manifest");
+    let md = store.put_blob(&manifest)?;
+    Ok(store.create_image_from_blob(name, &md, kind, &|_| {})?)
+}
+
+/// Import the tree below `dir` as a one-layer image.
+pub fn import_fs(store: &Store, dir: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    check_free(store, name)?;
+    let w = store.blob_writer()?;
+    let w = export_dir(dir, w)?;
+    let (blob, len) = w.finish()?;
+    let digest = blob.digest;
+    store.adopt_blob(blob)?;
+    single_layer_image(
+        store,
+        name,
+        digest,
+        len,
+        Compression::None,
+        ImageKind::Directory,
+    )
+}
+
+/// Import a root file system tarball (any supported compression) as a one-layer image.
+pub fn import_tar(store: &Store, file: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    check_free(store, name)?;
+    let c = sniff(file)?;
+    let f = File::open(file).map_err(io_at(file))?;
+    let (digest, len) = if c == Compression::Xz {
+        let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
+        store.ingest_blob(r, None)?
+    } else {
+        store.ingest_blob(f, None)?
+    };
+    single_layer_image(store, name, digest, len, c, ImageKind::Tar)
+}
+
+/// Where blobs of an image archive or layout come from.
+trait BlobSource {
+    /// Make sure blob `d` is in the store, verified.
+    fn fetch(&mut self, store: &Store, d: &Digest) -> Result<(), ImportError>;
+    /// A small file at a fixed path of the layout (`index.json`, `manifest.json`).
+    fn read_named(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImportError>;
+}
+
+/// An OCI image layout directory on disk; every path is resolved inside it.
+struct LayoutDir {
+    root: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl LayoutDir {
+    fn open(&self, rel: &str) -> Result<Option<File>, ImportError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match nix::fcntl::openat2(&self.root, rel, how) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(io_at(&self.path.join(rel))(e.into())),
+        }
+    }
+}
+
+const MAX_JSON: u64 = 16 << 20;
+
+fn read_capped(mut r: impl Read, what: &str) -> Result<Vec<u8>, ImportError> {
+    let mut v = Vec::new();
+    (&mut r)
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| invalid(format!("reading {what}: {e}")))?;
+    if v.len() as u64 > MAX_JSON {
+        return Err(invalid(format!("{what} is too large")));
+    }
+    Ok(v)
+}
+
+impl BlobSource for LayoutDir {
+    fn fetch(&mut self, store: &Store, d: &Digest) -> Result<(), ImportError> {
+        if store.has_blob(d) {
+            return Ok(());
+        }
+        let rel = format!("blobs/sha256/{}", d.hex());
+        let f = self
+            .open(&rel)?
+            .ok_or_else(|| invalid(format!("blob {d} is missing from the layout")))?;
+        store.ingest_blob(f, Some(d))?;
+        Ok(())
+    }
+
+    fn read_named(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImportError> {
+        match self.open(path)? {
+            Some(f) => Ok(Some(read_capped(f, path)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// An archive read once into `tmp/`: regular files by normalized path, links by target.
+struct Spool {
+    files: HashMap<Vec<u8>, SpooledBlob>,
+    links: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Normalize an archive path; `None` if it is absolute or climbs with `..`.
+fn norm(path: &[u8]) -> Option<Vec<u8>> {
+    let c = extract::components(path).ok()?;
+    Some(c.join(&b'/'))
+}
+
+/// Resolve `target` of a link at `at` the way the file system would (relative to the link's
+/// directory; hard link targets are archive paths), staying inside the archive.
+fn link_target(at: &[u8], target: &[u8], hard: bool) -> Option<Vec<u8>> {
+    if hard {
+        return norm(target);
+    }
+    if target.first() == Some(&b'/') {
+        return None;
+    }
+    let mut out: Vec<&[u8]> = at.split(|&b| b == b'/').collect();
+    out.pop();
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join(&b'/'))
+}
+
+impl Spool {
+    fn read(store: &Store, file: &Path) -> Result<Spool, ImportError> {
+        let f = File::open(file).map_err(io_at(file))?;
+        let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
+        let mut files = HashMap::new();
+        let mut links = HashMap::new();
+        let err: std::cell::Cell<Option<StoreError>> = std::cell::Cell::new(None);
+        let res = extract::read_archive(
+            r,
+            store.limits(),
+            |e| {
+                let Some(p) = norm(&e.path) else {
+                    return Ok(None);
+                };
+                match e.kind {
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        match store.blob_writer() {
+                            Ok(w) => Ok(Some(w)),
+                            Err(se) => {
+                                err.set(Some(se));
+                                Err(ExtractError::Truncated("spooling failed"))
+                            }
+                        }
+                    }
+                    tar::EntryType::Symlink | tar::EntryType::Link => {
+                        let hard = e.kind == tar::EntryType::Link;
+                        if let Some(t) = e.link.as_deref().and_then(|t| link_target(&p, t, hard)) {
+                            links.insert(p, t);
+                        }
+                        Ok(None)
+                    }
+                    _ => Ok(None),
+                }
+            },
+            |e, w| {
+                let p = norm(&e.path).expect("normalized before");
+                match w.finish() {
+                    Ok((b, _)) => {
+                        if let Some(old) = files.insert(p, b) {
+                            let _ = fs::remove_file(old.path);
+                        }
+                        Ok(())
+                    }
+                    Err(se) => {
+                        err.set(Some(se));
+                        Err(ExtractError::Truncated("spooling failed"))
+                    }
+                }
+            },
+        );
+        let spool = Spool { files, links };
+        if let Some(se) = err.take() {
+            spool.discard(store);
+            return Err(se.into());
+        }
+        if let Err(e) = res {
+            spool.discard(store);
+            return Err(e.into());
+        }
+        Ok(spool)
+    }
+
+    fn lookup(&self, path: &[u8]) -> Option<&SpooledBlob> {
+        let mut p = path.to_vec();
+        for _ in 0..8 {
+            if let Some(b) = self.files.get(&p) {
+                return Some(b);
+            }
+            p = self.links.get(&p)?.clone();
+        }
+        None
+    }
+
+    /// Move the spooled file at `path` into the store's blobs (its digest was computed while
+    /// spooling). Later lookups of the same path see the stored blob.
+    fn adopt(&mut self, store: &Store, path: &[u8]) -> Result<Option<Digest>, ImportError> {
+        let Some(b) = self.lookup(path) else {
+            return Ok(None);
+        };
+        let d = b.digest;
+        let blob_path = store.blob_path(&d);
+        if b.path != blob_path {
+            let key = self
+                .files
+                .iter()
+                .find(|(_, v)| v.path == b.path)
+                .map(|(k, _)| k.clone())
+                .expect("looked up above");
+            let spooled = self.files.remove(&key).expect("present");
+            store.adopt_blob(spooled)?;
+            self.files.insert(
+                key,
+                SpooledBlob {
+                    digest: d,
+                    path: blob_path,
+                },
+            );
+        }
+        Ok(Some(d))
+    }
+
+    /// Remove what was spooled and not adopted.
+    fn discard(&self, store: &Store) {
+        for b in self.files.values() {
+            if b.path != store.blob_path(&b.digest) {
+                let _ = fs::remove_file(&b.path);
+            }
+        }
+    }
+}
+
+impl BlobSource for Spool {
+    fn fetch(&mut self, store: &Store, d: &Digest) -> Result<(), ImportError> {
+        let path = format!("blobs/sha256/{}", d.hex());
+        match self.lookup(path.as_bytes()).map(|b| b.digest) {
+            None if store.has_blob(d) => Ok(()),
+            None => Err(invalid(format!("blob {d} is missing from the archive"))),
+            Some(actual) if actual != *d => Err(StoreError::DigestMismatch {
+                expected: *d,
+                actual,
+            }
+            .into()),
+            Some(_) => self.adopt(store, path.as_bytes()).map(drop),
+        }
+    }
+
+    fn read_named(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImportError> {
+        match self.lookup(path.as_bytes()) {
+            Some(b) => {
+                let f = File::open(&b.path).map_err(io_at(&b.path))?;
+                Ok(Some(read_capped(f, path)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn platform_matches(d: &Descriptor) -> bool {
+    d.platform().as_ref().is_some_and(|p| {
+        p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+    })
+}
+
+/// Pick one manifest from an index (see the module docs).
+fn choose(index: &ImageIndex) -> Result<&Descriptor, ImportError> {
+    let all = index.manifests();
+    if all.len() == 1 {
+        return Ok(&all[0]);
+    }
+    if let Some(d) = all.iter().find(|d| platform_matches(d)) {
+        return Ok(d);
+    }
+    let named: Vec<&Descriptor> = all
+        .iter()
+        .filter(|d| {
+            d.annotations()
+                .as_ref()
+                .is_some_and(|a| a.contains_key(REF_NAME))
+        })
+        .collect();
+    if named.len() == 1 {
+        return Ok(named[0]);
+    }
+    Err(invalid(format!(
+        "the index lists {} manifests and none is for linux/{}",
+        all.len(),
+        host_arch()
+    )))
+}
+
+fn import_layout(
+    store: &Store,
+    src: &mut dyn BlobSource,
+    name: &str,
+    kind: ImageKind,
+) -> Result<ImageRecord, ImportError> {
+    let index = src
+        .read_named("index.json")?
+        .ok_or_else(|| invalid("index.json is missing"))?;
+    let mut index: ImageIndex =
+        serde_json::from_slice(&index).map_err(|e| invalid(format!("index.json: {e}")))?;
+    for _ in 0..MAX_INDEX_DEPTH {
+        let desc = choose(&index)?;
+        let d = parse_digest(desc.digest().as_ref())?;
+        src.fetch(store, &d)?;
+        let data = store.read_blob(&d)?;
+        let mt = desc.media_type().to_string();
+        let is_index = mt == "application/vnd.oci.image.index.v1+json"
+            || mt == "application/vnd.docker.distribution.manifest.list.v2+json";
+        if is_index {
+            index =
+                serde_json::from_slice(&data).map_err(|e| invalid(format!("index {d}: {e}")))?;
+            continue;
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&data).map_err(|e| invalid(format!("manifest {d}: {e}")))?;
+        src.fetch(store, &parse_digest(manifest.config().digest().as_ref())?)?;
+        for l in manifest.layers() {
+            src.fetch(store, &parse_digest(l.digest().as_ref())?)?;
+        }
+        return Ok(store.create_image_from_blob(name, &d, kind, &|_| {})?);
+    }
+    Err(invalid("image indexes nest too deeply"))
+}
+
+/// One image in a `docker save` manifest.json.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+fn import_docker(store: &Store, spool: &mut Spool, name: &str) -> Result<ImageRecord, ImportError> {
+    let data = spool
+        .read_named("manifest.json")?
+        .ok_or_else(|| invalid("manifest.json is missing"))?;
+    let list: Vec<DockerManifest> =
+        serde_json::from_slice(&data).map_err(|e| invalid(format!("manifest.json: {e}")))?;
+    let [m] = &list[..] else {
+        let tags: Vec<String> = list
+            .iter()
+            .flat_map(|m| m.repo_tags.clone().unwrap_or_default())
+            .collect();
+        return Err(invalid(format!(
+            "the archive holds {} images ({}); exactly one is supported",
+            list.len(),
+            tags.join(", ")
+        )));
+    };
+    let fetch = |spool: &mut Spool, p: &str| -> Result<(Digest, u64, Compression), ImportError> {
+        let np = norm(p.as_bytes())
+            .ok_or_else(|| invalid(format!("manifest.json path {p:?} leaves the archive")))?;
+        let b = spool
+            .lookup(&np)
+            .ok_or_else(|| invalid(format!("{p:?} is missing from the archive")))?;
+        let (len, c) = (
+            fs::metadata(&b.path).map_err(io_at(&b.path))?.len(),
+            sniff(&b.path)?,
+        );
+        let d = spool.adopt(store, &np)?.expect("looked up above");
+        Ok((d, len, c))
+    };
+    let (config_digest, config_len, _) = fetch(spool, &m.config)?;
+    let mut layers = Vec::new();
+    for l in &m.layers {
+        let (d, len, c) = fetch(spool, l)?;
+        if c == Compression::Xz {
+            return Err(invalid(format!("layer {l:?} is xz-compressed")));
+        }
+        layers.push(json!({
+            "mediaType": layer_media_type(c),
+            "digest": d.to_string(),
+            "size": len,
+        }));
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config_len,
+        },
+        "layers": layers,
+    });
+    let md = store.put_blob(&serde_json::to_vec(&manifest).expect("serializing a manifest"))?;
+    Ok(store.create_image_from_blob(name, &md, ImageKind::Docker, &|_| {})?)
+}
+
+/// Import a `docker save` archive, an OCI archive (either possibly compressed) or an OCI
+/// image layout directory, recognised by content.
+pub fn import_oci(store: &Store, path: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    check_free(store, name)?;
+    let meta = fs::metadata(path).map_err(io_at(path))?;
+    if meta.is_dir() {
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_at(path)(e.into()))?;
+        let mut dir = LayoutDir {
+            root,
+            path: path.to_path_buf(),
+        };
+        if dir.read_named("oci-layout")?.is_none() {
+            return Err(invalid(format!(
+                "{} is not an OCI image layout (no oci-layout file)",
+                path.display()
+            )));
+        }
+        return import_layout(store, &mut dir, name, ImageKind::Oci);
+    }
+    let mut spool = Spool::read(store, path)?;
+    let has = |p: &str| spool.lookup(p.as_bytes()).is_some();
+    let is_oci = has("oci-layout") && has("index.json");
+    let is_docker = has("manifest.json");
+    let r = if is_oci {
+        let kind = if is_docker {
+            ImageKind::Docker
+        } else {
+            ImageKind::Oci
+        };
+        import_layout(store, &mut spool, name, kind)
+    } else if is_docker {
+        import_docker(store, &mut spool, name)
+    } else {
+        Err(invalid(format!(
+            "{} is neither a docker-save nor an OCI archive",
+            path.display()
+        )))
+    };
+    spool.discard(store);
+    r
+}
