@@ -604,3 +604,343 @@ pub fn import_oci(store: &Store, path: &Path, name: &str) -> Result<ImageRecord,
     spool.discard(store);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::export::export_image;
+    use crate::image::store::tests::{assert_clean, gzip, image_json, layer};
+    use crate::image::testtar::RawTar;
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
+    use std::os::unix::fs::symlink;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("store")).unwrap();
+        (tmp, s)
+    }
+
+    /// Path → (kind, content or link target) of a tar stream.
+    fn listing(tar: &[u8]) -> BTreeMap<String, (char, Vec<u8>)> {
+        let mut a = tar::Archive::new(Cursor::new(tar));
+        let mut out = BTreeMap::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            let k = e.header().entry_type().as_byte() as char;
+            let mut v = Vec::new();
+            if let Some(l) = e.link_name_bytes() {
+                v = l.into_owned();
+            } else {
+                e.read_to_end(&mut v).unwrap();
+            }
+            out.insert(p, (k, v));
+        }
+        out
+    }
+
+    fn export(s: &Store, name: &str) -> BTreeMap<String, (char, Vec<u8>)> {
+        listing(&export_image(s, name, Vec::new()).unwrap())
+    }
+
+    /// Three layers: a base, one with a whiteout and an opaque directory, one on top.
+    fn three_layers() -> Vec<Vec<u8>> {
+        let mut l1 = RawTar::new();
+        l1.dir("etc")
+            .file("etc/passwd", b"root")
+            .file("etc/gone", b"x");
+        l1.dir("opt").file("opt/old1", b"1").file("opt/old2", b"2");
+        l1.file("bin/sh", b"sh").symlink("bin/ash", "sh");
+        let mut l2 = RawTar::new();
+        l2.file("etc/.wh.gone", b"")
+            .file("opt/.wh..wh..opq", b"")
+            .file("opt/new", b"n");
+        let mut l3 = RawTar::new();
+        l3.file("etc/passwd", b"root\nuser")
+            .file("etc/gone", b"back");
+        vec![l1.finish(), l2.finish(), l3.finish()]
+    }
+
+    fn check_merged(m: &BTreeMap<String, (char, Vec<u8>)>) {
+        assert_eq!(m["etc/passwd"].1, b"root\nuser");
+        assert_eq!(m["etc/gone"].1, b"back");
+        assert_eq!(m["opt/new"].1, b"n");
+        assert!(!m.contains_key("opt/old1") && !m.contains_key("opt/old2"));
+        assert_eq!(m["bin/ash"], ('2', b"sh".to_vec()));
+        assert!(!m.keys().any(|k| k.contains(".wh.")));
+    }
+
+    /// An OCI layout as path → content, with an index naming one manifest per platform given.
+    fn oci_files(layers: &[Vec<u8>], platforms: &[&str]) -> BTreeMap<String, Vec<u8>> {
+        let (m, c, blobs) = image_json(layers);
+        let mut f = BTreeMap::new();
+        for b in blobs.iter().chain([&m, &c]) {
+            f.insert(format!("blobs/sha256/{}", Digest::of(b).hex()), b.clone());
+        }
+        let manifests: Vec<_> = platforms
+            .iter()
+            .map(|arch| {
+                json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": Digest::of(&m).to_string(), "size": m.len(),
+                       "platform": {"os": "linux", "architecture": arch}})
+            })
+            .collect();
+        f.insert(
+            "oci-layout".into(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        );
+        f.insert(
+            "index.json".into(),
+            serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+        );
+        f
+    }
+
+    fn pack(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+        let mut t = RawTar::new();
+        for (p, d) in files {
+            t.file(p, d);
+        }
+        t.finish()
+    }
+
+    fn write_file(dir: &Path, data: &[u8]) -> PathBuf {
+        let p = dir.join("archive");
+        fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn oci_archive_and_layout_dir_import_and_export_merged() {
+        let (t, s) = store();
+        let files = oci_files(&three_layers(), &["arm64", host_arch()]);
+        let p = write_file(t.path(), &gzip(&pack(&files)));
+        let r = import_oci(&s, &p, "oci-a").unwrap();
+        assert_eq!(r.kind, ImageKind::Oci);
+        assert_eq!(r.layers.len(), 3);
+        check_merged(&export(&s, "oci-a"));
+
+        let dir = t.path().join("layout");
+        for (p, d) in &files {
+            let fp = dir.join(p);
+            fs::create_dir_all(fp.parent().unwrap()).unwrap();
+            fs::write(fp, d).unwrap();
+        }
+        let r2 = import_oci(&s, &dir, "oci-b").unwrap();
+        assert_eq!(r2.digest, r.digest, "same manifest bytes, same digest");
+        check_merged(&export(&s, "oci-b"));
+        assert_clean(&s, 2);
+    }
+
+    #[test]
+    fn docker_save_archive() {
+        let (t, s) = store();
+        let layers = three_layers();
+        let (_, c, _) = image_json(&layers);
+        let mut files = BTreeMap::new();
+        files.insert("cfg.json".to_string(), c);
+        let mut paths = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            files.insert(format!("l{i}/layer.tar"), l.clone());
+            paths.push(format!("l{i}/layer.tar"));
+        }
+        files.insert("repositories".into(), b"{}".to_vec());
+        // Old docker links duplicate layers; point the last one through a symlink.
+        files.remove("l2/layer.tar");
+        files.insert("blob3".into(), layers[2].clone());
+        let manifest = json!([{"Config": "cfg.json", "RepoTags": ["x:latest"], "Layers": paths}]);
+        files.insert(
+            "manifest.json".into(),
+            serde_json::to_vec(&manifest).unwrap(),
+        );
+        let mut tar = RawTar::new();
+        for (p, d) in &files {
+            tar.file(p, d);
+        }
+        tar.symlink("l2/layer.tar", "../blob3");
+        let p = write_file(t.path(), &tar.finish());
+        let r = import_oci(&s, &p, "dock").unwrap();
+        assert_eq!(r.kind, ImageKind::Docker);
+        check_merged(&export(&s, "dock"));
+
+        // A manifest.json path that climbs out is refused.
+        let bad = json!([{"Config": "../cfg.json", "Layers": []}]);
+        let mut tar = RawTar::new();
+        tar.file("manifest.json", &serde_json::to_vec(&bad).unwrap());
+        let p = write_file(t.path(), &tar.finish());
+        assert_eq!(
+            import_oci(&s, &p, "bad").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_clean(&s, 1);
+    }
+
+    #[test]
+    fn hostile_oci_archives_are_refused() {
+        let (t, s) = store();
+        let good = oci_files(&three_layers(), &[host_arch()]);
+        type Change = Box<dyn Fn(&mut BTreeMap<String, Vec<u8>>)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "traversal digest in index",
+                Box::new(|f| {
+                    f.insert(
+                        "index.json".into(),
+                        serde_json::to_vec(&json!({"schemaVersion": 2,
+                    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:../../../etc/passwd", "size": 1}]}))
+                        .unwrap(),
+                    );
+                }),
+            ),
+            (
+                "short digest",
+                Box::new(|f| {
+                    f.insert(
+                        "index.json".into(),
+                        serde_json::to_vec(&json!({"schemaVersion": 2,
+                    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:abc", "size": 1}]}))
+                        .unwrap(),
+                    );
+                }),
+            ),
+            (
+                "blob content does not match its name",
+                Box::new(|f| {
+                    let k = f.keys().find(|k| k.starts_with("blobs/")).unwrap().clone();
+                    f.insert(k, b"tampered".to_vec());
+                }),
+            ),
+            (
+                "missing blob",
+                Box::new(|f| {
+                    let k = f.keys().find(|k| k.starts_with("blobs/")).unwrap().clone();
+                    f.remove(&k);
+                }),
+            ),
+            (
+                "no platform match",
+                Box::new(|f| {
+                    let idx: serde_json::Value = serde_json::from_slice(&f["index.json"]).unwrap();
+                    let mut m = idx["manifests"][0].clone();
+                    m["platform"]["architecture"] = "s390x".into();
+                    let mut m2 = m.clone();
+                    m2["platform"]["architecture"] = "riscv64".into();
+                    f.insert(
+                        "index.json".into(),
+                        serde_json::to_vec(&json!({"schemaVersion": 2,
+                    "manifests": [m, m2]}))
+                        .unwrap(),
+                    );
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut f = good.clone();
+            change(&mut f);
+            let p = write_file(t.path(), &pack(&f));
+            let e = import_oci(&s, &p, "evil").unwrap_err();
+            assert!(
+                matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotFound),
+                "{what}: {e}"
+            );
+            assert_clean(&s, 0);
+        }
+        // Truncated archive.
+        let full = pack(&good);
+        let p = write_file(t.path(), &full[..full.len() - 1536]);
+        assert_eq!(
+            import_oci(&s, &p, "evil").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        // Unknown layer media type.
+        let mut f = good.clone();
+        let (m, _, _) = image_json(&three_layers());
+        let mut mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        mv["layers"][0]["mediaType"] = "application/vnd.example.weird".into();
+        let m2 = serde_json::to_vec(&mv).unwrap();
+        f.insert(
+            format!("blobs/sha256/{}", Digest::of(&m2).hex()),
+            m2.clone(),
+        );
+        f.insert(
+            "index.json".into(),
+            serde_json::to_vec(&json!({"schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::of(&m2).to_string(), "size": m2.len()}]}))
+            .unwrap(),
+        );
+        let p = write_file(t.path(), &pack(&f));
+        assert_eq!(
+            import_oci(&s, &p, "evil").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_clean(&s, 0);
+    }
+
+    #[test]
+    fn layout_dir_symlinks_stay_inside() {
+        let (t, s) = store();
+        let files = oci_files(&[layer(&[("f", b"f")])], &[host_arch()]);
+        let dir = t.path().join("layout");
+        for (p, d) in &files {
+            let fp = dir.join(p);
+            fs::create_dir_all(fp.parent().unwrap()).unwrap();
+            fs::write(fp, d).unwrap();
+        }
+        // index.json replaced by a link to a file outside the layout.
+        let outside = t.path().join("outside.json");
+        fs::write(&outside, fs::read(dir.join("index.json")).unwrap()).unwrap();
+        fs::remove_file(dir.join("index.json")).unwrap();
+        symlink(&outside, dir.join("index.json")).unwrap();
+        let e = import_oci(&s, &dir, "x").unwrap_err();
+        assert!(e.to_string().contains("index.json"), "{e}");
+        assert_clean(&s, 0);
+    }
+
+    #[test]
+    fn directories_and_tarballs() {
+        let (t, s) = store();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/hostname"), b"box").unwrap();
+        symlink("/etc/shadow", src.join("shadow-link")).unwrap();
+        fs::hard_link(src.join("etc/hostname"), src.join("hn")).unwrap();
+        let r = import_fs(&s, &src, "from-dir").unwrap();
+        assert_eq!(r.kind, ImageKind::Directory);
+        let m = export(&s, "from-dir");
+        assert_eq!(m["etc/hostname"].1, b"box");
+        assert_eq!(m["shadow-link"], ('2', b"/etc/shadow".to_vec()));
+        assert_eq!(m["hn"], ('1', b"etc/hostname".to_vec()));
+        assert!(matches!(
+            import_fs(&s, &src, "from-dir").unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        ));
+
+        let tarball = layer(&[("usr/bin/tool", b"tool")]);
+        for (name, data) in [
+            ("plain", tarball.clone()),
+            ("gz", gzip(&tarball)),
+            ("zst", zstd::encode_all(&tarball[..], 3).unwrap()),
+            ("xz", {
+                let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+                std::io::Write::write_all(&mut e, &tarball).unwrap();
+                e.finish().unwrap()
+            }),
+        ] {
+            let p = write_file(t.path(), &data);
+            let r = import_tar(&s, &p, name).unwrap();
+            assert_eq!(r.kind, ImageKind::Tar);
+            assert_eq!(r.layers, vec![Digest::of(&tarball)]);
+            assert_eq!(export(&s, name)["usr/bin/tool"].1, b"tool");
+        }
+        let p = write_file(t.path(), b"not a tarball at all");
+        assert_eq!(
+            import_tar(&s, &p, "junk").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_clean(&s, 5);
+    }
+}

@@ -1195,7 +1195,7 @@ pub(crate) mod tests {
     fn bad_manifests_leave_nothing_behind() {
         let (_t, s) = store();
         let l = layer(&[("f", b"f")]);
-        let (m, c, blobs) = image_json(&[l.clone()]);
+        let (m, c, blobs) = image_json(std::slice::from_ref(&l));
         let mut mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
 
         // Missing layer blob: NotFound naming the digest.
@@ -1267,7 +1267,7 @@ pub(crate) mod tests {
     fn concurrent_imports_of_one_name_and_one_layer() {
         let (_t, s) = store();
         let shared = layer(&[("big", &[1u8; 200_000])]);
-        let (m, c, blobs) = image_json(&[shared.clone()]);
+        let (m, c, blobs) = image_json(std::slice::from_ref(&shared));
         for b in &blobs {
             s.put_blob(b).unwrap();
         }
