@@ -943,4 +943,50 @@ mod tests {
         );
         assert_clean(&s, 5);
     }
+
+    /// Against real-tool output: run `tests/fixtures/make-images.sh DIR`, then
+    /// `BERTH_IMAGE_FIXTURES=DIR cargo test --lib image::archive -- --ignored`.
+    #[test]
+    #[ignore = "needs fixtures from tests/fixtures/make-images.sh"]
+    fn real_tool_fixtures() {
+        let dir =
+            PathBuf::from(std::env::var("BERTH_IMAGE_FIXTURES").expect("BERTH_IMAGE_FIXTURES"));
+        let expected: Vec<String> = fs::read_to_string(dir.join("expected.txt"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let (_t, s) = store();
+        for (name, p) in [
+            ("docker", dir.join("docker-archive.tar")),
+            ("ociarchive", dir.join("oci-archive.tar")),
+            ("ocidir", dir.join("oci")),
+        ] {
+            let r = import_oci(&s, &p, name).unwrap();
+            assert_eq!(r.layers.len(), 3, "{name}");
+            // The same paths the script leaves out of podman's view (mount points and files
+            // podman manages; buildah also records them in RUN layers).
+            let managed = |k: &str| {
+                ["run", "dev", "proc", "sys"]
+                    .iter()
+                    .any(|m| k == *m || k.starts_with(&format!("{m}/")))
+                    || [
+                        "etc/hosts",
+                        "etc/hostname",
+                        "etc/resolv.conf",
+                        ".containerenv",
+                    ]
+                    .contains(&k)
+            };
+            let got: Vec<String> = export(&s, name)
+                .keys()
+                .map(|k| k.trim_end_matches('/').to_string())
+                .filter(|k| !managed(k))
+                .collect();
+            assert_eq!(got, expected, "{name}");
+        }
+        let e = export(&s, "ocidir");
+        assert_eq!(e["etc/added"].1, b"one\n");
+        assert_eq!(e["etc/link"], ('2', b"/etc/added".to_vec()));
+    }
 }
