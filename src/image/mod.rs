@@ -7,7 +7,8 @@
 //!   configs), verified against their digest before they get that name;
 //! - `layers/<diff-id hex>/`: one extracted layer each, keyed by its uncompressed digest, ready
 //!   to be an overlayfs lower (whiteouts as 0:0 character devices, opaque directories with the
-//!   `trusted.overlay.opaque` xattr); immutable once named;
+//!   `trusted.overlay.opaque` xattr); immutable once named; beside each, `<diff-id hex>.json`
+//!   with its diff_id and uncompressed size;
 //! - `images/<name>.json`: one record per image name (layers bottom first, config, digests);
 //! - `tmp/`: work in progress, removed when the store opens. Nothing becomes visible under its
 //!   final name until it is complete (rename is the commit).
