@@ -1,0 +1,992 @@
+//! Imports from local files: a directory tree, a root file system tarball, a `docker save`
+//! archive, an OCI image layout directory or an OCI archive. Each gets its blobs into the store
+//! (verified) and ends in [`Store::create_image_from_blob`], the one path that extracts
+//! layers and writes records.
+//!
+//! - A directory becomes one uncompressed tar layer (written by [`export_dir`], so symlinks
+//!   are stored, not followed), with a synthesized OCI config and manifest.
+//! - A rootfs tarball is stored as its own layer blob as it is (gzip, zstd or uncompressed,
+//!   recognised by content); xz, which has no OCI layer media type, is stored decompressed.
+//! - Archives are read once, front to back, without extracting them by their paths: every
+//!   regular file is spooled into `tmp/` and hashed; the JSON then says which spooled files
+//!   are which blobs. Digests in hostile JSON go through [`Digest`]'s parser before they are
+//!   used to name anything, and each blob's content must hash to the name it is filed under.
+//!   Paths in `docker save`'s `manifest.json` must be relative without `..`.
+//! - From an index with several manifests the one for this host's platform is chosen, or else
+//!   the only one carrying an `org.opencontainers.image.ref.name` annotation.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ErrorKind;
+use super::compress::{self, Compression};
+use super::digest::Digest;
+use super::export::{ExportError, export_dir};
+use super::extract::{self, ExtractError};
+use super::store::{ImageKind, ImageRecord, SpooledBlob, Store, StoreError, parse_digest};
+
+const MAX_INDEX_DEPTH: usize = 3;
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the archive: {0}")]
+    Archive(#[from] ExtractError),
+    #[error("copying the directory: {0}")]
+    Export(#[from] ExportError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl ImportError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ImportError::Store(e) => e.kind(),
+            ImportError::Archive(e) => e.kind(),
+            ImportError::Export(e) => e.kind(),
+            ImportError::Invalid(_) => ErrorKind::InvalidInput,
+            ImportError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            ImportError::Io { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImportError {
+    let path = path.display().to_string();
+    move |source| ImportError::Io { path, source }
+}
+
+fn invalid(msg: impl Into<String>) -> ImportError {
+    ImportError::Invalid(msg.into())
+}
+
+/// OCI's name for this host's architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+fn layer_media_type(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::None | Compression::Xz => "application/vnd.oci.image.layer.v1.tar",
+    }
+}
+
+fn sniff(path: &Path) -> Result<Compression, ImportError> {
+    let mut head = [0u8; 6];
+    let mut f = File::open(path).map_err(io_at(path))?;
+    let mut got = 0;
+    while got < head.len() {
+        let n = f.read(&mut head[got..]).map_err(io_at(path))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(Compression::detect(&head[..got]))
+}
+
+/// Fail early, before any copying, if the name is invalid or taken (the record write checks
+/// again, atomically).
+fn check_free(store: &Store, name: &str) -> Result<(), ImportError> {
+    match store.get(name) {
+        Ok(_) => Err(StoreError::Exists(name.into()).into()),
+        Err(StoreError::NoSuchImage(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Synthesize config and manifest for single-layer imports and create the image.
+fn single_layer_image(
+    store: &Store,
+    name: &str,
+    blob: Digest,
+    blob_size: u64,
+    compression: Compression,
+    kind: ImageKind,
+) -> Result<ImageRecord, ImportError> {
+    let (diff_id, _, _) = store.ensure_layer(&blob, None)?;
+    let config = json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+    });
+    let config = serde_json::to_vec(&config).expect("serializing a config");
+    let config_digest = store.put_blob(&config)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": layer_media_type(compression),
+            "digest": blob.to_string(),
+            "size": blob_size,
+        }],
+    });
+    let manifest = serde_json::to_vec(&manifest).expect("serializing a manifest");
+    let md = store.put_blob(&manifest)?;
+    Ok(store.create_image_from_blob(name, &md, kind, &|_| {})?)
+}
+
+/// Import the tree below `dir` as a one-layer image.
+pub fn import_fs(store: &Store, dir: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    check_free(store, name)?;
+    let w = store.blob_writer()?;
+    let w = export_dir(dir, w)?;
+    let (blob, len) = w.finish()?;
+    let digest = blob.digest;
+    store.adopt_blob(blob)?;
+    single_layer_image(
+        store,
+        name,
+        digest,
+        len,
+        Compression::None,
+        ImageKind::Directory,
+    )
+}
+
+/// Import a root file system tarball (any supported compression) as a one-layer image.
+pub fn import_tar(store: &Store, file: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    check_free(store, name)?;
+    let c = sniff(file)?;
+    let f = File::open(file).map_err(io_at(file))?;
+    let (digest, len) = if c == Compression::Xz {
+        let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
+        store.ingest_blob(r, None)?
+    } else {
+        store.ingest_blob(f, None)?
+    };
+    single_layer_image(store, name, digest, len, c, ImageKind::Tar)
+}
+
+/// Where blobs of an image archive or layout come from.
+trait BlobSource {
+    /// Make sure blob `d` is in the store, verified.
+    fn fetch(&mut self, store: &Store, d: &Digest) -> Result<(), ImportError>;
+    /// A small file at a fixed path of the layout (`index.json`, `manifest.json`).
+    fn read_named(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImportError>;
+}
+
+/// An OCI image layout directory on disk; every path is resolved inside it.
+struct LayoutDir {
+    root: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl LayoutDir {
+    fn open(&self, rel: &str) -> Result<Option<File>, ImportError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match nix::fcntl::openat2(&self.root, rel, how) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(io_at(&self.path.join(rel))(e.into())),
+        }
+    }
+}
+
+const MAX_JSON: u64 = 16 << 20;
+
+fn read_capped(mut r: impl Read, what: &str) -> Result<Vec<u8>, ImportError> {
+    let mut v = Vec::new();
+    (&mut r)
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| invalid(format!("reading {what}: {e}")))?;
+    if v.len() as u64 > MAX_JSON {
+        return Err(invalid(format!("{what} is too large")));
+    }
+    Ok(v)
+}
+
+impl BlobSource for LayoutDir {
+    fn fetch(&mut self, store: &Store, d: &Digest) -> Result<(), ImportError> {
+        if store.has_blob(d) {
+            return Ok(());
+        }
+        let rel = format!("blobs/sha256/{}", d.hex());
+        let f = self
+            .open(&rel)?
+            .ok_or_else(|| invalid(format!("blob {d} is missing from the layout")))?;
+        store.ingest_blob(f, Some(d))?;
+        Ok(())
+    }
+
+    fn read_named(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImportError> {
+        match self.open(path)? {
+            Some(f) => Ok(Some(read_capped(f, path)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// An archive read once into `tmp/`: regular files by normalized path, links by target.
+struct Spool {
+    files: HashMap<Vec<u8>, SpooledBlob>,
+    links: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Normalize an archive path; `None` if it is absolute or climbs with `..`.
+fn norm(path: &[u8]) -> Option<Vec<u8>> {
+    let c = extract::components(path).ok()?;
+    Some(c.join(&b'/'))
+}
+
+/// Resolve `target` of a link at `at` the way the file system would (relative to the link's
+/// directory; hard link targets are archive paths), staying inside the archive.
+fn link_target(at: &[u8], target: &[u8], hard: bool) -> Option<Vec<u8>> {
+    if hard {
+        return norm(target);
+    }
+    if target.first() == Some(&b'/') {
+        return None;
+    }
+    let mut out: Vec<&[u8]> = at.split(|&b| b == b'/').collect();
+    out.pop();
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join(&b'/'))
+}
+
+impl Spool {
+    fn read(store: &Store, file: &Path) -> Result<Spool, ImportError> {
+        let f = File::open(file).map_err(io_at(file))?;
+        let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
+        let mut files = HashMap::new();
+        let mut links = HashMap::new();
+        let err: std::cell::Cell<Option<StoreError>> = std::cell::Cell::new(None);
+        let res = extract::read_archive(
+            r,
+            store.limits(),
+            |e| {
+                let Some(p) = norm(&e.path) else {
+                    return Ok(None);
+                };
+                match e.kind {
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        match store.blob_writer() {
+                            Ok(w) => Ok(Some(w)),
+                            Err(se) => {
+                                err.set(Some(se));
+                                Err(ExtractError::Truncated("spooling failed"))
+                            }
+                        }
+                    }
+                    tar::EntryType::Symlink | tar::EntryType::Link => {
+                        let hard = e.kind == tar::EntryType::Link;
+                        if let Some(t) = e.link.as_deref().and_then(|t| link_target(&p, t, hard)) {
+                            links.insert(p, t);
+                        }
+                        Ok(None)
+                    }
+                    _ => Ok(None),
+                }
+            },
+            |e, w| {
+                let p = norm(&e.path).expect("normalized before");
+                match w.finish() {
+                    Ok((b, _)) => {
+                        if let Some(old) = files.insert(p, b) {
+                            let _ = fs::remove_file(old.path);
+                        }
+                        Ok(())
+                    }
+                    Err(se) => {
+                        err.set(Some(se));
+                        Err(ExtractError::Truncated("spooling failed"))
+                    }
+                }
+            },
+        );
+        let spool = Spool { files, links };
+        if let Some(se) = err.take() {
+            spool.discard(store);
+            return Err(se.into());
+        }
+        if let Err(e) = res {
+            spool.discard(store);
+            return Err(e.into());
+        }
+        Ok(spool)
+    }
+
+    fn lookup(&self, path: &[u8]) -> Option<&SpooledBlob> {
+        let mut p = path.to_vec();
+        for _ in 0..8 {
+            if let Some(b) = self.files.get(&p) {
+                return Some(b);
+            }
+            p = self.links.get(&p)?.clone();
+        }
+        None
+    }
+
+    /// Move the spooled file at `path` into the store's blobs (its digest was computed while
+    /// spooling). Later lookups of the same path see the stored blob.
+    fn adopt(&mut self, store: &Store, path: &[u8]) -> Result<Option<Digest>, ImportError> {
+        let Some(b) = self.lookup(path) else {
+            return Ok(None);
+        };
+        let d = b.digest;
+        let blob_path = store.blob_path(&d);
+        if b.path != blob_path {
+            let key = self
+                .files
+                .iter()
+                .find(|(_, v)| v.path == b.path)
+                .map(|(k, _)| k.clone())
+                .expect("looked up above");
+            let spooled = self.files.remove(&key).expect("present");
+            store.adopt_blob(spooled)?;
+            self.files.insert(
+                key,
+                SpooledBlob {
+                    digest: d,
+                    path: blob_path,
+                },
+            );
+        }
+        Ok(Some(d))
+    }
+
+    /// Remove what was spooled and not adopted.
+    fn discard(&self, store: &Store) {
+        for b in self.files.values() {
+            if b.path != store.blob_path(&b.digest) {
+                let _ = fs::remove_file(&b.path);
+            }
+        }
+    }
+}
+
+impl BlobSource for Spool {
+    fn fetch(&mut self, store: &Store, d: &Digest) -> Result<(), ImportError> {
+        let path = format!("blobs/sha256/{}", d.hex());
+        match self.lookup(path.as_bytes()).map(|b| b.digest) {
+            None if store.has_blob(d) => Ok(()),
+            None => Err(invalid(format!("blob {d} is missing from the archive"))),
+            Some(actual) if actual != *d => Err(StoreError::DigestMismatch {
+                expected: *d,
+                actual,
+            }
+            .into()),
+            Some(_) => self.adopt(store, path.as_bytes()).map(drop),
+        }
+    }
+
+    fn read_named(&mut self, path: &str) -> Result<Option<Vec<u8>>, ImportError> {
+        match self.lookup(path.as_bytes()) {
+            Some(b) => {
+                let f = File::open(&b.path).map_err(io_at(&b.path))?;
+                Ok(Some(read_capped(f, path)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn platform_matches(d: &Descriptor) -> bool {
+    d.platform().as_ref().is_some_and(|p| {
+        p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+    })
+}
+
+/// Pick one manifest from an index (see the module docs).
+fn choose(index: &ImageIndex) -> Result<&Descriptor, ImportError> {
+    let all = index.manifests();
+    if all.len() == 1 {
+        return Ok(&all[0]);
+    }
+    if let Some(d) = all.iter().find(|d| platform_matches(d)) {
+        return Ok(d);
+    }
+    let named: Vec<&Descriptor> = all
+        .iter()
+        .filter(|d| {
+            d.annotations()
+                .as_ref()
+                .is_some_and(|a| a.contains_key(REF_NAME))
+        })
+        .collect();
+    if named.len() == 1 {
+        return Ok(named[0]);
+    }
+    Err(invalid(format!(
+        "the index lists {} manifests and none is for linux/{}",
+        all.len(),
+        host_arch()
+    )))
+}
+
+fn import_layout(
+    store: &Store,
+    src: &mut dyn BlobSource,
+    name: &str,
+    kind: ImageKind,
+) -> Result<ImageRecord, ImportError> {
+    let index = src
+        .read_named("index.json")?
+        .ok_or_else(|| invalid("index.json is missing"))?;
+    let mut index: ImageIndex =
+        serde_json::from_slice(&index).map_err(|e| invalid(format!("index.json: {e}")))?;
+    for _ in 0..MAX_INDEX_DEPTH {
+        let desc = choose(&index)?;
+        let d = parse_digest(desc.digest().as_ref())?;
+        src.fetch(store, &d)?;
+        let data = store.read_blob(&d)?;
+        let mt = desc.media_type().to_string();
+        let is_index = mt == "application/vnd.oci.image.index.v1+json"
+            || mt == "application/vnd.docker.distribution.manifest.list.v2+json";
+        if is_index {
+            index =
+                serde_json::from_slice(&data).map_err(|e| invalid(format!("index {d}: {e}")))?;
+            continue;
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&data).map_err(|e| invalid(format!("manifest {d}: {e}")))?;
+        src.fetch(store, &parse_digest(manifest.config().digest().as_ref())?)?;
+        for l in manifest.layers() {
+            src.fetch(store, &parse_digest(l.digest().as_ref())?)?;
+        }
+        return Ok(store.create_image_from_blob(name, &d, kind, &|_| {})?);
+    }
+    Err(invalid("image indexes nest too deeply"))
+}
+
+/// One image in a `docker save` manifest.json.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+fn import_docker(store: &Store, spool: &mut Spool, name: &str) -> Result<ImageRecord, ImportError> {
+    let data = spool
+        .read_named("manifest.json")?
+        .ok_or_else(|| invalid("manifest.json is missing"))?;
+    let list: Vec<DockerManifest> =
+        serde_json::from_slice(&data).map_err(|e| invalid(format!("manifest.json: {e}")))?;
+    let [m] = &list[..] else {
+        let tags: Vec<String> = list
+            .iter()
+            .flat_map(|m| m.repo_tags.clone().unwrap_or_default())
+            .collect();
+        return Err(invalid(format!(
+            "the archive holds {} images ({}); exactly one is supported",
+            list.len(),
+            tags.join(", ")
+        )));
+    };
+    let fetch = |spool: &mut Spool, p: &str| -> Result<(Digest, u64, Compression), ImportError> {
+        let np = norm(p.as_bytes())
+            .ok_or_else(|| invalid(format!("manifest.json path {p:?} leaves the archive")))?;
+        let b = spool
+            .lookup(&np)
+            .ok_or_else(|| invalid(format!("{p:?} is missing from the archive")))?;
+        let (len, c) = (
+            fs::metadata(&b.path).map_err(io_at(&b.path))?.len(),
+            sniff(&b.path)?,
+        );
+        let d = spool.adopt(store, &np)?.expect("looked up above");
+        Ok((d, len, c))
+    };
+    let (config_digest, config_len, _) = fetch(spool, &m.config)?;
+    let mut layers = Vec::new();
+    for l in &m.layers {
+        let (d, len, c) = fetch(spool, l)?;
+        if c == Compression::Xz {
+            return Err(invalid(format!("layer {l:?} is xz-compressed")));
+        }
+        layers.push(json!({
+            "mediaType": layer_media_type(c),
+            "digest": d.to_string(),
+            "size": len,
+        }));
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config_len,
+        },
+        "layers": layers,
+    });
+    let md = store.put_blob(&serde_json::to_vec(&manifest).expect("serializing a manifest"))?;
+    Ok(store.create_image_from_blob(name, &md, ImageKind::Docker, &|_| {})?)
+}
+
+/// Import a `docker save` archive, an OCI archive (either possibly compressed) or an OCI
+/// image layout directory, recognised by content.
+pub fn import_oci(store: &Store, path: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    check_free(store, name)?;
+    let meta = fs::metadata(path).map_err(io_at(path))?;
+    if meta.is_dir() {
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_at(path)(e.into()))?;
+        let mut dir = LayoutDir {
+            root,
+            path: path.to_path_buf(),
+        };
+        if dir.read_named("oci-layout")?.is_none() {
+            return Err(invalid(format!(
+                "{} is not an OCI image layout (no oci-layout file)",
+                path.display()
+            )));
+        }
+        return import_layout(store, &mut dir, name, ImageKind::Oci);
+    }
+    let mut spool = Spool::read(store, path)?;
+    let has = |p: &str| spool.lookup(p.as_bytes()).is_some();
+    let is_oci = has("oci-layout") && has("index.json");
+    let is_docker = has("manifest.json");
+    let r = if is_oci {
+        let kind = if is_docker {
+            ImageKind::Docker
+        } else {
+            ImageKind::Oci
+        };
+        import_layout(store, &mut spool, name, kind)
+    } else if is_docker {
+        import_docker(store, &mut spool, name)
+    } else {
+        Err(invalid(format!(
+            "{} is neither a docker-save nor an OCI archive",
+            path.display()
+        )))
+    };
+    spool.discard(store);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::export::export_image;
+    use crate::image::store::tests::{assert_clean, gzip, image_json, layer};
+    use crate::image::testtar::RawTar;
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
+    use std::os::unix::fs::symlink;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("store")).unwrap();
+        (tmp, s)
+    }
+
+    /// Path → (kind, content or link target) of a tar stream.
+    fn listing(tar: &[u8]) -> BTreeMap<String, (char, Vec<u8>)> {
+        let mut a = tar::Archive::new(Cursor::new(tar));
+        let mut out = BTreeMap::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            let k = e.header().entry_type().as_byte() as char;
+            let mut v = Vec::new();
+            if let Some(l) = e.link_name_bytes() {
+                v = l.into_owned();
+            } else {
+                e.read_to_end(&mut v).unwrap();
+            }
+            out.insert(p, (k, v));
+        }
+        out
+    }
+
+    fn export(s: &Store, name: &str) -> BTreeMap<String, (char, Vec<u8>)> {
+        listing(&export_image(s, name, Vec::new()).unwrap())
+    }
+
+    /// Three layers: a base, one with a whiteout and an opaque directory, one on top.
+    fn three_layers() -> Vec<Vec<u8>> {
+        let mut l1 = RawTar::new();
+        l1.dir("etc")
+            .file("etc/passwd", b"root")
+            .file("etc/gone", b"x");
+        l1.dir("opt").file("opt/old1", b"1").file("opt/old2", b"2");
+        l1.file("bin/sh", b"sh").symlink("bin/ash", "sh");
+        let mut l2 = RawTar::new();
+        l2.file("etc/.wh.gone", b"")
+            .file("opt/.wh..wh..opq", b"")
+            .file("opt/new", b"n");
+        let mut l3 = RawTar::new();
+        l3.file("etc/passwd", b"root\nuser")
+            .file("etc/gone", b"back");
+        vec![l1.finish(), l2.finish(), l3.finish()]
+    }
+
+    fn check_merged(m: &BTreeMap<String, (char, Vec<u8>)>) {
+        assert_eq!(m["etc/passwd"].1, b"root\nuser");
+        assert_eq!(m["etc/gone"].1, b"back");
+        assert_eq!(m["opt/new"].1, b"n");
+        assert!(!m.contains_key("opt/old1") && !m.contains_key("opt/old2"));
+        assert_eq!(m["bin/ash"], ('2', b"sh".to_vec()));
+        assert!(!m.keys().any(|k| k.contains(".wh.")));
+    }
+
+    /// An OCI layout as path → content, with an index naming one manifest per platform given.
+    fn oci_files(layers: &[Vec<u8>], platforms: &[&str]) -> BTreeMap<String, Vec<u8>> {
+        let (m, c, blobs) = image_json(layers);
+        let mut f = BTreeMap::new();
+        for b in blobs.iter().chain([&m, &c]) {
+            f.insert(format!("blobs/sha256/{}", Digest::of(b).hex()), b.clone());
+        }
+        let manifests: Vec<_> = platforms
+            .iter()
+            .map(|arch| {
+                json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": Digest::of(&m).to_string(), "size": m.len(),
+                       "platform": {"os": "linux", "architecture": arch}})
+            })
+            .collect();
+        f.insert(
+            "oci-layout".into(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        );
+        f.insert(
+            "index.json".into(),
+            serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+        );
+        f
+    }
+
+    fn pack(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+        let mut t = RawTar::new();
+        for (p, d) in files {
+            t.file(p, d);
+        }
+        t.finish()
+    }
+
+    fn write_file(dir: &Path, data: &[u8]) -> PathBuf {
+        let p = dir.join("archive");
+        fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn oci_archive_and_layout_dir_import_and_export_merged() {
+        let (t, s) = store();
+        let files = oci_files(&three_layers(), &["arm64", host_arch()]);
+        let p = write_file(t.path(), &gzip(&pack(&files)));
+        let r = import_oci(&s, &p, "oci-a").unwrap();
+        assert_eq!(r.kind, ImageKind::Oci);
+        assert_eq!(r.layers.len(), 3);
+        check_merged(&export(&s, "oci-a"));
+
+        let dir = t.path().join("layout");
+        for (p, d) in &files {
+            let fp = dir.join(p);
+            fs::create_dir_all(fp.parent().unwrap()).unwrap();
+            fs::write(fp, d).unwrap();
+        }
+        let r2 = import_oci(&s, &dir, "oci-b").unwrap();
+        assert_eq!(r2.digest, r.digest, "same manifest bytes, same digest");
+        check_merged(&export(&s, "oci-b"));
+        assert_clean(&s, 2);
+    }
+
+    #[test]
+    fn docker_save_archive() {
+        let (t, s) = store();
+        let layers = three_layers();
+        let (_, c, _) = image_json(&layers);
+        let mut files = BTreeMap::new();
+        files.insert("cfg.json".to_string(), c);
+        let mut paths = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            files.insert(format!("l{i}/layer.tar"), l.clone());
+            paths.push(format!("l{i}/layer.tar"));
+        }
+        files.insert("repositories".into(), b"{}".to_vec());
+        // Old docker links duplicate layers; point the last one through a symlink.
+        files.remove("l2/layer.tar");
+        files.insert("blob3".into(), layers[2].clone());
+        let manifest = json!([{"Config": "cfg.json", "RepoTags": ["x:latest"], "Layers": paths}]);
+        files.insert(
+            "manifest.json".into(),
+            serde_json::to_vec(&manifest).unwrap(),
+        );
+        let mut tar = RawTar::new();
+        for (p, d) in &files {
+            tar.file(p, d);
+        }
+        tar.symlink("l2/layer.tar", "../blob3");
+        let p = write_file(t.path(), &tar.finish());
+        let r = import_oci(&s, &p, "dock").unwrap();
+        assert_eq!(r.kind, ImageKind::Docker);
+        check_merged(&export(&s, "dock"));
+
+        // A manifest.json path that climbs out is refused.
+        let bad = json!([{"Config": "../cfg.json", "Layers": []}]);
+        let mut tar = RawTar::new();
+        tar.file("manifest.json", &serde_json::to_vec(&bad).unwrap());
+        let p = write_file(t.path(), &tar.finish());
+        assert_eq!(
+            import_oci(&s, &p, "bad").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_clean(&s, 1);
+    }
+
+    #[test]
+    fn hostile_oci_archives_are_refused() {
+        let (t, s) = store();
+        let good = oci_files(&three_layers(), &[host_arch()]);
+        type Change = Box<dyn Fn(&mut BTreeMap<String, Vec<u8>>)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "traversal digest in index",
+                Box::new(|f| {
+                    f.insert(
+                        "index.json".into(),
+                        serde_json::to_vec(&json!({"schemaVersion": 2,
+                    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:../../../etc/passwd", "size": 1}]}))
+                        .unwrap(),
+                    );
+                }),
+            ),
+            (
+                "short digest",
+                Box::new(|f| {
+                    f.insert(
+                        "index.json".into(),
+                        serde_json::to_vec(&json!({"schemaVersion": 2,
+                    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:abc", "size": 1}]}))
+                        .unwrap(),
+                    );
+                }),
+            ),
+            (
+                "blob content does not match its name",
+                Box::new(|f| {
+                    let k = f.keys().find(|k| k.starts_with("blobs/")).unwrap().clone();
+                    f.insert(k, b"tampered".to_vec());
+                }),
+            ),
+            (
+                "missing blob",
+                Box::new(|f| {
+                    let k = f.keys().find(|k| k.starts_with("blobs/")).unwrap().clone();
+                    f.remove(&k);
+                }),
+            ),
+            (
+                "no platform match",
+                Box::new(|f| {
+                    let idx: serde_json::Value = serde_json::from_slice(&f["index.json"]).unwrap();
+                    let mut m = idx["manifests"][0].clone();
+                    m["platform"]["architecture"] = "s390x".into();
+                    let mut m2 = m.clone();
+                    m2["platform"]["architecture"] = "riscv64".into();
+                    f.insert(
+                        "index.json".into(),
+                        serde_json::to_vec(&json!({"schemaVersion": 2,
+                    "manifests": [m, m2]}))
+                        .unwrap(),
+                    );
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut f = good.clone();
+            change(&mut f);
+            let p = write_file(t.path(), &pack(&f));
+            let e = import_oci(&s, &p, "evil").unwrap_err();
+            assert!(
+                matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotFound),
+                "{what}: {e}"
+            );
+            assert_clean(&s, 0);
+        }
+        // Truncated archive.
+        let full = pack(&good);
+        let p = write_file(t.path(), &full[..full.len() - 1536]);
+        assert_eq!(
+            import_oci(&s, &p, "evil").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        // Unknown layer media type.
+        let mut f = good.clone();
+        let (m, _, _) = image_json(&three_layers());
+        let mut mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        mv["layers"][0]["mediaType"] = "application/vnd.example.weird".into();
+        let m2 = serde_json::to_vec(&mv).unwrap();
+        f.insert(
+            format!("blobs/sha256/{}", Digest::of(&m2).hex()),
+            m2.clone(),
+        );
+        f.insert(
+            "index.json".into(),
+            serde_json::to_vec(&json!({"schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::of(&m2).to_string(), "size": m2.len()}]}))
+            .unwrap(),
+        );
+        let p = write_file(t.path(), &pack(&f));
+        assert_eq!(
+            import_oci(&s, &p, "evil").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_clean(&s, 0);
+    }
+
+    #[test]
+    fn layout_dir_symlinks_stay_inside() {
+        let (t, s) = store();
+        let files = oci_files(&[layer(&[("f", b"f")])], &[host_arch()]);
+        let dir = t.path().join("layout");
+        for (p, d) in &files {
+            let fp = dir.join(p);
+            fs::create_dir_all(fp.parent().unwrap()).unwrap();
+            fs::write(fp, d).unwrap();
+        }
+        // index.json replaced by a link to a file outside the layout.
+        let outside = t.path().join("outside.json");
+        fs::write(&outside, fs::read(dir.join("index.json")).unwrap()).unwrap();
+        fs::remove_file(dir.join("index.json")).unwrap();
+        symlink(&outside, dir.join("index.json")).unwrap();
+        let e = import_oci(&s, &dir, "x").unwrap_err();
+        assert!(e.to_string().contains("index.json"), "{e}");
+        assert_clean(&s, 0);
+    }
+
+    #[test]
+    fn directories_and_tarballs() {
+        let (t, s) = store();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/hostname"), b"box").unwrap();
+        symlink("/etc/shadow", src.join("shadow-link")).unwrap();
+        fs::hard_link(src.join("etc/hostname"), src.join("hn")).unwrap();
+        let r = import_fs(&s, &src, "from-dir").unwrap();
+        assert_eq!(r.kind, ImageKind::Directory);
+        let m = export(&s, "from-dir");
+        assert_eq!(m["etc/hostname"].1, b"box");
+        assert_eq!(m["shadow-link"], ('2', b"/etc/shadow".to_vec()));
+        assert_eq!(m["hn"], ('1', b"etc/hostname".to_vec()));
+        assert!(matches!(
+            import_fs(&s, &src, "from-dir").unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        ));
+
+        let tarball = layer(&[("usr/bin/tool", b"tool")]);
+        for (name, data) in [
+            ("plain", tarball.clone()),
+            ("gz", gzip(&tarball)),
+            ("zst", zstd::encode_all(&tarball[..], 3).unwrap()),
+            ("xz", {
+                let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+                std::io::Write::write_all(&mut e, &tarball).unwrap();
+                e.finish().unwrap()
+            }),
+        ] {
+            let p = write_file(t.path(), &data);
+            let r = import_tar(&s, &p, name).unwrap();
+            assert_eq!(r.kind, ImageKind::Tar);
+            assert_eq!(r.layers, vec![Digest::of(&tarball)]);
+            assert_eq!(export(&s, name)["usr/bin/tool"].1, b"tool");
+        }
+        let p = write_file(t.path(), b"not a tarball at all");
+        assert_eq!(
+            import_tar(&s, &p, "junk").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_clean(&s, 5);
+    }
+
+    /// Against real-tool output: run `tests/fixtures/make-images.sh DIR`, then
+    /// `BERTH_IMAGE_FIXTURES=DIR cargo test --lib image::archive -- --ignored`.
+    #[test]
+    #[ignore = "needs fixtures from tests/fixtures/make-images.sh"]
+    fn real_tool_fixtures() {
+        let dir =
+            PathBuf::from(std::env::var("BERTH_IMAGE_FIXTURES").expect("BERTH_IMAGE_FIXTURES"));
+        let expected: Vec<String> = fs::read_to_string(dir.join("expected.txt"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let (_t, s) = store();
+        for (name, p) in [
+            ("docker", dir.join("docker-archive.tar")),
+            ("ociarchive", dir.join("oci-archive.tar")),
+            ("ocidir", dir.join("oci")),
+        ] {
+            let r = import_oci(&s, &p, name).unwrap();
+            assert_eq!(r.layers.len(), 3, "{name}");
+            // The same paths the script leaves out of podman's view (mount points and files
+            // podman manages; buildah also records them in RUN layers).
+            let managed = |k: &str| {
+                ["run", "dev", "proc", "sys"]
+                    .iter()
+                    .any(|m| k == *m || k.starts_with(&format!("{m}/")))
+                    || [
+                        "etc/hosts",
+                        "etc/hostname",
+                        "etc/resolv.conf",
+                        ".containerenv",
+                    ]
+                    .contains(&k)
+            };
+            let got: Vec<String> = export(&s, name)
+                .keys()
+                .map(|k| k.trim_end_matches('/').to_string())
+                .filter(|k| !managed(k))
+                .collect();
+            assert_eq!(got, expected, "{name}");
+        }
+        let e = export(&s, "ocidir");
+        assert_eq!(e["etc/added"].1, b"one\n");
+        assert_eq!(e["etc/link"], ('2', b"/etc/added".to_vec()));
+    }
+}
