@@ -13,6 +13,7 @@
 //!   final name until it is complete (rename is the commit).
 
 pub mod digest;
+pub mod registry;
 
 pub use digest::Digest;
 
