@@ -425,11 +425,11 @@ pub enum RegistryError {
     BadManifest { what: String, reason: String },
     #[error("{what} is larger than the {limit} bytes allowed")]
     TooLarge { what: String, limit: u64 },
-    #[error("{what} has digest {actual}, expected {expected}")]
+    #[error("{what} does not match its digest {expected}: {detail}")]
     DigestMismatch {
         what: String,
         expected: Digest,
-        actual: String,
+        detail: String,
     },
     #[error(
         "registry {registry} sent {what} with {actual} bytes where the manifest declares {expected}"
@@ -1225,9 +1225,9 @@ impl<'a> Client<'a> {
                 if actual != *digest {
                     file.set_len(0).map_err(store_err)?;
                     return Err(RegistryError::DigestMismatch {
-                        what,
+                        what: format!("a blob from registry {}", self.registry()),
                         expected: *digest,
-                        actual: actual.to_string(),
+                        detail: format!("the content hashes to {actual}"),
                     });
                 }
             }
@@ -1238,9 +1238,9 @@ impl<'a> Client<'a> {
         sink.commit_blob(digest, file).map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidData {
                 RegistryError::DigestMismatch {
-                    what: what.clone(),
+                    what: format!("a blob from registry {}", self.registry()),
                     expected: *digest,
-                    actual: source.to_string(),
+                    detail: format!("the store says: {source}"),
                 }
             } else {
                 store_err(source)
@@ -1350,7 +1350,7 @@ fn verify_manifest(
                     what: what.to_string(),
                     reason: format!("the registry claims digest {want:?}"),
                 })?,
-                actual: actual.to_string(),
+                detail: format!("the content hashes to {actual}"),
             });
         }
     }
