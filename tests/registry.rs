@@ -403,10 +403,15 @@ fn throughput() {
     .unwrap();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "pulled {} bytes in {:.3} s: {:.1} MiB/s (debug build, loopback)",
+        "pulled {} bytes in {:.3} s: {:.1} MiB/s ({} build, loopback)",
         p.fetched_bytes,
         secs,
-        p.fetched_bytes as f64 / secs / f64::from(1 << 20)
+        p.fetched_bytes as f64 / secs / f64::from(1 << 20),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
 }
 
