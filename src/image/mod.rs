@@ -18,6 +18,7 @@ pub mod compress;
 pub mod digest;
 pub mod export;
 pub mod extract;
+pub mod registry;
 pub mod store;
 #[cfg(test)]
 mod testtar;
