@@ -2,68 +2,11 @@
 //! through the real berthctl, bus, systemctl and kernel. Run by tests/run-integration.sh,
 //! which boots the host and sets BERTH_TEST_HOST; without it these tests fail, never skip.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::*;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn host() -> String {
-    std::env::var("BERTH_TEST_HOST")
-        .expect("BERTH_TEST_HOST unset: run `make integration-test` (tests/run-integration.sh)")
-}
-
-/// Run a shell command inside the host.
-fn sh(cmd: &str) -> Output {
-    let root = env!("CARGO_MANIFEST_DIR");
-    Command::new(format!("{root}/tests/host/exec.sh"))
-        .args([host().as_str(), "/bin/sh", "-c", cmd])
-        .output()
-        .expect("run exec.sh")
-}
-
-fn ok(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "`{cmd}` failed ({:?}): {}{}",
-        o.status.code(),
-        out(&o),
-        err(&o)
-    );
-    out(&o)
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_string()
-}
-
-fn code(cmd: &str) -> i32 {
-    sh(cmd).status.code().unwrap_or(-1)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn prop(name: &str, p: &str) -> String {
-    ok(&format!("berthctl show {name} -p {p} --value"))
-}
-
-/// What must not change when a request is refused.
-fn leftovers() -> String {
-    ok(
-        "systemctl list-units --all --plain --no-legend 'berth-*' | sort; ls /run/berth/containers /var/lib/berth/containers | sort; berthctl list -a -o json | grep -c '\"name\"' || true",
-    )
-}
 
 #[test]
 fn payload_gets_its_own_namespaces_hostname_and_dev() {
