@@ -9,7 +9,7 @@ DBUSDIR    ?= /usr/share/dbus-1
 BUSYBOX    ?= /bin/busybox
 CARGO      ?= cargo
 PROFILE    ?= release
-TARGET     := target/$(PROFILE)
+TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 
 .PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench lint
 

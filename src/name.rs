@@ -88,6 +88,11 @@ pub fn container_path(name: &str) -> String {
     format!("/org/berth/berth1/container/{}", bus_escape(name))
 }
 
+/// The D-Bus object path of an image.
+pub fn image_path(name: &str) -> String {
+    format!("/org/berth/berth1/image/{}", bus_escape(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

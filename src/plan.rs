@@ -1,10 +1,11 @@
 //! Turning a container definition into the helper's [`Plan`]: every mount, device node and
 //! environment variable is decided here, in berthd, and tested without root.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
+use crate::image::ImageConfig;
 use crate::protocol::{MountOp, Plan};
 use crate::resources::Device;
 use crate::spec::Definition;
@@ -119,27 +120,50 @@ impl ContainerDirs {
 }
 
 /// The complete plan for starting `def` on top of `lower`.
-/// The plan for starting `def` on top of `lower`, with `devices` (already checked against the
-/// host) made in its /dev besides the defaults.
+/// The environment: berth's defaults, then the image's, then the definition's; a later
+/// `KEY=` replaces an earlier one. `container=berth` always stays.
+pub fn environment(
+    def: &Definition,
+    image: Option<&ImageConfig>,
+    term: Option<&str>,
+) -> Vec<String> {
+    let mut env: Vec<String> = vec![format!("PATH={PATH}")];
+    if let Some(t) = term {
+        env.push(format!("TERM={t}"));
+    }
+    let set = |env: &mut Vec<String>, kv: &String| {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        if key.is_empty() || key == "container" {
+            return;
+        }
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(kv.clone());
+    };
+    for kv in image.map(|i| i.env.as_slice()).unwrap_or_default() {
+        set(&mut env, kv);
+    }
+    for kv in &def.env {
+        set(&mut env, kv);
+    }
+    env.push("container=berth".into());
+    env
+}
+
+/// The plan for starting `def` on the image layers `lowers` (topmost first), with `devices`
+/// (already checked against the host) made in its /dev besides the defaults.
 pub fn build(
     def: &Definition,
-    lower: &Path,
+    lowers: &[PathBuf],
+    image: Option<&ImageConfig>,
     dirs: &ContainerDirs,
     devices: &[Device],
     term: Option<&str>,
 ) -> Plan {
-    let mut env = vec![
-        format!("PATH={PATH}"),
-        "HOME=/root".into(),
-        "container=berth".into(),
-    ];
-    if let Some(t) = term {
-        env.push(format!("TERM={t}"));
-    }
+    let env = environment(def, image, term);
     Plan {
         name: def.name.clone(),
         hostname: def.hostname().into(),
-        lower: lower.into(),
+        lowers: lowers.to_vec(),
         upper: dirs.upper.clone(),
         work: dirs.work.clone(),
         root: dirs.root.clone(),
@@ -153,9 +177,19 @@ pub fn build(
                 minor: d.minor,
             }))
             .collect(),
-        argv: def.argv(),
+        argv: def.argv(image),
         env,
-        workdir: "/".into(),
+        workdir: def
+            .workdir
+            .clone()
+            .or_else(|| image.and_then(|i| i.working_dir.clone()))
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: def
+            .user
+            .clone()
+            .or_else(|| image.and_then(|i| i.user.clone()))
+            .filter(|u| !u.is_empty()),
     }
 }
 
@@ -197,6 +231,10 @@ mod tests {
             image: None,
             directory: Some("/srv/root".into()),
             command: vec![],
+            entrypoint: None,
+            env: vec!["A=1".into(), "PATH=/x".into()],
+            workdir: None,
+            user: None,
             hostname: Some("h1".into()),
             auto_remove: false,
             resources: Default::default(),
@@ -211,7 +249,16 @@ mod tests {
             major: 10,
             minor: 200,
         };
-        let p = build(&def, Path::new("/srv/root"), &dirs, &[tun], None);
+        let img = ImageConfig {
+            env: vec!["A=0".into(), "B=2".into(), "container=docker".into()],
+            working_dir: Some("/app".into()),
+            user: Some("www".into()),
+            ..Default::default()
+        };
+        let p = build(&def, &["/srv/root".into()], Some(&img), &dirs, &[tun], None);
+        assert_eq!(p.env, ["B=2", "A=1", "PATH=/x", "container=berth"]);
+        assert_eq!(p.workdir, "/app");
+        assert_eq!(p.user.as_deref(), Some("www"));
         assert!(p.mounts.contains(&MountOp::Device {
             path: "dev/net/tun".into(),
             mode: 0o660,

@@ -56,8 +56,8 @@ pub struct Plan {
     /// Container name, for messages.
     pub name: String,
     pub hostname: String,
-    /// The image (read-only overlay lower layer).
-    pub lower: PathBuf,
+    /// The image's layers, read-only overlay lower layers, topmost first (overlayfs order).
+    pub lowers: Vec<PathBuf>,
     /// The container's writable layer and overlayfs work directory.
     pub upper: PathBuf,
     pub work: PathBuf,
@@ -70,6 +70,9 @@ pub struct Plan {
     /// `KEY=VALUE` environment of the payload.
     pub env: Vec<String>,
     pub workdir: String,
+    /// The user to run the payload as: `name`, `uid`, `name:group` or `uid:gid`, looked up in
+    /// the container's /etc/passwd and /etc/group; root when `None`.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +90,8 @@ pub enum Step {
     Mount,
     Hostname,
     Pivot,
+    /// The image's or the caller's user does not exist in the container.
+    User,
     /// The payload could not be executed (errno ENOENT: no such command).
     Exec,
 }

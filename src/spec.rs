@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::image::ImageConfig;
 use crate::resources::{self, Resources};
 
 /// A container definition, stored as `/var/lib/berth/containers/NAME/container.toml`.
@@ -20,9 +21,21 @@ pub struct Definition {
     /// A root directory used as the read-only lower layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<PathBuf>,
-    /// The payload's argv; empty means `/bin/sh`.
+    /// The payload's arguments; empty means the image's `Cmd` (or `/bin/sh`).
     #[serde(default)]
     pub command: Vec<String>,
+    /// Replaces the image's `Entrypoint` (and then its `Cmd` too, as docker does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` environment, over the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Working directory; defaults to the image's, else `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// User (`name`, `uid`, `name:group`, `uid:gid`); defaults to the image's, else root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Hostname inside the container; defaults to the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -45,12 +58,24 @@ impl Definition {
         self.hostname.as_deref().unwrap_or(&self.name)
     }
 
-    /// The payload's argv.
-    pub fn argv(&self) -> Vec<String> {
-        if self.command.is_empty() {
+    /// The payload's argv with the image's config: entrypoint, then command; the command
+    /// replaces the image's `Cmd`, an entrypoint replaces the image's `Entrypoint` and `Cmd`.
+    pub fn argv(&self, image: Option<&ImageConfig>) -> Vec<String> {
+        let empty = ImageConfig::default();
+        let image = image.unwrap_or(&empty);
+        let entrypoint = self.entrypoint.as_ref().unwrap_or(&image.entrypoint);
+        let cmd = if !self.command.is_empty() {
+            &self.command
+        } else if self.entrypoint.is_some() {
+            &self.command
+        } else {
+            &image.cmd
+        };
+        let argv: Vec<String> = entrypoint.iter().chain(cmd).cloned().collect();
+        if argv.is_empty() {
             vec!["/bin/sh".into()]
         } else {
-            self.command.clone()
+            argv
         }
     }
 }
@@ -300,6 +325,10 @@ mod tests {
             image: Some("default".into()),
             directory: None,
             command: vec!["/bin/true".into()],
+            entrypoint: None,
+            env: vec![],
+            workdir: None,
+            user: None,
             hostname: None,
             auto_remove: true,
             resources: Resources::default(),
@@ -310,5 +339,23 @@ mod tests {
         assert_eq!(toml::from_str::<Definition>(&s).unwrap(), d);
         assert!(toml::from_str::<Definition>("name='x'\ncreated_at=1\nbogus=1").is_err());
         assert_eq!(d.hostname(), "web");
+    }
+
+    #[test]
+    fn argv_follows_the_image_config_like_docker() {
+        let img = ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into(), "--port=80".into()],
+            ..Default::default()
+        };
+        let mut d: Definition = toml::from_str("name='x'\ncreated_at=1").unwrap();
+        assert_eq!(d.argv(None), ["/bin/sh"]);
+        assert_eq!(d.argv(Some(&img)), ["/entry", "serve", "--port=80"]);
+        d.command = vec!["debug".into()];
+        assert_eq!(d.argv(Some(&img)), ["/entry", "debug"]);
+        d.entrypoint = Some(vec!["/bin/sh".into(), "-c".into()]);
+        assert_eq!(d.argv(Some(&img)), ["/bin/sh", "-c", "debug"]);
+        d.command.clear();
+        assert_eq!(d.argv(Some(&img)), ["/bin/sh", "-c"]);
     }
 }

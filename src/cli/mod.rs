@@ -2,6 +2,7 @@
 //! through the proxies generated from [`crate::dbus`], renders tables or JSON. One file per
 //! verb; exit codes in [`Exit`].
 
+mod image;
 mod kill;
 mod list;
 mod output;
@@ -164,6 +165,17 @@ pub enum Command {
     Set(set::SetArgs),
     /// Show resource usage of running containers, refreshing.
     Stats(stats::StatsArgs),
+    /// Manage images: list, show, import-fs, import-tar, import-oci, pull, remove, rename,
+    /// clone, tag, export.
+    Image(image::ImageArgs),
+    /// List images (same as `image list`).
+    Images(image::ListArgs),
+    /// Write a container's root file system (its changes over its image) as a tarball.
+    Export {
+        name: String,
+        /// The tarball to write ("-": standard output).
+        file: String,
+    },
 }
 
 /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides) and berthd's manager.
@@ -211,6 +223,14 @@ pub fn main() -> u8 {
             Command::Show(a) => show::run(a).await,
             Command::Set(a) => set::run(a).await,
             Command::Stats(a) => stats::run(a).await,
+            Command::Image(a) => image::run(a).await,
+            Command::Images(a) => image::list(a).await,
+            Command::Export { name, file } => {
+                let fd = image::output_fd(&file)?;
+                let (_conn, proxy) = manager().await?;
+                proxy.export_container(name, fd.into()).await?;
+                Ok(0)
+            }
         }
     });
     match result {

@@ -28,6 +28,18 @@ pub struct ContainerOpts {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Replace the image's entrypoint (and its default command); "" clears it.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+    /// Environment variable KEY=VALUE, over the image's. Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (default: the image's, else /).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as this user: name, uid, name:group or uid:gid (default: the image's, else root).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
     #[command(flatten)]
     pub resources: ResourceOpts,
     /// Raw scope property KEY=VALUE, as systemd-run takes them (MemoryLow, IOReadIOPSMax,
@@ -161,6 +173,23 @@ fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>>
     }
     if o.rm {
         m.insert("AutoRemove".into(), variant(true)?);
+    }
+    if let Some(e) = &o.entrypoint {
+        let argv: Vec<String> = if e.is_empty() {
+            vec![]
+        } else {
+            vec![e.clone()]
+        };
+        m.insert("Entrypoint".into(), variant(argv)?);
+    }
+    if !o.env.is_empty() {
+        m.insert("Environment".into(), variant(o.env.clone())?);
+    }
+    if let Some(w) = &o.workdir {
+        m.insert("WorkingDirectory".into(), variant(w.as_str())?);
+    }
+    if let Some(u) = &o.user {
+        m.insert("User".into(), variant(u.as_str())?);
     }
     let resources = o.resources.pairs();
     if !resources.is_empty() {

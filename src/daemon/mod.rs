@@ -29,6 +29,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot open the image store: {0}")]
+    Images(crate::image::StoreError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -106,8 +108,10 @@ async fn serve(
     let systemd = crate::systemd::Systemd::new(&conn)
         .await
         .map_err(DaemonError::Systemd)?;
-    let registry = Registry::new(conn.clone(), systemd, layout, helper_path());
+    let images = crate::image::Store::open(&layout.lib).map_err(DaemonError::Images)?;
+    let registry = Registry::new(conn.clone(), systemd, layout, helper_path(), images);
     registry.recover(stored).await;
+    registry.export_images().await;
     let server = conn.object_server();
     server
         .at(crate::dbus::MANAGER_PATH, zbus::fdo::ObjectManager)

@@ -18,6 +18,7 @@ use crate::cgroup::{Cgroup, Hierarchies};
 use crate::daemon::notify;
 use crate::daemon::store::{self, Layout, Runtime};
 use crate::dbus::{self, ContainerInfo, Error, Result};
+use crate::image;
 use crate::name;
 use crate::plan::{self, ContainerDirs};
 use crate::protocol::{FromHelper, Step, ToHelper};
@@ -70,6 +71,8 @@ struct Entry {
     resources: Resources,
     /// The running container's cgroup.
     cgroup: Option<Cgroup>,
+    /// What `stop` sends first: the image's StopSignal, else SIGTERM.
+    stop_signal: Signal,
     /// OOM kills seen over the container's life in this berthd's records, and the last one's
     /// time (microseconds since the epoch).
     oom_kills: u64,
@@ -87,14 +90,19 @@ pub struct Registry {
     /// Exit statuses of containers removed at exit (`--rm`), newest last, so that a
     /// WaitContainer arriving after the removal still gets the status.
     removed_at_exit: Mutex<std::collections::VecDeque<(String, i32)>>,
+    /// The image store under /var/lib/berth.
+    images: Arc<image::Store>,
     /// The machine's cgroup hierarchies, found once.
     hierarchies: Hierarchies,
     /// The last CPU sample per container (time, usage), for CPU percentages.
     cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
+    /// Image operations (imports, pulls, exports) in flight.
+    operations: std::sync::atomic::AtomicUsize,
     /// Stats subscriptions by subscriber (unique bus name).
     stats_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
+mod images;
 mod limits;
 
 /// How many auto-removed containers' statuses are remembered.
@@ -119,6 +127,10 @@ struct CreateOptions {
     command: Vec<String>,
     hostname: Option<String>,
     auto_remove: bool,
+    entrypoint: Option<Vec<String>>,
+    env: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
     resources: Resources,
     properties: BTreeMap<String, String>,
 }
@@ -134,6 +146,10 @@ fn parse_create_options(options: HashMap<String, OwnedVariant>) -> Result<Create
         command: vec![],
         hostname: None,
         auto_remove: false,
+        entrypoint: None,
+        env: Vec::new(),
+        workdir: None,
+        user: None,
         resources: Resources::default(),
         properties: BTreeMap::new(),
     };
@@ -144,6 +160,10 @@ fn parse_create_options(options: HashMap<String, OwnedVariant>) -> Result<Create
             "Command" => o.command = opt::<Vec<String>>(&key, v)?,
             "Hostname" => o.hostname = Some(opt::<String>(&key, v)?),
             "AutoRemove" => o.auto_remove = opt::<bool>(&key, v)?,
+            "Entrypoint" => o.entrypoint = Some(opt::<Vec<String>>(&key, v)?),
+            "Environment" => o.env = opt::<Vec<String>>(&key, v)?,
+            "WorkingDirectory" => o.workdir = Some(opt::<String>(&key, v)?),
+            "User" => o.user = Some(opt::<String>(&key, v)?),
             "Resources" => {
                 for (k, val) in opt::<Vec<(String, String)>>(&key, v)? {
                     o.resources
@@ -209,6 +229,39 @@ fn check_command(cmd: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Check the options that shape the payload's process.
+fn check_runtime_options(o: &CreateOptions) -> Result<()> {
+    if let Some(e) = &o.entrypoint {
+        check_command(e)?;
+    }
+    if o.env.len() > 4096 || o.env.iter().map(String::len).sum::<usize>() > 128 * 1024 {
+        return Err(invalid("the environment is too large"));
+    }
+    for kv in &o.env {
+        match kv.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !k.contains('\0') && !kv.contains('\0') => {}
+            _ => {
+                return Err(invalid(format!(
+                    "environment entry {kv:?} is not KEY=VALUE"
+                )));
+            }
+        }
+    }
+    if let Some(w) = &o.workdir {
+        if !w.starts_with('/') || w.contains('\0') || w.len() > 4096 {
+            return Err(invalid(format!(
+                "working directory {w:?} is not an absolute path"
+            )));
+        }
+    }
+    if let Some(u) = &o.user {
+        if u.is_empty() || u.len() > 256 || u.chars().any(|c| c.is_control() || c == '/') {
+            return Err(invalid(format!("invalid user {u:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// Check resource settings and turn them into scope properties: the device policy first, then
 /// the settings.
 fn check_resources(r: &Resources) -> Result<Vec<(&'static str, spec::PropValue)>> {
@@ -227,7 +280,13 @@ fn check_properties(
 }
 
 impl Registry {
-    pub fn new(conn: Connection, systemd: Systemd, layout: Layout, helper: PathBuf) -> Arc<Self> {
+    pub fn new(
+        conn: Connection,
+        systemd: Systemd,
+        layout: Layout,
+        helper: PathBuf,
+        images: image::Store,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Registry {
             me: me.clone(),
             conn,
@@ -235,12 +294,14 @@ impl Registry {
             layout,
             helper,
             entries: Mutex::new(BTreeMap::new()),
+            images: Arc::new(images),
             removed_at_exit: Mutex::default(),
             hierarchies: Hierarchies::detect().unwrap_or_else(|e| {
                 warn!("cannot read the cgroup mounts: {e}, stats will be empty");
                 Hierarchies::default()
             }),
             cpu_samples: Mutex::default(),
+            operations: Default::default(),
             stats_watchers: Mutex::default(),
         })
     }
@@ -274,6 +335,7 @@ impl Registry {
         Entry {
             resources: def.resources.clone(),
             cgroup: None,
+            stop_signal: Signal::SIGTERM,
             oom_kills: 0,
             last_oom_at: 0,
             def,
@@ -345,13 +407,10 @@ impl Registry {
             (None, Some(dir)) => check_directory(dir)?,
             (image, None) => {
                 let image = image.as_deref().unwrap_or(DEFAULT_IMAGE);
-                name::validate(image)
-                    .map_err(|_| invalid(format!("invalid image name {image:?}")))?;
-                self.layout
-                    .find_image(image)
-                    .ok_or_else(|| Error::NoSuchImage(format!("no image named {image:?}")))?
+                self.resolve_image(image)?.shown
             }
         };
+        check_runtime_options(&o)?;
         if let Some(h) = &o.hostname {
             check_hostname(h)?;
         }
@@ -368,6 +427,10 @@ impl Registry {
             image,
             directory: o.directory.map(|_| lower.clone()),
             command: o.command,
+            entrypoint: o.entrypoint,
+            env: o.env,
+            workdir: o.workdir,
+            user: o.user,
             hostname: o.hostname,
             auto_remove: o.auto_remove,
             resources: o.resources,
@@ -427,7 +490,7 @@ impl Registry {
                 .map_err(|_| invalid(format!("option {key} must be a file descriptor")))?;
             stdio[slot] = Some(OwnedFd::try_from(fd).map_err(|e| Error::Failed(e.to_string()))?);
         }
-        let (def, lower, previous) = {
+        let (def, previous) = {
             let mut entries = self.entries.lock().unwrap();
             let e = entries.get_mut(&name).ok_or_else(|| no_such(&name))?;
             match e.state {
@@ -441,11 +504,11 @@ impl Registry {
             }
             let previous = e.state;
             e.state = State::Starting;
-            (e.def.clone(), e.lower.clone(), previous)
+            (e.def.clone(), previous)
         };
         self.emit_changed(&name).await;
-        match self.launch(&def, &lower, stdio).await {
-            Ok((pid, pidfd, memfd)) => {
+        match self.launch(&def, stdio).await {
+            Ok((pid, pidfd, memfd, stop_signal)) => {
                 let started_at = store::now_usec();
                 let pidfd = Arc::new(pidfd);
                 let rt = Runtime {
@@ -471,6 +534,7 @@ impl Registry {
                         e.started_at = started_at;
                         e.pidfd = Some(pidfd.clone());
                         e.resources = e.def.resources.clone();
+                        e.stop_signal = stop_signal;
                         e.exited.send_replace(None);
                     }
                 }
@@ -495,9 +559,8 @@ impl Registry {
     async fn launch(
         &self,
         def: &Definition,
-        lower: &Path,
         stdio: [Option<OwnedFd>; 3],
-    ) -> Result<(i32, OwnedFd, OwnedFd)> {
+    ) -> Result<(i32, OwnedFd, OwnedFd, Signal)> {
         let failed = |what: &str, e: &dyn std::fmt::Display| Error::Failed(format!("{what}: {e}"));
         let devnull = || {
             std::fs::OpenOptions::new()
@@ -531,13 +594,41 @@ impl Registry {
             .extra_devices()
             .map_err(|e| invalid(e.to_string()))?;
         let dirs = ContainerDirs::under(&self.layout.container_dir(&def.name));
-        if !lower.is_dir() {
-            return Err(Error::Failed(format!(
-                "root directory {} is gone",
-                lower.display()
-            )));
-        }
-        let plan = plan::build(def, lower, &dirs, &devices, None);
+        let root = match (&def.directory, &def.image) {
+            (Some(dir), _) => {
+                if !dir.is_dir() {
+                    return Err(Error::Failed(format!(
+                        "root directory {} is gone",
+                        dir.display()
+                    )));
+                }
+                images::Rootfs {
+                    lowers: vec![dir.clone()],
+                    config: None,
+                    shown: dir.clone(),
+                }
+            }
+            (None, image) => self.resolve_image(image.as_deref().unwrap_or(DEFAULT_IMAGE))?,
+        };
+        let stop_signal = match root.config.as_ref().and_then(|c| c.stop_signal.as_deref()) {
+            Some(s) => images::parse_stop_signal(s).unwrap_or_else(|| {
+                warn!(
+                    "{}: image stop signal {s:?} is unknown, using SIGTERM",
+                    def.name
+                );
+                Signal::SIGTERM
+            }),
+            None => Signal::SIGTERM,
+        };
+        let plan = plan::build(
+            def,
+            &root.lowers,
+            root.config.as_ref(),
+            &dirs,
+            &devices,
+            None,
+        );
+        let argv0 = plan.argv[0].clone();
 
         let helper =
             Helper::spawn(&self.helper).map_err(|e| failed("cannot start berth-helper", &e))?;
@@ -554,7 +645,7 @@ impl Registry {
                 message,
             }) => {
                 helper.kill().await;
-                return Err(helper_failure(def, step, errno, &message));
+                return Err(helper_failure(def, &argv0, step, errno, &message));
             }
             Ok(other) => {
                 helper.kill().await;
@@ -588,12 +679,12 @@ impl Registry {
             return Err(abort(failed("release the container", &e)).await);
         }
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
-            Ok(FromHelper::Started) => Ok((pid, pidfd, memfd)),
+            Ok(FromHelper::Started) => Ok((pid, pidfd, memfd, stop_signal)),
             Ok(FromHelper::Failed {
                 step,
                 errno,
                 message,
-            }) => Err(abort(helper_failure(def, step, errno, &message)).await),
+            }) => Err(abort(helper_failure(def, &argv0, step, errno, &message)).await),
             Ok(other) => Err(abort(Error::Failed(format!(
                 "container sent {other:?} out of order"
             )))
@@ -724,7 +815,13 @@ impl Registry {
         };
         let (pidfd, mut rx) = self.running(&name, Some(State::Stopping))?;
         self.emit_changed(&name).await;
-        let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGTERM);
+        let sig = self
+            .entries
+            .lock()
+            .unwrap()
+            .get(&name)
+            .map_or(Signal::SIGTERM, |e| e.stop_signal);
+        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
         if tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
             .await
             .is_err()
@@ -878,7 +975,7 @@ impl Registry {
             };
             let lower = match (&def.directory, &def.image) {
                 (Some(d), _) => d.clone(),
-                (None, Some(i)) => self.layout.find_image(i).unwrap_or_default(),
+                (None, Some(i)) => self.resolve_image(i).map(|r| r.shown).unwrap_or_default(),
                 (None, None) => PathBuf::new(),
             };
             let mut entry = Self::new_entry(def, lower);
@@ -984,14 +1081,14 @@ fn read_status(memfd: &OwnedFd) -> Option<i32> {
     std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
 }
 
-fn helper_failure(def: &Definition, step: Step, errno: i32, message: &str) -> Error {
+fn helper_failure(def: &Definition, argv0: &str, step: Step, errno: i32, message: &str) -> Error {
     let errno = nix::errno::Errno::from_raw(errno);
     match (step, errno) {
         (Step::Exec, nix::errno::Errno::ENOENT) => Error::CommandNotFound(format!(
-            "command {:?} not found in container {:?}",
-            def.argv()[0],
+            "command {argv0:?} not found in container {:?}",
             def.name
         )),
+        (Step::User, _) => Error::InvalidArgument(format!("container {:?}: {message}", def.name)),
         (Step::Exec, _) => Error::Failed(message.to_string()),
         (step, errno) => Error::Failed(format!(
             "container {:?}: {step:?} failed: {message}: {}",
@@ -1044,6 +1141,51 @@ impl dbus::Backend for Registry {
     }
     fn unwatch_stats(&self, subscriber: &str) {
         Registry::unwatch_stats(self, subscriber)
+    }
+    fn list_images(&self) -> Vec<dbus::ImageInfo> {
+        Registry::list_images(self)
+    }
+    fn image_info(&self, name: &str) -> Option<dbus::ImageInfo> {
+        Registry::image_info(self, name)
+    }
+    fn image_config(&self, name: &str) -> Option<image::ImageConfig> {
+        Registry::image_config(self, name)
+    }
+    fn import_image(
+        &self,
+        format: String,
+        source: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        Box::pin(Registry::import_image(self, format, source, name, options))
+    }
+    fn pull_image(
+        &self,
+        reference: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        Box::pin(Registry::pull_image(self, reference, name, options))
+    }
+    fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Registry::remove_image(self, name, force))
+    }
+    fn copy_image(
+        &self,
+        op: &'static str,
+        name: String,
+        new_name: String,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        Box::pin(Registry::copy_image(self, op, name, new_name))
+    }
+    fn export_tar(
+        &self,
+        what: &'static str,
+        name: String,
+        fd: OwnedFd,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Registry::export_tar(self, what, name, fd))
     }
     fn list(&self) -> Vec<ContainerInfo> {
         self.entries

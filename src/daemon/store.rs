@@ -26,7 +26,6 @@ impl Default for Layout {
             lib: "/var/lib/berth".into(),
             run: "/run/berth".into(),
             image_dirs: vec![
-                "/var/lib/berth/images".into(),
                 "/usr/local/lib/berth/images".into(),
                 "/usr/lib/berth/images".into(),
             ],

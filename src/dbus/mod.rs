@@ -67,6 +67,24 @@ pub struct ContainerInfo {
     pub object_path: OwnedObjectPath,
 }
 
+/// One image, as `ListImages` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageInfo {
+    pub name: String,
+    /// directory | tar | oci | docker | registry
+    pub kind: String,
+    /// The manifest digest (`sha256:…`); empty for directory images shipped with berth.
+    pub digest: String,
+    /// Bytes of the layers, uncompressed.
+    pub size: u64,
+    /// Microseconds since the epoch.
+    pub created: u64,
+    /// Layer digests (diff IDs), bottom first; a shipped directory image lists its directory.
+    pub layers: Vec<String>,
+    pub read_only: bool,
+    pub object_path: OwnedObjectPath,
+}
+
 /// One container's resource usage, as `GetStats` and the `Stats` signal carry it. Counters the
 /// kernel does not provide here are 0; limits are `u64::MAX` when unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
@@ -114,6 +132,37 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self, names: Vec<String>) -> BoxFuture<'_, Result<Vec<StatsInfo>>>;
     fn watch_stats(&self, subscriber: String, interval_usec: u64) -> Result<()>;
     fn unwatch_stats(&self, subscriber: &str);
+    fn list_images(&self) -> Vec<ImageInfo>;
+    fn image_info(&self, name: &str) -> Option<ImageInfo>;
+    fn image_config(&self, name: &str) -> Option<crate::image::ImageConfig>;
+    fn import_image(
+        &self,
+        format: String,
+        source: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    fn pull_image(
+        &self,
+        reference: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
+    /// `op`: rename, clone or tag.
+    fn copy_image(
+        &self,
+        op: &'static str,
+        name: String,
+        new_name: String,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    /// `what`: image or container.
+    fn export_tar(
+        &self,
+        what: &'static str,
+        name: String,
+        fd: std::os::fd::OwnedFd,
+    ) -> BoxFuture<'_, Result<()>>;
     fn list(&self) -> Vec<ContainerInfo>;
     fn info(&self, name: &str) -> Option<ContainerInfo>;
 }
@@ -255,6 +304,127 @@ impl Manager {
         Ok(())
     }
 
+    /// All images: those in the store and the directory images shipped with berth.
+    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
+        Ok(self.backend.list_images())
+    }
+
+    /// The object path of an image.
+    async fn get_image(&self, name: String) -> Result<OwnedObjectPath> {
+        self.backend
+            .image_info(&name)
+            .map(|i| i.object_path)
+            .ok_or_else(|| Error::NoSuchImage(format!("no image named {name:?}")))
+    }
+
+    /// Import an image from `source` (an absolute path): format "fs" (a directory), "tar" (a
+    /// root file system tarball; gzip, zstd, xz or none) or "oci" (a docker-save archive, an
+    /// OCI archive or an OCI layout directory). Returns once the image is complete; progress
+    /// goes out as ImageProgress signals.
+    async fn import_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        format: String,
+        source: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath> {
+        authorize(conn, &hdr).await?;
+        self.backend
+            .import_image(format, source, name, options)
+            .await
+    }
+
+    /// Pull an image from an OCI distribution registry. `name` may be empty (then the
+    /// repository's last component, with `-TAG` unless the tag is latest). Options: Insecure
+    /// (b, plain HTTP), AuthFile (s, a docker/podman auth.json).
+    async fn pull_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        reference: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath> {
+        authorize(conn, &hdr).await?;
+        self.backend.pull_image(reference, name, options).await
+    }
+
+    /// Remove an image; refused while a running container uses it, and while any container
+    /// is defined on it unless `force`. Layers no other image uses are deleted.
+    async fn remove_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        force: bool,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
+        self.backend.remove_image(name, force).await
+    }
+
+    /// Give an image a new name (refused while containers refer to it).
+    async fn rename_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        new_name: String,
+    ) -> Result<OwnedObjectPath> {
+        authorize(conn, &hdr).await?;
+        self.backend.copy_image("rename", name, new_name).await
+    }
+
+    /// Make an independent, writable copy of an image (layers are shared, never copied).
+    async fn clone_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        new_name: String,
+    ) -> Result<OwnedObjectPath> {
+        authorize(conn, &hdr).await?;
+        self.backend.copy_image("clone", name, new_name).await
+    }
+
+    /// A second name for the same image.
+    async fn tag_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        new_name: String,
+    ) -> Result<OwnedObjectPath> {
+        authorize(conn, &hdr).await?;
+        self.backend.copy_image("tag", name, new_name).await
+    }
+
+    /// Write an image's merged root file system as an uncompressed tarball to `fd`.
+    async fn export_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        fd: zbus::OwnedFd,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
+        self.backend.export_tar("image", name, fd.into()).await
+    }
+
+    /// Write a container's root file system (its writable layer over its image) as an
+    /// uncompressed tarball to `fd`.
+    async fn export_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        fd: zbus::OwnedFd,
+    ) -> Result<()> {
+        authorize(conn, &hdr).await?;
+        self.backend.export_tar("container", name, fd.into()).await
+    }
+
     /// Wait until the container has exited and return its exit status. A container removed at
     /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
     /// this after StartContainer cannot miss a payload that exited at once.
@@ -295,6 +465,37 @@ impl Manager {
         name: &str,
         path: OwnedObjectPath,
         kills: u64,
+    ) -> zbus::Result<()>;
+
+    /// An image appeared (imported, pulled, renamed, cloned or tagged).
+    #[zbus(signal)]
+    pub async fn image_new(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: OwnedObjectPath,
+    ) -> zbus::Result<()>;
+
+    /// An image name was removed.
+    #[zbus(signal)]
+    pub async fn image_removed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        path: OwnedObjectPath,
+    ) -> zbus::Result<()>;
+
+    /// Progress of an import, pull or export for image (or container) `name`: phase
+    /// (importing, downloading, extracting, exporting, done), bytes done and total (0 when
+    /// unknown), layers done and total.
+    #[zbus(signal)]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn image_progress(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        phase: &str,
+        done: u64,
+        total: u64,
+        layers_done: u32,
+        layers_total: u32,
     ) -> zbus::Result<()>;
 
     /// A container was removed.
@@ -393,5 +594,96 @@ impl Container {
     #[zbus(property, name = "LastOOMAt")]
     fn last_oom_at(&self) -> zbus::fdo::Result<u64> {
         Ok(self.get()?.last_oom_at)
+    }
+}
+
+/// `/org/berth/berth1/image/<escaped name>`: one image.
+pub struct Image {
+    pub backend: Arc<dyn Backend>,
+    pub name: String,
+}
+
+impl Image {
+    fn get(&self) -> zbus::fdo::Result<ImageInfo> {
+        self.backend.image_info(&self.name).ok_or_else(|| {
+            zbus::fdo::Error::UnknownObject(format!("image {:?} is gone", self.name))
+        })
+    }
+}
+
+#[interface(
+    name = "org.berth.berth1.Image",
+    proxy(
+        default_service = "org.berth.berth1",
+        default_path = "/org/berth/berth1/image/_"
+    )
+)]
+impl Image {
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// directory | tar | oci | docker | registry
+    #[zbus(property(emits_changed_signal = "const"), name = "Type")]
+    fn kind(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.kind)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn digest(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.digest)
+    }
+
+    /// Bytes of the layers, uncompressed.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn size(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.get()?.size)
+    }
+
+    /// Microseconds since the epoch.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn created(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.get()?.created)
+    }
+
+    /// Layer digests, bottom first.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn layers(&self) -> zbus::fdo::Result<Vec<String>> {
+        Ok(self.get()?.layers)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn read_only(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.get()?.read_only)
+    }
+
+    /// What the image asks of containers: Entrypoint (as), Cmd (as), Env (as), WorkingDir (s),
+    /// User (s), StopSignal (s), Labels (a{ss}). Empty for directory images.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn config(&self) -> zbus::fdo::Result<HashMap<String, OwnedVariant>> {
+        let mut m = HashMap::new();
+        let Some(c) = self.backend.image_config(&self.name) else {
+            return Ok(m);
+        };
+        let mut put = |k: &str, v: zbus::Variant<'_>| {
+            if let Ok(v) = OwnedVariant::try_from(v) {
+                m.insert(k.to_string(), v);
+            }
+        };
+        put("Entrypoint", c.entrypoint.into());
+        put("Cmd", c.cmd.into());
+        put("Env", c.env.into());
+        put("WorkingDir", c.working_dir.unwrap_or_default().into());
+        put("User", c.user.unwrap_or_default().into());
+        put("StopSignal", c.stop_signal.unwrap_or_default().into());
+        put(
+            "Labels",
+            c.labels
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+                .into(),
+        );
+        Ok(m)
     }
 }

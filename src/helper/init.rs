@@ -33,10 +33,13 @@ const FORWARDED: [Signal; 8] = [
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The payload, ready to exec.
+#[derive(Clone)]
 pub struct Payload {
     argv: Vec<CString>,
     env: Vec<CString>,
     workdir: CString,
+    /// Switch to these before exec; root stays root when `None`.
+    ids: Option<super::user::Ids>,
 }
 
 impl Payload {
@@ -46,7 +49,23 @@ impl Payload {
             argv: plan.argv.iter().map(cs).collect::<Result<_, _>>()?,
             env: plan.env.iter().map(cs).collect::<Result<_, _>>()?,
             workdir: cs(&plan.workdir)?,
+            ids: None,
         })
+    }
+
+    /// Run as `ids`, and give the payload a `HOME` if the environment has none: the user's
+    /// home from /etc/passwd, else `/` (root's `/root`).
+    pub fn set_user(&mut self, ids: Option<super::user::Ids>) {
+        if !self.env.iter().any(|e| e.to_bytes().starts_with(b"HOME=")) {
+            let home = match &ids {
+                Some(i) => i.home.clone().unwrap_or_else(|| "/".into()),
+                None => "/root".into(),
+            };
+            if let Ok(h) = CString::new(format!("HOME={home}")) {
+                self.env.push(h);
+            }
+        }
+        self.ids = ids;
     }
 
     /// The candidate paths for argv[0]: itself if it has a `/`, else each `PATH` entry.
@@ -107,6 +126,17 @@ fn exec_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Errno {
         nix::unistd::dup2_stdout(o.as_fd())?;
         nix::unistd::dup2_stderr(e.as_fd())?;
         setsid()?;
+        if let Some(ids) = &payload.ids {
+            // Groups first: after setuid the process may no longer change them.
+            let groups: Vec<nix::unistd::Gid> = ids
+                .groups
+                .iter()
+                .map(|g| nix::unistd::Gid::from_raw(*g))
+                .collect();
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(ids.gid))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(ids.uid))?;
+        }
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         if chdir(payload.workdir.as_c_str()).is_err() {
             chdir("/")?;

@@ -5,6 +5,7 @@
 
 mod init;
 mod mount;
+pub mod user;
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -106,6 +107,13 @@ fn leader(
     nix::unistd::sethostname(&plan.hostname)
         .map_err(|e| (Step::Hostname, e, "sethostname".into()))?;
     mount::pivot(&plan.root).map_err(|(e, m)| (Step::Pivot, e, m))?;
+    // After the pivot, so that names mean what the image's /etc/passwd says.
+    let ids = match &plan.user {
+        Some(spec) => Some(user::resolve(spec).map_err(|m| (Step::User, Errno::EINVAL, m))?),
+        None => None,
+    };
+    let mut payload = payload.clone();
+    payload.set_user(ids);
     let devnull = nix::fcntl::open(
         "/dev/null",
         nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
@@ -119,7 +127,7 @@ fn leader(
         fds.next().unwrap(),
         fds.next().unwrap(),
     );
-    let pid = init::start_payload(payload, [i, o, e]).map_err(|errno| {
+    let pid = init::start_payload(&payload, [i, o, e]).map_err(|errno| {
         (
             Step::Exec,
             errno,

@@ -73,6 +73,30 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// The overlay mount options. The kernel reads mount options from one page, which bounds the
+/// number of layers (about 45 of the store's paths); longer lists fail with a clear error.
+/// berthd checked that no path holds `,` or `:`, overlayfs' separators.
+fn overlay_options(plan: &Plan) -> Result<String, String> {
+    let lowers: Vec<String> = plan
+        .lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        plan.upper.display(),
+        plan.work.display()
+    );
+    if data.len() >= 4096 {
+        return Err(format!(
+            "the image has too many layers ({}) for one overlay mount",
+            lowers.len()
+        ));
+    }
+    Ok(data)
+}
+
 /// Make every mount private, then mount the overlay root at `plan.root`.
 pub fn mount_root(plan: &Plan) -> MountResult<OwnedFd> {
     // Without this, mounts below would propagate back to the host's shared mounts.
@@ -86,12 +110,7 @@ pub fn mount_root(plan: &Plan) -> MountResult<OwnedFd> {
         ),
         || "make / private".into(),
     )?;
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        plan.lower.display(),
-        plan.upper.display(),
-        plan.work.display()
-    );
+    let data = overlay_options(plan).map_err(|m| (Errno::E2BIG, m))?;
     ctx(
         mount(
             Some("overlay"),

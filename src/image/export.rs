@@ -328,6 +328,14 @@ fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Write image `name`'s merged root file system as a tar stream to `out`; returns `out`.
 pub fn export_image<W: Write>(store: &Store, name: &str, out: W) -> Result<W, ExportError> {
     let rec = store.get(name)?;
+    let mut layers = store.layer_paths(&rec);
+    layers.reverse();
+    export_layers(&layers, out)
+}
+
+/// Write the merge of overlayfs-style layer directories (`layers` topmost first: a container's
+/// writable upper directory, then its image's layers) as a tar stream to `out`.
+pub fn export_layers<W: Write>(layers: &[std::path::PathBuf], out: W) -> Result<W, ExportError> {
     let mut w = Writer::new(out);
     // Paths written, with whether each was a directory.
     let mut written: HashMap<Vec<u8>, bool> = HashMap::new();
@@ -335,7 +343,7 @@ pub fn export_image<W: Write>(store: &Store, name: &str, out: W) -> Result<W, Ex
     // contents are hidden, accumulated from the layers above the current one.
     let mut hidden: HashSet<Vec<u8>> = HashSet::new();
     let mut opaque: HashSet<Vec<u8>> = HashSet::new();
-    for layer in store.layer_paths(&rec).iter().rev() {
+    for layer in layers {
         let root = open_root(layer)?;
         let mut new_hidden = Vec::new();
         let mut new_opaque = Vec::new();

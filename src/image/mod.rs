@@ -25,7 +25,7 @@ mod testtar;
 
 pub use archive::{ImportError, import_fs, import_oci, import_tar};
 pub use digest::Digest;
-pub use export::{ExportError, export_dir, export_image};
+pub use export::{ExportError, export_dir, export_image, export_layers};
 pub use extract::{LayerStats, Limits, apply_layer};
 pub use store::{
     ImageConfig, ImageKind, ImageRecord, ImageSource, ImportProgress, PartialBlob, Store,

@@ -1,0 +1,420 @@
+//! `berthctl image VERB` (and `berthctl images`): list, show, import-fs, import-tar,
+//! import-oci, pull, remove, rename, clone, tag, export. Long operations show progress from
+//! the `ImageProgress` signal (bytes, layers, speed) unless `--quiet`.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use serde::Serialize;
+use zbus::OwnedVariant;
+
+use super::output::{self, timestamp};
+use super::{CliError, CliResult, Exit, Format, manager};
+use crate::dbus::{ImageInfo, ImageProxy, ManagerProxy};
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub verb: ImageVerb,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Format,
+    /// Only print names.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The directory, tarball or archive (a path on this machine).
+    pub source: String,
+    /// The new image's name.
+    pub name: String,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageVerb {
+    /// List images.
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Show an image's properties and config.
+    Show {
+        name: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Import a directory tree as a one-layer image.
+    ImportFs(ImportArgs),
+    /// Import a root file system tarball (gzip, zstd, xz or plain; detected by content).
+    ImportTar(ImportArgs),
+    /// Import a docker-save archive, an OCI archive or an OCI layout directory.
+    ImportOci(ImportArgs),
+    /// Pull an image from an OCI distribution registry.
+    Pull {
+        /// [REGISTRY/]REPOSITORY[:TAG|@DIGEST]
+        reference: String,
+        /// The image's name (default: the repository's last component, -TAG unless latest).
+        name: Option<String>,
+        /// Talk plain HTTP to the registry (only for registries you trust on this network).
+        #[arg(long)]
+        insecure: bool,
+        /// Credentials in docker/podman auth.json format.
+        #[arg(long, value_name = "FILE")]
+        authfile: Option<String>,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Remove an image (and the layers no other image uses).
+    #[command(alias = "rm")]
+    Remove {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Also when stopped containers are defined on it.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Rename an image.
+    Rename { name: String, new_name: String },
+    /// Make an independent, writable copy of an image.
+    Clone { name: String, new_name: String },
+    /// Give an image a second name.
+    Tag { name: String, new_name: String },
+    /// Write an image's merged root file system as a tarball.
+    Export {
+        name: String,
+        /// The tarball to write ("-": standard output).
+        file: String,
+    },
+}
+
+/// One image in `-o json`.
+#[derive(Debug, Serialize)]
+pub struct ImageView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub digest: Option<String>,
+    /// Bytes, uncompressed.
+    pub size: u64,
+    /// Number of layers.
+    pub layers: usize,
+    pub layer_digests: Vec<String>,
+    /// Microseconds since the epoch.
+    pub created: u64,
+    pub read_only: bool,
+}
+
+impl From<ImageInfo> for ImageView {
+    fn from(i: ImageInfo) -> Self {
+        ImageView {
+            name: i.name,
+            kind: i.kind,
+            digest: (!i.digest.is_empty()).then_some(i.digest),
+            size: i.size,
+            layers: i.layers.len(),
+            layer_digests: i.layers,
+            created: i.created,
+            read_only: i.read_only,
+        }
+    }
+}
+
+pub async fn list(a: ListArgs) -> CliResult {
+    let (_conn, proxy) = manager().await?;
+    let views: Vec<ImageView> = proxy
+        .list_images()
+        .await?
+        .into_iter()
+        .map(ImageView::from)
+        .collect();
+    if a.quiet {
+        output::print_lines(views.into_iter().map(|v| v.name));
+        return Ok(0);
+    }
+    match a.output {
+        Format::Json => output::print_json(&views),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        v.kind.clone(),
+                        v.digest
+                            .as_deref()
+                            .map(|d| d.trim_start_matches("sha256:")[..12].to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        v.layers.to_string(),
+                        output::bytes(v.size),
+                        timestamp(v.created),
+                    ]
+                })
+                .collect();
+            output::print_lines(output::table(
+                &["NAME", "TYPE", "DIGEST", "LAYERS", "SIZE", "CREATED"],
+                &rows,
+            ));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn run(a: ImageArgs) -> CliResult {
+    match a.verb {
+        ImageVerb::List(l) => list(l).await,
+        ImageVerb::Show { name, output } => show(name, output).await,
+        ImageVerb::ImportFs(i) => import("fs", i).await,
+        ImageVerb::ImportTar(i) => import("tar", i).await,
+        ImageVerb::ImportOci(i) => import("oci", i).await,
+        ImageVerb::Pull {
+            reference,
+            name,
+            insecure,
+            authfile,
+            quiet,
+        } => pull(reference, name, insecure, authfile, quiet).await,
+        ImageVerb::Remove { names, force } => {
+            let (_conn, proxy) = manager().await?;
+            for n in names {
+                proxy.remove_image(n, force).await?;
+            }
+            Ok(0)
+        }
+        ImageVerb::Rename { name, new_name } => {
+            let (_conn, proxy) = manager().await?;
+            proxy.rename_image(name, new_name).await?;
+            Ok(0)
+        }
+        ImageVerb::Clone { name, new_name } => {
+            let (_conn, proxy) = manager().await?;
+            proxy.clone_image(name, new_name).await?;
+            Ok(0)
+        }
+        ImageVerb::Tag { name, new_name } => {
+            let (_conn, proxy) = manager().await?;
+            proxy.tag_image(name, new_name).await?;
+            Ok(0)
+        }
+        ImageVerb::Export { name, file } => {
+            let (_conn, proxy) = manager().await?;
+            let fd = output_fd(&file)?;
+            proxy.export_image(name, fd.into()).await?;
+            Ok(0)
+        }
+    }
+}
+
+/// The file a tarball goes to, opened here (where the caller's paths mean something).
+pub fn output_fd(file: &str) -> CliResult<OwnedFd> {
+    if file == "-" {
+        use std::os::fd::AsFd;
+        return std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| CliError::new(Exit::Failed, e.to_string()));
+    }
+    std::fs::File::create(file)
+        .map(OwnedFd::from)
+        .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{file}: {e}")))
+}
+
+async fn show(name: String, format: Format) -> CliResult {
+    let (conn, proxy) = manager().await?;
+    let path = proxy.get_image(name.clone()).await?;
+    let img = ImageProxy::builder(&conn).path(path).build().await?;
+    let info = proxy
+        .list_images()
+        .await?
+        .into_iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| CliError::new(Exit::NotFound, format!("no image named {name:?}")))?;
+    let config = img.config().await?;
+    let strs = |k: &str| -> Vec<String> {
+        config
+            .get(k)
+            .and_then(|v| Vec::<String>::try_from(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let one = |k: &str| -> String {
+        config
+            .get(k)
+            .and_then(|v| String::try_from(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let labels: std::collections::BTreeMap<String, String> = config
+        .get("Labels")
+        .and_then(|v| HashMap::<String, String>::try_from(v.clone()).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if format == Format::Json {
+        #[derive(Serialize)]
+        struct Show {
+            #[serde(flatten)]
+            image: ImageView,
+            entrypoint: Vec<String>,
+            cmd: Vec<String>,
+            env: Vec<String>,
+            working_dir: String,
+            user: String,
+            stop_signal: String,
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        output::print_json(&Show {
+            image: ImageView::from(info),
+            entrypoint: strs("Entrypoint"),
+            cmd: strs("Cmd"),
+            env: strs("Env"),
+            working_dir: one("WorkingDir"),
+            user: one("User"),
+            stop_signal: one("StopSignal"),
+            labels,
+        });
+        return Ok(0);
+    }
+    let v = ImageView::from(info);
+    let mut lines = vec![
+        format!("      Name: {}", v.name),
+        format!(
+            "      Type: {}{}",
+            v.kind,
+            if v.read_only { " (read-only)" } else { "" }
+        ),
+        format!("    Digest: {}", v.digest.unwrap_or_else(|| "-".into())),
+        format!("      Size: {} ({} bytes)", output::bytes(v.size), v.size),
+        format!("   Created: {}", timestamp(v.created)),
+        format!("    Layers: {}", v.layers),
+    ];
+    lines.extend(v.layer_digests.iter().map(|l| format!("            {l}")));
+    for (k, label) in [
+        ("Entrypoint", "Entrypoint"),
+        ("Cmd", "       Cmd"),
+        ("Env", "       Env"),
+    ] {
+        let s = strs(k);
+        if !s.is_empty() {
+            lines.push(format!("{label}: {}", s.join(" ")));
+        }
+    }
+    for (k, label) in [
+        ("WorkingDir", "WorkingDir"),
+        ("User", "      User"),
+        ("StopSignal", "StopSignal"),
+    ] {
+        let s = one(k);
+        if !s.is_empty() {
+            lines.push(format!("{label}: {s}"));
+        }
+    }
+    for (k, val) in labels {
+        lines.push(format!("     Label: {k}={val}"));
+    }
+    output::print_lines(lines);
+    Ok(0)
+}
+
+async fn import(format: &str, a: ImportArgs) -> CliResult {
+    let abs = std::path::absolute(&a.source)
+        .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{}: {e}", a.source)))?;
+    let (conn, proxy) = manager().await?;
+    let call = proxy.import_image(
+        format.to_string(),
+        abs.to_string_lossy().into_owned(),
+        a.name.clone(),
+        HashMap::new(),
+    );
+    with_progress(&conn, &proxy, &a.name, a.quiet, call).await?;
+    if !a.quiet {
+        output::print_lines([a.name]);
+    }
+    Ok(0)
+}
+
+async fn pull(
+    reference: String,
+    name: Option<String>,
+    insecure: bool,
+    authfile: Option<String>,
+    quiet: bool,
+) -> CliResult {
+    let mut opts: HashMap<String, OwnedVariant> = HashMap::new();
+    if insecure {
+        opts.insert("Insecure".into(), OwnedVariant::from(true));
+    }
+    if let Some(f) = authfile {
+        let abs = std::path::absolute(&f)
+            .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{f}: {e}")))?;
+        opts.insert(
+            "AuthFile".into(),
+            OwnedVariant::try_from(zbus::Variant::from(abs.to_string_lossy().into_owned()))
+                .map_err(|e| CliError::new(Exit::Failed, e.to_string()))?,
+        );
+    }
+    let (conn, proxy) = manager().await?;
+    let name = name.unwrap_or_default();
+    // The daemon names the image when we do not; progress signals carry that name, so accept
+    // any name's progress in that case.
+    let call = proxy.pull_image(reference, name.clone(), opts);
+    let path = with_progress(&conn, &proxy, &name, quiet, call).await?;
+    if !quiet {
+        let img = ImageProxy::builder(&conn).path(path).build().await?;
+        output::print_lines([img.name().await?]);
+    }
+    Ok(0)
+}
+
+/// Await `call` while showing its `ImageProgress` signals for `name` (any name when empty).
+async fn with_progress<T>(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    name: &str,
+    quiet: bool,
+    call: impl std::future::Future<Output = Result<T, crate::dbus::Error>>,
+) -> CliResult<T> {
+    let _ = conn;
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return Ok(call.await?);
+    }
+    let mut signals = proxy.receive_image_progress().await?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {prefix}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let watch = async {
+        while let Some(sig) = signals.next().await {
+            let Ok(a) = sig.args() else { continue };
+            if !name.is_empty() && a.name != name {
+                continue;
+            }
+            bar.set_message(a.phase.to_string());
+            if a.total > 0 {
+                bar.set_length(a.total);
+                bar.set_position(a.done);
+            }
+            if a.layers_total > 0 {
+                bar.set_prefix(format!("layers {}/{}", a.layers_done, a.layers_total));
+            }
+        }
+    };
+    tokio::pin!(call);
+    let r = tokio::select! {
+        r = &mut call => r,
+        () = watch => call.await,
+    };
+    bar.finish_and_clear();
+    Ok(r?)
+}

@@ -1,0 +1,144 @@
+//! Who the payload runs as: an image's `User` (or `run --user`) looked up in the container's
+//! own /etc/passwd and /etc/group, after the pivot, so a name means what the image says.
+//! Forms, as in the OCI image spec: `user`, `uid`, `user:group`, `uid:gid`, `user:gid`,
+//! `uid:group`. A numeric uid without a passwd entry is fine (gid 0 unless given).
+
+/// The identity to switch to before exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (from /etc/group membership of the user name).
+    pub groups: Vec<u32>,
+    /// The passwd home directory, for `HOME` when the environment has none.
+    pub home: Option<String>,
+}
+
+/// Read at most this much of /etc/passwd and /etc/group (an image controls them).
+const MAX_DB: u64 = 4 << 20;
+
+/// Resolve `spec` against the container's databases (read from the current root).
+pub fn resolve(spec: &str) -> Result<Ids, String> {
+    let read = |p: &str| {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Ok(f) = std::fs::File::open(p) {
+            let _ = f.take(MAX_DB).read_to_string(&mut s);
+        }
+        s
+    };
+    resolve_in(spec, &read("/etc/passwd"), &read("/etc/group"))
+}
+
+/// [`resolve`] on given database contents.
+pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user.is_empty() {
+        return Err(format!("user {spec:?} is empty"));
+    }
+    // passwd(5): name:password:UID:GID:GECOS:directory:shell
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 7 {
+            return None;
+        }
+        let uid: u32 = f[2].parse().ok()?;
+        let matches = f[0] == user || user.parse::<u32>().ok() == Some(uid);
+        matches.then(|| {
+            (
+                f[0].to_string(),
+                uid,
+                f[3].parse::<u32>().ok(),
+                f[5].to_string(),
+            )
+        })
+    });
+    let (name, uid, pw_gid, home) = match (entry, user.parse::<u32>()) {
+        (Some((n, u, g, h)), _) => (Some(n), u, g, Some(h)),
+        (None, Ok(u)) => (None, u, None, None),
+        (None, Err(_)) => return Err(format!("no user {user:?} in the image's /etc/passwd")),
+    };
+    // group(5): group_name:password:GID:user_list
+    let groups: Vec<(String, u32, Vec<String>)> = group
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            Some((
+                f[0].to_string(),
+                f[2].parse().ok()?,
+                f[3].split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ))
+        })
+        .collect();
+    let gid = match grp {
+        Some(g) if g.is_empty() => return Err(format!("group in {spec:?} is empty")),
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => groups
+                .iter()
+                .find(|(n, _, _)| n == g)
+                .map(|(_, id, _)| *id)
+                .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
+        },
+        None => pw_gid.unwrap_or(0),
+    };
+    let mut supplementary: Vec<u32> = match (&name, grp) {
+        // An explicit group replaces the user's memberships, as docker does.
+        (Some(n), None) => groups
+            .iter()
+            .filter(|(_, _, members)| members.iter().any(|m| m == n))
+            .map(|(_, id, _)| *id)
+            .collect(),
+        _ => Vec::new(),
+    };
+    supplementary.retain(|g| *g != gid);
+    supplementary.insert(0, gid);
+    supplementary.dedup();
+    Ok(Ids {
+        uid,
+        gid,
+        groups: supplementary,
+        home: home.filter(|h| !h.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nbroken\napp:x:1000:1000::/home/app:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nwww:x:33:\nstaff:x:50:app,www\napp:x:1000:\n";
+
+    #[test]
+    fn names_and_numbers() {
+        let a = resolve_in("app", PASSWD, GROUP).unwrap();
+        assert_eq!(
+            (a.uid, a.gid, a.groups.clone()),
+            (1000, 1000, vec![1000, 50])
+        );
+        assert_eq!(a.home.as_deref(), Some("/home/app"));
+        let w = resolve_in("33:staff", PASSWD, GROUP).unwrap();
+        assert_eq!((w.uid, w.gid, w.groups), (33, 50, vec![50]));
+        let n = resolve_in("4242", PASSWD, GROUP).unwrap();
+        assert_eq!((n.uid, n.gid, n.home), (4242, 0, None));
+        let ng = resolve_in("4242:7", PASSWD, GROUP).unwrap();
+        assert_eq!((ng.uid, ng.gid), (4242, 7));
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        assert!(resolve_in("nobody", PASSWD, GROUP).is_err());
+        assert!(resolve_in("app:nogroup", PASSWD, GROUP).is_err());
+        assert!(resolve_in("", PASSWD, GROUP).is_err());
+        assert!(resolve_in("app:", PASSWD, GROUP).is_err());
+    }
+}
