@@ -64,12 +64,10 @@ impl Definition {
         let empty = ImageConfig::default();
         let image = image.unwrap_or(&empty);
         let entrypoint = self.entrypoint.as_ref().unwrap_or(&image.entrypoint);
-        let cmd = if !self.command.is_empty() {
-            &self.command
-        } else if self.entrypoint.is_some() {
-            &self.command
-        } else {
+        let cmd = if self.command.is_empty() && self.entrypoint.is_none() {
             &image.cmd
+        } else {
+            &self.command
         };
         let argv: Vec<String> = entrypoint.iter().chain(cmd).cloned().collect();
         if argv.is_empty() {
@@ -160,7 +158,7 @@ const KNOWN: &[(&str, Parser)] = &[
     }),
     ("RuntimeMaxSec", |v| {
         let s = count(v).map_err(|_| "expected a number of seconds or infinity")?;
-        Ok(PropValue::U64(s.checked_mul(1_000_000).unwrap_or(u64::MAX)))
+        Ok(PropValue::U64(s.saturating_mul(1_000_000)))
     }),
     ("CPUAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),
     ("MemoryAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),

@@ -247,17 +247,17 @@ fn check_runtime_options(o: &CreateOptions) -> Result<()> {
             }
         }
     }
-    if let Some(w) = &o.workdir {
-        if !w.starts_with('/') || w.contains('\0') || w.len() > 4096 {
-            return Err(invalid(format!(
-                "working directory {w:?} is not an absolute path"
-            )));
-        }
+    if let Some(w) = &o.workdir
+        && (!w.starts_with('/') || w.contains('\0') || w.len() > 4096)
+    {
+        return Err(invalid(format!(
+            "working directory {w:?} is not an absolute path"
+        )));
     }
-    if let Some(u) = &o.user {
-        if u.is_empty() || u.len() > 256 || u.chars().any(|c| c.is_control() || c == '/') {
-            return Err(invalid(format!("invalid user {u:?}")));
-        }
+    if let Some(u) = &o.user
+        && (u.is_empty() || u.len() > 256 || u.chars().any(|c| c.is_control() || c == '/'))
+    {
+        return Err(invalid(format!("invalid user {u:?}")));
     }
     Ok(())
 }

@@ -80,7 +80,7 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> 
         })
         .collect();
     let gid = match grp {
-        Some(g) if g.is_empty() => return Err(format!("group in {spec:?} is empty")),
+        Some("") => return Err(format!("group in {spec:?} is empty")),
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => groups

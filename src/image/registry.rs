@@ -1490,6 +1490,35 @@ pub fn pull(
     })
 }
 
+/// The image store is where pulls put their blobs.
+impl BlobSink for super::store::Store {
+    fn has_blob(&self, d: &Digest) -> bool {
+        super::store::Store::has_blob(self, d)
+    }
+
+    fn begin_blob(&self, d: &Digest) -> io::Result<(File, u64)> {
+        let p = super::store::Store::begin_blob(self, d).map_err(io::Error::other)?;
+        Ok((p.file, p.len))
+    }
+
+    fn commit_blob(&self, d: &Digest, file: File) -> io::Result<()> {
+        let len = file.metadata()?.len();
+        let partial = super::store::PartialBlob { file, len };
+        super::store::Store::commit_blob(self, d, partial).map_err(|e| {
+            let kind = if e.kind() == ErrorKind::InvalidInput {
+                io::ErrorKind::InvalidData
+            } else {
+                io::ErrorKind::Other
+            };
+            io::Error::new(kind, e.to_string())
+        })
+    }
+
+    fn put_blob(&self, data: &[u8]) -> io::Result<Digest> {
+        super::store::Store::put_blob(self, data).map_err(io::Error::other)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1783,34 +1812,5 @@ mod tests {
         assert!(matches!(e, RegistryError::DigestMismatch { .. }));
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(verify_manifest(&f(Some(D)), None, "x").is_err());
-    }
-}
-
-/// The image store is where pulls put their blobs.
-impl BlobSink for super::store::Store {
-    fn has_blob(&self, d: &Digest) -> bool {
-        super::store::Store::has_blob(self, d)
-    }
-
-    fn begin_blob(&self, d: &Digest) -> io::Result<(File, u64)> {
-        let p = super::store::Store::begin_blob(self, d).map_err(io::Error::other)?;
-        Ok((p.file, p.len))
-    }
-
-    fn commit_blob(&self, d: &Digest, file: File) -> io::Result<()> {
-        let len = file.metadata()?.len();
-        let partial = super::store::PartialBlob { file, len };
-        super::store::Store::commit_blob(self, d, partial).map_err(|e| {
-            let kind = if e.kind() == ErrorKind::InvalidInput {
-                io::ErrorKind::InvalidData
-            } else {
-                io::ErrorKind::Other
-            };
-            io::Error::new(kind, e.to_string())
-        })
-    }
-
-    fn put_blob(&self, data: &[u8]) -> io::Result<Digest> {
-        super::store::Store::put_blob(self, data).map_err(io::Error::other)
     }
 }

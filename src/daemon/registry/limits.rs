@@ -233,9 +233,9 @@ impl Registry {
             let prev = self.cpu_samples.lock().unwrap();
             first.iter().any(|(s, _)| {
                 s.state == "running"
-                    && !prev
+                    && prev
                         .get(&s.name)
-                        .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(30))
+                        .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(30))
             })
         };
         let samples = if stale {
@@ -269,7 +269,8 @@ impl Registry {
     }
 
     fn sample(&self, names: &[String]) -> Result<Vec<(StatsInfo, Instant)>> {
-        let targets: Vec<(String, String, Option<Cgroup>, Option<i32>, u64)> = {
+        type Target = (String, String, Option<Cgroup>, Option<i32>, u64);
+        let targets: Vec<Target> = {
             let entries = self.entries.lock().unwrap();
             let pick: Vec<String> = if names.is_empty() {
                 entries
