@@ -6,9 +6,10 @@
 # not systemd and leaves nothing behind on the machine. In that host (all storage on tmpfs:
 # the host's /tmp, /var/lib/berth and a tmpfs for podman's /var/lib/containers) it:
 #   1. writes a large OCI image offline (tests/bench/mkbigimage.py: 5 gzip layers, ~440 MB
-#      uncompressed / ~240 MB compressed: busybox, ~17k small files from /usr/share, ~11k from
-#      /usr/lib, 100 MB random, a 32 MB random "app" layer) and "big2", which differs from it
-#      in the app layer only; skopeo makes an oci-archive and a docker-archive of "big";
+#      uncompressed / ~240 MB compressed: busybox, thousands of small files from the machine's
+#      /usr/share and /usr/lib, 100 MB random, a 32 MB random "app" layer) and "big2", which
+#      differs from it in the app layer only; skopeo makes an oci-archive and a docker-archive
+#      of "big";
 #   2. starts Debian's docker-registry on the host's loopback and pushes both with skopeo;
 #   3. times with hyperfine (warmup 1, $BENCH_RUNS runs, the image removed before each run):
 #        import:  berthctl image import-oci ARCHIVE big
