@@ -11,7 +11,7 @@ CARGO      ?= cargo
 PROFILE    ?= release
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench bench-images lint
 
 all: build
 
@@ -80,3 +80,7 @@ check test: unit-test integration-test
 
 bench: build
 	tests/bench/start.sh
+
+# Import/pull throughput and start time from a large image, vs podman and skopeo+umoci.
+bench-images: build
+	tests/bench/images.sh
