@@ -84,6 +84,29 @@ fn real_tool_archives_import_with_shared_layers() {
         assert!(i["digest"].as_str().unwrap().starts_with("sha256:"));
     }
     assert_eq!(get("fx-ociarch")["digest"], get("fx-ocidir")["digest"]);
+    // podman save's docker-archive, and umoci's fourth layer with its own whiteout.
+    forget(&["fx-podsave", "fx-umoci"]);
+    ok(&format!(
+        "berthctl image import-oci -q {f}/podman-save.tar fx-podsave"
+    ));
+    ok(&format!(
+        "berthctl image import-oci -q {f}/oci-umoci fx-umoci"
+    ));
+    let umoci = ok(
+        "berthctl run --rm --image fx-umoci -- /bin/sh -c 'cat /opt/umoci; ls /etc/added 2>&1 >/dev/null | wc -l'",
+    );
+    assert_eq!(umoci, "umoci\n1");
+    let list = json("berthctl images -o json");
+    let layers_of = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap()["layers"]
+            .clone()
+    };
+    assert_eq!(layers_of("fx-podsave"), 3);
+    assert_eq!(layers_of("fx-umoci"), 4);
     // All three name the same three layers, each stored once under its diff ID.
     let ids = get("fx-ociarch")["layer_digests"].clone();
     assert_eq!(get("fx-docker")["layer_digests"], ids);
