@@ -242,6 +242,21 @@ impl Cgroup {
         }
     }
 
+    /// Whether systemd delegated this cgroup: since systemd 251 it marks the cgroup2 directory
+    /// of a `Delegate=yes` unit with the `trusted.delegate` xattr (and `user.delegate`, which
+    /// unprivileged readers may see), on the unified and the hybrid layout alike.
+    pub fn delegated(&self) -> io::Result<bool> {
+        let Some(d) = self.v2() else {
+            return Ok(false);
+        };
+        for attr in ["trusted.delegate", "user.delegate"] {
+            if xattr::get(d, attr)?.is_some_and(|v| v == b"1") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The OOM kill counter alone (cheap: one small file).
     pub fn oom_kills(&self) -> io::Result<Option<u64>> {
         Ok(match self.memory() {
@@ -510,6 +525,20 @@ mod tests {
             }
         );
         assert!(matches!(cg.oom_watch(), Some(OomWatch::V1 { .. })));
+    }
+
+    #[test]
+    fn delegation_mark_on_both_layouts() {
+        for mounts in [UNIFIED_MOUNTS, HYBRID_MOUNTS] {
+            let tmp = tempfile::tempdir().unwrap();
+            let h = rebase(&Hierarchies::from_mountinfo(mounts), tmp.path());
+            let dir = h.unified.as_ref().unwrap().join(SCOPE);
+            fs::create_dir_all(&dir).unwrap();
+            let cg = h.from_proc_cgroup(&format!("0::/{SCOPE}\n"));
+            assert!(!cg.delegated().unwrap());
+            xattr::set(&dir, "user.delegate", b"1").unwrap();
+            assert!(cg.delegated().unwrap());
+        }
     }
 
     #[test]

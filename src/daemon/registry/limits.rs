@@ -31,6 +31,13 @@ impl Registry {
                 return;
             }
         };
+        match cg.delegated() {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("the cgroup of {name} is not marked as delegated by systemd, ignoring")
+            }
+            Err(e) => warn!("cannot check delegation of {name}'s cgroup: {e}, ignoring"),
+        }
         let exited = {
             let mut entries = self.entries.lock().unwrap();
             let Some(e) = entries.get_mut(name) else {
