@@ -135,7 +135,7 @@ const KNOWN: &[(&str, Parser)] = &[
     }),
     ("RuntimeMaxSec", |v| {
         let s = count(v).map_err(|_| "expected a number of seconds or infinity")?;
-        Ok(PropValue::U64(s.checked_mul(1_000_000).unwrap_or(u64::MAX)))
+        Ok(PropValue::U64(s.saturating_mul(1_000_000)))
     }),
     ("CPUAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),
     ("MemoryAccounting", |v| Ok(PropValue::Bool(boolean(v)?))),

@@ -178,10 +178,10 @@ impl Cgroup {
                 .and_then(|t| keyed(&t, "usage_usec"))
                 .map(|us| us.saturating_mul(1000));
         }
-        if s.cpu_usage_ns.is_none() {
-            if let Some((d, false)) = self.controller("cpuacct") {
-                s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"))?;
-            }
+        if s.cpu_usage_ns.is_none()
+            && let Some((d, false)) = self.controller("cpuacct")
+        {
+            s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"))?;
         }
         match self.memory() {
             Some((d, true)) => {
@@ -217,12 +217,12 @@ impl Cgroup {
                 }
             }
             _ => {
-                if let Some(d) = self.v2() {
-                    if let Some(t) = read_opt(&d.join("io.stat"))? {
-                        let (r, w) = io_stat_totals(&t);
-                        s.io_read_bytes = Some(r);
-                        s.io_write_bytes = Some(w);
-                    }
+                if let Some(d) = self.v2()
+                    && let Some(t) = read_opt(&d.join("io.stat"))?
+                {
+                    let (r, w) = io_stat_totals(&t);
+                    s.io_read_bytes = Some(r);
+                    s.io_write_bytes = Some(w);
                 }
             }
         }

@@ -64,4 +64,3 @@ pub fn leftovers() -> String {
         "systemctl list-units --all --plain --no-legend 'berth-*' | sort; ls /run/berth/containers /var/lib/berth/containers | sort; berthctl list -a -o json | grep -c '\"name\"' || true",
     )
 }
-
