@@ -22,6 +22,13 @@ pub const MAX_STATS_WATCHERS: usize = 64;
 pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Registry {
+    /// Refuse settings this machine's cgroup layout cannot apply (memory-high, memory-swap and
+    /// cpuset with v1 controllers), instead of letting systemd accept and ignore them.
+    pub(super) fn check_layout(&self, r: &resources::Resources) -> Result<()> {
+        r.check_layout(self.hierarchies.unified_only)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// Find a running container's cgroup and start watching it for OOM kills.
     pub(super) fn adopt_cgroup(&self, name: &str, leader: i32) {
         let cg = match self.hierarchies.of_process(leader as u32) {
@@ -141,6 +148,9 @@ impl Registry {
         if assignments.is_empty() {
             return Err(invalid("nothing to set"));
         }
+        // `res` is what is in force (the definition plus earlier runtime changes); the
+        // definition only takes this call's assignments, so that a runtime value set before
+        // never leaks into it through a later persistent change of another key.
         let (mut res, mut def) = {
             let entries = self.entries.lock().unwrap();
             let e = entries.get(&name).ok_or_else(|| no_such(&name))?;
@@ -163,6 +173,9 @@ impl Registry {
                     ));
                 }
                 res.set(key, value).map_err(|e| invalid(e.to_string()))?;
+                def.resources
+                    .set(key, value)
+                    .map_err(|e| invalid(e.to_string()))?;
                 props.extend(
                     res.key_properties(key)
                         .map_err(|e| invalid(e.to_string()))?,
@@ -184,13 +197,18 @@ impl Registry {
         props.extend(check_properties(&raw)?);
         // The whole set must still be valid together (e.g. all device rates).
         res.properties().map_err(|e| invalid(e.to_string()))?;
+        // Only what this call sets: a value already in force is not this call's business.
+        let mut assigned = resources::Resources::default();
+        for (key, value) in assignments.iter().filter(|(k, _)| k != "devices") {
+            let _ = assigned.set(key, value);
+        }
+        self.check_layout(&assigned)?;
         let unit = name::scope_unit(&name);
         self.systemd
             .set_unit_properties(&unit, runtime, &props)
             .await
             .map_err(|e| Error::Failed(format!("systemd refused the change: {e}")))?;
         if !runtime {
-            def.resources = res.clone();
             def.properties.extend(raw);
             store::save_definition(&self.layout, &def)
                 .map_err(|e| Error::Failed(format!("cannot save the definition: {e}")))?;
@@ -233,9 +251,9 @@ impl Registry {
             let prev = self.cpu_samples.lock().unwrap();
             first.iter().any(|(s, _)| {
                 s.state == "running"
-                    && !prev
+                    && prev
                         .get(&s.name)
-                        .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(30))
+                        .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(30))
             })
         };
         let samples = if stale {
@@ -269,7 +287,7 @@ impl Registry {
     }
 
     fn sample(&self, names: &[String]) -> Result<Vec<(StatsInfo, Instant)>> {
-        let targets: Vec<(String, String, Option<Cgroup>, Option<i32>, u64)> = {
+        let targets: Vec<Target> = {
             let entries = self.entries.lock().unwrap();
             let pick: Vec<String> = if names.is_empty() {
                 entries
@@ -379,6 +397,9 @@ impl Registry {
         }
     }
 }
+
+/// What [`Registry::sample`] reads for one container: name, state, cgroup, leader, OOM kills.
+type Target = (String, String, Option<Cgroup>, Option<i32>, u64);
 
 /// An fd that becomes readable on OOM events (see [`Registry::watch_oom`]).
 fn oom_event_source(
