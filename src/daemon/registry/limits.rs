@@ -38,14 +38,18 @@ impl Registry {
                 return;
             }
         };
-        let exited = {
+        let (exited, kills, at) = {
             let mut entries = self.entries.lock().unwrap();
             let Some(e) = entries.get_mut(name) else {
                 return;
             };
             e.cgroup = Some(cg.clone());
-            e.exited.subscribe()
+            (e.exited.subscribe(), e.oom_kills, e.last_oom_at)
         };
+        // A start writes a fresh runtime record; the kills of earlier runs go on counting.
+        if kills > 0 {
+            self.persist_oom(name, kills, at);
+        }
         if let Some(w) = cg.oom_watch() {
             tokio::spawn(self.arc().watch_oom(name.to_string(), cg, w, exited));
         }
@@ -128,10 +132,29 @@ impl Registry {
             e.last_oom_at = at;
             e.oom_kills
         };
+        self.persist_oom(name, total, at);
         warn!("container {name}: {new} process(es) killed for lack of memory ({total} so far)");
         self.emit_changed(name).await;
         if let Some(em) = self.manager_emitter() {
             let _ = dbus::Manager::container_oom_killed(&em, name, Self::path(name), total).await;
+        }
+    }
+
+    /// Keep the OOM counters in the runtime record, so that a berthd restart keeps them.
+    /// Only while it runs, under the entries lock: `on_exit` marks the entry exited before it
+    /// writes its own record (with the counters), which must not be overwritten by this one.
+    fn persist_oom(&self, name: &str, kills: u64, at: u64) {
+        let entries = self.entries.lock().unwrap();
+        if entries.get(name).map(|e| e.state) != Some(State::Running) {
+            return;
+        }
+        let Some(mut rt) = store::load_runtime(&self.layout, name) else {
+            return;
+        };
+        rt.oom_kills = kills;
+        rt.last_oom_at = at;
+        if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
+            warn!("cannot record OOM kills of {name}: {e}, ignoring");
         }
     }
 
