@@ -159,6 +159,16 @@ fn sh_in(cmd: &str, input: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Kill berthd and wait until systemd has restarted it and it answers.
+fn restart_berthd() {
+    let old = ok("systemctl show -p MainPID --value berthd");
+    ok("systemctl kill -s KILL berthd");
+    wait_until("berthd to come back", || {
+        let pid = ok("systemctl show -p MainPID --value berthd");
+        pid != old && pid != "0" && code("berthctl list >/dev/null 2>&1") == 0
+    });
+}
+
 fn stats_json(names: &str) -> Vec<serde_json::Value> {
     let o = ok(&format!("berthctl stats --no-stream -o json {names}"));
     serde_json::from_str::<serde_json::Value>(&o)
@@ -295,12 +305,7 @@ fn set_changes_limits_live_and_runtime_changes_end_with_the_run() {
     );
 
     // A berthd restart keeps the runtime value in force.
-    let old = ok("systemctl show -p MainPID --value berthd");
-    ok("systemctl kill -s KILL berthd");
-    wait_until("berthd to come back", || {
-        let pid = ok("systemctl show -p MainPID --value berthd");
-        pid != old && pid != "0" && code("berthctl list >/dev/null 2>&1") == 0
-    });
+    restart_berthd();
     assert_eq!(prop("set1", "Resources"), "cpus=1.5 memory=96M pids=77");
     assert_eq!(prop("set1", "Leader"), leader);
 
@@ -368,6 +373,31 @@ fn oom_kill_is_reported_on_the_bus_in_status_and_in_the_journal() {
     assert_eq!(prop("oom3", "OOMKills"), "0");
     assert!(!ok("berthctl status oom3").contains("OOM:"));
     ok("berthctl remove oom1 oom3");
+}
+
+#[test]
+fn oom_kill_of_a_child_is_counted_and_survives_restarts() {
+    // The payload survives: only its child runs out of memory.
+    ok(
+        "berthctl run -d --name oomc --memory 32M -- /bin/sh -c 'sh -c \"s=xxxxxxxxxxxxxxxx; while :; do s=\\$s\\$s; done\"; sleep 1000'",
+    );
+    wait_until("the child's OOM kill", || prop("oomc", "OOMKills") != "0");
+    assert_eq!(prop("oomc", "State"), "running");
+    let kills = prop("oomc", "OOMKills");
+    let at = prop("oomc", "LastOOMAt");
+    restart_berthd();
+    assert_eq!(prop("oomc", "OOMKills"), kills, "lost in a berthd restart");
+    assert_eq!(prop("oomc", "LastOOMAt"), at);
+    // The count is the container's, over its runs.
+    ok("berthctl stop oomc && berthctl start oomc");
+    restart_berthd();
+    assert_eq!(
+        prop("oomc", "OOMKills"),
+        kills,
+        "lost in a restart of the container"
+    );
+    assert!(ok("berthctl status oomc").contains(&format!("OOM: {kills} kill(s)")));
+    ok("berthctl remove --force oomc");
 }
 
 #[test]
@@ -554,12 +584,14 @@ fn stats_agree_with_the_cgroup_files() {
 
     // CPU moves when the payload burns it.
     ok("berthctl run -d --name sa3 -- /bin/sh -c 'while :; do :; done'");
+    // (Loose bounds: the machine may be busy with other work; a busy loop still gets a fifth
+    // of a CPU, an idle container nearly nothing.)
     std::thread::sleep(Duration::from_millis(500));
     let a = stats_of("sa3");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1000));
     let b = stats_of("sa3");
     assert!(
-        u(&b, "cpu_usage_ns") > u(&a, "cpu_usage_ns") + 200_000_000,
+        u(&b, "cpu_usage_ns") > u(&a, "cpu_usage_ns") + 150_000_000,
         "{a} {b}"
     );
     let pct = b["cpu_percent"].as_f64().unwrap();
