@@ -11,7 +11,7 @@ CARGO      ?= cargo
 PROFILE    ?= release
 TARGET     := target/$(PROFILE)
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench bench-stats lint
 
 all: build
 
@@ -80,3 +80,8 @@ check test: unit-test integration-test
 
 bench: build
 	tests/bench/start.sh
+
+# Stats collection with 100 running containers: berthctl stats vs systemd-cgtop vs podman stats,
+# and berthd's CPU time per GetStats.
+bench-stats: build
+	tests/bench/stats.sh
