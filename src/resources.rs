@@ -394,8 +394,8 @@ impl Resources {
     }
 }
 
-/// The resource settings as a map (what the bus carries); lists are joined with commas
-/// except `devices`, whose entries are separated by spaces.
+/// The resource settings as a map (what the bus carries); the entries of a list
+/// (`devices`, `device-read-bps`, `device-write-bps`) are separated by spaces.
 pub fn display_map(r: &Resources) -> BTreeMap<String, String> {
     let mut m: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in r.pairs() {
