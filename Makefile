@@ -11,7 +11,7 @@ CARGO      ?= cargo
 PROFILE    ?= release
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench bench-images lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench bench-images bench-stats lint
 
 all: build
 
@@ -84,3 +84,8 @@ bench: build
 # Import/pull throughput and start time from a large image, vs podman and skopeo+umoci.
 bench-images: build
 	tests/bench/images.sh
+
+# Stats collection with 100 running containers: berthctl stats vs systemd-cgtop vs podman stats,
+# and berthd's CPU time per GetStats.
+bench-stats: build
+	tests/bench/stats.sh

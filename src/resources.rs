@@ -45,6 +45,10 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("network-rate", "", "a rate like 10M (bytes per second)"),
 ];
 
+/// Keys whose scope properties systemd only applies on the unified hierarchy (cgroup v2):
+/// with v1 controllers it accepts them and changes nothing (systemd.resource-control(5)).
+pub const UNIFIED_ONLY: &[&str] = &["memory-high", "memory-swap", "cpuset"];
+
 /// Devices every container may use (they are in its minimal /dev), as DeviceAllow entries.
 /// `char-pts` is the container's own devpts instance (major 136+), /dev/pts/ptmx is 5:2.
 pub const DEFAULT_DEVICES: &[(&str, &str)] = &[
@@ -69,6 +73,11 @@ pub enum ResourceError {
         expected: &'static str,
         why: String,
     },
+    #[error(
+        "{0} needs the unified cgroup hierarchy (cgroup v2); with this host's v1 controllers \
+         systemd would accept it and apply nothing"
+    )]
+    NeedsUnified(String),
     #[error(
         "network-rate needs a network interface, and berth containers have only loopback so far"
     )]
@@ -336,6 +345,17 @@ impl Resources {
         )])
     }
 
+    /// Refuse settings that the cgroup layout cannot apply (see [`UNIFIED_ONLY`]).
+    pub fn check_layout(&self, unified: bool) -> Result<(), ResourceError> {
+        if unified {
+            return Ok(());
+        }
+        match UNIFIED_ONLY.iter().find(|k| !self.values(k).is_empty()) {
+            Some(k) => Err(ResourceError::NeedsUnified(k.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// The extra devices, checked against the host.
     pub fn extra_devices(&self) -> Result<Vec<Device>, ResourceError> {
         self.devices
@@ -357,7 +377,16 @@ impl Resources {
             .iter()
             .map(|(p, m)| (p.to_string(), m.to_string()))
             .collect();
-        allow.extend(self.extra_devices()?.into_iter().map(|d| (d.path, d.perms)));
+        // berth-helper makes the node with mknod(2) once it is in the scope, and the device
+        // cgroup checks that against `m`. `m` only lets the container make nodes for this same
+        // device, whose opens stay limited to the `r`/`w` granted, so it is always added.
+        allow.extend(self.extra_devices()?.into_iter().map(|d| {
+            let mut perms = d.perms;
+            if !perms.contains('m') {
+                perms.push('m');
+            }
+            (d.path, perms)
+        }));
         Ok(vec![
             ("DevicePolicy", PropValue::Str("closed".into())),
             ("DeviceAllow", PropValue::PathStr(allow)),
@@ -365,8 +394,8 @@ impl Resources {
     }
 }
 
-/// The resource settings as a map (what the bus carries); lists are joined with commas
-/// except `devices`, whose entries are separated by spaces.
+/// The resource settings as a map (what the bus carries); the entries of a list
+/// (`devices`, `device-read-bps`, `device-write-bps`) are separated by spaces.
 pub fn display_map(r: &Resources) -> BTreeMap<String, String> {
     let mut m: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in r.pairs() {
@@ -586,6 +615,12 @@ mod tests {
             r.set("bogus", "1"),
             Err(ResourceError::Unknown(_))
         ));
+        r.set("cpuset", "0").unwrap();
+        assert!(r.check_layout(true).is_ok());
+        assert_eq!(
+            r.check_layout(false),
+            Err(ResourceError::NeedsUnified("cpuset".into()))
+        );
         r.set("network-rate", "10M").unwrap();
         assert_eq!(r.properties(), Err(ResourceError::NoNetwork));
     }
@@ -611,7 +646,8 @@ mod tests {
         let PropValue::PathStr(allow) = &p[1].1 else {
             panic!()
         };
-        assert!(allow.contains(&("/dev/null".into(), "r".into())));
+        // `m` is added: the helper makes the node inside the scope.
+        assert!(allow.contains(&("/dev/null".into(), "rm".into())));
         assert!(allow.contains(&("char-pts".into(), "rw".into())));
         // The same device again replaces its entry.
         r.set("devices", "/dev/null:rw").unwrap();

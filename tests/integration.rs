@@ -331,6 +331,7 @@ fn published_interfaces_match_what_berthd_serves() {
             "org.berth.berth1.Container",
             "/org/berth/berth1/container/if1",
         ),
+        ("org.berth.berth1.Image", "/org/berth/berth1/image/default"),
     ] {
         // Extract outside the host: its /tmp is its own, and the checkout may live there.
         let xml = ok(&format!(

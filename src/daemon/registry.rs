@@ -416,6 +416,7 @@ impl Registry {
         }
         check_command(&o.command)?;
         check_resources(&o.resources)?;
+        self.check_layout(&o.resources)?;
         check_properties(&o.properties)?;
         let image = if o.directory.is_some() {
             None

@@ -22,6 +22,13 @@ pub const MAX_STATS_WATCHERS: usize = 64;
 pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Registry {
+    /// Refuse settings this machine's cgroup layout cannot apply (memory-high, memory-swap and
+    /// cpuset with v1 controllers), instead of letting systemd accept and ignore them.
+    pub(super) fn check_layout(&self, r: &resources::Resources) -> Result<()> {
+        r.check_layout(self.hierarchies.unified_only)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// Find a running container's cgroup and start watching it for OOM kills.
     pub(super) fn adopt_cgroup(&self, name: &str, leader: i32) {
         let cg = match self.hierarchies.of_process(leader as u32) {
@@ -38,14 +45,18 @@ impl Registry {
             }
             Err(e) => warn!("cannot check delegation of {name}'s cgroup: {e}, ignoring"),
         }
-        let exited = {
+        let (exited, kills, at) = {
             let mut entries = self.entries.lock().unwrap();
             let Some(e) = entries.get_mut(name) else {
                 return;
             };
             e.cgroup = Some(cg.clone());
-            e.exited.subscribe()
+            (e.exited.subscribe(), e.oom_kills, e.last_oom_at)
         };
+        // A start writes a fresh runtime record; the kills of earlier runs go on counting.
+        if kills > 0 {
+            self.persist_oom(name, kills, at);
+        }
         if let Some(w) = cg.oom_watch() {
             tokio::spawn(self.arc().watch_oom(name.to_string(), cg, w, exited));
         }
@@ -128,10 +139,29 @@ impl Registry {
             e.last_oom_at = at;
             e.oom_kills
         };
+        self.persist_oom(name, total, at);
         warn!("container {name}: {new} process(es) killed for lack of memory ({total} so far)");
         self.emit_changed(name).await;
         if let Some(em) = self.manager_emitter() {
             let _ = dbus::Manager::container_oom_killed(&em, name, Self::path(name), total).await;
+        }
+    }
+
+    /// Keep the OOM counters in the runtime record, so that a berthd restart keeps them.
+    /// Only while it runs, under the entries lock: `on_exit` marks the entry exited before it
+    /// writes its own record (with the counters), which must not be overwritten by this one.
+    fn persist_oom(&self, name: &str, kills: u64, at: u64) {
+        let entries = self.entries.lock().unwrap();
+        if entries.get(name).map(|e| e.state) != Some(State::Running) {
+            return;
+        }
+        let Some(mut rt) = store::load_runtime(&self.layout, name) else {
+            return;
+        };
+        rt.oom_kills = kills;
+        rt.last_oom_at = at;
+        if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
+            warn!("cannot record OOM kills of {name}: {e}, ignoring");
         }
     }
 
@@ -148,6 +178,9 @@ impl Registry {
         if assignments.is_empty() {
             return Err(invalid("nothing to set"));
         }
+        // `res` is what is in force (the definition plus earlier runtime changes); the
+        // definition only takes this call's assignments, so that a runtime value set before
+        // never leaks into it through a later persistent change of another key.
         let (mut res, mut def) = {
             let entries = self.entries.lock().unwrap();
             let e = entries.get(&name).ok_or_else(|| no_such(&name))?;
@@ -170,6 +203,9 @@ impl Registry {
                     ));
                 }
                 res.set(key, value).map_err(|e| invalid(e.to_string()))?;
+                def.resources
+                    .set(key, value)
+                    .map_err(|e| invalid(e.to_string()))?;
                 props.extend(
                     res.key_properties(key)
                         .map_err(|e| invalid(e.to_string()))?,
@@ -191,13 +227,18 @@ impl Registry {
         props.extend(check_properties(&raw)?);
         // The whole set must still be valid together (e.g. all device rates).
         res.properties().map_err(|e| invalid(e.to_string()))?;
+        // Only what this call sets: a value already in force is not this call's business.
+        let mut assigned = resources::Resources::default();
+        for (key, value) in assignments.iter().filter(|(k, _)| k != "devices") {
+            let _ = assigned.set(key, value);
+        }
+        self.check_layout(&assigned)?;
         let unit = name::scope_unit(&name);
         self.systemd
             .set_unit_properties(&unit, runtime, &props)
             .await
             .map_err(|e| Error::Failed(format!("systemd refused the change: {e}")))?;
         if !runtime {
-            def.resources = res.clone();
             def.properties.extend(raw);
             store::save_definition(&self.layout, &def)
                 .map_err(|e| Error::Failed(format!("cannot save the definition: {e}")))?;
@@ -276,7 +317,6 @@ impl Registry {
     }
 
     fn sample(&self, names: &[String]) -> Result<Vec<(StatsInfo, Instant)>> {
-        type Target = (String, String, Option<Cgroup>, Option<i32>, u64);
         let targets: Vec<Target> = {
             let entries = self.entries.lock().unwrap();
             let pick: Vec<String> = if names.is_empty() {
@@ -387,6 +427,9 @@ impl Registry {
         }
     }
 }
+
+/// What [`Registry::sample`] reads for one container: name, state, cgroup, leader, OOM kills.
+type Target = (String, String, Option<Cgroup>, Option<i32>, u64);
 
 /// An fd that becomes readable on OOM events (see [`Registry::watch_oom`]).
 fn oom_event_source(
