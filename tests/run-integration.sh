@@ -28,4 +28,4 @@ echo "test host up: systemd PID $pid, state $state" >&2
 tests/host/exec.sh "$state" systemctl start berthd
 cargo_profile=()
 [ "$PROFILE" = release ] && cargo_profile=(--release)
-BERTH_TEST_HOST=$state BERTH_FIXTURES=$fixtures cargo test "${cargo_profile[@]}" --locked --tests -- --test-threads=1 "$@"
+BERTH_TEST_HOST=$state BERTH_FIXTURES=$fixtures cargo test "${cargo_profile[@]}" --locked --no-fail-fast --tests -- --test-threads=1 "$@"
