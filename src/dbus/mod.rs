@@ -338,7 +338,8 @@ impl Manager {
 
     /// Pull an image from an OCI distribution registry. `name` may be empty (then the
     /// repository's last component, with `-TAG` unless the tag is latest). Options: Insecure
-    /// (b, plain HTTP), AuthFile (s, a docker/podman auth.json).
+    /// (b, plain HTTP), AuthFile (s, a docker/podman auth.json; default /etc/berth/auth.json
+    /// when it exists).
     async fn pull_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,

@@ -17,6 +17,9 @@ use crate::dbus::{self, Error, ImageInfo, Result};
 use crate::image::{self, ErrorKind, ImageConfig, ImageKind, ImageRecord, registry as reg};
 use crate::name;
 
+/// Registry credentials used when a pull names no auth file (docker/podman auth.json format).
+pub const DEFAULT_AUTH_FILE: &str = "/etc/berth/auth.json";
+
 /// At most this many imports, pulls and exports at once.
 pub const MAX_OPERATIONS: usize = 4;
 
@@ -364,6 +367,9 @@ impl Registry {
                 }
                 _ => return Err(invalid(format!("unknown option {k:?}"))),
             }
+        }
+        if opts.auth_file.is_none() && std::path::Path::new(DEFAULT_AUTH_FILE).exists() {
+            opts.auth_file = Some(DEFAULT_AUTH_FILE.into());
         }
         let store = self.images.clone();
         let n = image.clone();
