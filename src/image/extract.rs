@@ -164,6 +164,15 @@ struct Stream<R> {
 }
 
 impl<R: Read> Stream<R> {
+    fn new(inner: R, limits: &Limits) -> Self {
+        Stream {
+            inner,
+            hasher: Hasher::default(),
+            read: 0,
+            max: limits.max_bytes,
+        }
+    }
+
     fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ExtractError> {
         if self.read > self.max {
             return Err(ExtractError::Limit(format!("{} bytes", self.max)));
@@ -423,12 +432,7 @@ pub(crate) fn read_archive<R: Read, W: Write>(
     mut open: impl FnMut(&Entry) -> Result<Option<W>, ExtractError>,
     mut close: impl FnMut(&Entry, W) -> Result<(), ExtractError>,
 ) -> Result<(), ExtractError> {
-    let mut s = Stream {
-        inner: reader,
-        hasher: Hasher::default(),
-        read: 0,
-        max: limits.max_bytes,
-    };
+    let mut s = Stream::new(reader, limits);
     let mut headers = 0;
     while let Some(e) = next_entry(&mut s, limits, &mut headers)? {
         match open(&e)? {
@@ -625,12 +629,7 @@ pub fn apply_layer(
         path: dest.display().to_string(),
         source,
     })?;
-    let mut s = Stream {
-        inner: reader,
-        hasher: Hasher::default(),
-        read: 0,
-        max: limits.max_bytes,
-    };
+    let mut s = Stream::new(reader, limits);
     let mut headers = 0;
     let mut entries = 0;
     let mut skipped_devices = 0;
