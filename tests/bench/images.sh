@@ -36,67 +36,22 @@ cd "$(dirname "$0")/../.."
 RUNS=${BENCH_RUNS:-3}
 START_RUNS=${BENCH_START_RUNS:-20}
 IMAGE_MB=${BENCH_IMAGE_MB:-400}
-BIN=${CARGO_TARGET_DIR:-target}/release
 W=/tmp/bench-images # work directory inside the host (the host's own tmpfs /tmp)
 T_START=$(date +%s)
 
-log() { printf '%s\n' "$*"; }
-die() { printf 'bench-images: %s\n' "$*" >&2; exit 1; }
-
-[[ $EUID == 0 ]] || die "must run as root (it boots a disposable systemd host)"
-for b in berthd berthctl berth-helper; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: build first (cargo build --release --locked)"
-done
-
-# ---- Debian dependencies -----------------------------------------------------------------------
-need_pkgs=()
-command -v hyperfine >/dev/null || need_pkgs+=(hyperfine)
-command -v podman >/dev/null || need_pkgs+=(podman)
-command -v skopeo >/dev/null || need_pkgs+=(skopeo)
-command -v umoci >/dev/null || need_pkgs+=(umoci)
-command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
-command -v python3 >/dev/null || need_pkgs+=(python3)
-{ [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; } || need_pkgs+=(busybox-static)
-if ((${#need_pkgs[@]})); then
-    log "bench-images: installing ${need_pkgs[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 ||
-        log "bench-images: apt-get install failed; continuing with what is there" >&2
-fi
+BENCH_NAME=bench-images
+. tests/bench/lib.sh
+bench_preflight
+busybox_pkg=
+{ [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; } || busybox_pkg=busybox-static
+bench_packages hyperfine:hyperfine podman:podman skopeo:skopeo umoci:umoci \
+    docker-registry:docker-registry python3:python3 $busybox_pkg
 for c in hyperfine python3 skopeo docker-registry; do
     command -v $c >/dev/null || die "$c is required (apt-get install $c)"
 done
 
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/berth-bench-images-results.XXXXXX)}
-mkdir -p "$OUT"
-state=$(mktemp -d /tmp/berth-bench.XXXXXX)
-rmdir "$state"
-
-cleanup() {
-    local rc=$?
-    if ((rc != 0)) && [[ -e $state/pid ]]; then
-        echo "--- berthd journal (bench host) ---" >&2
-        tests/host/exec.sh "$state" journalctl -u berthd --no-pager -n 60 >&2 || true
-    fi
-    # The registry, podman's and everyone's storage live in the host (its units, its tmpfs
-    # mounts): they go with it.
-    tests/host/down.sh "$state" >/dev/null 2>&1 || echo "bench-images: teardown of $state failed" >&2
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-H() { tests/host/exec.sh "$state" "$@"; }
-
 # ---- the host ----------------------------------------------------------------------------------
-log "== booting a disposable systemd host (state $state) =="
-HOST_PID=$(tests/host/up.sh "$state" --install-cmd "${BENCH_INSTALL_CMD:-make install DESTDIR=\$ROOT PROFILE=release >&2}" 2>"$OUT/up.log") || {
-    cat "$OUT/up.log" >&2
-    die "the disposable systemd host did not boot"
-}
-H systemctl start berthd || die "systemctl start berthd failed in the host"
+bench_boot_host
 log "host PID $HOST_PID; berth: $(H berthctl --version 2>/dev/null || echo '(version unknown)'), kernel $(uname -r), $(nproc) CPUs"
 log "competitors: $(podman --version 2>/dev/null || echo 'podman missing'), $(skopeo --version 2>/dev/null || echo 'skopeo missing'), $(umoci --version 2>/dev/null || echo 'umoci missing'); $(hyperfine --version)"
 [[ $(H findmnt -no FSTYPE /var/lib/berth) == tmpfs ]] || die "/var/lib/berth in the host is not a tmpfs"

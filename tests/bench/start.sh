@@ -25,57 +25,15 @@ NCT=${BENCH_CONTAINERS:-100}
 ROOTDIR=/srv/bench-root
 T_START=$(date +%s)
 
-log() { printf '%s\n' "$*"; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
-
-[[ $EUID == 0 ]] || die "must run as root (it boots a disposable systemd host)"
-for b in berthd berthctl berth-helper; do
-    [[ -x target/release/$b ]] || die "target/release/$b missing: build first (cargo build --release --locked)"
-done
-
-# ---- Debian dependencies -----------------------------------------------------------------------
-need_pkgs=()
-command -v hyperfine >/dev/null || need_pkgs+=(hyperfine)
-command -v podman >/dev/null || need_pkgs+=(podman)
-command -v systemd-nspawn >/dev/null || need_pkgs+=(systemd-container)
-command -v python3 >/dev/null || need_pkgs+=(python3)
-if ((${#need_pkgs[@]})); then
-    log "bench: installing ${need_pkgs[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 ||
-        log "bench: apt-get install failed; continuing with what is there" >&2
-fi
+BENCH_NAME=bench
+. tests/bench/lib.sh
+bench_preflight
+bench_packages hyperfine:hyperfine podman:podman systemd-nspawn:systemd-container python3:python3
 command -v hyperfine >/dev/null || die "hyperfine is required (apt-get install hyperfine)"
 command -v python3 >/dev/null || die "python3 is required"
 
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/berth-bench-results.XXXXXX)}
-mkdir -p "$OUT"
-state=$(mktemp -d /tmp/berth-bench.XXXXXX)
-rmdir "$state"
-
-cleanup() {
-    local rc=$?
-    if ((rc != 0)) && [[ -e $state/pid ]]; then
-        echo "--- berthd journal (bench host) ---" >&2
-        tests/host/exec.sh "$state" journalctl -u berthd --no-pager -n 60 >&2 || true
-    fi
-    tests/host/down.sh "$state" >/dev/null 2>&1 || echo "bench: teardown of $state failed" >&2
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-H() { tests/host/exec.sh "$state" "$@"; }
-
 # ---- the host ----------------------------------------------------------------------------------
-log "== booting a disposable systemd host (state $state) =="
-HOST_PID=$(tests/host/up.sh "$state" --install-cmd "${BENCH_INSTALL_CMD:-make install DESTDIR=\$ROOT PROFILE=release >&2}" 2>"$OUT/up.log") || {
-    cat "$OUT/up.log" >&2
-    die "the disposable systemd host did not boot"
-}
-H systemctl start berthd || die "systemctl start berthd failed in the host"
+bench_boot_host
 log "host PID $HOST_PID; berth: $(H berthctl --version 2>/dev/null || echo '(version unknown)'), systemd $(H systemctl --version | awk 'NR==1 {print $2}'), kernel $(uname -r), $(nproc) CPUs"
 
 # ---- 1. the root directory ---------------------------------------------------------------------

@@ -27,52 +27,13 @@ CALLS=${BENCH_CALLS:-200}
 ROOTDIR=/srv/bench-root
 T_START=$(date +%s)
 
-log() { printf '%s\n' "$*"; }
-die() { printf 'bench-stats: %s\n' "$*" >&2; exit 1; }
-
-[[ $EUID == 0 ]] || die "must run as root (it boots a disposable systemd host)"
-for b in berthd berthctl berth-helper; do
-    [[ -x target/release/$b ]] || die "target/release/$b missing: build first (cargo build --release --locked)"
-done
-
-need_pkgs=()
-command -v hyperfine >/dev/null || need_pkgs+=(hyperfine)
-command -v podman >/dev/null || need_pkgs+=(podman)
-command -v python3 >/dev/null || need_pkgs+=(python3)
-if ((${#need_pkgs[@]})); then
-    log "bench-stats: installing ${need_pkgs[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 ||
-        log "bench-stats: apt-get install failed; continuing with what is there" >&2
-fi
+BENCH_NAME=bench-stats
+. tests/bench/lib.sh
+bench_preflight
+bench_packages hyperfine:hyperfine podman:podman python3:python3
 command -v hyperfine >/dev/null || die "hyperfine is required (apt-get install hyperfine)"
 
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/berth-bench-stats.XXXXXX)}
-mkdir -p "$OUT"
-state=$(mktemp -d /tmp/berth-bench.XXXXXX)
-rmdir "$state"
-cleanup() {
-    local rc=$?
-    if ((rc != 0)) && [[ -e $state/pid ]]; then
-        echo "--- berthd journal (bench host) ---" >&2
-        tests/host/exec.sh "$state" journalctl -u berthd --no-pager -n 60 >&2 || true
-    fi
-    tests/host/down.sh "$state" >/dev/null 2>&1 || echo "bench-stats: teardown of $state failed" >&2
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-H() { tests/host/exec.sh "$state" "$@"; }
-
-log "== booting a disposable systemd host (state $state) =="
-tests/host/up.sh "$state" --install-cmd "${BENCH_INSTALL_CMD:-make install DESTDIR=\$ROOT PROFILE=release >&2}" >/dev/null 2>"$OUT/up.log" || {
-    cat "$OUT/up.log" >&2
-    die "the disposable systemd host did not boot"
-}
-H systemctl start berthd || die "systemctl start berthd failed in the host"
+bench_boot_host
 cg_layout=hybrid
 H test -e /sys/fs/cgroup/cgroup.controllers && cg_layout=unified
 log "systemd $(H systemctl --version | awk 'NR==1 {print $2}'), kernel $(uname -r), $(nproc) CPUs, cgroups: $cg_layout"
