@@ -1,106 +1,87 @@
 //! The typed protocol between berthd and berth-helper: serde messages over a `SOCK_SEQPACKET`
 //! socketpair, descriptors by `SCM_RIGHTS`.
 //!
-//! Sync points, named the same on both sides:
-//! 1. berthd → helper: [`ToHelper::Plan`] with the stdio and exit-status descriptors.
-//! 2. helper → berthd: [`FromHelper::Forked`] once the namespaces exist and the leader (PID 1
-//!    of the new PID namespace) waits at the barrier. The helper process then exits.
-//! 3. berthd → leader: [`ToHelper::Release`] once the scope holds the leader.
-//! 4. leader → berthd: [`FromHelper::Started`] once the payload has exec'd, or
+//! The sync points, in order, named the same on both sides ([`Sync`]):
+//! 1. berthd → helper, [`ToHelper::Plan`]: the plan, in a sealed memfd (so a plan of any size
+//!    the validator admits travels), with the payload's stdio and the exit-status memfd.
+//! 2. helper → berthd, [`FromHelper::Forked`]: the namespaces exist and the leader (PID 1 of
+//!    the new PID namespace) waits at the barrier; the message carries the leader's pidfd.
+//!    The helper process then exits.
+//! 3. berthd → leader, [`ToHelper::Release`]: the scope holds the leader (and, as the plan
+//!    grows, ID maps are written and the network is plugged); go on.
+//! 4. leader → berthd, [`FromHelper::Started`] once the payload has exec'd, or
 //!    [`FromHelper::Failed`] at any step before that.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::{IoSlice, IoSliceMut, Read, Seek, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The largest message either side sends.
-pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Descriptors that travel with the plan, in this order.
-pub const PLAN_FDS: usize = 4;
+use crate::plan::Plan;
 
-/// One filesystem operation of the container's mount plan. Paths in `target`/`path` are
-/// relative to the container's root and are resolved inside it without following symlinks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MountOp {
-    /// Mount a fresh filesystem (`proc`, `sysfs`, `tmpfs`, `devpts`, `mqueue`).
-    Fs {
-        fstype: String,
-        target: String,
-        flags: u64,
-        data: Option<String>,
-    },
-    /// Create a device node (`major:minor`, a block device when `block`).
-    Device {
-        path: String,
-        mode: u32,
-        block: bool,
-        major: u64,
-        minor: u64,
-    },
-    /// Create a symlink `path` → `target` (the link text is not resolved).
-    Symlink { path: String, target: String },
-    /// Bind a path onto itself and make it read-only (e.g. `proc/sys`).
-    ReadOnly { path: String },
-    /// Hide a file under an empty read-only bind of /dev/null, or a directory under an empty
-    /// read-only tmpfs; a missing path is skipped.
-    Mask { path: String },
+/// The largest inline message either side sends (the plan travels in a memfd).
+pub const MAX_MESSAGE: usize = 16 * 1024;
+/// The largest plan the helper reads.
+pub const MAX_PLAN: u64 = 8 << 20;
+/// Descriptors that travel with the plan, in this order: the plan memfd, stdin, stdout,
+/// stderr, the exit-status memfd.
+pub const PLAN_FDS: usize = 5;
+/// The most descriptors any message carries.
+const MAX_FDS: usize = 8;
+
+/// The sync points of a start, in order (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sync {
+    Plan = 1,
+    Forked = 2,
+    Release = 3,
+    Started = 4,
 }
 
-/// Everything the helper needs, decided by berthd beforehand. The helper decides nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// Container name, for messages.
-    pub name: String,
-    pub hostname: String,
-    /// The image's layers, read-only overlay lower layers, topmost first (overlayfs order).
-    pub lowers: Vec<PathBuf>,
-    /// The container's writable layer and overlayfs work directory.
-    pub upper: PathBuf,
-    pub work: PathBuf,
-    /// Where the overlay is mounted before `pivot_root` (an empty host directory).
-    pub root: PathBuf,
-    /// Applied in order inside the new root, before pivoting.
-    pub mounts: Vec<MountOp>,
-    /// argv of the payload; `argv[0]` without `/` is searched in `PATH`.
-    pub argv: Vec<String>,
-    /// `KEY=VALUE` environment of the payload.
-    pub env: Vec<String>,
-    pub workdir: String,
-    /// The user to run the payload as: `name`, `uid`, `name:group` or `uid:gid`, looked up in
-    /// the container's /etc/passwd and /etc/group; root when `None`.
-    pub user: Option<String>,
+impl std::fmt::Display for Sync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Sync::Plan => "plan",
+            Sync::Forked => "forked",
+            Sync::Release => "release",
+            Sync::Started => "started",
+        };
+        write!(f, "sync #{} ({name})", *self as u8)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToHelper {
-    Plan(Box<Plan>),
+    /// Sync #1; the plan itself is in the first descriptor.
+    Plan,
+    /// Sync #3.
     Release,
 }
 
 /// The step at which the helper or leader failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
+    Protocol,
     Namespaces,
     Fork,
     Cgroup,
     Mount,
-    Hostname,
     Pivot,
+    Hostname,
     /// The image's or the caller's user does not exist in the container.
     User,
+    Rlimits,
     /// The payload could not be executed (errno ENOENT: no such command).
     Exec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromHelper {
-    Forked {
-        pid: i32,
-    },
+    /// Sync #2; carries the leader's pidfd.
+    Forked,
+    /// Sync #4.
     Started,
     Failed {
         step: Step,
@@ -119,6 +100,12 @@ pub enum ProtocolError {
     Closed,
     #[error("helper message carried {got} descriptors, expected {want}")]
     Fds { got: usize, want: usize },
+    #[error("helper message was truncated (over {MAX_MESSAGE} bytes or {MAX_FDS} descriptors)")]
+    Truncated,
+    #[error("the plan memfd: {0}")]
+    Plan(std::io::Error),
+    #[error("the plan is {0} bytes, more than {MAX_PLAN}")]
+    PlanTooLarge(u64),
 }
 
 /// Send one message with descriptors. Blocking or not, as the socket is.
@@ -128,6 +115,9 @@ pub fn send<T: Serialize>(
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), ProtocolError> {
     let bytes = serde_json::to_vec(msg)?;
+    if bytes.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
+        return Err(ProtocolError::Truncated);
+    }
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
@@ -141,13 +131,14 @@ pub fn send<T: Serialize>(
     Ok(())
 }
 
-/// Receive one message and the descriptors it carries (close-on-exec).
+/// Receive one message and the descriptors it carries (close-on-exec). A message cut short by
+/// the buffer (`MSG_TRUNC`, `MSG_CTRUNC`) is an error, never a silently shorter one.
 pub fn recv<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
 ) -> Result<(T, Vec<OwnedFd>), ProtocolError> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg_space = nix::cmsg_space!([RawFd; PLAN_FDS]);
-    let (len, fds) = {
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, fds, truncated) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),
@@ -158,11 +149,18 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
         let mut fds = Vec::new();
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(list) = c {
-                fds.extend(list.into_iter().map(crate::sys::owned_from_kernel));
+                fds.extend(list.into_iter().map(crate::sys::owned_from_scm_rights));
             }
         }
-        (msg.bytes, fds)
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+            || msg.bytes > MAX_MESSAGE;
+        (msg.bytes, fds, truncated)
     };
+    if truncated {
+        return Err(ProtocolError::Truncated);
+    }
     if len == 0 {
         return Err(ProtocolError::Closed);
     }
@@ -178,5 +176,121 @@ pub fn expect_fds(fds: &[OwnedFd], want: usize) -> Result<(), ProtocolError> {
             got: fds.len(),
             want,
         })
+    }
+}
+
+/// Write the plan into a sealed memfd: the helper reads it whole, and nobody can change it
+/// after berthd checked it.
+pub fn plan_memfd(plan: &Plan) -> Result<OwnedFd, ProtocolError> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let bytes = serde_json::to_vec(plan)?;
+    if bytes.len() as u64 > MAX_PLAN {
+        return Err(ProtocolError::PlanTooLarge(bytes.len() as u64));
+    }
+    let fd = memfd_create(
+        "berth-plan",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&bytes).map_err(ProtocolError::Plan)?;
+    let fd = OwnedFd::from(f);
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
+}
+
+/// Read a plan from the memfd berthd sent.
+pub fn read_plan(fd: OwnedFd) -> Result<Plan, ProtocolError> {
+    let mut f = std::fs::File::from(fd);
+    let len = f.metadata().map_err(ProtocolError::Plan)?.len();
+    if len > MAX_PLAN {
+        return Err(ProtocolError::PlanTooLarge(len));
+    }
+    f.rewind().map_err(ProtocolError::Plan)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(MAX_PLAN)
+        .read_to_end(&mut bytes)
+        .map_err(ProtocolError::Plan)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use std::os::fd::AsFd;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_largest_plan_the_validator_admits_travels_whole() {
+        let mut plan = crate::plan::tests::sample();
+        // 128 KiB of argv and 128 KiB of environment, what validate() admits.
+        plan.process.argv = vec!["a".repeat(1024); 128];
+        plan.process.env = (0..128)
+            .map(|i| format!("K{i}={}", "v".repeat(1020)))
+            .collect();
+        let (a, b) = pair();
+        let memfd = plan_memfd(&plan).unwrap();
+        send(a.as_fd(), &ToHelper::Plan, &[memfd.as_fd()]).unwrap();
+        let (msg, mut fds) = recv::<ToHelper>(b.as_fd()).unwrap();
+        assert_eq!(msg, ToHelper::Plan);
+        assert_eq!(read_plan(fds.remove(0)).unwrap(), plan);
+    }
+
+    #[test]
+    fn the_plan_memfd_is_sealed() {
+        let memfd = plan_memfd(&crate::plan::tests::sample()).unwrap();
+        let mut f = std::fs::File::from(memfd);
+        assert!(f.write_all(b"x").is_err());
+        assert!(f.set_len(0).is_err());
+    }
+
+    #[test]
+    fn oversized_and_truncated_messages_are_errors() {
+        let (a, b) = pair();
+        let big = "x".repeat(MAX_MESSAGE + 10);
+        assert!(matches!(
+            send(a.as_fd(), &big, &[]),
+            Err(ProtocolError::Truncated)
+        ));
+        // A peer that writes more than the buffer: the receiver says so.
+        nix::sys::socket::send(
+            a.as_raw_fd(),
+            big.as_bytes(),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        assert!(matches!(
+            recv::<String>(b.as_fd()),
+            Err(ProtocolError::Truncated)
+        ));
+        drop(a);
+        assert!(matches!(
+            recv::<String>(b.as_fd()),
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[test]
+    fn sync_points_are_numbered_and_named() {
+        assert_eq!(Sync::Forked.to_string(), "sync #2 (forked)");
+        assert_eq!(Sync::Started as u8, 4);
     }
 }

@@ -330,7 +330,7 @@ async fn import(format: &str, a: ImportArgs) -> CliResult {
         format.to_string(),
         abs.to_string_lossy().into_owned(),
         a.name.clone(),
-        HashMap::new(),
+        crate::dbus::Options::default(),
     );
     with_progress(&conn, &proxy, &a.name, a.quiet, call).await?;
     if !a.quiet {
@@ -346,15 +346,15 @@ async fn pull(
     authfile: Option<String>,
     quiet: bool,
 ) -> CliResult {
-    let mut opts: HashMap<String, OwnedVariant> = HashMap::new();
+    let mut opts = crate::dbus::Options::default();
     if insecure {
-        opts.insert("Insecure".into(), OwnedVariant::from(true));
+        opts.insert("Insecure", OwnedVariant::from(true));
     }
     if let Some(f) = authfile {
         let abs = std::path::absolute(&f)
             .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{f}: {e}")))?;
         opts.insert(
-            "AuthFile".into(),
+            "AuthFile",
             OwnedVariant::try_from(zbus::Variant::from(abs.to_string_lossy().into_owned()))
                 .map_err(|e| CliError::new(Exit::Failed, e.to_string()))?,
         );

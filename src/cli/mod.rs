@@ -77,6 +77,7 @@ impl From<dbus::Error> for CliError {
             E::AlreadyExists(m) => (Exit::AlreadyExists, m),
             E::PermissionDenied(m) => (Exit::PermissionDenied, m),
             E::CommandNotFound(m) => (Exit::RunNotFound, m),
+            E::CannotExecute(m) => (Exit::RunCannotExecute, m),
             E::LimitExceeded(m) | E::Failed(m) => (Exit::Failed, m),
             E::ZBus(z) => return z.into(),
         };

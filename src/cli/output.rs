@@ -144,6 +144,13 @@ pub fn timestamp(usec: u64) -> String {
     )
 }
 
+/// Microseconds since the epoch, the clock of berth's timestamps.
+pub fn now_usec() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A short duration: `3h 2min`, `5s`.
 pub fn span(usec: u64) -> String {
     let s = usec / 1_000_000;
@@ -209,6 +216,7 @@ mod tests {
             created_at: 1,
             started_at: 0,
             exit_status: -1,
+            last_error: String::new(),
             resources: Default::default(),
             oom_kills: 0,
             last_oom_at: 0,

@@ -8,7 +8,8 @@ use futures_util::FutureExt;
 use zbus::{OwnedVariant, Variant};
 
 use super::{CliError, CliResult, Exit, manager};
-use crate::dbus::ManagerProxy;
+use crate::dbus::{ManagerProxy, Options};
+use crate::spec::limits;
 
 /// What defines a container (shared by run and create).
 #[derive(Debug, Args)]
@@ -51,74 +52,70 @@ pub struct ContainerOpts {
     pub command: Vec<String>,
 }
 
-/// Resource limits and devices (the keys of `berthctl set`).
-#[derive(Debug, Args)]
+/// Resource limits and devices: one flag per key of [`limits::KEYS`] (the keys of
+/// `berthctl set`), made from that table so the list exists once.
+#[derive(Debug, Clone, Default)]
 pub struct ResourceOpts {
-    /// Memory limit (MemoryMax), like 512M or 2G.
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// Memory use above which the container is throttled (MemoryHigh).
-    #[arg(long, value_name = "SIZE")]
-    pub memory_high: Option<String>,
-    /// Swap limit (MemorySwapMax).
-    #[arg(long, value_name = "SIZE")]
-    pub memory_swap: Option<String>,
-    /// CPU time as a number of CPUs, like 1.5 (CPUQuota=150%).
-    #[arg(long, value_name = "CPUS")]
-    pub cpus: Option<String>,
-    /// Relative CPU weight, 1 to 10000 (CPUWeight).
-    #[arg(long, value_name = "WEIGHT")]
-    pub cpu_weight: Option<String>,
-    /// CPUs it may run on, like 0-1,3 (AllowedCPUs; needs the unified cgroup hierarchy).
-    #[arg(long, value_name = "LIST")]
-    pub cpuset: Option<String>,
-    /// Maximum number of tasks (TasksMax).
-    #[arg(long, value_name = "N")]
-    pub pids_limit: Option<String>,
-    /// Relative block IO weight, 1 to 10000 (IOWeight).
-    #[arg(long, value_name = "WEIGHT")]
-    pub io_weight: Option<String>,
-    /// Read bandwidth limit of a block device, like /dev/vda:10M. Repeatable.
-    #[arg(long, value_name = "DEV:RATE")]
-    pub device_read_bps: Vec<String>,
-    /// Write bandwidth limit of a block device. Repeatable.
-    #[arg(long, value_name = "DEV:RATE")]
-    pub device_write_bps: Vec<String>,
-    /// Network bandwidth limit (needs a network interface; containers only have loopback yet).
-    #[arg(long, value_name = "RATE")]
-    pub network_rate: Option<String>,
-    /// A host device to make and allow in the container, PATH[:rwm]. Repeatable.
-    #[arg(long = "device", value_name = "PATH[:rwm]")]
-    pub devices: Vec<String>,
+    /// (key, value) in the order given.
+    pub pairs: Vec<(String, String)>,
 }
 
 impl ResourceOpts {
     /// The settings as (key, value) pairs, keys as `berthctl set` spells them.
     pub fn pairs(&self) -> Vec<(String, String)> {
-        let one = [
-            ("memory", &self.memory),
-            ("memory-high", &self.memory_high),
-            ("memory-swap", &self.memory_swap),
-            ("cpus", &self.cpus),
-            ("cpu-weight", &self.cpu_weight),
-            ("cpuset", &self.cpuset),
-            ("pids", &self.pids_limit),
-            ("io-weight", &self.io_weight),
-            ("network-rate", &self.network_rate),
-        ];
-        let many = [
-            ("device-read-bps", &self.device_read_bps),
-            ("device-write-bps", &self.device_write_bps),
-            ("devices", &self.devices),
-        ];
-        let mut out: Vec<(String, String)> = one
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
-            .collect();
-        for (k, list) in many {
-            out.extend(list.iter().map(|v| (k.to_string(), v.clone())));
+        self.pairs.clone()
+    }
+}
+
+fn arg_id(k: &limits::Key) -> &'static str {
+    k.name
+}
+
+impl clap::FromArgMatches for ResourceOpts {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut pairs = Vec::new();
+        for k in limits::KEYS {
+            if let Some(vals) = m.get_many::<String>(arg_id(k)) {
+                pairs.extend(vals.map(|v| (k.name.to_string(), v.clone())));
+            }
         }
-        out
+        Ok(ResourceOpts { pairs })
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for ResourceOpts {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for k in limits::KEYS {
+            let value = match k.kind {
+                limits::Kind::Bytes => "SIZE",
+                limits::Kind::Cpus => "CPUS",
+                limits::Kind::Weight => "WEIGHT",
+                limits::Kind::CpuSet => "LIST",
+                limits::Kind::Count => "N",
+                limits::Kind::DeviceRate => "DEV:RATE",
+                limits::Kind::Device => "PATH[:rwm]",
+                limits::Kind::Rate => "RATE",
+            };
+            let mut a = clap::Arg::new(arg_id(k))
+                .long(k.flag)
+                .value_name(value)
+                .help(k.help)
+                .help_heading("Resources");
+            a = if k.list {
+                a.action(clap::ArgAction::Append)
+            } else {
+                a.action(clap::ArgAction::Set)
+            };
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -151,28 +148,25 @@ fn variant<'a>(v: impl Into<Variant<'a>>) -> CliResult<OwnedVariant> {
     OwnedVariant::try_from(v.into()).map_err(|e| CliError::new(Exit::Failed, e.to_string()))
 }
 
-fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>> {
-    let mut m = HashMap::new();
+fn create_options(o: &ContainerOpts) -> CliResult<Options> {
+    let mut m = Options::default();
     if let Some(i) = &o.image {
-        m.insert("Image".into(), variant(i.as_str())?);
+        m.insert("Image", variant(i.as_str())?);
     }
     if let Some(d) = &o.directory {
         // Resolve relative paths here, where the caller's working directory is known.
         let abs = std::path::absolute(d)
             .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{d}: {e}")))?;
-        m.insert(
-            "Directory".into(),
-            variant(abs.to_string_lossy().into_owned())?,
-        );
+        m.insert("Directory", variant(abs.to_string_lossy().into_owned())?);
     }
     if let Some(h) = &o.hostname {
-        m.insert("Hostname".into(), variant(h.as_str())?);
+        m.insert("Hostname", variant(h.as_str())?);
     }
     if !o.command.is_empty() {
-        m.insert("Command".into(), variant(o.command.clone())?);
+        m.insert("Command", variant(o.command.clone())?);
     }
     if o.rm {
-        m.insert("AutoRemove".into(), variant(true)?);
+        m.insert("AutoRemove", variant(true)?);
     }
     if let Some(e) = &o.entrypoint {
         let argv: Vec<String> = if e.is_empty() {
@@ -180,29 +174,29 @@ fn create_options(o: &ContainerOpts) -> CliResult<HashMap<String, OwnedVariant>>
         } else {
             vec![e.clone()]
         };
-        m.insert("Entrypoint".into(), variant(argv)?);
+        m.insert("Entrypoint", variant(argv)?);
     }
     if !o.env.is_empty() {
-        m.insert("Environment".into(), variant(o.env.clone())?);
+        m.insert("Environment", variant(o.env.clone())?);
     }
     if let Some(w) = &o.workdir {
-        m.insert("WorkingDirectory".into(), variant(w.as_str())?);
+        m.insert("WorkingDirectory", variant(w.as_str())?);
     }
     if let Some(u) = &o.user {
-        m.insert("User".into(), variant(u.as_str())?);
+        m.insert("User", variant(u.as_str())?);
     }
     let resources = o.resources.pairs();
     if !resources.is_empty() {
-        m.insert("Resources".into(), variant(resources)?);
+        m.insert("Resources", variant(resources)?);
     }
     if !o.properties.is_empty() {
         let mut props = HashMap::new();
         for p in &o.properties {
-            let (k, v) = crate::spec::split_assignment(p)
+            let (k, v) = crate::spec::props::split_assignment(p)
                 .map_err(|e| CliError::new(Exit::InvalidArgument, e.to_string()))?;
             props.insert(k.to_string(), v.to_string());
         }
-        m.insert("Properties".into(), variant(props)?);
+        m.insert("Properties", variant(props)?);
     }
     Ok(m)
 }
@@ -223,8 +217,8 @@ pub async fn create(a: CreateArgs) -> CliResult {
 }
 
 /// The payload's stdio: ours, passed over the bus.
-fn stdio_options() -> CliResult<HashMap<String, OwnedVariant>> {
-    let mut m = HashMap::new();
+fn stdio_options() -> CliResult<Options> {
+    let mut m = Options::default();
     let fds = [
         (
             "StandardInput",
@@ -241,7 +235,7 @@ fn stdio_options() -> CliResult<HashMap<String, OwnedVariant>> {
     ];
     for (k, fd) in fds {
         let fd = fd.map_err(|e| CliError::new(Exit::Failed, format!("{k}: {e}")))?;
-        m.insert(k.into(), variant(zbus::Fd::from(fd))?);
+        m.insert(k, variant(zbus::Fd::from(fd))?);
     }
     Ok(m)
 }
@@ -257,7 +251,7 @@ pub async fn run(a: RunArgs) -> CliResult {
     let (_conn, proxy) = manager().await.map_err(as_run_error)?;
     let name = define(&proxy, &a.opts).await.map_err(as_run_error)?;
     let options = if a.detach {
-        HashMap::new()
+        Options::default()
     } else {
         stdio_options()?
     };

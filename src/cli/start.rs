@@ -1,7 +1,5 @@
 //! `berthctl start NAME [--wait]`.
 
-use std::collections::HashMap;
-
 use clap::Args;
 
 use super::{CliResult, manager};
@@ -17,7 +15,7 @@ pub struct StartArgs {
 pub async fn run(a: StartArgs) -> CliResult {
     let (_conn, proxy) = manager().await?;
     proxy
-        .start_container(a.name.clone(), HashMap::new())
+        .start_container(a.name.clone(), crate::dbus::Options::default())
         .await?;
     if a.wait {
         return super::run::wait_forwarding_signals(&proxy, &a.name).await;

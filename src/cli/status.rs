@@ -26,7 +26,7 @@ pub async fn run(a: StatusArgs) -> CliResult {
         output::print_json(&view);
         return Ok(0);
     }
-    let now = crate::daemon::Layout::now();
+    let now = output::now_usec();
     let mut lines = vec![format!("{} ({})", view.name, view.state)];
     lines.push(format!("      Unit: {}", view.unit));
     lines.push(format!(

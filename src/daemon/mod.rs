@@ -1,8 +1,16 @@
 //! berthd: serves `org.berth.berth1` on the system bus and runs containers.
 
+mod backend;
+mod error;
+mod images;
+mod lifecycle;
+mod limits;
 mod notify;
-mod registry;
+mod reaper;
+mod recovery;
+mod start;
 mod store;
+mod table;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,8 +18,9 @@ use std::sync::Arc;
 use thiserror::Error;
 use tracing::{error, info};
 
-pub use registry::Registry;
+pub use error::Error;
 pub use store::Layout;
+pub use table::Registry;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -122,7 +131,12 @@ async fn serve(
         })?;
     let backend: Arc<dyn crate::dbus::Backend> = registry.clone();
     server
-        .at(crate::dbus::MANAGER_PATH, crate::dbus::Manager { backend })
+        .at(
+            crate::dbus::MANAGER_PATH,
+            crate::dbus::Manager {
+                backend: Arc::downgrade(&backend),
+            },
+        )
         .await
         .map_err(|source| DaemonError::Serve {
             what: "Manager",
@@ -134,7 +148,12 @@ async fn serve(
             what: crate::dbus::BUS_NAME,
             source,
         })?;
-    let _ = notify::notify("READY=1\nSTATUS=serving", &[]);
+    match notify::notify("READY=1\nSTATUS=serving", &[]) {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!("cannot tell the service manager that berthd is ready: {e}, ignoring")
+        }
+    }
     info!("serving {} on the system bus", crate::dbus::BUS_NAME);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Runtime)?;
@@ -142,7 +161,9 @@ async fn serve(
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    let _ = notify::notify("STOPPING=1", &[]);
+    if let Err(e) = notify::notify("STOPPING=1", &[]) {
+        tracing::warn!("cannot tell the service manager that berthd stops: {e}, ignoring");
+    }
     info!("stopping; containers keep running in their scopes");
     drop(registry);
     Ok(())

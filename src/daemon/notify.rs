@@ -70,12 +70,24 @@ pub fn take_listen_fds() -> HashMap<String, OwnedFd> {
     }
     let mut names = names.split(':');
     for i in 0..count {
-        let fd = crate::sys::owned_from_kernel(3 + i);
-        let _ = nix::fcntl::fcntl(
+        let name = names.next().unwrap_or("unknown").to_string();
+        let fd = match crate::sys::take_inherited_fd(3 + i) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!(
+                    "berthd: passed descriptor {} ({name}): {e}, ignoring",
+                    3 + i
+                );
+                continue;
+            }
+        };
+        if let Err(e) = nix::fcntl::fcntl(
             &fd,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-        out.insert(names.next().unwrap_or("unknown").to_string(), fd);
+        ) {
+            eprintln!("berthd: descriptor {name}: {e}, ignoring");
+        }
+        out.insert(name, fd);
     }
     out
 }

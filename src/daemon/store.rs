@@ -44,12 +44,15 @@ pub struct Runtime {
     pub exit_status: i32,
     /// Resource settings in force while running, when `set --runtime` changed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<crate::resources::Resources>,
+    pub resources: Option<crate::spec::Resources>,
     /// OOM kills recorded so far, and when the last one happened (microseconds).
     #[serde(default)]
     pub oom_kills: u64,
     #[serde(default)]
     pub last_oom_at: u64,
+    /// Why the last start failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
 }
 
 impl Layout {
@@ -64,11 +67,6 @@ impl Layout {
     }
     pub fn runtime(&self, name: &str) -> PathBuf {
         self.run.join("containers").join(format!("{name}.json"))
-    }
-
-    /// Microseconds since the epoch (the clock berth's timestamps use).
-    pub fn now() -> u64 {
-        now_usec()
     }
 
     /// The first image directory holding `name`.

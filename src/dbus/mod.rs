@@ -2,15 +2,23 @@
 //! and berthctl (the proxies generated from them).
 //!
 //! The objects only translate between the bus and a [`Backend`]; the daemon implements it.
+//! Objects hold `Weak` references to it: the daemon owns the backend, the object server does
+//! not keep it alive.
+
+pub mod options;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
+
+pub use options::Options;
 
 pub const BUS_NAME: &str = "org.berth.berth1";
 pub const MANAGER_PATH: &str = "/org/berth/berth1";
@@ -33,6 +41,8 @@ pub enum Error {
     InvalidState(String),
     /// The payload's command does not exist in the container.
     CommandNotFound(String),
+    /// The payload's command exists but cannot be executed.
+    CannotExecute(String),
     /// The caller may not do this.
     PermissionDenied(String),
     /// A configured bound was reached.
@@ -57,8 +67,11 @@ pub struct ContainerInfo {
     /// Microseconds since the epoch; 0 when never.
     pub created_at: u64,
     pub started_at: u64,
-    /// The payload's exit status (128 + signal when killed); -1 before the first exit.
+    /// The payload's exit status (128 + signal when killed; 127/126/125 when a start
+    /// failed: command not found, not executable, other); -1 before the first exit.
     pub exit_status: i32,
+    /// Why the last start failed; empty when it did not.
+    pub last_error: String,
     /// Resource settings in force (`memory` → `512M`, …; see README).
     pub resources: HashMap<String, String>,
     /// OOM kills recorded, and when the last happened (microseconds since the epoch, 0: never).
@@ -107,18 +120,43 @@ pub struct StatsInfo {
     pub oom_kills: u64,
 }
 
+/// What a caller asks to do, for authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    ManageContainers,
+    ManageImages,
+}
+
+/// Who is calling: the sender's unique name, and whether its message allows interactive
+/// authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub sender: String,
+    pub interactive: bool,
+}
+
+impl Caller {
+    fn of(hdr: &Header<'_>) -> Result<Caller> {
+        let sender = hdr
+            .sender()
+            .ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
+        Ok(Caller {
+            sender: sender.to_string(),
+            interactive: hdr
+                .primary()
+                .flags()
+                .contains(zbus::message::Flags::ALLOW_INTERACTIVE_AUTH),
+        })
+    }
+}
+
 /// What the bus objects need from the daemon.
 pub trait Backend: Send + Sync + 'static {
-    fn create(
-        &self,
-        name: String,
-        options: HashMap<String, OwnedVariant>,
-    ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
-    fn start(
-        &self,
-        name: String,
-        options: HashMap<String, OwnedVariant>,
-    ) -> BoxFuture<'_, Result<()>>;
+    /// Allow `caller` to do `action`, or say why not. Every mutating method asks this, after
+    /// checking its arguments' types and before acting.
+    fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>>;
+    fn create(&self, name: String, options: Options) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    fn start(&self, name: String, options: Options) -> BoxFuture<'_, Result<()>>;
     fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>>;
     fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>>;
     fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
@@ -140,13 +178,13 @@ pub trait Backend: Send + Sync + 'static {
         format: String,
         source: String,
         name: String,
-        options: HashMap<String, OwnedVariant>,
+        options: Options,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
     fn pull_image(
         &self,
         reference: String,
         name: String,
-        options: HashMap<String, OwnedVariant>,
+        options: Options,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
     fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
     /// `op`: rename, clone or tag.
@@ -167,29 +205,26 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self, name: &str) -> Option<ContainerInfo>;
 }
 
-/// Only root may change anything. The bus policy already says so; this is the second check,
-/// made by berthd itself on the caller's credentials from the bus.
-async fn authorize(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<()> {
-    let sender = hdr
-        .sender()
-        .ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
-    let uid = zbus::fdo::DBusProxy::new(conn)
-        .await?
-        .get_connection_unix_user(sender.clone().into())
-        .await
-        .map_err(zbus::Error::from)?;
-    if uid == 0 {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "uid {uid} may not change containers"
-        )))
-    }
+/// The backend, while the daemon is alive.
+fn live(b: &Weak<dyn Backend>) -> Result<Arc<dyn Backend>> {
+    b.upgrade()
+        .ok_or_else(|| Error::Failed("berthd is shutting down".into()))
+}
+
+/// Check that the caller may do `action`, then hand back the backend to do it.
+async fn authorized(
+    b: &Weak<dyn Backend>,
+    hdr: &Header<'_>,
+    action: Action,
+) -> Result<Arc<dyn Backend>> {
+    let backend = live(b)?;
+    backend.authorize(Caller::of(hdr)?, action).await?;
+    Ok(backend)
 }
 
 /// `/org/berth/berth1`: the manager.
 pub struct Manager {
-    pub backend: Arc<dyn Backend>,
+    pub backend: Weak<dyn Backend>,
 }
 
 #[interface(
@@ -205,12 +240,13 @@ impl Manager {
     async fn create_container(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
-        options: HashMap<String, OwnedVariant>,
+        options: Options,
     ) -> Result<OwnedObjectPath> {
-        authorize(conn, &hdr).await?;
-        self.backend.create(name, options).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .create(name, options)
+            .await
     }
 
     /// Start a defined container and return once its payload runs. Options: StandardInput,
@@ -218,12 +254,13 @@ impl Manager {
     async fn start_container(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
-        options: HashMap<String, OwnedVariant>,
+        options: Options,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.start(name, options).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .start(name, options)
+            .await
     }
 
     /// SIGTERM to the container's PID 1, then SIGKILL to the whole scope after the timeout
@@ -231,12 +268,13 @@ impl Manager {
     async fn stop_container(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         timeout_usec: u64,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.stop(name, timeout_usec).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .stop(name, timeout_usec)
+            .await
     }
 
     /// Send a signal to the container's PID 1 (whom = "leader") or every process in its scope
@@ -244,13 +282,14 @@ impl Manager {
     async fn kill_container(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         whom: String,
         signal: i32,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.kill(name, whom, signal).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .kill(name, whom, signal)
+            .await
     }
 
     /// Remove a container's definition and writable layer; a running one only with force,
@@ -258,12 +297,13 @@ impl Manager {
     async fn remove_container(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         force: bool,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.remove(name, force).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .remove(name, force)
+            .await
     }
 
     /// Change resource settings of a running container, live, through systemd
@@ -273,18 +313,19 @@ impl Manager {
     async fn set_resources(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         assignments: Vec<(String, String)>,
         runtime: bool,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.set_resources(name, assignments, runtime).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .set_resources(name, assignments, runtime)
+            .await
     }
 
     /// Resource usage of the named containers (all running ones when empty).
     async fn get_stats(&self, names: Vec<String>) -> Result<Vec<StatsInfo>> {
-        self.backend.stats(names).await
+        live(&self.backend)?.stats(names).await
     }
 
     /// Receive a `Stats` signal (sent to the caller only) for all running containers every
@@ -293,25 +334,25 @@ impl Manager {
         let sender = hdr
             .sender()
             .ok_or_else(|| Error::InvalidArgument("the caller is unknown".into()))?;
-        self.backend.watch_stats(sender.to_string(), interval_usec)
+        live(&self.backend)?.watch_stats(sender.to_string(), interval_usec)
     }
 
     /// Stop the caller's `Stats` signals.
     async fn unwatch_stats(&self, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
         if let Some(sender) = hdr.sender() {
-            self.backend.unwatch_stats(sender.as_str());
+            live(&self.backend)?.unwatch_stats(sender.as_str());
         }
         Ok(())
     }
 
     /// All images: those in the store and the directory images shipped with berth.
     async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        Ok(self.backend.list_images())
+        Ok(live(&self.backend)?.list_images())
     }
 
     /// The object path of an image.
     async fn get_image(&self, name: String) -> Result<OwnedObjectPath> {
-        self.backend
+        live(&self.backend)?
             .image_info(&name)
             .map(|i| i.object_path)
             .ok_or_else(|| Error::NoSuchImage(format!("no image named {name:?}")))
@@ -324,14 +365,13 @@ impl Manager {
     async fn import_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         format: String,
         source: String,
         name: String,
-        options: HashMap<String, OwnedVariant>,
+        options: Options,
     ) -> Result<OwnedObjectPath> {
-        authorize(conn, &hdr).await?;
-        self.backend
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
             .import_image(format, source, name, options)
             .await
     }
@@ -343,13 +383,14 @@ impl Manager {
     async fn pull_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         reference: String,
         name: String,
-        options: HashMap<String, OwnedVariant>,
+        options: Options,
     ) -> Result<OwnedObjectPath> {
-        authorize(conn, &hdr).await?;
-        self.backend.pull_image(reference, name, options).await
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
+            .pull_image(reference, name, options)
+            .await
     }
 
     /// Remove an image; refused while a running container uses it, and while any container
@@ -357,60 +398,65 @@ impl Manager {
     async fn remove_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         force: bool,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.remove_image(name, force).await
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
+            .remove_image(name, force)
+            .await
     }
 
     /// Give an image a new name (refused while containers refer to it).
     async fn rename_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
-        authorize(conn, &hdr).await?;
-        self.backend.copy_image("rename", name, new_name).await
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
+            .copy_image("rename", name, new_name)
+            .await
     }
 
     /// Make an independent, writable copy of an image (layers are shared, never copied).
     async fn clone_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
-        authorize(conn, &hdr).await?;
-        self.backend.copy_image("clone", name, new_name).await
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
+            .copy_image("clone", name, new_name)
+            .await
     }
 
     /// A second name for the same image.
     async fn tag_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
-        authorize(conn, &hdr).await?;
-        self.backend.copy_image("tag", name, new_name).await
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
+            .copy_image("tag", name, new_name)
+            .await
     }
 
     /// Write an image's merged root file system as an uncompressed tarball to `fd`.
     async fn export_image(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         fd: zbus::OwnedFd,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.export_tar("image", name, fd.into()).await
+        authorized(&self.backend, &hdr, Action::ManageImages)
+            .await?
+            .export_tar("image", name, fd.into())
+            .await
     }
 
     /// Write a container's root file system (its writable layer over its image) as an
@@ -418,29 +464,30 @@ impl Manager {
     async fn export_container(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         name: String,
         fd: zbus::OwnedFd,
     ) -> Result<()> {
-        authorize(conn, &hdr).await?;
-        self.backend.export_tar("container", name, fd.into()).await
+        authorized(&self.backend, &hdr, Action::ManageContainers)
+            .await?
+            .export_tar("container", name, fd.into())
+            .await
     }
 
     /// Wait until the container has exited and return its exit status. A container removed at
     /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
     /// this after StartContainer cannot miss a payload that exited at once.
     async fn wait_container(&self, name: String) -> Result<i32> {
-        self.backend.wait(name).await
+        live(&self.backend)?.wait(name).await
     }
 
     /// All containers.
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
-        Ok(self.backend.list())
+        Ok(live(&self.backend)?.list())
     }
 
     /// The object path of a container.
     async fn get_container(&self, name: String) -> Result<OwnedObjectPath> {
-        self.backend
+        live(&self.backend)?
             .info(&name)
             .map(|i| i.object_path)
             .ok_or_else(|| Error::NoSuchContainer(format!("no container named {name:?}")))
@@ -510,13 +557,21 @@ impl Manager {
 
 /// `/org/berth/berth1/container/<escaped name>`: one container.
 pub struct Container {
-    pub backend: Arc<dyn Backend>,
+    pub backend: Weak<dyn Backend>,
     pub name: String,
+}
+
+fn gone(what: &str, name: &str) -> zbus::fdo::Error {
+    zbus::fdo::Error::UnknownObject(format!("{what} {name:?} is gone"))
 }
 
 impl Container {
     fn get(&self) -> zbus::fdo::Result<ContainerInfo> {
-        self.backend.info(&self.name).ok_or_else(|| {
+        let b = self
+            .backend
+            .upgrade()
+            .ok_or_else(|| gone("container", &self.name))?;
+        b.info(&self.name).ok_or_else(|| {
             zbus::fdo::Error::UnknownObject(format!("container {:?} is gone", self.name))
         })
     }
@@ -572,10 +627,17 @@ impl Container {
         Ok(self.get()?.started_at)
     }
 
-    /// Exit status of the last run (128 + signal when killed), -1 before the first exit.
+    /// Exit status of the last run (128 + signal when killed; 127, 126 or 125 when a start
+    /// failed), -1 before the first exit.
     #[zbus(property)]
     fn exit_status(&self) -> zbus::fdo::Result<i32> {
         Ok(self.get()?.exit_status)
+    }
+
+    /// Why the last start failed; empty when it did not.
+    #[zbus(property)]
+    fn last_error(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.last_error)
     }
 
     /// Resource settings in force: the definition's, plus live changes made with
@@ -600,13 +662,17 @@ impl Container {
 
 /// `/org/berth/berth1/image/<escaped name>`: one image.
 pub struct Image {
-    pub backend: Arc<dyn Backend>,
+    pub backend: Weak<dyn Backend>,
     pub name: String,
 }
 
 impl Image {
     fn get(&self) -> zbus::fdo::Result<ImageInfo> {
-        self.backend.image_info(&self.name).ok_or_else(|| {
+        let b = self
+            .backend
+            .upgrade()
+            .ok_or_else(|| gone("image", &self.name))?;
+        b.image_info(&self.name).ok_or_else(|| {
             zbus::fdo::Error::UnknownObject(format!("image {:?} is gone", self.name))
         })
     }
@@ -664,7 +730,11 @@ impl Image {
     #[zbus(property(emits_changed_signal = "const"))]
     fn config(&self) -> zbus::fdo::Result<HashMap<String, OwnedVariant>> {
         let mut m = HashMap::new();
-        let Some(c) = self.backend.image_config(&self.name) else {
+        let b = self
+            .backend
+            .upgrade()
+            .ok_or_else(|| gone("image", &self.name))?;
+        let Some(c) = b.image_config(&self.name) else {
             return Ok(m);
         };
         let mut put = |k: &str, v: zbus::Variant<'_>| {

@@ -1,7 +1,10 @@
-//! Who the payload runs as: an image's `User` (or `run --user`) looked up in the container's
-//! own /etc/passwd and /etc/group, after the pivot, so a name means what the image says.
-//! Forms, as in the OCI image spec: `user`, `uid`, `user:group`, `uid:gid`, `user:gid`,
-//! `uid:group`. A numeric uid without a passwd entry is fine (gid 0 unless given).
+//! Who the payload runs as: a checked [`UserSpec`] looked up in the container's own
+//! /etc/passwd and /etc/group, after the pivot, so a name means what the image says. A number
+//! is only ever matched as a number (an entry *named* `1000` does not make `-u 1000` anyone
+//! but uid 1000, runc CVE-2016-3697); a numeric uid without a passwd entry is fine (gid 0
+//! unless given).
+
+use crate::spec::user::{Id, UserSpec};
 
 /// The identity to switch to before exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +21,7 @@ pub struct Ids {
 const MAX_DB: u64 = 4 << 20;
 
 /// Resolve `spec` against the container's databases (read from the current root).
-pub fn resolve(spec: &str) -> Result<Ids, String> {
+pub fn resolve(spec: &UserSpec) -> Result<Ids, String> {
     let read = |p: &str| {
         use std::io::Read;
         let mut s = String::new();
@@ -31,14 +34,7 @@ pub fn resolve(spec: &str) -> Result<Ids, String> {
 }
 
 /// [`resolve`] on given database contents.
-pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
-    let (user, grp) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    if user.is_empty() {
-        return Err(format!("user {spec:?} is empty"));
-    }
+pub fn resolve_in(spec: &UserSpec, passwd: &str, group: &str) -> Result<Ids, String> {
     // passwd(5): name:password:UID:GID:GECOS:directory:shell
     let entry = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -46,7 +42,10 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> 
             return None;
         }
         let uid: u32 = f[2].parse().ok()?;
-        let matches = f[0] == user || user.parse::<u32>().ok() == Some(uid);
+        let matches = match &spec.user {
+            Id::Num(n) => *n == uid,
+            Id::Name(n) => f[0] == n,
+        };
         matches.then(|| {
             (
                 f[0].to_string(),
@@ -56,10 +55,10 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> 
             )
         })
     });
-    let (name, uid, pw_gid, home) = match (entry, user.parse::<u32>()) {
+    let (name, uid, pw_gid, home) = match (entry, &spec.user) {
         (Some((n, u, g, h)), _) => (Some(n), u, g, Some(h)),
-        (None, Ok(u)) => (None, u, None, None),
-        (None, Err(_)) => return Err(format!("no user {user:?} in the image's /etc/passwd")),
+        (None, Id::Num(u)) => (None, *u, None, None),
+        (None, Id::Name(n)) => return Err(format!("no user {n:?} in the image's /etc/passwd")),
     };
     // group(5): group_name:password:GID:user_list
     let groups: Vec<(String, u32, Vec<String>)> = group
@@ -79,19 +78,16 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> 
             ))
         })
         .collect();
-    let gid = match grp {
-        Some("") => return Err(format!("group in {spec:?} is empty")),
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => groups
-                .iter()
-                .find(|(n, _, _)| n == g)
-                .map(|(_, id, _)| *id)
-                .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
-        },
+    let gid = match &spec.group {
+        Some(Id::Num(n)) => *n,
+        Some(Id::Name(g)) => groups
+            .iter()
+            .find(|(n, _, _)| n == g)
+            .map(|(_, id, _)| *id)
+            .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
         None => pw_gid.unwrap_or(0),
     };
-    let mut supplementary: Vec<u32> = match (&name, grp) {
+    let mut supplementary: Vec<u32> = match (&name, &spec.group) {
         // An explicit group replaces the user's memberships, as docker does.
         (Some(n), None) => groups
             .iter()
@@ -115,7 +111,11 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> 
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nbroken\napp:x:1000:1000::/home/app:/bin/sh\n";
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nbroken\n1000:x:0:0:evil:/:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+
+    fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, String> {
+        super::resolve_in(&UserSpec::parse(spec).unwrap(), passwd, group)
+    }
     const GROUP: &str = "root:x:0:\nwww:x:33:\nstaff:x:50:app,www\napp:x:1000:\n";
 
     #[test]
@@ -138,7 +138,13 @@ mod tests {
     fn unknown_names_are_errors() {
         assert!(resolve_in("nobody", PASSWD, GROUP).is_err());
         assert!(resolve_in("app:nogroup", PASSWD, GROUP).is_err());
-        assert!(resolve_in("", PASSWD, GROUP).is_err());
-        assert!(resolve_in("app:", PASSWD, GROUP).is_err());
+    }
+
+    #[test]
+    fn a_number_is_never_a_name() {
+        // The passwd above has an entry *named* "1000" with uid 0 before the real uid 1000.
+        let a = resolve_in("1000", PASSWD, GROUP).unwrap();
+        assert_eq!((a.uid, a.gid), (1000, 1000));
+        assert_eq!(a.home.as_deref(), Some("/home/app"));
     }
 }

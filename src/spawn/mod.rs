@@ -63,8 +63,8 @@ impl Helper {
         send_on(&self.sock, msg, fds).await
     }
 
-    /// The next message, within `timeout`.
-    pub async fn recv(&self, timeout: Duration) -> Result<FromHelper, SpawnError> {
+    /// The next message and the descriptors it carries, within `timeout`.
+    pub async fn recv(&self, timeout: Duration) -> Result<(FromHelper, Vec<OwnedFd>), SpawnError> {
         recv_on(&self.sock, timeout).await
     }
 
@@ -72,14 +72,18 @@ impl Helper {
     pub fn reap_in_background(self) -> AsyncFd<OwnedFd> {
         let Helper { sock, mut child } = self;
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            if let Err(e) = child.wait().await {
+                tracing::warn!("cannot reap berth-helper: {e}, ignoring");
+            }
         });
         sock
     }
 
     /// Kill the helper process (not the leader) and reap it.
     pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
+        if let Err(e) = self.child.kill().await {
+            tracing::warn!("cannot kill berth-helper: {e}, ignoring");
+        }
     }
 }
 
@@ -126,14 +130,17 @@ pub async fn send_on<T: Serialize>(
     }
 }
 
-/// Receive the next message on the helper's socket, within `timeout`.
-pub async fn recv_on(sock: &AsyncFd<OwnedFd>, timeout: Duration) -> Result<FromHelper, SpawnError> {
+/// Receive the next message (and its descriptors) on the helper's socket, within `timeout`.
+pub async fn recv_on(
+    sock: &AsyncFd<OwnedFd>,
+    timeout: Duration,
+) -> Result<(FromHelper, Vec<OwnedFd>), SpawnError> {
     let fut = async {
         loop {
             let mut guard = sock.readable().await.map_err(io_err)?;
             match guard.try_io(|s| protocol::recv::<FromHelper>(s.get_ref().as_fd()).map_err(to_io))
             {
-                Ok(r) => return r.map(|(m, _)| m).map_err(from_io),
+                Ok(r) => return r.map_err(from_io),
                 Err(_) => continue,
             }
         }

@@ -2,7 +2,9 @@
 //! (pidfd calls, `close_range`, `fork`, passing a descriptor to an exec'd child).
 //!
 //! Every wrapper returns owned handles (`OwnedFd`) and `nix::Result`, so callers never touch raw
-//! integers or `errno`.
+//! integers or `errno`. [`syscall`] is the seam the helper's steps go through.
+
+pub mod syscall;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
@@ -161,11 +163,45 @@ pub fn set_env_single_threaded(key: &str, value: &str) {
     unsafe { std::env::set_var(key, value) }
 }
 
-/// Take ownership of a descriptor the kernel just installed for us (from `SCM_RIGHTS`).
-pub fn owned_from_kernel(fd: RawFd) -> OwnedFd {
+/// Take ownership of a descriptor the kernel just installed for us by `SCM_RIGHTS`.
+pub fn owned_from_scm_rights(fd: RawFd) -> OwnedFd {
     // SAFETY: descriptors received by SCM_RIGHTS are new in this process and owned by nobody
-    // else; the caller hands each one over exactly once.
+    // else; recvmsg's caller hands each one over exactly once.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Take ownership of a descriptor this process inherited across exec at a known number
+/// (`LISTEN_FDS` from systemd, the helper's protocol socket). Returns `EBADF` if it is not
+/// open.
+///
+/// Only for startup, before any other code of this process has opened or closed descriptors,
+/// and once per number: that is what makes the inherited number unowned until now.
+pub fn take_inherited_fd(fd: RawFd) -> nix::Result<OwnedFd> {
+    nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this one fcntl(F_GETFD), which reads the flags of the
+        // number and fails with EBADF if it is not open.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )?;
+    // SAFETY: the descriptor is open (checked above); it was inherited across exec, and the
+    // caller takes each inherited number once, at startup, before anything else could own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The PID of the process behind a pidfd, from `/proc/self/fdinfo` (the `Pid:` line); `None`
+/// when it has been reaped.
+pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> nix::Result<Pid> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(Errno::EINVAL)?;
+    if pid <= 0 {
+        return Err(Errno::ESRCH);
+    }
+    Ok(Pid::from_raw(pid))
 }
 
 /// Bring the loopback interface of the current network namespace up (`SIOCSIFFLAGS`), the
@@ -196,20 +232,25 @@ pub fn set_loopback_up() -> nix::Result<()> {
     Ok(())
 }
 
-/// Move `fd` to descriptor number `target` (closing whatever was there), keeping it
-/// close-on-exec.
-pub fn move_fd(fd: OwnedFd, target: RawFd) -> OwnedFd {
-    if fd.as_raw_fd() == target {
-        return fd;
+/// Move `fd` to the number of `replaced`, which the caller gives up, keeping it close-on-exec.
+/// On failure both are closed and the error returned.
+pub fn move_fd(fd: OwnedFd, replaced: OwnedFd) -> nix::Result<OwnedFd> {
+    if fd.as_raw_fd() == replaced.as_raw_fd() {
+        return Ok(fd);
     }
-    // SAFETY: dup3 onto `target` atomically replaces whatever was there; the caller owns no
-    // other handle to `target` (it is the helper's protocol socket, dropped by this).
+    // Not closed here: dup3 closes and reuses the number atomically.
+    let target = std::os::fd::IntoRawFd::into_raw_fd(replaced);
+    // SAFETY: dup3 onto `target` atomically replaces the descriptor the caller handed over
+    // (owned until just now, so no other handle to it exists).
     let ret = unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) };
+    // SAFETY: whether dup3 worked (then `target` is a fresh duplicate) or not (then it is still
+    // the descriptor taken from `replaced`), `target` is open and only ours.
+    let owned = unsafe { OwnedFd::from_raw_fd(target) };
     if ret < 0 {
-        return fd;
+        Err(Errno::last())
+    } else {
+        Ok(owned)
     }
-    // SAFETY: `target` now holds a fresh duplicate that only we own.
-    unsafe { OwnedFd::from_raw_fd(target) }
 }
 
 /// Register an owned descriptor with the tokio reactor.

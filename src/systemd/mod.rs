@@ -1,17 +1,19 @@
 //! Talking to systemd (`org.freedesktop.systemd1`): transient scopes the way nspawn makes them
 //! (subscribe, watch `JobRemoved`, `StartTransientUnit`, wait; only `done` is success), unit
-//! stop and kill, and a small typed builder for unit properties.
+//! stop and kill; typed unit properties in [`properties`].
+
+pub mod properties;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use zbus::{OwnedObjectPath, Variant, proxy};
 
-use crate::spec::PropValue;
+pub use properties::{PropValue, Property, UnitProperties, scope_properties};
 
 #[proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -65,70 +67,6 @@ pub enum SystemdError {
 /// How long a unit job may take.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Properties for a transient unit, built with typed setters.
-#[derive(Default)]
-pub struct UnitProperties(Vec<(&'static str, Variant<'static>)>);
-
-impl UnitProperties {
-    pub fn string(mut self, key: &'static str, v: impl Into<String>) -> Self {
-        self.0.push((key, Variant::from(v.into())));
-        self
-    }
-    pub fn boolean(mut self, key: &'static str, v: bool) -> Self {
-        self.0.push((key, Variant::from(v)));
-        self
-    }
-    pub fn u64(mut self, key: &'static str, v: u64) -> Self {
-        self.0.push((key, Variant::from(v)));
-        self
-    }
-    pub fn pids(mut self, pids: Vec<u32>) -> Self {
-        self.0.push(("PIDs", Variant::from(pids)));
-        self
-    }
-    pub fn value(mut self, key: &'static str, v: &PropValue) -> Self {
-        let v = match v {
-            PropValue::U64(n) => Variant::from(*n),
-            PropValue::Str(s) => Variant::from(s.clone()),
-            PropValue::Bool(b) => Variant::from(*b),
-            PropValue::Bytes(b) => Variant::from(b.clone()),
-            PropValue::PathU64(l) => Variant::from(l.clone()),
-            PropValue::PathStr(l) => Variant::from(l.clone()),
-        };
-        self.0.push((key, v));
-        self
-    }
-    /// Every property of `props`, in order.
-    pub fn values<'a>(
-        self,
-        props: impl IntoIterator<Item = &'a (&'static str, PropValue)>,
-    ) -> Self {
-        props.into_iter().fold(self, |p, (k, v)| p.value(k, v))
-    }
-    /// The property names, in order (for tests and logs).
-    pub fn keys(&self) -> Vec<&'static str> {
-        self.0.iter().map(|(k, _)| *k).collect()
-    }
-}
-
-/// The properties of a container's scope: in `machine.slice`, delegated, collected when it
-/// ends (also when failed), referenced by berthd while it starts it, with accounting on so that
-/// every controller's files exist for stats (on hybrid hosts systemd only creates a unit's v1
-/// cgroups for the controllers it needs).
-pub fn scope_properties(description: &str, leader: u32) -> UnitProperties {
-    UnitProperties::default()
-        .string("Description", description)
-        .string("Slice", "machine.slice")
-        .boolean("Delegate", true)
-        .string("CollectMode", "inactive-or-failed")
-        .boolean("AddRef", true)
-        .boolean("CPUAccounting", true)
-        .boolean("MemoryAccounting", true)
-        .boolean("TasksAccounting", true)
-        .boolean("IOAccounting", true)
-        .pids(vec![leader])
-}
-
 /// A systemd client with one shared `JobRemoved` watcher.
 #[derive(Clone)]
 pub struct Systemd {
@@ -136,11 +74,55 @@ pub struct Systemd {
     jobs: Arc<Mutex<Jobs>>,
 }
 
+/// Job results berthd is waiting for. systemd broadcasts `JobRemoved` for every job on the
+/// machine; a result is only kept while one of berthd's own calls may still claim it (the
+/// method reply and the signal race), and only for berth's units, so the table stays small
+/// however many units run — and a result is never dropped while its caller is on its way.
 #[derive(Default)]
 struct Jobs {
     waiting: HashMap<OwnedObjectPath, oneshot::Sender<String>>,
-    /// Results that arrived before anyone waited (the reply and the signal race).
-    finished: HashMap<OwnedObjectPath, String>,
+    /// Results that arrived before their caller waited, with when they arrived.
+    finished: HashMap<OwnedObjectPath, (String, Instant)>,
+    /// Job-making calls whose reply has not been claimed yet.
+    in_flight: usize,
+}
+
+/// Unclaimed results older than this are dropped (a caller claims its result within
+/// milliseconds of the reply).
+const UNCLAIMED: Duration = Duration::from_secs(60);
+
+impl Jobs {
+    fn finished(&mut self, job: OwnedObjectPath, unit: &str, result: String) {
+        if let Some(tx) = self.waiting.remove(&job) {
+            if tx.send(result).is_err() {
+                tracing::debug!("job {job} finished after its caller gave up");
+            }
+            return;
+        }
+        if self.in_flight == 0 || !unit.starts_with("berth") {
+            return;
+        }
+        let now = Instant::now();
+        self.finished
+            .retain(|_, (_, at)| now.duration_since(*at) < UNCLAIMED);
+        self.finished.insert(job, (result, now));
+    }
+}
+
+/// Counts a job-making call from before it is sent until its job is claimed.
+struct InFlight(Arc<Mutex<Jobs>>);
+
+impl InFlight {
+    fn new(jobs: &Arc<Mutex<Jobs>>) -> InFlight {
+        jobs.lock().unwrap().in_flight += 1;
+        InFlight(jobs.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 impl Systemd {
@@ -154,24 +136,24 @@ impl Systemd {
         tokio::spawn(async move {
             while let Some(sig) = stream.next().await {
                 let Ok(args) = sig.args() else { continue };
-                let mut jobs = j.lock().unwrap();
-                if let Some(tx) = jobs.waiting.remove(&args.job) {
-                    let _ = tx.send(args.result);
-                } else {
-                    if jobs.finished.len() > 1024 {
-                        jobs.finished.clear();
-                    }
-                    jobs.finished.insert(args.job, args.result);
-                }
+                j.lock()
+                    .unwrap()
+                    .finished(args.job, &args.unit, args.result);
             }
         });
         Ok(Systemd { proxy, jobs })
     }
 
-    async fn wait_job(&self, unit: &str, job: OwnedObjectPath) -> Result<(), SystemdError> {
+    /// Wait for `job`, which a call counted by `_call` made.
+    async fn wait_job(
+        &self,
+        unit: &str,
+        job: OwnedObjectPath,
+        _call: InFlight,
+    ) -> Result<(), SystemdError> {
         let rx = {
             let mut jobs = self.jobs.lock().unwrap();
-            if let Some(result) = jobs.finished.remove(&job) {
+            if let Some((result, _)) = jobs.finished.remove(&job) {
                 return check(unit, result);
             }
             let (tx, rx) = oneshot::channel();
@@ -193,32 +175,25 @@ impl Systemd {
         unit: &str,
         props: &UnitProperties,
     ) -> Result<(), SystemdError> {
+        let call = InFlight::new(&self.jobs);
         let job = self
             .proxy
-            .start_transient_unit(
-                unit,
-                "fail",
-                &props
-                    .0
-                    .iter()
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect::<Vec<_>>(),
-                &[],
-            )
+            .start_transient_unit(unit, "fail", &props.variants(), &[])
             .await
             .map_err(|source| SystemdError::Call {
                 call: "StartTransientUnit",
                 unit: unit.into(),
                 source,
             })?;
-        self.wait_job(unit, job).await
+        self.wait_job(unit, job, call).await
     }
 
     /// Stop a unit, wait until it is stopped, and drop the reference `AddRef=yes` took, so
     /// that systemd collects it. A unit that is already gone is fine.
     pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
+        let call = InFlight::new(&self.jobs);
         let stopped = match self.proxy.stop_unit(unit, "replace").await {
-            Ok(job) => self.wait_job(unit, job).await,
+            Ok(job) => self.wait_job(unit, job, call).await,
             Err(e) if is_no_such_unit(&e) => return Ok(()),
             Err(source) => Err(SystemdError::Call {
                 call: "StopUnit",
@@ -252,11 +227,11 @@ impl Systemd {
         &self,
         unit: &str,
         runtime: bool,
-        props: &[(&'static str, PropValue)],
+        props: &[Property],
     ) -> Result<(), SystemdError> {
-        let p = UnitProperties::default().values(props);
+        let p = UnitProperties::default().extend(props.iter().cloned());
         self.proxy
-            .set_unit_properties(unit, runtime, &p.0)
+            .set_unit_properties(unit, runtime, &p.variants())
             .await
             .map_err(|source| SystemdError::Call {
                 call: "SetUnitProperties",
@@ -295,31 +270,31 @@ fn is_not_referenced(e: &zbus::Error) -> bool {
 mod tests {
     use super::*;
 
+    fn path(n: u32) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{n}")).unwrap()
+    }
+
     #[test]
-    fn scope_properties_are_delegated_in_machine_slice() {
-        let p = scope_properties("berth container web", 42);
-        assert_eq!(
-            p.keys(),
-            [
-                "Description",
-                "Slice",
-                "Delegate",
-                "CollectMode",
-                "AddRef",
-                "CPUAccounting",
-                "MemoryAccounting",
-                "TasksAccounting",
-                "IOAccounting",
-                "PIDs"
-            ]
-        );
-        assert!(
-            p.0.iter()
-                .any(|(k, v)| *k == "Slice" && *v == Variant::from("machine.slice"))
-        );
-        assert!(
-            p.0.iter()
-                .any(|(k, v)| *k == "Delegate" && *v == Variant::from(true))
-        );
+    fn early_results_are_kept_only_while_a_call_may_claim_them() {
+        let jobs: Arc<Mutex<Jobs>> = Arc::default();
+        // Nobody is calling: other units' jobs and ours are not kept.
+        jobs.lock()
+            .unwrap()
+            .finished(path(1), "berth-a.scope", "done".into());
+        assert!(jobs.lock().unwrap().finished.is_empty());
+        let call = InFlight::new(&jobs);
+        // Thousands of foreign jobs while a call is in flight never push ours out.
+        jobs.lock()
+            .unwrap()
+            .finished(path(2), "berth-a.scope", "done".into());
+        for n in 3..5000 {
+            jobs.lock()
+                .unwrap()
+                .finished(path(n), "user@0.service", "done".into());
+        }
+        assert_eq!(jobs.lock().unwrap().finished.len(), 1);
+        assert!(jobs.lock().unwrap().finished.contains_key(&path(2)));
+        drop(call);
+        assert_eq!(jobs.lock().unwrap().in_flight, 0);
     }
 }

@@ -8,13 +8,14 @@ use tracing::{info, warn};
 use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
 
-use super::{Registry, State, check_properties, invalid, no_such};
+use super::error::{Error, Result};
+use super::store;
+use super::table::{Registry, State, path};
 use crate::cgroup::{self, Cgroup, OomWatch};
-use crate::daemon::store;
-use crate::dbus::{self, Error, Result, StatsInfo};
+use crate::dbus::{self, StatsInfo};
 use crate::name;
-use crate::resources;
-use crate::spec::{self, PropValue};
+use crate::spec::{limits, props};
+use crate::systemd::properties::{self, Property};
 
 /// At most this many stats subscriptions at once.
 pub const MAX_STATS_WATCHERS: usize = 64;
@@ -22,13 +23,6 @@ pub const MAX_STATS_WATCHERS: usize = 64;
 pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Registry {
-    /// Refuse settings this machine's cgroup layout cannot apply (memory-high, memory-swap and
-    /// cpuset with v1 controllers), instead of letting systemd accept and ignore them.
-    pub(super) fn check_layout(&self, r: &resources::Resources) -> Result<()> {
-        r.check_layout(self.hierarchies.unified_only)
-            .map_err(|e| invalid(e.to_string()))
-    }
-
     /// Find a running container's cgroup and start watching it for OOM kills.
     pub(super) fn adopt_cgroup(&self, name: &str, leader: i32) {
         let cg = match self.hierarchies.of_process(leader as u32) {
@@ -141,9 +135,11 @@ impl Registry {
         };
         self.persist_oom(name, total, at);
         warn!("container {name}: {new} process(es) killed for lack of memory ({total} so far)");
-        self.emit_changed(name).await;
-        if let Some(em) = self.manager_emitter() {
-            let _ = dbus::Manager::container_oom_killed(&em, name, Self::path(name), total).await;
+        self.publish(name).await;
+        if let Some(em) = self.manager_emitter()
+            && let Err(e) = dbus::Manager::container_oom_killed(&em, name, path(name), total).await
+        {
+            warn!("cannot announce the OOM kill in {name}: {e}, ignoring");
         }
     }
 
@@ -176,86 +172,95 @@ impl Registry {
         runtime: bool,
     ) -> Result<()> {
         if assignments.is_empty() {
-            return Err(invalid("nothing to set"));
+            return Err(Error::InvalidArgument("nothing to set".into()));
         }
         // `res` is what is in force (the definition plus earlier runtime changes); the
         // definition only takes this call's assignments, so that a runtime value set before
         // never leaks into it through a later persistent change of another key.
-        let (mut res, mut def) = {
-            let entries = self.entries.lock().unwrap();
-            let e = entries.get(&name).ok_or_else(|| no_such(&name))?;
+        let (mut res, mut def) = self.with(&name, |e| {
             if e.state != State::Running {
-                return Err(Error::InvalidState(format!(
-                    "container {name:?} is {}, not running; limits of a stopped container are \
-                     changed in its definition",
-                    e.state.as_str()
-                )));
+                return Err(Error::InvalidState {
+                    name: name.clone(),
+                    state: e.state.as_str(),
+                    hint: ", not running; limits of a stopped container are changed in its \
+                           definition",
+                });
             }
-            (e.resources.clone(), e.def.clone())
-        };
-        let mut props: Vec<(&'static str, PropValue)> = Vec::new();
+            Ok((e.resources.clone(), e.spec.definition.clone()))
+        })??;
+        let mut keys: Vec<&'static limits::Key> = Vec::new();
         let mut raw = std::collections::BTreeMap::new();
+        let mut raw_props: Vec<Property> = Vec::new();
         for (key, value) in &assignments {
-            if resources::KEYS.iter().any(|k| k.0 == key) {
-                if key == "devices" {
-                    return Err(invalid(
-                        "devices can only be given when the container is created",
+            if let Some(k) = limits::key(key) {
+                if k.kind == limits::Kind::Device {
+                    return Err(Error::InvalidArgument(
+                        "devices can only be given when the container is created".into(),
                     ));
                 }
-                res.set(key, value).map_err(|e| invalid(e.to_string()))?;
-                def.resources
-                    .set(key, value)
-                    .map_err(|e| invalid(e.to_string()))?;
-                props.extend(
-                    res.key_properties(key)
-                        .map_err(|e| invalid(e.to_string()))?,
-                );
-            } else {
-                spec::parse_property(key, value).map_err(|_| {
-                    invalid(format!(
-                        "unknown setting {key:?} (known: {}, or a scope property like MemoryLow)",
-                        resources::KEYS
-                            .iter()
-                            .map(|k| k.0)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
+                res.set(key, value)?;
+                def.resources.set(key, value)?;
+                if !keys.iter().any(|x| x.name == k.name) {
+                    keys.push(k);
+                }
+            } else if props::is_known(key) {
+                let p = props::parse(key, value, &self.host)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                raw_props.push(properties::raw_property(&p));
                 raw.insert(key.clone(), value.clone());
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown setting {key:?} (known: {}, or a scope property like MemoryLow)",
+                    limits::KEYS
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
             }
         }
-        props.extend(check_properties(&raw)?);
-        // The whole set must still be valid together (e.g. all device rates).
-        res.properties().map_err(|e| invalid(e.to_string()))?;
-        // Only what this call sets: a value already in force is not this call's business.
-        let mut assigned = resources::Resources::default();
-        for (key, value) in assignments.iter().filter(|(k, _)| k != "devices") {
-            let _ = assigned.set(key, value);
-        }
-        self.check_layout(&assigned)?;
+        // The whole set in force must be valid together; only the keys assigned are sent.
+        let in_force = limits::check(&res, &self.host)?;
+        let mut props: Vec<Property> = keys
+            .iter()
+            .flat_map(|k| properties::key_properties(&in_force, k))
+            .collect();
+        props.extend(raw_props);
         let unit = name::scope_unit(&name);
         self.systemd
             .set_unit_properties(&unit, runtime, &props)
             .await
-            .map_err(|e| Error::Failed(format!("systemd refused the change: {e}")))?;
+            .map_err(|source| Error::Systemd {
+                what: "the change",
+                source,
+            })?;
         if !runtime {
             def.properties.extend(raw);
             store::save_definition(&self.layout, &def)
-                .map_err(|e| Error::Failed(format!("cannot save the definition: {e}")))?;
+                .map_err(|e| Error::io("cannot save the definition", e))?;
         }
         let rt_res = res.clone();
-        {
-            let mut entries = self.entries.lock().unwrap();
-            if let Some(e) = entries.get_mut(&name) {
+        let spec = if runtime {
+            None
+        } else {
+            Some(crate::spec::validate(&def, &self.host)?)
+        };
+        if self
+            .with(&name, |e| {
                 e.resources = res;
-                if !runtime {
-                    e.def = def;
+                if let Some(s) = spec {
+                    e.spec = s;
                 }
-            }
+            })
+            .is_err()
+        {
+            return Err(Error::NoSuchContainer(name));
         }
         if let Some(mut rt) = store::load_runtime(&self.layout, &name) {
             rt.resources = Some(rt_res);
-            let _ = store::save_runtime(&self.layout, &name, &rt);
+            if let Err(e) = store::save_runtime(&self.layout, &name, &rt) {
+                warn!("cannot record the runtime settings of {name}: {e}, ignoring");
+            }
         }
         info!(
             "container {name}: set {}{}",
@@ -266,7 +271,7 @@ impl Registry {
                 .join(" "),
             if runtime { " (until it stops)" } else { "" }
         );
-        self.emit_changed(&name).await;
+        self.publish(&name).await;
         Ok(())
     }
 
@@ -330,7 +335,9 @@ impl Registry {
             };
             pick.into_iter()
                 .map(|n| {
-                    let e = entries.get(&n).ok_or_else(|| no_such(&n))?;
+                    let e = entries
+                        .get(&n)
+                        .ok_or_else(|| Error::NoSuchContainer(n.clone()))?;
                     Ok((
                         n,
                         e.state.as_str().to_string(),
@@ -375,13 +382,13 @@ impl Registry {
     pub(super) fn watch_stats(&self, subscriber: String, interval_usec: u64) -> Result<()> {
         let interval = Duration::from_micros(interval_usec);
         if interval < MIN_STATS_INTERVAL || interval > Duration::from_secs(3600) {
-            return Err(invalid(format!(
+            return Err(Error::InvalidArgument(format!(
                 "the interval must be between {} ms and one hour",
                 MIN_STATS_INTERVAL.as_millis()
             )));
         }
         let dest = BusName::try_from(subscriber.clone())
-            .map_err(|_| invalid("the subscriber has no bus name"))?
+            .map_err(|_| Error::InvalidArgument("the subscriber has no bus name".into()))?
             .to_owned();
         let mut watchers = self.stats_watchers.lock().unwrap();
         watchers.retain(|_, h| !h.is_finished());

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use tracing::info;
 use zbus::OwnedObjectPath;
 
-use super::{Registry, State, invalid};
+use super::table::Registry;
 use crate::dbus::{self, Error, ImageInfo, Result};
 use crate::image::{self, ErrorKind, ImageConfig, ImageKind, ImageRecord, registry as reg};
 use crate::name;
@@ -56,6 +56,10 @@ fn bus_error(kind: ErrorKind, msg: String) -> Error {
         ErrorKind::Busy => Error::InvalidState(msg),
         ErrorKind::Failed => Error::Failed(msg),
     }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
 }
 
 fn store_error(e: image::StoreError) -> Error {
@@ -113,9 +117,13 @@ impl Progress {
         let mut last = self.last.lock().unwrap();
         if force || last.elapsed() >= Duration::from_millis(100) {
             *last = Instant::now();
-            let _ = self
+            if self
                 .tx
-                .send((phase.into(), done, total, layers_done, layers));
+                .send((phase.into(), done, total, layers_done, layers))
+                .is_err()
+            {
+                // The relay is gone: the operation's caller left; the work goes on.
+            }
         }
     }
 }
@@ -170,8 +178,18 @@ impl Registry {
         out
     }
 
+    /// One image's record: the store's, else a shipped directory image. Reads one record, not
+    /// the whole store (every Image property read comes here).
     pub(super) fn image_info(&self, image: &str) -> Option<ImageInfo> {
-        self.list_images().into_iter().find(|i| i.name == image)
+        if name::validate(image).is_err() {
+            return None;
+        }
+        if let Ok(rec) = self.images.get(image) {
+            return Some(info_of(&rec));
+        }
+        self.layout
+            .find_image(image)
+            .map(|dir| system_image(image, &dir))
     }
 
     /// The image's config as the `Image.Config` property shows it.
@@ -185,13 +203,8 @@ impl Registry {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, e)| e.def.directory.is_none() && e.def.image.as_deref() == Some(image))
-            .map(|(n, e)| {
-                (
-                    n.clone(),
-                    matches!(e.state, State::Running | State::Stopping | State::Starting),
-                )
-            })
+            .filter(|(_, e)| e.spec.root == crate::spec::Root::Image(image.to_string()))
+            .map(|(n, e)| (n.clone(), e.is_active()))
             .collect()
     }
 
@@ -226,9 +239,11 @@ impl Registry {
         let em = self.manager_emitter();
         let relay = async {
             while let Some((phase, done, total, ld, lt)) = rx.recv().await {
-                if let Some(em) = &em {
-                    let _ =
-                        dbus::Manager::image_progress(em, name, &phase, done, total, ld, lt).await;
+                if let Some(em) = &em
+                    && let Err(e) =
+                        dbus::Manager::image_progress(em, name, &phase, done, total, ld, lt).await
+                {
+                    tracing::debug!("cannot send progress of {name}: {e}, ignoring");
                 }
             }
         };
@@ -239,34 +254,44 @@ impl Registry {
     async fn announce(&self, rec: &ImageRecord) -> OwnedObjectPath {
         self.export_image_object(&rec.name).await;
         let path = image_path(&rec.name);
-        if let Some(em) = self.manager_emitter() {
-            let _ = dbus::Manager::image_new(&em, &rec.name, path.clone()).await;
+        if let Some(em) = self.manager_emitter()
+            && let Err(e) = dbus::Manager::image_new(&em, &rec.name, path.clone()).await
+        {
+            tracing::warn!("cannot announce image {}: {e}, ignoring", rec.name);
         }
         path
     }
 
     async fn retire(&self, image: &str) {
         let path = name::image_path(image);
-        let _ = self
+        if let Err(e) = self
             .conn
             .object_server()
             .remove::<dbus::Image, _>(path.as_str())
-            .await;
-        if let Some(em) = self.manager_emitter() {
-            let _ = dbus::Manager::image_removed(&em, image, image_path(image)).await;
+            .await
+        {
+            tracing::warn!("cannot remove the bus object of image {image}: {e}, ignoring");
+        }
+        if let Some(em) = self.manager_emitter()
+            && let Err(e) = dbus::Manager::image_removed(&em, image, image_path(image)).await
+        {
+            tracing::warn!("cannot announce the removal of image {image}: {e}, ignoring");
         }
     }
 
     pub(super) async fn export_image_object(&self, image: &str) {
         let obj = dbus::Image {
-            backend: self.arc(),
+            backend: self.weak_backend(),
             name: image.into(),
         };
-        let _ = self
+        if let Err(e) = self
             .conn
             .object_server()
             .at(name::image_path(image), obj)
-            .await;
+            .await
+        {
+            tracing::warn!("cannot export image {image}: {e}, ignoring");
+        }
     }
 
     /// Export every image as a bus object (at start).
@@ -291,7 +316,6 @@ impl Registry {
         format: String,
         source: String,
         image: String,
-        _options: std::collections::HashMap<String, zbus::OwnedVariant>,
     ) -> Result<OwnedObjectPath> {
         self.check_new_name(&image)?;
         let src = PathBuf::from(&source);
@@ -339,7 +363,8 @@ impl Registry {
         &self,
         reference: String,
         image: String,
-        options: std::collections::HashMap<String, zbus::OwnedVariant>,
+        insecure: bool,
+        auth_file: Option<String>,
     ) -> Result<OwnedObjectPath> {
         let r: reg::Reference = reference
             .parse()
@@ -350,23 +375,15 @@ impl Registry {
             image
         };
         self.check_new_name(&image)?;
-        let mut opts = reg::PullOptions::default();
-        for (k, v) in options {
-            match k.as_str() {
-                "Insecure" => {
-                    opts.insecure = bool::try_from(v)
-                        .map_err(|_| invalid("option Insecure must be a boolean"))?
-                }
-                "AuthFile" => {
-                    let f = String::try_from(v)
-                        .map_err(|_| invalid("option AuthFile must be a string"))?;
-                    if !f.starts_with('/') {
-                        return Err(invalid(format!("auth file {f:?} is not an absolute path")));
-                    }
-                    opts.auth_file = Some(f.into());
-                }
-                _ => return Err(invalid(format!("unknown option {k:?}"))),
+        let mut opts = reg::PullOptions {
+            insecure,
+            ..Default::default()
+        };
+        if let Some(f) = auth_file {
+            if !f.starts_with('/') {
+                return Err(invalid(format!("auth file {f:?} is not an absolute path")));
             }
+            opts.auth_file = Some(f.into());
         }
         if opts.auth_file.is_none() && std::path::Path::new(DEFAULT_AUTH_FILE).exists() {
             opts.auth_file = Some(DEFAULT_AUTH_FILE.into());
@@ -503,23 +520,20 @@ impl Registry {
             let root = self.resolve_image(&name_)?;
             root.lowers
         } else {
-            let (def, upper) = {
+            let (root, upper) = {
                 let entries = self.entries.lock().unwrap();
                 let e = entries.get(&name_).ok_or_else(|| {
                     Error::NoSuchContainer(format!("no container named {name_:?}"))
                 })?;
                 (
-                    e.def.clone(),
-                    crate::plan::ContainerDirs::under(&self.layout.container_dir(&name_)).upper,
+                    e.spec.root.clone(),
+                    crate::mount::ContainerDirs::under(&self.layout.container_dir(&name_)).upper,
                 )
             };
             let mut l = vec![upper];
-            match (&def.directory, &def.image) {
-                (Some(d), _) => l.push(d.clone()),
-                (None, i) => l.extend(
-                    self.resolve_image(i.as_deref().unwrap_or(super::DEFAULT_IMAGE))?
-                        .lowers,
-                ),
+            match root {
+                crate::spec::Root::Directory(d) => l.push(d),
+                crate::spec::Root::Image(i) => l.extend(self.resolve_image(&i)?.lowers),
             }
             l
         };

@@ -1,0 +1,310 @@
+//! The lifecycle flows other than start: create, stop, kill, wait, remove.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tracing::{info, warn};
+use zbus::OwnedObjectPath;
+
+use super::error::{Error, Result};
+use super::store;
+use super::table::{Entry, MAX_CONTAINERS, Registry, State, path};
+use crate::dbus;
+use crate::mount::ContainerDirs;
+use crate::name;
+use crate::spec::{self, ContainerSpec, Definition, Root};
+use crate::sys;
+
+/// The default stop timeout.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long berthd waits for a container to die after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prefix of a removed container's directory while it is being deleted.
+pub const TRASH_PREFIX: &str = ".removed-";
+
+impl Registry {
+    /// What `RootDirectory` shows for a spec.
+    pub(super) fn shown_root(&self, spec: &ContainerSpec) -> PathBuf {
+        match &spec.root {
+            Root::Directory(d) => d.clone(),
+            Root::Image(i) => self.resolve_image(i).map(|r| r.shown).unwrap_or_default(),
+        }
+    }
+
+    pub(super) async fn create(&self, def: Definition) -> Result<OwnedObjectPath> {
+        let spec = spec::validate(&def, &self.host)?;
+        let name = def.name.clone();
+        let shown = match &spec.root {
+            Root::Directory(d) => d.clone(),
+            Root::Image(i) => self.resolve_image(i)?.shown,
+        };
+        {
+            let mut entries = self.entries.lock().unwrap();
+            if entries.contains_key(&name) {
+                return Err(Error::AlreadyExists(name));
+            }
+            if entries.len() >= MAX_CONTAINERS {
+                return Err(Error::LimitExceeded(format!(
+                    "at most {MAX_CONTAINERS} containers"
+                )));
+            }
+            // The stored definition keeps the canonical directory it was checked as.
+            let mut spec = spec;
+            if let Root::Directory(d) = &spec.root {
+                spec.definition.directory = Some(d.clone());
+            }
+            if let Err(e) = self.write_container_dir(&spec.definition) {
+                let dir = self.layout.container_dir(&name);
+                if e.kind() != std::io::ErrorKind::AlreadyExists
+                    && let Err(rm) = std::fs::remove_dir_all(&dir)
+                {
+                    warn!(
+                        "cannot remove {} after a failed create: {rm}, ignoring",
+                        dir.display()
+                    );
+                }
+                return Err(Error::io(
+                    format!("cannot write the definition of {name:?}"),
+                    e,
+                ));
+            }
+            entries.insert(name.clone(), Entry::new(spec, shown));
+        }
+        self.export(&name).await;
+        if let Some(em) = self.manager_emitter()
+            && let Err(e) = dbus::Manager::container_new(&em, &name, path(&name)).await
+        {
+            warn!("cannot announce container {name}: {e}, ignoring");
+        }
+        info!("created container {name}");
+        Ok(path(&name))
+    }
+
+    fn write_container_dir(&self, def: &Definition) -> std::io::Result<()> {
+        let dir = self.layout.container_dir(&def.name);
+        std::fs::create_dir(&dir)?;
+        let dirs = ContainerDirs::under(&dir);
+        for d in [&dirs.upper, &dirs.work, &dirs.root] {
+            std::fs::create_dir(d)?;
+        }
+        store::save_definition(&self.layout, def)
+    }
+
+    /// A running container's pidfd and exit watch; moves it to `next` if given.
+    pub(super) fn running(
+        &self,
+        name: &str,
+        next: Option<State>,
+    ) -> Result<(
+        std::sync::Arc<std::os::fd::OwnedFd>,
+        tokio::sync::watch::Receiver<Option<i32>>,
+    )> {
+        self.with(name, |e| match (e.state, &e.pidfd) {
+            (State::Running, Some(fd)) | (State::Stopping, Some(fd)) => {
+                let r = (fd.clone(), e.exited.subscribe());
+                if let Some(s) = next {
+                    e.state = s;
+                }
+                Ok(r)
+            }
+            (s, _) => Err(Error::InvalidState {
+                name: name.into(),
+                state: s.as_str(),
+                hint: ", not running",
+            }),
+        })?
+    }
+
+    pub(super) async fn stop(&self, name: String, timeout_usec: u64) -> Result<()> {
+        let timeout = if timeout_usec == 0 {
+            DEFAULT_STOP_TIMEOUT
+        } else {
+            Duration::from_micros(timeout_usec)
+        };
+        let (pidfd, mut rx) = self.running(&name, Some(State::Stopping))?;
+        self.publish(&name).await;
+        let sig = self
+            .with(&name, |e| e.stop_signal)
+            .unwrap_or(Signal::SIGTERM);
+        match sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*pidfd), sig) {
+            // It exited meanwhile: the reaper records it.
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => warn!("cannot send {sig} to {name}: {e}, killing it"),
+        }
+        if tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            info!("container {name} did not stop within {timeout:?}, killing it");
+            self.kill_scope(&name).await?;
+            tokio::time::timeout(KILL_TIMEOUT, rx.wait_for(Option::is_some))
+                .await
+                .map_err(|_| {
+                    Error::Failed(format!("container {name:?} did not die after SIGKILL"))
+                })?
+                .map_err(|_| Error::Failed("berthd is shutting down".into()))?;
+        }
+        Ok(())
+    }
+
+    async fn kill_scope(&self, name: &str) -> Result<()> {
+        self.systemd
+            .kill_unit(&name::scope_unit(name), "all", Signal::SIGKILL as i32)
+            .await
+            .map_err(|source| Error::Systemd {
+                what: "to kill the scope",
+                source,
+            })
+    }
+
+    pub(super) async fn kill(&self, name: String, whom: String, signal: i32) -> Result<()> {
+        let sig = Signal::try_from(signal)
+            .map_err(|_| Error::InvalidArgument(format!("invalid signal number {signal}")))?;
+        if !matches!(whom.as_str(), "leader" | "" | "all") {
+            return Err(Error::InvalidArgument(format!(
+                "whom must be \"leader\" or \"all\", not {whom:?}"
+            )));
+        }
+        let (pidfd, _) = self.running(&name, None)?;
+        if whom == "all" {
+            return self
+                .systemd
+                .kill_unit(&name::scope_unit(&name), "all", signal)
+                .await
+                .map_err(|source| Error::Systemd {
+                    what: "to signal the scope",
+                    source,
+                });
+        }
+        match sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*pidfd), sig) {
+            Ok(()) => Ok(()),
+            // The leader exited between the check and the signal: say what is true now.
+            Err(nix::errno::Errno::ESRCH) => Err(Error::InvalidState {
+                name,
+                state: "exited",
+                hint: ", not running",
+            }),
+            Err(e) => Err(Error::Failed(format!("cannot send {sig}: {e}"))),
+        }
+    }
+
+    pub(super) async fn wait(&self, name: String) -> Result<i32> {
+        let mut rx = {
+            let entries = self.entries.lock().unwrap();
+            let Some(e) = entries.get(&name) else {
+                let gone = self.removed_at_exit.lock().unwrap();
+                return gone
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, s)| *s)
+                    .ok_or(Error::NoSuchContainer(name));
+            };
+            match e.state {
+                State::Exited => return Ok(e.exit_status),
+                State::Created => {
+                    return Err(Error::InvalidState {
+                        name,
+                        state: "created",
+                        hint: " and has not been started",
+                    });
+                }
+                _ => e.exited.subscribe(),
+            }
+        };
+        let v = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Failed("berthd is shutting down".into()))?;
+        Ok(v.unwrap_or(-1))
+    }
+
+    pub(super) async fn remove(&self, name: String, force: bool) -> Result<()> {
+        let state = self.with(&name, |e| e.state)?;
+        match state {
+            State::Created | State::Exited => {}
+            State::Running | State::Stopping if force => {
+                let (_, mut rx) = self.running(&name, None)?;
+                self.kill_scope(&name).await?;
+                if tokio::time::timeout(KILL_TIMEOUT, rx.wait_for(Option::is_some))
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Failed(format!(
+                        "container {name:?} did not die after SIGKILL"
+                    )));
+                }
+            }
+            State::Running | State::Stopping => {
+                return Err(Error::InvalidState {
+                    name,
+                    state: "running",
+                    hint: "; stop it first or remove it with --force",
+                });
+            }
+            State::Starting => {
+                return Err(Error::InvalidState {
+                    name,
+                    state: "starting",
+                    hint: "",
+                });
+            }
+        }
+        self.remove_entry(&name).await
+    }
+
+    /// Forget a container and delete its files. The directory is first renamed out of the
+    /// way (atomically, under the table's lock), so that a container created with the same
+    /// name right after never has its new directory deleted by this removal.
+    pub(super) async fn remove_entry(&self, name: &str) -> Result<()> {
+        let dir = self.layout.container_dir(name);
+        let trash = self
+            .layout
+            .containers()
+            .join(format!("{TRASH_PREFIX}{name}-{}", store::now_usec()));
+        let victim = {
+            let mut entries = self.entries.lock().unwrap();
+            if entries.remove(name).is_none() {
+                return Err(Error::NoSuchContainer(name.into()));
+            }
+            match std::fs::rename(&dir, &trash) {
+                Ok(()) => trash,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(
+                            "cannot move {} aside: {e}, deleting it in place",
+                            dir.display()
+                        );
+                    }
+                    dir
+                }
+            }
+        };
+        let rt = self.layout.runtime(name);
+        let removed = tokio::task::spawn_blocking(move || {
+            match std::fs::remove_file(&rt) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            match std::fs::remove_dir_all(&victim) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("removal of {name:?}: {e}")))?;
+        self.unexport(name).await;
+        if let Some(em) = self.manager_emitter()
+            && let Err(e) = dbus::Manager::container_removed(&em, name, path(name)).await
+        {
+            warn!("cannot announce the removal of {name}: {e}, ignoring");
+        }
+        removed
+            .map_err(|e| Error::io(format!("container {name:?} is removed, but its files"), e))?;
+        info!("removed container {name}");
+        Ok(())
+    }
+}

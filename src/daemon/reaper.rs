@@ -1,0 +1,103 @@
+//! The reaper: watch each running leader's pidfd; when it exits, read its status (from the
+//! memfd its PID 1 wrote, else from waitid), stop the scope, record and announce the exit,
+//! and remove the container if it was run with `--rm`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::notify;
+use super::start::fdname;
+use super::store::{self, Runtime};
+use super::table::{Registry, State};
+use crate::name;
+use crate::sys;
+
+impl Registry {
+    /// Wait until the process behind `pidfd` has exited and reap it if it is our child.
+    pub(super) async fn reap_now(&self, pidfd: &OwnedFd) -> Option<sys::ExitInfo> {
+        for _ in 0..500 {
+            match sys::pidfd_try_reap(pidfd.as_fd()) {
+                Ok(Some(info)) => return Some(info),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Watch a running leader; on exit record its status, stop the scope and notify.
+    pub(super) async fn watch_leader(
+        self: Arc<Self>,
+        name: String,
+        pidfd: Arc<OwnedFd>,
+        memfd: Option<OwnedFd>,
+    ) {
+        match pidfd.try_clone().and_then(sys::async_fd) {
+            Ok(afd) => {
+                if let Err(e) = afd.readable().await {
+                    warn!("cannot wait for the leader of {name}: {e}, polling");
+                }
+            }
+            Err(e) => warn!("cannot watch the leader of {name}: {e}, polling"),
+        }
+        let reaped = self.reap_now(&pidfd).await;
+        let status = memfd
+            .as_ref()
+            .and_then(read_status)
+            .or(reaped.map(sys::ExitInfo::as_status))
+            .unwrap_or(-1);
+        self.on_exit(&name, status).await;
+    }
+
+    pub(super) async fn on_exit(&self, name: &str, status: i32) {
+        let unit = name::scope_unit(name);
+        if let Err(e) = self.systemd.stop_unit(&unit).await {
+            warn!("cannot stop {unit}: {e}, ignoring");
+        }
+        if let Err(e) = notify::remove_fd(&fdname(name)) {
+            warn!("cannot drop the exit descriptor of {name}: {e}, ignoring");
+        }
+        self.cpu_samples.lock().unwrap().remove(name);
+        let Ok((tx, auto_remove, rt)) = self.with(name, |e| {
+            e.state = State::Exited;
+            e.leader = None;
+            e.pidfd = None;
+            e.exit_status = status;
+            e.cgroup = None;
+            e.resources = e.spec.definition.resources.clone();
+            let rt = Runtime {
+                running: false,
+                started_at: e.started_at,
+                exit_status: status,
+                oom_kills: e.oom_kills,
+                last_oom_at: e.last_oom_at,
+                ..Default::default()
+            };
+            (e.exited.clone(), e.spec.definition.auto_remove, rt)
+        }) else {
+            return;
+        };
+        info!("container {name} exited with status {status}");
+        if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
+            warn!("cannot record exit of {name}: {e}, ignoring");
+        }
+        self.publish(name).await;
+        if auto_remove {
+            self.remember_removed(name, status);
+            if let Err(e) = self.remove_entry(name).await {
+                warn!("cannot remove {name} at its exit: {e}, ignoring");
+            }
+        }
+        tx.send_replace(Some(status));
+    }
+}
+
+/// The status PID 1 wrote before exiting, if it did.
+pub(super) fn read_status(memfd: &OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 16];
+    let n = nix::sys::uio::pread(memfd, &mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}

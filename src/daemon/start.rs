@@ -1,0 +1,377 @@
+//! The start sequence (ARCHITECTURE.md, "Starting a container"): plan, helper, scope,
+//! release, started. On error everything made so far is undone — the leader is killed and
+//! the scope stopped — and the failure is recorded on the container (status and reason).
+//! Each step is a tracing span, so `BERTH_LOG=debug` shows where a start spends its time.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{debug, info, warn};
+
+use super::error::{Error, Result};
+use super::images::parse_stop_signal;
+use super::notify;
+use super::store::{self, Runtime};
+use super::table::{Registry, State};
+use crate::mount::ContainerDirs;
+use crate::name;
+use crate::plan;
+use crate::protocol::{self, FromHelper, Sync, ToHelper};
+use crate::spawn::{self, Helper};
+use crate::spec::{ContainerSpec, Root};
+use crate::sys;
+use crate::systemd::{self, properties};
+
+/// The payload's stdio for a start (default /dev/null).
+#[derive(Default)]
+pub struct Stdio(pub [Option<OwnedFd>; 3]);
+
+/// What a successful launch leaves running.
+pub(super) struct Launched {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub memfd: OwnedFd,
+    pub stop_signal: Signal,
+}
+
+/// The name of a container's exit-status descriptor in systemd's FD store.
+pub fn fdname(name: &str) -> String {
+    format!("exit-{name}")
+}
+
+/// Time one step of the start, for `BERTH_LOG=debug`.
+struct Timer<'a> {
+    name: &'a str,
+    step: &'static str,
+    at: Instant,
+}
+
+impl<'a> Timer<'a> {
+    fn new(name: &'a str, step: &'static str) -> Self {
+        Timer {
+            name,
+            step,
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        debug!(
+            container = self.name,
+            step = self.step,
+            usec = self.at.elapsed().as_micros() as u64,
+            "start step {} of {} took {:?}",
+            self.step,
+            self.name,
+            self.at.elapsed()
+        );
+    }
+}
+
+impl Registry {
+    pub(super) async fn start(&self, name: String, stdio: Stdio) -> Result<()> {
+        let _whole = Timer::new(&name, "start (berthd)");
+        let (spec, previous) = self.with(&name, |e| match e.state {
+            State::Created | State::Exited => {
+                let previous = e.state;
+                e.state = State::Starting;
+                Ok((e.spec.clone(), previous))
+            }
+            s => Err(Error::InvalidState {
+                name: name.clone(),
+                state: s.as_str(),
+                hint: "",
+            }),
+        })??;
+        self.publish(&name).await;
+        match self.launch(&spec, stdio).await {
+            Ok(l) => {
+                self.started(&name, l).await;
+                Ok(())
+            }
+            Err(err) => {
+                self.start_failed(&name, previous, &err).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Record a running container and watch it.
+    async fn started(&self, name: &str, l: Launched) {
+        let started_at = store::now_usec();
+        let pidfd = Arc::new(l.pidfd);
+        let rt = Runtime {
+            running: true,
+            leader: l.pid,
+            leader_start: store::process_start_time(l.pid).unwrap_or(0),
+            started_at,
+            exit_status: -1,
+            ..Default::default()
+        };
+        if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
+            warn!("cannot record runtime state of {name}: {e}, ignoring");
+        }
+        match notify::store_fd(&fdname(name), l.memfd.as_fd()) {
+            Ok(_) => {}
+            Err(e) => warn!("cannot store exit descriptor of {name}: {e}, ignoring"),
+        }
+        let recorded = self.with(name, |e| {
+            e.state = State::Running;
+            e.leader = Some(l.pid);
+            e.started_at = started_at;
+            e.last_error.clear();
+            e.pidfd = Some(pidfd.clone());
+            e.resources = e.spec.definition.resources.clone();
+            e.stop_signal = l.stop_signal;
+            e.exited.send_replace(None);
+        });
+        if recorded.is_err() {
+            warn!("container {name} vanished while it started, ignoring");
+        }
+        self.adopt_cgroup(name, l.pid);
+        tokio::spawn(
+            self.arc()
+                .watch_leader(name.to_string(), pidfd, Some(l.memfd)),
+        );
+        self.publish(name).await;
+        info!("started container {name}, leader {}", l.pid);
+    }
+
+    /// Record why a start failed: the status a shell would give (127/126/125) and the
+    /// reason, on the container and in its runtime record.
+    async fn start_failed(&self, name: &str, previous: State, err: &Error) {
+        let status = err.start_status();
+        let message = err.to_string();
+        let ran_before = self
+            .with(name, |e| {
+                // A command that never ran is an exit with its status; a start that failed
+                // before that leaves the container as it was, with the reason.
+                e.state = if status == 125 {
+                    previous
+                } else {
+                    State::Exited
+                };
+                if status != 125 {
+                    e.exit_status = status;
+                }
+                e.last_error = message.clone();
+                (e.started_at, e.exit_status, e.oom_kills, e.last_oom_at)
+            })
+            .ok();
+        if let Some((started_at, exit_status, oom_kills, last_oom_at)) = ran_before {
+            let rt = Runtime {
+                running: false,
+                started_at,
+                exit_status,
+                oom_kills,
+                last_oom_at,
+                last_error: message.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
+                warn!("cannot record the failed start of {name}: {e}, ignoring");
+            }
+        }
+        info!("container {name} failed to start: {message}");
+        self.publish(name).await;
+    }
+
+    async fn launch(&self, spec: &ContainerSpec, stdio: Stdio) -> Result<Launched> {
+        let name = spec.name();
+        let (plan, stop_signal, fds) = {
+            let _t = Timer::new(name, "plan");
+            let devnull = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(|e| Error::io("open /dev/null", e))
+            };
+            let mut fds = Vec::with_capacity(3);
+            for fd in stdio.0 {
+                fds.push(match fd {
+                    Some(fd) => fd,
+                    None => devnull()?,
+                });
+            }
+            let dirs = ContainerDirs::under(&self.layout.container_dir(name));
+            let root = match &spec.root {
+                Root::Directory(dir) => {
+                    if !dir.is_dir() {
+                        return Err(Error::Failed(format!(
+                            "root directory {} is gone",
+                            dir.display()
+                        )));
+                    }
+                    super::images::Rootfs {
+                        lowers: vec![dir.clone()],
+                        config: None,
+                        shown: dir.clone(),
+                    }
+                }
+                Root::Image(image) => self.resolve_image(image)?,
+            };
+            let stop_signal = match root.config.as_ref().and_then(|c| c.stop_signal.as_deref()) {
+                Some(s) => parse_stop_signal(s).unwrap_or_else(|| {
+                    warn!("{name}: image stop signal {s:?} is unknown, using SIGTERM");
+                    Signal::SIGTERM
+                }),
+                None => Signal::SIGTERM,
+            };
+            let plan = plan::build(
+                spec,
+                &root.lowers,
+                root.config.as_ref(),
+                &dirs,
+                plan::Limits {
+                    nofile_hard: self.nofile_hard,
+                },
+            )?;
+            (plan, stop_signal, fds)
+        };
+        let memfd = nix::sys::memfd::memfd_create(
+            format!("berth-exit-{name}").as_str(),
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| Error::Failed(format!("memfd_create: {e}")))?;
+        let plan_fd = protocol::plan_memfd(&plan)
+            .map_err(|e| Error::Failed(format!("cannot pass the plan: {e}")))?;
+
+        let helper = {
+            let _t = Timer::new(name, "exec helper");
+            Helper::spawn(&self.helper)?
+        };
+        let (pid, pidfd, sock) = {
+            let _t = Timer::new(name, "namespaces (sync #1-#2)");
+            let fds = [
+                plan_fd.as_fd(),
+                fds[0].as_fd(),
+                fds[1].as_fd(),
+                fds[2].as_fd(),
+                memfd.as_fd(),
+            ];
+            if let Err(err) = helper.send(&ToHelper::Plan, &fds).await {
+                helper.kill().await;
+                return Err(err.into());
+            }
+            let (msg, mut got) = match helper.recv(Duration::from_secs(10)).await {
+                Ok(m) => m,
+                Err(err) => {
+                    helper.kill().await;
+                    return Err(err.into());
+                }
+            };
+            match msg {
+                FromHelper::Forked if got.len() == 1 => {
+                    let pidfd = got.remove(0);
+                    let pid = match sys::pidfd_pid(pidfd.as_fd()) {
+                        Ok(p) => p.as_raw(),
+                        Err(e) => {
+                            helper.kill().await;
+                            return Err(Error::Failed(format!("the leader's pidfd: {e}")));
+                        }
+                    };
+                    (pid, pidfd, helper.reap_in_background())
+                }
+                FromHelper::Failed {
+                    step,
+                    errno,
+                    message,
+                } => {
+                    helper.kill().await;
+                    return Err(Error::Helper {
+                        step,
+                        errno,
+                        message: failure_message(name, step, errno, &message),
+                    });
+                }
+                other => {
+                    helper.kill().await;
+                    return Err(Error::Failed(format!(
+                        "berth-helper sent {other:?} at {}",
+                        Sync::Forked
+                    )));
+                }
+            }
+        };
+        let unit = name::scope_unit(name);
+        let abort = |reason: Error| async {
+            if let Err(e) = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL)
+                && e != nix::errno::Errno::ESRCH
+            {
+                warn!("cannot kill the leader of {name} after a failed start: {e}, ignoring");
+            }
+            self.reap_now(&pidfd).await;
+            if let Err(e) = self.systemd.stop_unit(&unit).await {
+                warn!("cannot stop {unit} after a failed start: {e}, ignoring");
+            }
+            reason
+        };
+        {
+            let _t = Timer::new(name, "scope");
+            let props = systemd::scope_properties(&format!("berth container {name}"), pid as u32)
+                .extend(properties::device_policy(&spec.limits))
+                .extend(properties::limit_properties(&spec.limits))
+                .extend(spec.properties.iter().map(properties::raw_property));
+            if let Err(source) = self.systemd.start_scope(&unit, &props).await {
+                return Err(abort(Error::Systemd {
+                    what: "the scope",
+                    source,
+                })
+                .await);
+            }
+        }
+        let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
+        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &[]).await {
+            return Err(abort(e.into()).await);
+        }
+        match spawn::recv_on(&sock, Duration::from_secs(30)).await {
+            Ok((FromHelper::Started, _)) => Ok(Launched {
+                pid,
+                pidfd,
+                memfd,
+                stop_signal,
+            }),
+            Ok((
+                FromHelper::Failed {
+                    step,
+                    errno,
+                    message,
+                },
+                _,
+            )) => Err(abort(Error::Helper {
+                step,
+                errno,
+                message: failure_message(name, step, errno, &message),
+            })
+            .await),
+            Ok((other, _)) => Err(abort(Error::Failed(format!(
+                "container sent {other:?} at {}",
+                Sync::Started
+            )))
+            .await),
+            Err(e) => Err(abort(e.into()).await),
+        }
+    }
+}
+
+/// What a failed step tells the user.
+fn failure_message(name: &str, step: protocol::Step, errno: i32, message: &str) -> String {
+    use protocol::Step;
+    let errno = nix::errno::Errno::from_raw(errno);
+    match (step, errno) {
+        (Step::Exec, nix::errno::Errno::ENOENT) => {
+            format!("container {name:?}: {message}")
+        }
+        (Step::Exec, _) | (Step::User, _) => format!("container {name:?}: {message}"),
+        (step, errno) => format!(
+            "container {name:?}: {step:?} failed: {message}: {}",
+            errno.desc()
+        ),
+    }
+}

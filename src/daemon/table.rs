@@ -1,0 +1,358 @@
+//! The container table: one [`Entry`] per defined container, its bus object, and the
+//! `PropertiesChanged` signal that follows every change of it. Lock order: only `entries`,
+//! never held across an await.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+use tracing::warn;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, OwnedObjectPath, Variant};
+
+use super::error::{Error, Result};
+use super::store::Layout;
+use crate::cgroup::{Cgroup, Hierarchies};
+use crate::dbus::{self, ContainerInfo};
+use crate::image;
+use crate::name;
+use crate::spec::{self, ContainerSpec, Resources};
+use crate::systemd::Systemd;
+
+/// At most this many containers are defined at once.
+pub const MAX_CONTAINERS: usize = 4096;
+/// How many auto-removed containers' statuses are remembered.
+const REMEMBER_REMOVED: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Exited,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Exited => "exited",
+        }
+    }
+}
+
+pub struct Entry {
+    pub spec: ContainerSpec,
+    /// What `RootDirectory` shows: the directory, or the image's directory, or empty.
+    pub shown_root: PathBuf,
+    pub state: State,
+    pub leader: Option<i32>,
+    pub started_at: u64,
+    /// -1 before the first exit.
+    pub exit_status: i32,
+    /// Why the last start failed (empty when it did not).
+    pub last_error: String,
+    pub pidfd: Option<Arc<OwnedFd>>,
+    /// `Some(status)` once the current run has exited.
+    pub exited: watch::Sender<Option<i32>>,
+    /// The resource settings in force: the definition's, plus `set --runtime` changes while
+    /// running.
+    pub resources: Resources,
+    /// The running container's cgroup.
+    pub cgroup: Option<Cgroup>,
+    /// What `stop` sends first: the image's StopSignal, else SIGTERM.
+    pub stop_signal: Signal,
+    /// OOM kills seen over the container's life, and the last one's time (µs since the epoch).
+    pub oom_kills: u64,
+    pub last_oom_at: u64,
+    /// The properties last announced on the bus, to send only what changed.
+    published: Option<ContainerInfo>,
+}
+
+impl Entry {
+    pub fn new(spec: ContainerSpec, shown_root: PathBuf) -> Entry {
+        Entry {
+            resources: spec.definition.resources.clone(),
+            spec,
+            shown_root,
+            state: State::Created,
+            leader: None,
+            started_at: 0,
+            exit_status: -1,
+            last_error: String::new(),
+            pidfd: None,
+            exited: watch::channel(None).0,
+            cgroup: None,
+            stop_signal: Signal::SIGTERM,
+            oom_kills: 0,
+            last_oom_at: 0,
+            published: None,
+        }
+    }
+
+    pub fn info(&self, name: &str) -> ContainerInfo {
+        ContainerInfo {
+            name: name.into(),
+            state: self.state.as_str().into(),
+            unit: name::scope_unit(name),
+            leader: self.leader.map(|p| p as u32).unwrap_or(0),
+            image: self.spec.definition.image.clone().unwrap_or_default(),
+            root_directory: self.shown_root.display().to_string(),
+            created_at: self.spec.definition.created_at,
+            started_at: self.started_at,
+            exit_status: self.exit_status,
+            last_error: self.last_error.clone(),
+            resources: self.resources.display_map().into_iter().collect(),
+            oom_kills: self.oom_kills,
+            last_oom_at: self.last_oom_at,
+            object_path: path(name),
+        }
+    }
+
+    /// Whether the container has processes (or is about to).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            State::Running | State::Stopping | State::Starting
+        )
+    }
+}
+
+/// The object path of a container.
+pub fn path(name: &str) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(name::container_path(name)).expect("escaped path is valid")
+}
+
+/// The daemon's state.
+pub struct Registry {
+    pub(super) me: Weak<Registry>,
+    pub(super) conn: Connection,
+    pub(super) systemd: Systemd,
+    pub(super) layout: Layout,
+    pub(super) helper: PathBuf,
+    pub(super) entries: Mutex<BTreeMap<String, Entry>>,
+    /// Exit statuses of containers removed at exit (`--rm`), newest last, so that a
+    /// WaitContainer arriving after the removal still gets the status.
+    pub(super) removed_at_exit: Mutex<VecDeque<(String, i32)>>,
+    /// The image store under /var/lib/berth.
+    pub(super) images: Arc<image::Store>,
+    /// The machine's cgroup hierarchies, found once.
+    pub(super) hierarchies: Hierarchies,
+    /// What validation needs to know about the host, found once.
+    pub(super) host: spec::Host,
+    /// The hard RLIMIT_NOFILE berthd may hand on.
+    pub(super) nofile_hard: u64,
+    /// The last CPU sample per container (time, usage), for CPU percentages.
+    pub(super) cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
+    /// Image operations (imports, pulls, exports) in flight.
+    pub(super) operations: std::sync::atomic::AtomicUsize,
+    /// Stats subscriptions by subscriber (unique bus name).
+    pub(super) stats_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The uid of each caller seen (unique bus names are never reused while the bus runs).
+    pub(super) callers: Mutex<HashMap<String, u32>>,
+}
+
+impl Registry {
+    pub fn new(
+        conn: Connection,
+        systemd: Systemd,
+        layout: Layout,
+        helper: PathBuf,
+        images: image::Store,
+    ) -> Arc<Self> {
+        let hierarchies = Hierarchies::detect().unwrap_or_else(|e| {
+            warn!("cannot read the cgroup mounts: {e}, stats will be empty");
+            Hierarchies::default()
+        });
+        let nofile_hard =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(_, hard)| hard)
+                .unwrap_or(crate::plan::NOFILE.1);
+        Arc::new_cyclic(|me| Registry {
+            me: me.clone(),
+            conn,
+            systemd,
+            layout,
+            helper,
+            entries: Mutex::new(BTreeMap::new()),
+            images: Arc::new(images),
+            removed_at_exit: Mutex::default(),
+            host: spec::Host::new(hierarchies.unified_only),
+            hierarchies,
+            nofile_hard,
+            cpu_samples: Mutex::default(),
+            operations: Default::default(),
+            stats_watchers: Mutex::default(),
+            callers: Mutex::default(),
+        })
+    }
+
+    pub(super) fn arc(&self) -> Arc<Registry> {
+        self.me.upgrade().expect("registry alive while serving")
+    }
+
+    pub(super) fn weak_backend(&self) -> Weak<dyn dbus::Backend> {
+        let w: Weak<dyn dbus::Backend> = self.me.clone();
+        w
+    }
+
+    /// Run `f` on a container's entry.
+    pub(super) fn with<T>(&self, name: &str, f: impl FnOnce(&mut Entry) -> T) -> Result<T> {
+        let mut entries = self.entries.lock().unwrap();
+        let e = entries
+            .get_mut(name)
+            .ok_or_else(|| Error::NoSuchContainer(name.into()))?;
+        Ok(f(e))
+    }
+
+    pub(super) fn list(&self) -> Vec<ContainerInfo> {
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, e)| e.info(n))
+            .collect()
+    }
+
+    pub(super) fn info(&self, name: &str) -> Option<ContainerInfo> {
+        self.entries.lock().unwrap().get(name).map(|e| e.info(name))
+    }
+
+    /// Export a container's bus object (and announce its properties as published).
+    pub(super) async fn export(&self, name: &str) {
+        let obj = dbus::Container {
+            backend: self.weak_backend(),
+            name: name.into(),
+        };
+        if let Err(e) = self
+            .conn
+            .object_server()
+            .at(name::container_path(name), obj)
+            .await
+        {
+            warn!("cannot export container {name}: {e}, ignoring");
+        }
+        if let Some(e) = self.entries.lock().unwrap().get_mut(name) {
+            e.published = Some(e.info(name));
+        }
+    }
+
+    pub(super) async fn unexport(&self, name: &str) {
+        if let Err(e) = self
+            .conn
+            .object_server()
+            .remove::<dbus::Container, _>(name::container_path(name))
+            .await
+        {
+            warn!("cannot remove the bus object of {name}: {e}, ignoring");
+        }
+    }
+
+    /// Send one `PropertiesChanged` with every property of the container that changed since
+    /// the last one.
+    pub(super) async fn publish(&self, name: &str) {
+        let (before, after) = {
+            let mut entries = self.entries.lock().unwrap();
+            let Some(e) = entries.get_mut(name) else {
+                return;
+            };
+            let after = e.info(name);
+            (e.published.replace(after.clone()), after)
+        };
+        let Some(before) = before else { return };
+        let changed = changed_properties(&before, &after);
+        if changed.is_empty() {
+            return;
+        }
+        let Ok(em) = SignalEmitter::new(&self.conn, name::container_path(name)) else {
+            return;
+        };
+        let iface =
+            zbus::names::InterfaceName::from_static_str_unchecked("org.berth.berth1.Container");
+        if let Err(e) =
+            zbus::fdo::Properties::properties_changed(&em, iface, changed, (&[][..]).into()).await
+        {
+            warn!("cannot announce the change of {name}: {e}, ignoring");
+        }
+    }
+
+    pub(super) fn manager_emitter(&self) -> Option<SignalEmitter<'static>> {
+        SignalEmitter::new(&self.conn, dbus::MANAGER_PATH).ok()
+    }
+
+    /// Remember the status of a container removed at its exit, for late WaitContainer calls.
+    pub(super) fn remember_removed(&self, name: &str, status: i32) {
+        let mut gone = self.removed_at_exit.lock().unwrap();
+        gone.retain(|(n, _)| n != name);
+        if gone.len() == REMEMBER_REMOVED {
+            gone.pop_front();
+        }
+        gone.push_back((name.to_string(), status));
+    }
+}
+
+/// The container properties that differ between two snapshots, as the bus names them.
+pub fn changed_properties<'a>(
+    a: &ContainerInfo,
+    b: &'a ContainerInfo,
+) -> HashMap<&'static str, Variant<'a>> {
+    let mut m = HashMap::new();
+    if a.state != b.state {
+        m.insert("State", Variant::from(b.state.as_str()));
+    }
+    if a.leader != b.leader {
+        m.insert("Leader", Variant::from(b.leader));
+    }
+    if a.started_at != b.started_at {
+        m.insert("StartedAt", Variant::from(b.started_at));
+    }
+    if a.exit_status != b.exit_status {
+        m.insert("ExitStatus", Variant::from(b.exit_status));
+    }
+    if a.last_error != b.last_error {
+        m.insert("LastError", Variant::from(b.last_error.as_str()));
+    }
+    if a.resources != b.resources {
+        m.insert("Resources", Variant::from(b.resources.clone()));
+    }
+    if a.oom_kills != b.oom_kills {
+        m.insert("OOMKills", Variant::from(b.oom_kills));
+    }
+    if a.last_oom_at != b.last_oom_at {
+        m.insert("LastOOMAt", Variant::from(b.last_oom_at));
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_changes_state_leader_and_time_in_one_signal() {
+        let spec = crate::spec::validate(
+            &crate::spec::tests::def("web"),
+            &crate::spec::tests::Facts::default(),
+        )
+        .unwrap();
+        let mut e = Entry::new(spec, PathBuf::new());
+        let before = e.info("web");
+        e.state = State::Running;
+        e.leader = Some(42);
+        e.started_at = 7;
+        let after = e.info("web");
+        let c = changed_properties(&before, &after);
+        let mut keys: Vec<_> = c.keys().copied().collect();
+        keys.sort();
+        assert_eq!(keys, ["Leader", "StartedAt", "State"]);
+        assert_eq!(c["Leader"], Variant::from(42u32));
+        assert!(changed_properties(&after, &after).is_empty());
+    }
+}

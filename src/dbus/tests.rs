@@ -1,0 +1,702 @@
+//! The bus surface without root: every Manager, Container and Image method, error name and
+//! signal, served over a private dbus-daemon with a fake [`Backend`].
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use zbus::{OwnedObjectPath, OwnedVariant};
+
+use super::*;
+
+/// A private bus: a dbus-daemon with a permissive policy, killed on drop.
+struct Bus {
+    daemon: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+fn bus() -> Bus {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bus.conf");
+    let sock = dir.path().join("bus");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>"#,
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbus-daemon (package dbus-daemon) is needed for the bus tests");
+    // It prints its address once it listens.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("unix:"), "dbus-daemon said {line:?}");
+    Bus {
+        daemon,
+        address: line.trim().to_string(),
+        _dir: dir,
+    }
+}
+
+/// Records every call; refuses what the test asks it to.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<String>>,
+    /// Deny every authorization.
+    deny: Mutex<bool>,
+    callers: Mutex<Vec<Caller>>,
+    conn: Mutex<Option<zbus::Connection>>,
+}
+
+fn cpath(name: &str) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(crate::name::container_path(name)).unwrap()
+}
+
+fn ipath(name: &str) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(crate::name::image_path(name)).unwrap()
+}
+
+/// The error a fake method returns for a name: `e-<Variant>` asks for that error.
+fn wanted(name: &str) -> Result<()> {
+    match name.strip_prefix("e-") {
+        None => Ok(()),
+        Some("NoSuchContainer") => Err(Error::NoSuchContainer("m".into())),
+        Some("NoSuchImage") => Err(Error::NoSuchImage("m".into())),
+        Some("InvalidArgument") => Err(Error::InvalidArgument("m".into())),
+        Some("AlreadyExists") => Err(Error::AlreadyExists("m".into())),
+        Some("InvalidState") => Err(Error::InvalidState("m".into())),
+        Some("CommandNotFound") => Err(Error::CommandNotFound("m".into())),
+        Some("CannotExecute") => Err(Error::CannotExecute("m".into())),
+        Some("PermissionDenied") => Err(Error::PermissionDenied("m".into())),
+        Some("LimitExceeded") => Err(Error::LimitExceeded("m".into())),
+        Some(_) => Err(Error::Failed("m".into())),
+    }
+}
+
+impl Fake {
+    fn call(&self, c: String) {
+        self.calls.lock().unwrap().push(c);
+    }
+    fn info(name: &str) -> ContainerInfo {
+        ContainerInfo {
+            name: name.into(),
+            state: "running".into(),
+            unit: crate::name::scope_unit(name),
+            leader: 42,
+            image: "default".into(),
+            root_directory: String::new(),
+            created_at: 1,
+            started_at: 2,
+            exit_status: -1,
+            last_error: String::new(),
+            resources: [("memory".to_string(), "64M".to_string())].into(),
+            oom_kills: 3,
+            last_oom_at: 4,
+            object_path: cpath(name),
+        }
+    }
+    fn image(name: &str) -> ImageInfo {
+        ImageInfo {
+            name: name.into(),
+            kind: "oci".into(),
+            digest: "sha256:00".into(),
+            size: 10,
+            created: 5,
+            layers: vec!["sha256:11".into()],
+            read_only: false,
+            object_path: ipath(name),
+        }
+    }
+}
+
+impl Backend for Fake {
+    fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>> {
+        self.callers.lock().unwrap().push(caller);
+        self.call(format!("authorize {action:?}"));
+        let deny = *self.deny.lock().unwrap();
+        Box::pin(async move {
+            if deny {
+                Err(Error::PermissionDenied("no".into()))
+            } else {
+                Ok(())
+            }
+        })
+    }
+    fn create(&self, name: String, options: Options) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        let keys: Vec<String> = options.0.iter().map(|(k, _)| k.clone()).collect();
+        self.call(format!("create {name} {keys:?}"));
+        Box::pin(async move {
+            wanted(&name)?;
+            let conn = self.conn.lock().unwrap().clone().unwrap();
+            let em = SignalEmitter::new(&conn, MANAGER_PATH).unwrap();
+            Manager::container_new(&em, &name, cpath(&name)).await?;
+            Ok(cpath(&name))
+        })
+    }
+    fn start(&self, name: String, options: Options) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("start {name} {}", options.0.len()));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("stop {name} {timeout_usec}"));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("kill {name} {whom} {signal}"));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("remove {name} {force}"));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>> {
+        self.call(format!("wait {name}"));
+        Box::pin(async move { wanted(&name).map(|_| 7) })
+    }
+    fn set_resources(
+        &self,
+        name: String,
+        assignments: Vec<(String, String)>,
+        runtime: bool,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("set {name} {assignments:?} {runtime}"));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn stats(&self, names: Vec<String>) -> BoxFuture<'_, Result<Vec<StatsInfo>>> {
+        self.call(format!("stats {names:?}"));
+        Box::pin(async move {
+            Ok(names
+                .into_iter()
+                .map(|name| StatsInfo {
+                    name,
+                    memory_bytes: 9,
+                    ..Default::default()
+                })
+                .collect())
+        })
+    }
+    fn watch_stats(&self, subscriber: String, interval_usec: u64) -> Result<()> {
+        self.call(format!(
+            "watch {} {interval_usec}",
+            subscriber.starts_with(':')
+        ));
+        Ok(())
+    }
+    fn unwatch_stats(&self, subscriber: &str) {
+        self.call(format!("unwatch {}", subscriber.starts_with(':')));
+    }
+    fn list_images(&self) -> Vec<ImageInfo> {
+        vec![Fake::image("default")]
+    }
+    fn image_info(&self, name: &str) -> Option<ImageInfo> {
+        (name == "default").then(|| Fake::image(name))
+    }
+    fn image_config(&self, _name: &str) -> Option<crate::image::ImageConfig> {
+        Some(crate::image::ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            user: Some("app".into()),
+            ..Default::default()
+        })
+    }
+    fn import_image(
+        &self,
+        format: String,
+        source: String,
+        name: String,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        self.call(format!("import {format} {source} {name}"));
+        Box::pin(async move { wanted(&name).map(|_| ipath(&name)) })
+    }
+    fn pull_image(
+        &self,
+        reference: String,
+        name: String,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        self.call(format!("pull {reference} {name}"));
+        Box::pin(async move { wanted(&name).map(|_| ipath(&name)) })
+    }
+    fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("rmi {name} {force}"));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn copy_image(
+        &self,
+        op: &'static str,
+        name: String,
+        new_name: String,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        self.call(format!("{op} {name} {new_name}"));
+        Box::pin(async move { wanted(&name).map(|_| ipath(&new_name)) })
+    }
+    fn export_tar(
+        &self,
+        what: &'static str,
+        name: String,
+        _fd: std::os::fd::OwnedFd,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.call(format!("export {what} {name}"));
+        Box::pin(async move { wanted(&name) })
+    }
+    fn list(&self) -> Vec<ContainerInfo> {
+        vec![Fake::info("web")]
+    }
+    fn info(&self, name: &str) -> Option<ContainerInfo> {
+        (name == "web").then(|| Fake::info(name))
+    }
+}
+
+struct Served {
+    _bus: Bus,
+    _server: zbus::Connection,
+    fake: Option<Arc<Fake>>,
+    client: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Served {
+    fn fake(&self) -> &Fake {
+        self.fake.as_ref().unwrap()
+    }
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.fake().calls.lock().unwrap())
+    }
+}
+
+async fn serve() -> Served {
+    let bus = bus();
+    let fake = Arc::new(Fake::default());
+    let backend: Arc<dyn Backend> = fake.clone();
+    let server = zbus::connection::Builder::address(bus.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    *fake.conn.lock().unwrap() = Some(server.clone());
+    let os = server.object_server();
+    os.at(MANAGER_PATH, zbus::fdo::ObjectManager).await.unwrap();
+    os.at(
+        MANAGER_PATH,
+        Manager {
+            backend: Arc::downgrade(&backend),
+        },
+    )
+    .await
+    .unwrap();
+    os.at(
+        crate::name::container_path("web"),
+        Container {
+            backend: Arc::downgrade(&backend),
+            name: "web".into(),
+        },
+    )
+    .await
+    .unwrap();
+    os.at(
+        crate::name::image_path("default"),
+        Image {
+            backend: Arc::downgrade(&backend),
+            name: "default".into(),
+        },
+    )
+    .await
+    .unwrap();
+    server.request_name(BUS_NAME).await.unwrap();
+    let client = zbus::connection::Builder::address(bus.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    let manager = ManagerProxy::new(&client).await.unwrap();
+    Served {
+        _bus: bus,
+        _server: server,
+        fake: Some(fake),
+        client,
+        manager,
+    }
+}
+
+/// The bus error name of a failed call.
+fn error_name<T: std::fmt::Debug>(r: Result<T>) -> String {
+    match r {
+        Err(Error::ZBus(zbus::Error::MethodError(name, _, _))) => name.to_string(),
+        Err(e) => format!("{}", zbus::DBusError::name(&e)),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn timeout<F: std::future::Future>(f: F) -> F::Output {
+    rt().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("bus test timed out")
+    })
+}
+
+fn opts(entries: &[(&str, OwnedVariant)]) -> Options {
+    Options(
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.try_clone().unwrap()))
+            .collect(),
+    )
+}
+
+#[test]
+fn mutating_methods_are_authorized_then_delegated() {
+    timeout(async {
+        let s = serve().await;
+        let m = &s.manager;
+        let image = OwnedVariant::try_from(zbus::Variant::from("default")).unwrap();
+        assert_eq!(
+            m.create_container("a".into(), opts(&[("Image", image)]))
+                .await
+                .unwrap(),
+            cpath("a")
+        );
+        m.start_container("a".into(), Options::default())
+            .await
+            .unwrap();
+        m.stop_container("a".into(), 5).await.unwrap();
+        m.kill_container("a".into(), "all".into(), 9).await.unwrap();
+        m.remove_container("a".into(), true).await.unwrap();
+        m.set_resources("a".into(), vec![("memory".into(), "1G".into())], true)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.calls(),
+            [
+                "authorize ManageContainers",
+                "create a [\"Image\"]",
+                "authorize ManageContainers",
+                "start a 0",
+                "authorize ManageContainers",
+                "stop a 5",
+                "authorize ManageContainers",
+                "kill a all 9",
+                "authorize ManageContainers",
+                "remove a true",
+                "authorize ManageContainers",
+                "set a [(\"memory\", \"1G\")] true",
+            ]
+        );
+        m.import_image(
+            "oci".into(),
+            "/x.tar".into(),
+            "i".into(),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        m.pull_image("r/x:1".into(), "i".into(), Options::default())
+            .await
+            .unwrap();
+        m.remove_image("i".into(), false).await.unwrap();
+        m.rename_image("i".into(), "j".into()).await.unwrap();
+        m.clone_image("i".into(), "k".into()).await.unwrap();
+        m.tag_image("i".into(), "l".into()).await.unwrap();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        m.export_image(
+            "i".into(),
+            zbus::OwnedFd::from(std::os::fd::OwnedFd::from(devnull)),
+        )
+        .await
+        .unwrap();
+        let calls = s.calls();
+        let authorized = calls
+            .iter()
+            .filter(|c| *c == "authorize ManageImages")
+            .count();
+        assert_eq!(authorized, 7, "{calls:#?}");
+        assert!(calls.contains(&"pull r/x:1 i".to_string()));
+        assert!(calls.contains(&"rename i j".to_string()));
+        assert!(calls.contains(&"export image i".to_string()));
+    });
+}
+
+#[test]
+fn a_denied_caller_changes_nothing_and_reads_still_work() {
+    timeout(async {
+        let s = serve().await;
+        *s.fake().deny.lock().unwrap() = true;
+        let m = &s.manager;
+        assert_eq!(
+            error_name(m.create_container("a".into(), Options::default()).await),
+            "org.berth.berth1.Error.PermissionDenied"
+        );
+        assert_eq!(
+            error_name(m.remove_image("i".into(), true).await),
+            "org.berth.berth1.Error.PermissionDenied"
+        );
+        let calls = s.calls();
+        assert!(
+            calls.iter().all(|c| c.starts_with("authorize")),
+            "acted on a denied call: {calls:?}"
+        );
+        // Reads need no authorization.
+        assert_eq!(m.list_containers().await.unwrap(), vec![Fake::info("web")]);
+        assert_eq!(m.get_container("web".into()).await.unwrap(), cpath("web"));
+        assert_eq!(m.wait_container("web".into()).await.unwrap(), 7);
+        assert_eq!(m.list_images().await.unwrap()[0].name, "default");
+        assert_eq!(
+            m.get_image("default".into()).await.unwrap(),
+            ipath("default")
+        );
+        assert_eq!(
+            m.get_stats(vec!["web".into()]).await.unwrap()[0].memory_bytes,
+            9
+        );
+        assert_eq!(
+            error_name(m.get_container("nosuch".into()).await),
+            "org.berth.berth1.Error.NoSuchContainer"
+        );
+        assert_eq!(
+            error_name(m.get_image("nosuch".into()).await),
+            "org.berth.berth1.Error.NoSuchImage"
+        );
+    });
+}
+
+#[test]
+fn every_error_keeps_its_name_on_the_bus() {
+    timeout(async {
+        let s = serve().await;
+        for variant in [
+            "NoSuchContainer",
+            "NoSuchImage",
+            "InvalidArgument",
+            "AlreadyExists",
+            "InvalidState",
+            "CommandNotFound",
+            "CannotExecute",
+            "PermissionDenied",
+            "LimitExceeded",
+            "Failed",
+        ] {
+            let r = s
+                .manager
+                .start_container(format!("e-{variant}"), Options::default())
+                .await;
+            assert_eq!(error_name(r), format!("org.berth.berth1.Error.{variant}"));
+        }
+    });
+}
+
+#[test]
+fn the_caller_and_its_interactive_flag_reach_the_backend() {
+    timeout(async {
+        let s = serve().await;
+        s.manager.stop_container("a".into(), 0).await.unwrap();
+        s.manager
+            .inner()
+            .call_with_flags::<_, _, ()>(
+                "StopContainer",
+                zbus::proxy::MethodFlags::ALLOW_INTERACTIVE_AUTH,
+                &("a", 0u64),
+            )
+            .await
+            .unwrap();
+        let callers = s.fake().callers.lock().unwrap().clone();
+        let me = s.client.unique_name().unwrap().to_string();
+        assert_eq!(callers.len(), 2);
+        assert!(callers.iter().all(|c| c.sender == me));
+        assert_eq!(
+            callers.iter().map(|c| c.interactive).collect::<Vec<_>>(),
+            [false, true]
+        );
+        // WatchStats knows its subscriber.
+        s.manager.watch_stats(1_000_000).await.unwrap();
+        s.manager.unwatch_stats().await.unwrap();
+        let calls = s.calls();
+        assert!(calls.contains(&"watch true 1000000".to_string()));
+        assert!(calls.contains(&"unwatch true".to_string()));
+    });
+}
+
+#[test]
+fn container_and_image_objects_read_their_backend_and_let_it_go() {
+    timeout(async {
+        let mut s = serve().await;
+        let c = ContainerProxy::builder(&s.client)
+            .path(crate::name::container_path("web"))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(c.state().await.unwrap(), "running");
+        assert_eq!(c.leader().await.unwrap(), 42);
+        assert_eq!(c.unit().await.unwrap(), "berth-web.scope");
+        assert_eq!(c.oom_kills().await.unwrap(), 3);
+        assert_eq!(c.last_error().await.unwrap(), "");
+        assert_eq!(c.resources().await.unwrap()["memory"], "64M");
+        let i = ImageProxy::builder(&s.client)
+            .path(crate::name::image_path("default"))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(i.kind().await.unwrap(), "oci");
+        assert_eq!(i.layers().await.unwrap(), ["sha256:11"]);
+        let cfg = i.config().await.unwrap();
+        assert_eq!(
+            String::try_from(cfg["User"].try_clone().unwrap()).unwrap(),
+            "app"
+        );
+        // The objects hold the backend weakly: once the daemon lets it go, they say so.
+        s.fake.take();
+        let props = zbus::fdo::PropertiesProxy::builder(&s.client)
+            .destination(BUS_NAME)
+            .path(crate::name::container_path("web"))
+            .build()
+            .await
+            .unwrap();
+        let r = props
+            .get(
+                zbus::names::InterfaceName::from_static_str_unchecked("org.berth.berth1.Container"),
+                "State",
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(
+            error_name(s.manager.list_containers().await),
+            "org.berth.berth1.Error.Failed"
+        );
+    });
+}
+
+#[test]
+fn signals_reach_subscribers() {
+    timeout(async {
+        let s = serve().await;
+        let mut new = s.manager.receive_container_new().await.unwrap();
+        s.manager
+            .create_container("sig".into(), Options::default())
+            .await
+            .unwrap();
+        let sig = new.next().await.unwrap();
+        let args = sig.args().unwrap();
+        assert_eq!((args.name, args.path.clone()), ("sig", cpath("sig")));
+        // The signals berthd emits itself, through the same definitions.
+        let em = SignalEmitter::new(
+            &s.fake().conn.lock().unwrap().clone().unwrap(),
+            MANAGER_PATH,
+        )
+        .unwrap();
+        let mut removed = s.manager.receive_container_removed().await.unwrap();
+        let mut oom = s.manager.receive_container_oom_killed().await.unwrap();
+        let mut progress = s.manager.receive_image_progress().await.unwrap();
+        Manager::container_removed(&em, "sig", cpath("sig"))
+            .await
+            .unwrap();
+        Manager::container_oom_killed(&em, "sig", cpath("sig"), 2)
+            .await
+            .unwrap();
+        Manager::image_progress(&em, "i", "downloading", 1, 2, 0, 1)
+            .await
+            .unwrap();
+        assert_eq!(removed.next().await.unwrap().args().unwrap().name, "sig");
+        assert_eq!(oom.next().await.unwrap().args().unwrap().kills, 2);
+        assert_eq!(
+            progress.next().await.unwrap().args().unwrap().phase,
+            "downloading"
+        );
+    });
+}
+
+#[test]
+fn options_with_a_key_twice_never_reach_the_backend_as_one() {
+    timeout(async {
+        let s = serve().await;
+        let a = OwnedVariant::try_from(zbus::Variant::from("nosuch")).unwrap();
+        let b = OwnedVariant::try_from(zbus::Variant::from("default")).unwrap();
+        s.manager
+            .create_container("dup".into(), opts(&[("Image", a), ("Image", b)]))
+            .await
+            .unwrap();
+        // Both entries arrive: the backend's strict check then refuses them.
+        assert!(
+            s.calls()
+                .contains(&"create dup [\"Image\", \"Image\"]".to_string())
+        );
+        let _ = HashMap::<String, String>::new();
+    });
+}
+
+#[test]
+fn served_interfaces_are_the_published_ones() {
+    timeout(async {
+        let s = serve().await;
+        let root = env!("CARGO_MANIFEST_DIR");
+        for (iface, path) in [
+            ("org.berth.berth1.Manager", MANAGER_PATH.to_string()),
+            (
+                "org.berth.berth1.Container",
+                crate::name::container_path("web"),
+            ),
+            ("org.berth.berth1.Image", crate::name::image_path("default")),
+        ] {
+            let xml = zbus::fdo::IntrospectableProxy::builder(&s.client)
+                .destination(BUS_NAME)
+                .path(path)
+                .build()
+                .await
+                .unwrap()
+                .introspect()
+                .await
+                .unwrap();
+            let mut py = Command::new("python3")
+                .args([format!("{root}/tests/extract-interface.py").as_str(), iface])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            std::io::Write::write_all(&mut py.stdin.take().unwrap(), xml.as_bytes()).unwrap();
+            let served = String::from_utf8(py.wait_with_output().unwrap().stdout).unwrap();
+            let published =
+                std::fs::read_to_string(format!("{root}/dbus-interfaces/{iface}.xml")).unwrap();
+            assert_eq!(
+                served.trim(),
+                published.trim(),
+                "{iface} drifted from dbus-interfaces/"
+            );
+        }
+    });
+}

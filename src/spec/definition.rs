@@ -1,0 +1,130 @@
+//! The stored form of a container: what `create` records in
+//! `/var/lib/berth/containers/NAME/container.toml`, as the user gave it. [`super::validate`]
+//! turns it into a checked [`super::ContainerSpec`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::Resources;
+use crate::image::ImageConfig;
+
+/// A container definition, stored as `/var/lib/berth/containers/NAME/container.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// The container's name (also its hostname unless `hostname` is set).
+    pub name: String,
+    /// Image name, resolved in the image directories at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A root directory used as the read-only lower layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<PathBuf>,
+    /// The payload's arguments; empty means the image's `Cmd` (or `/bin/sh`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Replaces the image's `Entrypoint` (and then its `Cmd` too, as docker does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` environment, over the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Working directory; defaults to the image's, else `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// User (`name`, `uid`, `name:group`, `uid:gid`); defaults to the image's, else root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Hostname inside the container; defaults to the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Remove the definition and writable layer when the container exits.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// Resource limits and extra devices (see [`Resources`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
+    /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Creation time, microseconds since the epoch.
+    pub created_at: u64,
+}
+
+impl Definition {
+    /// The hostname the container gets.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The payload's argv with the image's config: entrypoint, then command; the command
+    /// replaces the image's `Cmd`, an entrypoint replaces the image's `Entrypoint` and `Cmd`.
+    pub fn argv(&self, image: Option<&ImageConfig>) -> Vec<String> {
+        let empty = ImageConfig::default();
+        let image = image.unwrap_or(&empty);
+        let entrypoint = self.entrypoint.as_ref().unwrap_or(&image.entrypoint);
+        let cmd = if self.command.is_empty() && self.entrypoint.is_none() {
+            &image.cmd
+        } else {
+            &self.command
+        };
+        let argv: Vec<String> = entrypoint.iter().chain(cmd).cloned().collect();
+        if argv.is_empty() {
+            vec!["/bin/sh".into()]
+        } else {
+            argv
+        }
+    }
+}
+
+fn is_default(r: &Resources) -> bool {
+    r.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definition_round_trips_and_rejects_unknown_keys() {
+        let d = Definition {
+            name: "web".into(),
+            image: Some("default".into()),
+            directory: None,
+            command: vec!["/bin/true".into()],
+            entrypoint: None,
+            env: vec![],
+            workdir: None,
+            user: None,
+            hostname: None,
+            auto_remove: true,
+            resources: Resources::default(),
+            properties: [("TasksMax".to_string(), "10".to_string())].into(),
+            created_at: 1,
+        };
+        let s = toml::to_string(&d).unwrap();
+        assert_eq!(toml::from_str::<Definition>(&s).unwrap(), d);
+        assert!(toml::from_str::<Definition>("name='x'\ncreated_at=1\nbogus=1").is_err());
+        assert_eq!(d.hostname(), "web");
+    }
+
+    #[test]
+    fn argv_follows_the_image_config_like_docker() {
+        let img = ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into(), "--port=80".into()],
+            ..Default::default()
+        };
+        let mut d: Definition = toml::from_str("name='x'\ncreated_at=1").unwrap();
+        assert_eq!(d.argv(None), ["/bin/sh"]);
+        assert_eq!(d.argv(Some(&img)), ["/entry", "serve", "--port=80"]);
+        d.command = vec!["debug".into()];
+        assert_eq!(d.argv(Some(&img)), ["/entry", "debug"]);
+        d.entrypoint = Some(vec!["/bin/sh".into(), "-c".into()]);
+        assert_eq!(d.argv(Some(&img)), ["/bin/sh", "-c", "debug"]);
+        d.command.clear();
+        assert_eq!(d.argv(Some(&img)), ["/bin/sh", "-c"]);
+    }
+}

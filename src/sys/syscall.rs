@@ -1,0 +1,480 @@
+//! The syscall seam of the helper: every step that shapes a container (namespaces, mounts,
+//! pivot, hostname, identity, limits, exec) goes through [`Syscalls`], with the real
+//! implementation [`Real`] and a recording fake (`fake::Recorder`, tests only), so that the
+//! order of operations has unit tests without root (as youki's `syscall/` module does).
+//!
+//! Paths inside the container root are resolved relative to an open root descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so an image whose
+//! `/proc` or `/dev` is a symlink cannot redirect a mount onto the host (the class of runc
+//! CVE-2021-30465); mount targets are then named as `/proc/self/fd/N`.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::CloneFlags;
+use nix::sys::resource::Resource;
+use nix::sys::stat::{Mode, SFlag, makedev, mkdirat, mknodat};
+use nix::unistd::{chdir, pivot_root, symlinkat};
+
+/// A node the helper creates inside the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Char,
+    Block,
+}
+
+/// The operations the helper performs, in the order its caller decides.
+pub trait Syscalls {
+    /// An open directory or file: a descriptor for [`Real`], a path for the fake.
+    type Fd;
+
+    fn unshare(&mut self, flags: CloneFlags) -> nix::Result<()>;
+    /// Make every mount of this mount namespace private (mounts below must not propagate back
+    /// to the host's shared mounts).
+    fn make_rprivate(&mut self) -> nix::Result<()>;
+    /// Mount an overlay at a host path.
+    fn mount_overlay(&mut self, target: &Path, options: &str) -> nix::Result<()>;
+    /// Open a host directory (the container's root mount point).
+    fn open_dir(&mut self, path: &Path) -> nix::Result<Self::Fd>;
+    /// Open `rel` inside `root`, following no symlink.
+    fn open_in(&mut self, root: &Self::Fd, rel: &str) -> nix::Result<Self::Fd>;
+    /// Open directory `rel` inside `root`, creating missing components (mode 0755).
+    fn ensure_dir(&mut self, root: &Self::Fd, rel: &str) -> nix::Result<Self::Fd>;
+    fn is_dir(&mut self, fd: &Self::Fd) -> nix::Result<bool>;
+    /// Mount a fresh filesystem on an opened directory.
+    fn mount_fs(
+        &mut self,
+        fstype: &str,
+        target: &Self::Fd,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    /// Bind `source` (opened) onto `target`.
+    fn bind(&mut self, source: &Self::Fd, target: &Self::Fd, recursive: bool) -> nix::Result<()>;
+    /// Bind a host path onto `target` (e.g. /dev/null over a masked file).
+    fn bind_host(&mut self, source: &Path, target: &Self::Fd) -> nix::Result<()>;
+    /// Change the flags of the bind mount at `target`.
+    fn remount_bind(&mut self, target: &Self::Fd, flags: MsFlags) -> nix::Result<()>;
+    /// Create a device node `rel` inside `root` with exactly `mode` (not masked by the umask).
+    fn mknod_in(
+        &mut self,
+        root: &Self::Fd,
+        rel: &str,
+        kind: NodeKind,
+        mode: u32,
+        major: u64,
+        minor: u64,
+    ) -> nix::Result<()>;
+    /// Create a symlink `rel` → `target` inside `root`; an existing one is fine.
+    fn symlink_in(&mut self, root: &Self::Fd, rel: &str, target: &str) -> nix::Result<()>;
+    /// `pivot_root` into `new_root` and detach the old root.
+    fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()>;
+    fn sethostname(&mut self, name: &str) -> nix::Result<()>;
+    /// Bring the loopback interface up.
+    fn loopback_up(&mut self) -> nix::Result<()>;
+    fn setrlimit(&mut self, resource: Resource, soft: u64, hard: u64) -> nix::Result<()>;
+    fn setsid(&mut self) -> nix::Result<()>;
+    fn setgroups(&mut self, groups: &[u32]) -> nix::Result<()>;
+    fn setgid(&mut self, gid: u32) -> nix::Result<()>;
+    fn setuid(&mut self, uid: u32) -> nix::Result<()>;
+    fn chdir(&mut self, dir: &str) -> nix::Result<()>;
+    /// Replace the process image; returns only on failure.
+    fn execve(&mut self, path: &CString, argv: &[CString], env: &[CString]) -> Errno;
+}
+
+/// The real system calls.
+pub struct Real;
+
+fn how(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
+}
+
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Split `a/b/c` into the opened parent `a/b` (created if missing, as a real directory
+/// descriptor, which mknodat/symlinkat need) and `c`.
+fn parent_of<'a>(sys: &mut Real, root: &OwnedFd, rel: &'a str) -> nix::Result<(OwnedFd, &'a str)> {
+    let (dir, base) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let parent = sys.ensure_dir(root, dir)?;
+    let parent = openat2(
+        parent.as_fd(),
+        ".",
+        how(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
+    )?;
+    Ok((parent, base))
+}
+
+impl Syscalls for Real {
+    type Fd = OwnedFd;
+
+    fn unshare(&mut self, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::unshare(flags)
+    }
+
+    fn make_rprivate(&mut self) -> nix::Result<()> {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+    }
+
+    fn mount_overlay(&mut self, target: &Path, options: &str) -> nix::Result<()> {
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options),
+        )
+    }
+
+    fn open_dir(&mut self, path: &Path) -> nix::Result<OwnedFd> {
+        nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    fn open_in(&mut self, root: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
+        openat2(root.as_fd(), rel, how(OFlag::O_PATH))
+    }
+
+    fn ensure_dir(&mut self, root: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
+        let mut cur = openat2(root.as_fd(), ".", how(OFlag::O_PATH | OFlag::O_DIRECTORY))?;
+        for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            let next = match openat2(cur.as_fd(), comp, how(OFlag::O_PATH | OFlag::O_DIRECTORY)) {
+                Err(Errno::ENOENT) => {
+                    let dir = openat2(cur.as_fd(), ".", how(OFlag::O_RDONLY | OFlag::O_DIRECTORY))?;
+                    match mkdirat(dir.as_fd(), comp, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    openat2(cur.as_fd(), comp, how(OFlag::O_PATH | OFlag::O_DIRECTORY))?
+                }
+                other => other?,
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    fn is_dir(&mut self, fd: &OwnedFd) -> nix::Result<bool> {
+        Ok(nix::sys::stat::fstat(fd.as_fd())?.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    fn mount_fs(
+        &mut self,
+        fstype: &str,
+        target: &OwnedFd,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        mount(
+            Some(fstype),
+            fd_path(target).as_str(),
+            Some(fstype),
+            flags,
+            data,
+        )
+    }
+
+    fn bind(&mut self, source: &OwnedFd, target: &OwnedFd, recursive: bool) -> nix::Result<()> {
+        let mut flags = MsFlags::MS_BIND;
+        if recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(
+            Some(fd_path(source).as_str()),
+            fd_path(target).as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+    }
+
+    fn bind_host(&mut self, source: &Path, target: &OwnedFd) -> nix::Result<()> {
+        mount(
+            Some(source),
+            fd_path(target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    }
+
+    fn remount_bind(&mut self, target: &OwnedFd, flags: MsFlags) -> nix::Result<()> {
+        mount(
+            None::<&str>,
+            fd_path(target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None::<&str>,
+        )
+    }
+
+    fn mknod_in(
+        &mut self,
+        root: &OwnedFd,
+        rel: &str,
+        kind: NodeKind,
+        mode: u32,
+        major: u64,
+        minor: u64,
+    ) -> nix::Result<()> {
+        let (parent, base) = parent_of(self, root, rel)?;
+        let sflag = match kind {
+            NodeKind::Char => SFlag::S_IFCHR,
+            NodeKind::Block => SFlag::S_IFBLK,
+        };
+        mknodat(
+            parent.as_fd(),
+            base,
+            sflag,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )?;
+        // mknod honours the umask; set the mode asked for.
+        let node = self.open_in(root, rel)?;
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            fd_path(&node).as_str(),
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+    }
+
+    fn symlink_in(&mut self, root: &OwnedFd, rel: &str, target: &str) -> nix::Result<()> {
+        let (parent, base) = parent_of(self, root, rel)?;
+        match symlinkat(target, parent.as_fd(), base) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `pivot_root(".", ".")` then detach the old root: the trick from pivot_root(2) that needs
+    /// no put_old directory inside the container.
+    fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()> {
+        chdir(new_root)?;
+        pivot_root(".", ".")?;
+        umount2(".", MntFlags::MNT_DETACH)?;
+        chdir("/")
+    }
+
+    fn sethostname(&mut self, name: &str) -> nix::Result<()> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn loopback_up(&mut self) -> nix::Result<()> {
+        super::set_loopback_up()
+    }
+
+    fn setrlimit(&mut self, resource: Resource, soft: u64, hard: u64) -> nix::Result<()> {
+        nix::sys::resource::setrlimit(resource, soft, hard)
+    }
+
+    fn setsid(&mut self) -> nix::Result<()> {
+        nix::unistd::setsid().map(|_| ())
+    }
+
+    fn setgroups(&mut self, groups: &[u32]) -> nix::Result<()> {
+        let g: Vec<nix::unistd::Gid> = groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&g)
+    }
+
+    fn setgid(&mut self, gid: u32) -> nix::Result<()> {
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
+    }
+
+    fn setuid(&mut self, uid: u32) -> nix::Result<()> {
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+    }
+
+    fn chdir(&mut self, dir: &str) -> nix::Result<()> {
+        chdir(dir)
+    }
+
+    fn execve(&mut self, path: &CString, argv: &[CString], env: &[CString]) -> Errno {
+        match nix::unistd::execve(path, argv, env) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        }
+    }
+}
+
+/// A recording fake: every call appends one line to `calls`; handles are the paths they name.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct Recorder {
+        pub calls: Vec<String>,
+        /// Paths (relative to the root, or absolute) that do not exist.
+        pub missing: Vec<String>,
+        /// Paths that are directories.
+        pub dirs: Vec<String>,
+        /// Calls (by the first word of their line) that fail with EPERM.
+        pub failing: Vec<&'static str>,
+    }
+
+    /// `MsFlags(MS_RDONLY | MS_NOSUID)` → `MS_RDONLY|MS_NOSUID`.
+    fn flags(f: impl std::fmt::Debug) -> String {
+        let s = format!("{f:?}");
+        let inner = s
+            .split_once('(')
+            .map_or(s.as_str(), |(_, r)| r.trim_end_matches(')'));
+        inner.replace(" | ", "|")
+    }
+
+    impl Recorder {
+        fn log(&mut self, line: String) -> nix::Result<()> {
+            let word = line.split(' ').next().unwrap_or_default().to_string();
+            self.calls.push(line);
+            if self.failing.iter().any(|f| *f == word) {
+                Err(Errno::EPERM)
+            } else {
+                Ok(())
+            }
+        }
+
+        /// The position of the first call starting with `prefix`.
+        pub fn pos(&self, prefix: &str) -> usize {
+            self.calls
+                .iter()
+                .position(|c| c.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no call {prefix:?} in {:#?}", self.calls))
+        }
+    }
+
+    fn join(root: &str, rel: &str) -> String {
+        if root.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{root}/{rel}")
+        }
+    }
+
+    impl Syscalls for Recorder {
+        type Fd = String;
+
+        fn unshare(&mut self, flags: CloneFlags) -> nix::Result<()> {
+            self.log(format!("unshare {}", self::flags(flags)))
+        }
+        fn make_rprivate(&mut self) -> nix::Result<()> {
+            self.log("make-rprivate /".into())
+        }
+        fn mount_overlay(&mut self, target: &Path, options: &str) -> nix::Result<()> {
+            self.log(format!("mount-overlay {} {options}", target.display()))
+        }
+        fn open_dir(&mut self, _path: &Path) -> nix::Result<String> {
+            Ok(String::new())
+        }
+        fn open_in(&mut self, root: &String, rel: &str) -> nix::Result<String> {
+            let p = join(root, rel);
+            if self.missing.contains(&p) {
+                Err(Errno::ENOENT)
+            } else {
+                Ok(p)
+            }
+        }
+        fn ensure_dir(&mut self, root: &String, rel: &str) -> nix::Result<String> {
+            Ok(join(root, rel))
+        }
+        fn is_dir(&mut self, fd: &String) -> nix::Result<bool> {
+            Ok(self.dirs.contains(fd))
+        }
+        fn mount_fs(
+            &mut self,
+            fstype: &str,
+            target: &String,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> nix::Result<()> {
+            self.log(format!(
+                "mount {fstype} /{target} {} {}",
+                self::flags(flags),
+                data.unwrap_or("-")
+            ))
+        }
+        fn bind(&mut self, source: &String, target: &String, recursive: bool) -> nix::Result<()> {
+            self.log(format!("bind /{source} /{target} rec={recursive}"))
+        }
+        fn bind_host(&mut self, source: &Path, target: &String) -> nix::Result<()> {
+            self.log(format!("bind-host {} /{target}", source.display()))
+        }
+        fn remount_bind(&mut self, target: &String, flags: MsFlags) -> nix::Result<()> {
+            self.log(format!("remount /{target} {}", self::flags(flags)))
+        }
+        fn mknod_in(
+            &mut self,
+            root: &String,
+            rel: &str,
+            kind: NodeKind,
+            mode: u32,
+            major: u64,
+            minor: u64,
+        ) -> nix::Result<()> {
+            self.log(format!(
+                "mknod /{} {kind:?} {mode:o} {major}:{minor}",
+                join(root, rel)
+            ))
+        }
+        fn symlink_in(&mut self, root: &String, rel: &str, target: &str) -> nix::Result<()> {
+            self.log(format!("symlink /{} -> {target}", join(root, rel)))
+        }
+        fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()> {
+            self.log(format!("pivot-root {}", new_root.display()))
+        }
+        fn sethostname(&mut self, name: &str) -> nix::Result<()> {
+            self.log(format!("sethostname {name}"))
+        }
+        fn loopback_up(&mut self) -> nix::Result<()> {
+            self.log("loopback-up".into())
+        }
+        fn setrlimit(&mut self, resource: Resource, soft: u64, hard: u64) -> nix::Result<()> {
+            self.log(format!("setrlimit {resource:?} {soft} {hard}"))
+        }
+        fn setsid(&mut self) -> nix::Result<()> {
+            self.log("setsid".into())
+        }
+        fn setgroups(&mut self, groups: &[u32]) -> nix::Result<()> {
+            self.log(format!("setgroups {groups:?}"))
+        }
+        fn setgid(&mut self, gid: u32) -> nix::Result<()> {
+            self.log(format!("setgid {gid}"))
+        }
+        fn setuid(&mut self, uid: u32) -> nix::Result<()> {
+            self.log(format!("setuid {uid}"))
+        }
+        fn chdir(&mut self, dir: &str) -> nix::Result<()> {
+            self.log(format!("chdir {dir}"))
+        }
+        fn execve(&mut self, path: &CString, argv: &[CString], _env: &[CString]) -> Errno {
+            let _ = self.log(format!("execve {path:?} {argv:?}"));
+            if self.missing.contains(&path.to_string_lossy().into_owned()) {
+                Errno::ENOENT
+            } else {
+                Errno::UnknownErrno
+            }
+        }
+    }
+}
