@@ -13,6 +13,7 @@ pub mod name;
 pub mod plan;
 pub mod protocol;
 pub mod resources;
+pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 pub mod sys;
