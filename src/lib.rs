@@ -14,6 +14,7 @@ pub mod name;
 pub mod ns;
 pub mod plan;
 pub mod protocol;
+pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 pub mod sys;

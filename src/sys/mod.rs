@@ -13,6 +13,8 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+pub mod seccomp;
+
 /// How a process ended, as `waitid(2)` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitInfo {
