@@ -17,3 +17,4 @@ pub mod spawn;
 pub mod spec;
 pub mod sys;
 pub mod systemd;
+pub mod userns;

@@ -4,6 +4,9 @@
 //! Every wrapper returns owned handles (`OwnedFd`) and `nix::Result`, so callers never touch raw
 //! integers or `errno`.
 
+pub mod mount_api;
+pub mod userns;
+
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 

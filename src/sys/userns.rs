@@ -1,0 +1,52 @@
+//! Starting a program in a new or an existing user namespace, for processes that are
+//! multi-threaded (berthd, the test harness): the namespace calls run in `pre_exec`, between
+//! `fork` and `exec` in the single-threaded child, and use only raw system calls, which are
+//! async-signal-safe and allocate nothing.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Make the program `cmd` runs start in a new user namespace (`unshare(CLONE_NEWUSER)` just
+/// before `exec`), owned by this process's effective UID. Its ID maps are empty until someone
+/// writes them (see `crate::userns::write_maps`), so the program holds such a namespace open
+/// for others (e.g. one whose `/proc/PID/ns/user` becomes the `userns_fd` of an idmapped mount).
+pub fn command_unshare_user(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only unshare(2), an
+    // async-signal-safe system call that allocates nothing; the child has a single thread, the
+    // condition unshare(CLONE_NEWUSER) requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Make the program `cmd` runs join the user namespace `userns` (`setns(2)`) as its root:
+/// supplementary groups cleared, real/effective/saved GID and UID set to 0 inside it, which the
+/// namespace's maps translate to their host IDs. Needs `CAP_SYS_ADMIN` over `userns` (root in
+/// its parent namespace has it) and maps that map 0.
+pub fn command_join_userns_as_root(cmd: &mut Command, userns: OwnedFd) {
+    let raw = userns.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and calls only setns(2),
+    // setgroups(2), setresgid(2) and setresuid(2) through syscall(2) — raw, async-signal-safe
+    // system calls that allocate nothing (the libc wrappers for the ID calls would try to
+    // synchronise with other threads, which the forked child does not have). `userns` is moved
+    // into the closure, so the descriptor stays open until the Command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &userns;
+            if libc::setns(raw, libc::CLONE_NEWUSER) < 0
+                || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
