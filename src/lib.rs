@@ -8,6 +8,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dbus;
 pub mod helper;
+pub mod idmap;
 pub mod image;
 pub mod name;
 pub mod plan;

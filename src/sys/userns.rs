@@ -28,11 +28,12 @@ pub fn command_unshare_user(cmd: &mut Command) {
 /// Make the program `cmd` runs join the user namespace `userns` (`setns(2)`) as its root:
 /// supplementary groups cleared, real/effective/saved GID and UID set to 0 inside it, which the
 /// namespace's maps translate to their host IDs. Needs `CAP_SYS_ADMIN` over `userns` (root in
-/// its parent namespace has it) and maps that map 0.
-pub fn command_join_userns_as_root(cmd: &mut Command, userns: OwnedFd) {
+/// its parent namespace has it) and maps that map 0. With `new_mount_ns`, it then also
+/// unshares its mount namespace, getting a copy owned by `userns` (where its root may mount).
+pub fn command_join_userns_as_root(cmd: &mut Command, userns: OwnedFd, new_mount_ns: bool) {
     let raw = userns.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and calls only setns(2),
-    // setgroups(2), setresgid(2) and setresuid(2) through syscall(2) — raw, async-signal-safe
+    // setgroups(2), setresgid(2), setresuid(2) and unshare(2), directly or through syscall(2) — raw, async-signal-safe
     // system calls that allocate nothing (the libc wrappers for the ID calls would try to
     // synchronise with other threads, which the forked child does not have). `userns` is moved
     // into the closure, so the descriptor stays open until the Command is dropped.
@@ -43,6 +44,7 @@ pub fn command_join_userns_as_root(cmd: &mut Command, userns: OwnedFd) {
                 || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
                 || libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
                 || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+                || (new_mount_ns && libc::unshare(libc::CLONE_NEWNS) < 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
