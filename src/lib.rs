@@ -12,6 +12,7 @@ pub mod idmap;
 pub mod image;
 pub mod name;
 pub mod plan;
+pub mod polkit;
 pub mod protocol;
 pub mod resources;
 pub mod spawn;
