@@ -203,6 +203,9 @@ pub enum DenyReason {
     NotAuthorized,
     /// polkit would say yes after authentication, but the caller did not allow interaction.
     InteractiveAuthRequired,
+    /// The caller allowed interaction, yet polkit still answered "challenge": no
+    /// authentication agent is registered for the caller's session (real polkitd 122 does this).
+    NoAuthAgent,
     /// The user was asked and dismissed the authentication dialog.
     Dismissed,
     /// The caller could not be identified or polkit could not be asked (unreachable, error,
@@ -236,6 +239,12 @@ impl fmt::Display for Denied {
                 "interactive authentication required for {what}: call again allowing \
                  interactive authorization (a polkit agent asks for the password), or {how}"
             ),
+            DenyReason::NoAuthAgent => write!(
+                f,
+                "interactive authentication required for {what}, but no polkit authentication \
+                 agent is running for the caller (start one, e.g. `pkttyagent --process PID`), \
+                 or {how}"
+            ),
             DenyReason::Dismissed => {
                 write!(
                     f,
@@ -257,7 +266,7 @@ impl Denied {
     /// systemctl-style tools) recognise "retry interactively".
     pub fn dbus_error_name(&self) -> &'static str {
         match self.reason {
-            DenyReason::InteractiveAuthRequired => {
+            DenyReason::InteractiveAuthRequired | DenyReason::NoAuthAgent => {
                 "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
             }
             _ => "org.freedesktop.DBus.Error.AccessDenied",
@@ -268,7 +277,7 @@ impl Denied {
 impl From<Denied> for zbus::fdo::Error {
     fn from(d: Denied) -> Self {
         match d.reason {
-            DenyReason::InteractiveAuthRequired => {
+            DenyReason::InteractiveAuthRequired | DenyReason::NoAuthAgent => {
                 zbus::fdo::Error::InteractiveAuthorizationRequired(d.to_string())
             }
             _ => zbus::fdo::Error::AccessDenied(d.to_string()),
@@ -327,6 +336,8 @@ pub async fn authorize_with<A: Authority>(
         .map_err(|e| deny(DenyReason::CheckFailed(format!("asking polkit: {e}"))))?;
     if answer.is_authorized {
         Ok(())
+    } else if answer.is_challenge && interactive {
+        Err(deny(DenyReason::NoAuthAgent))
     } else if answer.is_challenge {
         Err(deny(DenyReason::InteractiveAuthRequired))
     } else if answer.details.get("polkit.dismissed").map(String::as_str) == Some("true") {
@@ -453,6 +464,25 @@ mod tests {
             "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
         );
         assert!(!fake.asked.lock().unwrap()[0].interactive);
+    }
+
+    #[tokio::test]
+    async fn challenge_despite_interaction_means_no_agent() {
+        let fake = Fake {
+            uid: Some(1000),
+            answer: answer(false, true),
+            ..Fake::default()
+        };
+        let d = run(&fake, Action::Shell, true).await.unwrap_err();
+        assert_eq!(d.reason, DenyReason::NoAuthAgent);
+        assert!(
+            d.to_string().contains("no polkit authentication agent"),
+            "{d}"
+        );
+        assert!(matches!(
+            zbus::fdo::Error::from(d),
+            zbus::fdo::Error::InteractiveAuthorizationRequired(_)
+        ));
     }
 
     #[tokio::test]
@@ -794,6 +824,7 @@ mod tests {
             let (ok, out) = call(65534, "yes", Action::ManageContainers).await.unwrap();
             assert!(!ok);
             assert!(out.contains("interactive authentication required"), "{out}");
+            assert!(out.contains("no polkit authentication agent"), "{out}");
 
             let seen = seen.lock().unwrap();
             assert_eq!(seen.len(), 2);
