@@ -19,16 +19,22 @@
 //!    descriptors (Linux 6.13; detached mounts 6.15) need no path strings, so the one-page
 //!    `lowerdir=` option limit (~45 long layer paths) does not apply; overlayfs's own limit is
 //!    500 layers.
-//! 4. `move_mount` of the overlay onto the container's root mountpoint, inside the helper's
-//!    private mount namespace (never the host's).
+//! 4. `move_mount` of the overlay onto the container's root mountpoint, either in a private
+//!    mount namespace of the (initial-namespace) helper that is later copied into the
+//!    container's user namespace, or — simpler — by the container-side process itself, already
+//!    in the container's user namespace and its own mount namespace: a detached mount made by
+//!    initial-namespace root may be attached there by container root (the pattern of
+//!    systemd-mountfsd). Never in the host's mount namespace.
 //!
 //! Why root in the initial user namespace, and not container root: layers carry whiteouts and
 //! `trusted.overlay.opaque` markers (written by the image extractor), and `trusted.*` xattrs are
 //! only visible to `CAP_SYS_ADMIN` in the initial user namespace. An overlay mounted inside the
 //! container's user namespace cannot read them and silently shows the contents of opaque
-//! directories' lower layers (the tests below show it). So the overlay is made before the
-//! container's mount namespace is copied into its user namespace; the container then sees the
-//! overlay as a locked mount it cannot unmount to reveal what lies below.
+//! directories' lower layers (the tests below show it). So the overlay's superblock is always
+//! created (step 3) by initial-namespace root; only the attaching (step 4) may happen on the
+//! container's side. An overlay attached before the mount namespace is copied into the
+//! container's user namespace becomes a locked mount there, which the container cannot
+//! unmount.
 //!
 //! The clones' descriptors can be dropped once the overlay exists: overlayfs holds private
 //! references to its layers.
@@ -282,12 +288,26 @@ mod tests {
     /// Run a shell script as root of the container user namespace, in the caller's mount
     /// namespace (or a copy owned by the user namespace).
     fn as_container_root(userns: &UsernsHolder, new_mount_ns: bool, script: &str) -> String {
+        as_container_root_attaching(userns, new_mount_ns, None, script)
+    }
+
+    fn as_container_root_attaching(
+        userns: &UsernsHolder,
+        new_mount_ns: bool,
+        attach: Option<(OwnedFd, &Path)>,
+        script: &str,
+    ) -> String {
+        use std::os::unix::ffi::OsStrExt;
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-ec", script]);
         crate::sys::userns::command_join_userns_as_root(
             &mut cmd,
-            userns.userns_fd().unwrap(),
-            new_mount_ns,
+            crate::sys::userns::JoinAsRoot {
+                userns: userns.userns_fd().unwrap(),
+                new_mount_ns,
+                attach: attach
+                    .map(|(fd, path)| (fd, CString::new(path.as_os_str().as_bytes()).unwrap())),
+            },
         );
         let out = cmd.output().unwrap();
         assert!(
@@ -494,6 +514,53 @@ mod tests {
         });
         assert_eq!(probe(&l.p("lower/etc")).0, 0);
         assert!(!l.p("lower/etc/new").exists());
+    }
+
+    /// The hand-over berth-helper can use: the overlay is made (detached) by root in the
+    /// initial user namespace, and a process already in the container's user namespace and its
+    /// own mount namespace attaches it there. The mount then exists only in the container's
+    /// mount namespace.
+    #[test]
+    fn detached_overlay_attached_by_container_root() {
+        require_root();
+        let l = Layout::new();
+        make_lower(&l);
+        make_upper(&l, "upper", "work");
+        mkdir(&l.p("merged"), 0);
+        let userns = UsernsHolder::new(&container_maps()).unwrap();
+        let userns_fd = userns.userns_fd().unwrap();
+        in_private_mount_ns(|| {
+            let lower = idmapped_clone(&l.p("lower"), userns_fd.as_fd()).unwrap();
+            let (upper, work) = (
+                open_dir(&l.p("upper")).unwrap(),
+                open_dir(&l.p("work")).unwrap(),
+            );
+            let ovl = mount_overlay(&Overlay {
+                lowers: &[lower.as_fd()],
+                upper: Some(UpperDirs {
+                    upper: upper.as_fd(),
+                    work: work.as_fd(),
+                }),
+                source: "berth-test",
+                options: &[],
+                attrs: MountAttrFlags::NODEV | MountAttrFlags::NOSUID,
+            })
+            .unwrap();
+            let out = as_container_root_attaching(
+                &userns,
+                true,
+                Some((ovl, &l.p("merged"))),
+                &format!(
+                    "cd {m}; stat -c %u:%g root-file user-file; touch made-inside; \
+                     grep -c ' - overlay berth-test ' /proc/self/mountinfo",
+                    m = l.p("merged").display()
+                ),
+            );
+            assert_eq!(out, "0:0\n1000:1000\n1\n");
+            // Not in the namespace that made it.
+            assert_eq!(fs::read_dir(l.p("merged")).unwrap().count(), 0);
+        });
+        assert_eq!(probe(&l.p("upper/made-inside")).0, HOST_ROOT);
     }
 
     /// Two lower layers with a whiteout and an opaque directory in the top one, the way the
