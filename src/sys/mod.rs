@@ -6,6 +6,9 @@
 
 pub mod syscall;
 
+pub mod mount_api;
+pub mod userns;
+
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
