@@ -4,6 +4,8 @@
 //! Every wrapper returns owned handles (`OwnedFd`) and `nix::Result`, so callers never touch raw
 //! integers or `errno`.
 
+pub mod caps;
+
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
