@@ -103,7 +103,7 @@ capabilities! {
 impl Cap {
     /// The capability with this number, if berth knows it.
     pub fn from_number(n: u32) -> Option<Cap> {
-        (n <= u32::from(LAST_CAP)).then(|| Cap(n as u8))
+        (n <= u32::from(LAST_CAP)).then_some(Cap(n as u8))
     }
 
     pub fn number(self) -> u32 {

@@ -14,6 +14,7 @@ pub mod name;
 pub mod plan;
 pub mod protocol;
 pub mod resources;
+pub mod selinux;
 pub mod spawn;
 pub mod spec;
 pub mod sys;
