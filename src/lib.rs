@@ -3,6 +3,7 @@
 //! The engine (this library) is cut by concern; `berthd` ([`daemon`]), `berthctl` ([`cli`])
 //! and `berth-helper` ([`helper`]) are thin entry points over it. See ARCHITECTURE.md.
 
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
@@ -17,6 +18,7 @@ pub mod plan;
 pub mod polkit;
 pub mod protocol;
 pub mod seccomp;
+pub mod selinux;
 pub mod spawn;
 pub mod spec;
 pub mod sys;

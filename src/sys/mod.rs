@@ -9,6 +9,8 @@ pub mod syscall;
 pub mod mount_api;
 pub mod userns;
 
+pub mod caps;
+
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
