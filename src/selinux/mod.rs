@@ -160,6 +160,21 @@ pub fn apply_exec_label_at(attr: &Path, label: Option<&str>) -> std::io::Result<
     Ok(())
 }
 
+/// Whether the loaded policy knows `context`: selinuxfs's `context` file refuses an unknown
+/// user, role, type or level with `EINVAL`. berthd can check the process and file labels
+/// once at start (e.g. a policy without any container module has no `container_t`) and say
+/// so, instead of failing every container start at `execve`.
+pub fn context_is_valid(selinuxfs: &Path, context: &str) -> std::io::Result<bool> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(selinuxfs.join("context"))?;
+    match file.write(context.as_bytes()) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The calling thread's current label (`/proc/thread-self/attr/current`), for probes that
 /// check from inside a container that the label took effect.
 pub fn current_label() -> std::io::Result<String> {
@@ -210,6 +225,19 @@ mod tests {
         // Missing attribute file: the error is returned, not swallowed.
         let err = apply_exec_label_at(&dir.path().join("missing"), Some(label)).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn context_check_on_fixture_selinuxfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = context_is_valid(dir.path(), "system_u:system_r:container_t:s0").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        std::fs::write(dir.path().join("context"), "").unwrap();
+        assert!(context_is_valid(dir.path(), "system_u:system_r:container_t:s0").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("context")).unwrap(),
+            "system_u:system_r:container_t:s0"
+        );
     }
 
     #[test]
