@@ -435,8 +435,8 @@ impl CapPlan {
 //
 // - Switching from uid 0 to a non-zero uid clears permitted and effective unless
 //   PR_SET_KEEPCAPS was set before (then only effective is cleared): a helper that runs a
-//   non-root payload calls `set_keepcaps(true)` before setuid and `regain_effective()` after,
-//   because `drop_bounding` needs CAP_SETPCAP in the effective set. `execve` resets
+//   non-root payload calls `set_keepcaps(true)` before setuid; [`apply`] raises effective again,
+//   because dropping the bounding set needs CAP_SETPCAP in the effective set. `execve` resets
 //   KEEPCAPS, so it does not leak to the payload.
 // - Seccomp is loaded after this step. Without no_new_privs, seccomp(2) needs CAP_SYS_ADMIN in
 //   the current user namespace: then capset `plan.retaining(Cap::SYS_ADMIN)` here; execve
@@ -447,54 +447,22 @@ pub fn set_keepcaps(keep: bool) -> Result<(), CapError> {
     nix::sys::prctl::set_keepcaps(keep).map_err(CapError::KeepCaps)
 }
 
-/// Make effective equal to permitted (after a setuid with KEEPCAPS cleared effective).
-pub fn regain_effective() -> Result<(), CapError> {
-    let mut caps = sys::capget().map_err(CapError::Capget)?;
-    caps.effective = caps.permitted;
-    sys::capset(caps).map_err(CapError::Capset)
-}
-
-/// Drop every capability not in `keep` from the bounding set, including any the running
-/// kernel knows beyond [`LAST_CAP`] (it walks up to bit 63 and stops at the first number the
-/// kernel refuses as unknown). Needs `CAP_SETPCAP` in the effective set, so call it before
-/// [`capset`] removes that.
-pub fn drop_bounding(keep: CapSet) -> Result<(), CapError> {
-    for cap in 0..64u32 {
-        if cap <= u32::from(LAST_CAP) && keep.0 & (1 << cap) != 0 {
-            continue;
-        }
-        match sys::capbset_drop(cap) {
-            Ok(()) => {}
-            // Past the kernel's CAP_LAST_CAP: nothing more exists to drop.
-            Err(Errno::EINVAL) => break,
-            Err(source) => return Err(CapError::BoundingDrop { cap, source }),
+impl CapPlan {
+    /// The sets as the syscall layer takes them.
+    pub fn sets(&self) -> sys::CapSets {
+        sys::CapSets {
+            bounding: self.bounding.0,
+            permitted: self.permitted.0,
+            effective: self.effective.0,
+            inheritable: self.inheritable.0,
         }
     }
-    Ok(())
 }
 
-/// Empty the ambient set (before execve, so nothing rides along into the payload).
-pub fn clear_ambient() -> Result<(), CapError> {
-    sys::ambient_clear_all().map_err(CapError::AmbientClear)
-}
-
-/// Set permitted, effective and inheritable from the plan in one `capset(2)`.
-pub fn capset(plan: &CapPlan) -> Result<(), CapError> {
-    sys::capset(sys::ThreadCaps {
-        effective: plan.effective.0,
-        permitted: plan.permitted.0,
-        inheritable: plan.inheritable.0,
-    })
-    .map_err(CapError::Capset)
-}
-
-/// The whole step in a safe order: regain effective, drop the bounding set, clear ambient,
-/// capset. (For a non-root payload, `set_keepcaps(true)` must have preceded the setuid.)
+/// The whole step in a safe order (see [`sys::apply`]). For a non-root payload,
+/// `set_keepcaps(true)` must have preceded the setuid.
 pub fn apply(plan: &CapPlan) -> Result<(), CapError> {
-    regain_effective()?;
-    drop_bounding(plan.bounding)?;
-    clear_ambient()?;
-    capset(plan)
+    sys::apply(&plan.sets()).map_err(CapError::Capset)
 }
 
 #[cfg(test)]
@@ -828,16 +796,7 @@ mod tests {
             "bounding_drop_after_setuid_without_keepcaps_is_refused",
             "no-keepcaps",
         );
-        // The first capability outside the default set, refused for lack of CAP_SETPCAP.
-        assert_eq!(
-            out.trim(),
-            format!(
-                "{:?}",
-                CapError::BoundingDrop {
-                    cap: Cap::DAC_READ_SEARCH.number(),
-                    source: Errno::EPERM
-                }
-            )
-        );
+        // Dropping the bounding set is refused for lack of CAP_SETPCAP.
+        assert_eq!(out.trim(), format!("{:?}", CapError::Capset(Errno::EPERM)));
     }
 }

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod daemon;
 pub mod dbus;
 pub mod helper;
-pub mod idmap;
 pub mod image;
 pub mod mount;
 pub mod name;

@@ -13,7 +13,7 @@ use super::table::{Entry, MAX_CONTAINERS, Registry, State, path};
 use crate::dbus;
 use crate::mount::ContainerDirs;
 use crate::name;
-use crate::spec::{self, ContainerSpec, Definition, Root};
+use crate::spec::{ContainerSpec, Definition, Root};
 use crate::sys;
 
 /// The default stop timeout.
@@ -32,13 +32,16 @@ impl Registry {
         }
     }
 
-    pub(super) async fn create(&self, def: Definition) -> Result<OwnedObjectPath> {
-        let spec = spec::validate(&def, &self.host)?;
-        let name = def.name.clone();
+    /// Define a container from its checked spec.
+    pub(super) async fn create(&self, spec: ContainerSpec) -> Result<OwnedObjectPath> {
+        let name = spec.name().to_string();
         let shown = match &spec.root {
             Root::Directory(d) => d.clone(),
             Root::Image(i) => self.resolve_image(i)?.shown,
         };
+        // A profile that does not compile (too long for the kernel) is refused now; the
+        // program stays in the cache for the first start.
+        self.seccomp_program(&spec)?;
         {
             let mut entries = self.entries.lock().unwrap();
             if entries.contains_key(&name) {
@@ -54,7 +57,15 @@ impl Registry {
             if let Root::Directory(d) = &spec.root {
                 spec.definition.directory = Some(d.clone());
             }
-            if let Err(e) = self.write_container_dir(&spec.definition) {
+            // Its ID range and label come first: an exhausted pool or a taken range leaves
+            // nothing behind.
+            let range = self.id_range(&spec)?;
+            if let Err(e) = self.labels(&spec) {
+                self.release_allocations(&name);
+                return Err(e);
+            }
+            if let Err(e) = self.write_container_dir(&spec.definition, range) {
+                self.release_allocations(&name);
                 let dir = self.layout.container_dir(&name);
                 if e.kind() != std::io::ErrorKind::AlreadyExists
                     && let Err(rm) = std::fs::remove_dir_all(&dir)
@@ -69,7 +80,9 @@ impl Registry {
                     e,
                 ));
             }
-            entries.insert(name.clone(), Entry::new(spec, shown));
+            let mut entry = Entry::new(spec, shown);
+            entry.security = self.describe(&entry.spec);
+            entries.insert(name.clone(), entry);
         }
         self.export(&name).await;
         if let Some(em) = self.manager_emitter()
@@ -81,13 +94,18 @@ impl Registry {
         Ok(path(&name))
     }
 
-    fn write_container_dir(&self, def: &Definition) -> std::io::Result<()> {
+    fn write_container_dir(
+        &self,
+        def: &Definition,
+        range: Option<crate::userns::IdRange>,
+    ) -> std::io::Result<()> {
         let dir = self.layout.container_dir(&def.name);
         std::fs::create_dir(&dir)?;
         let dirs = ContainerDirs::under(&dir);
         for d in [&dirs.upper, &dirs.work, &dirs.root] {
             std::fs::create_dir(d)?;
         }
+        super::security::own_upper(&dirs.upper, range)?;
         store::save_definition(&self.layout, def)
     }
 
@@ -302,6 +320,7 @@ impl Registry {
         {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
+        self.release_allocations(name);
         removed
             .map_err(|e| Error::io(format!("container {name:?} is removed, but its files"), e))?;
         info!("removed container {name}");

@@ -62,6 +62,7 @@ impl Registry {
             }
         }
         names.sort();
+        self.rebuild_allocations(&names);
         for name in names {
             let def = match store::load_definition(&self.layout.definition(&name)) {
                 Ok(d) if d.name == name => d,
@@ -90,6 +91,7 @@ impl Registry {
             };
             let shown = self.shown_root(&spec);
             let mut entry = Entry::new(spec, shown);
+            entry.security = self.describe(&entry.spec);
             let memfd = stored.remove(&fdname(&name));
             let found = match store::load_runtime(&self.layout, &name) {
                 Some(rt) => adopt(&name, &rt, &mut entry, memfd),

@@ -139,6 +139,7 @@ mod tests {
             resources: Resources::default(),
             properties: [("TasksMax".to_string(), "10".to_string())].into(),
             created_at: 1,
+            ..Default::default()
         };
         let s = toml::to_string(&d).unwrap();
         assert_eq!(toml::from_str::<Definition>(&s).unwrap(), d);

@@ -70,7 +70,10 @@ impl Rlimit {
     }
 
     pub fn name(self) -> &'static str {
-        NAMES.iter().find(|(_, r)| *r == self).map_or("?", |(n, _)| n)
+        NAMES
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("?", |(n, _)| n)
     }
 }
 

@@ -118,3 +118,40 @@ pub fn ambient_clear_all() -> nix::Result<()> {
     };
     if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }
+
+/// The capability sets a thread is given: bounding, permitted, effective and inheritable
+/// (ambient is always emptied), as 64-bit masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapSets {
+    pub bounding: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub inheritable: u64,
+}
+
+/// Give the calling thread exactly `sets`, in the only order that works: effective raised to
+/// permitted (after a setuid with KEEPCAPS cleared it), the bounding set dropped (which needs
+/// CAP_SETPCAP, so before capset removes it), ambient emptied, then capset. Capabilities the
+/// running kernel knows beyond the table are dropped from the bounding set too (it walks to
+/// bit 63 and stops at the first number the kernel refuses as unknown).
+pub fn apply(sets: &CapSets) -> nix::Result<()> {
+    let mut now = capget()?;
+    now.effective = now.permitted;
+    capset(now)?;
+    for cap in 0..64u32 {
+        if sets.bounding & (1 << cap) != 0 {
+            continue;
+        }
+        match capbset_drop(cap) {
+            Ok(()) => {}
+            Err(Errno::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    ambient_clear_all()?;
+    capset(ThreadCaps {
+        effective: sets.effective,
+        permitted: sets.permitted,
+        inheritable: sets.inheritable,
+    })
+}

@@ -4,6 +4,7 @@
 //! Every wrapper returns owned handles (`OwnedFd`) and `nix::Result`, so callers never touch raw
 //! integers or `errno`. [`syscall`] is the seam the helper's steps go through.
 
+pub mod process;
 pub mod syscall;
 
 pub mod mount_api;
@@ -258,6 +259,13 @@ pub fn move_fd(fd: OwnedFd, replaced: OwnedFd) -> nix::Result<OwnedFd> {
     } else {
         Ok(owned)
     }
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or higher (`F_DUPFD_CLOEXEC`).
+pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> nix::Result<OwnedFd> {
+    let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// Register an owned descriptor with the tokio reactor.

@@ -432,7 +432,7 @@ mod tests {
         // Outside the private namespace nothing is mounted: merged is an empty directory.
         assert_eq!(fs::read_dir(l.p("merged")).unwrap().count(), 0);
         let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!host.contains("berth-test"));
+        assert!(!host.contains(" - overlay berth-test "));
 
         // On disk the upper layer holds the container's writes with its mapped host IDs.
         let u = |f: &str| probe(&l.p("upper").join(f));
