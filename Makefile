@@ -13,7 +13,7 @@ PROFILE    ?= release
 # cargo's dev profile builds into debug/.
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench bench-images bench-stats lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats lint
 
 all: build
 
@@ -80,7 +80,11 @@ integration-test:
 	$(MAKE) build
 	tests/run-integration.sh
 
-check test: unit-test integration-test
+# The SELinux policy module compiles and links into Debian's policy (no SELinux needed).
+selinux-policy:
+	tests/selinux-policy.sh
+
+check test: unit-test selinux-policy integration-test
 
 bench: build
 	tests/bench/start.sh
