@@ -113,11 +113,8 @@ fn sniff(path: &Path) -> Result<Compression, ImportError> {
 /// Fail early, before any copying, if the name is invalid or taken (the record write checks
 /// again, atomically).
 fn check_free(store: &Store, name: &str) -> Result<(), ImportError> {
-    match store.get(name) {
-        Ok(_) => Err(StoreError::Exists(name.into()).into()),
-        Err(StoreError::NoSuchImage(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    store.check_new_name(name)?;
+    Ok(())
 }
 
 /// Synthesize config and manifest for single-layer imports and create the image.

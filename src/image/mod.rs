@@ -9,7 +9,12 @@
 //!   to be an overlayfs lower (whiteouts as 0:0 character devices, opaque directories with the
 //!   `trusted.overlay.opaque` xattr); immutable once named; beside each, `<diff-id hex>.json`
 //!   with its diff_id and uncompressed size;
-//! - `images/<name>.json`: one record per image name (layers bottom first, config, digests);
+//! - `images/<id hex>.json`: one record per image, keyed by its ID (the config digest): layers
+//!   bottom first, config, digests, the repositories it came from;
+//! - `tags.json`: every tag (`registry/repository:tag`, see [`reference`]) and the image ID it
+//!   points at, with its read-only flag. Several tags may name one image; an image no tag
+//!   names is *dangling* (kept while a container uses it, removed by [`Store::prune`]).
+//!   Stores made before tags (`images/<name>.json` per name) are migrated when opened;
 //! - `tmp/`: work in progress, removed when the store opens. Nothing becomes visible under its
 //!   final name until it is complete (rename is the commit).
 
@@ -18,18 +23,22 @@ pub mod compress;
 pub mod digest;
 pub mod export;
 pub mod extract;
+pub mod push;
+pub mod reference;
 pub mod registry;
 pub mod store;
 #[cfg(test)]
 mod testtar;
+pub mod usage;
 
 pub use archive::{ImportError, import_fs, import_oci, import_tar};
 pub use digest::Digest;
 pub use export::{ExportError, export_dir, export_image, export_layers};
 pub use extract::{LayerStats, Limits, apply_layer};
+pub use reference::{ImageRef, ReferenceError, TagName};
 pub use store::{
-    ImageConfig, ImageKind, ImageRecord, ImageSource, ImportProgress, PartialBlob, Store,
-    StoreError,
+    Created, DiskUsage, Healthcheck, ImageConfig, ImageKind, ImageRecord, ImageSource,
+    ImportProgress, PartialBlob, PruneReport, Removed, Store, StoreError, TagMode,
 };
 
 /// How a failure should be reported to a caller; each module's error type maps onto this.

@@ -21,8 +21,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -34,6 +34,7 @@ use super::ErrorKind;
 use super::compress;
 use super::digest::{Digest, Hasher};
 use super::extract::{self, ExtractError, Limits};
+use super::reference::{ImageRef, ReferenceError, TagName, short_matches};
 
 /// Manifests and configs are small; anything bigger is not one.
 const MAX_JSON_BLOB: u64 = 16 << 20;
@@ -55,7 +56,8 @@ pub enum ImageKind {
 pub type ImageSource = ImageKind;
 
 /// What an image asks of the container that runs it; deliberately only these fields, so an
-/// image can never carry privileged settings (mounts, capabilities, devices).
+/// image can never carry privileged settings (mounts, capabilities, devices). Every field added
+/// since the first version has a serde default, so older records read as before.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
     pub entrypoint: Vec<String>,
@@ -65,30 +67,196 @@ pub struct ImageConfig {
     pub user: Option<String>,
     pub stop_signal: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Docker's `HEALTHCHECK` (not in the OCI spec; docker and buildah write it).
+    #[serde(default)]
+    pub healthcheck: Option<Healthcheck>,
+    /// `EXPOSE`: `PORT/PROTO` (`80/tcp`), sorted.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// `VOLUME`: absolute paths in the container, sorted.
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
-/// One image name, as stored in `images/<name>.json`. The JSON is a stable format.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A `HEALTHCHECK` as docker stores it in the image config. Durations are nanoseconds, 0
+/// meaning "the default" (docker's rule).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["NONE"]` (disabled), `["CMD", prog, args…]` or `["CMD-SHELL", command]`.
+    pub test: Vec<String>,
+    #[serde(default)]
+    pub interval_ns: u64,
+    #[serde(default)]
+    pub timeout_ns: u64,
+    #[serde(default)]
+    pub start_period_ns: u64,
+    #[serde(default)]
+    pub start_interval_ns: u64,
+    #[serde(default)]
+    pub retries: u32,
+}
+
+/// One image as the store API shows it: the image (by ID) seen through one of its names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageRecord {
+    /// The tag this record was looked up by, in its familiar form (see
+    /// [`super::reference`]), or the image ID (`sha256:…`) for an image without tags.
     pub name: String,
+    /// Every tag naming the image, familiar form, sorted.
+    pub tags: Vec<String>,
     pub kind: ImageKind,
     /// Digest of the manifest blob.
     pub digest: Digest,
+    /// The image ID: the digest of its config.
     pub config_digest: Digest,
     /// Unix seconds: the config's `created`, or the import time.
     pub created: u64,
-    /// Unix seconds.
+    /// Unix seconds: when this name was given (the import, the tag, the clone).
     pub imported: u64,
     /// Sum of the layers' uncompressed tar sizes, bytes.
     pub size: u64,
     /// Layer diff_ids (uncompressed digests), bottom first.
     pub layers: Vec<Digest>,
     /// The layer blobs as stored (compressed digests), bottom first, same length as `layers`.
-    #[serde(default)]
     pub layer_blobs: Vec<Digest>,
-    /// A read-only image cannot be removed or renamed until the flag is cleared.
+    /// A read-only tag cannot be removed or renamed until the flag is cleared.
     pub read_only: bool,
     pub config: ImageConfig,
+    /// `registry/repository`s the image was pulled from or pushed to.
+    pub sources: Vec<String>,
+}
+
+impl ImageRecord {
+    /// The image ID.
+    pub fn id(&self) -> Digest {
+        self.config_digest
+    }
+
+    /// Whether no tag names the image.
+    pub fn dangling(&self) -> bool {
+        self.tags.is_empty()
+    }
+}
+
+/// `images/<id hex>.json`: one image, whatever its names. The JSON is a stable format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageData {
+    /// The config digest.
+    id: Digest,
+    kind: ImageKind,
+    digest: Digest,
+    created: u64,
+    imported: u64,
+    size: u64,
+    layers: Vec<Digest>,
+    layer_blobs: Vec<Digest>,
+    config: ImageConfig,
+    #[serde(default)]
+    sources: Vec<String>,
+}
+
+impl ImageData {
+    /// The blobs the image keeps alive: manifest, config, layers.
+    fn blobs(&self) -> BTreeSet<Digest> {
+        let mut b: BTreeSet<Digest> = self.layer_blobs.iter().copied().collect();
+        b.insert(self.digest);
+        b.insert(self.id);
+        b
+    }
+}
+
+/// `images/<name>.json` as stores before tags wrote it; read once, by the migration.
+#[derive(Deserialize)]
+struct LegacyRecord {
+    name: String,
+    kind: ImageKind,
+    digest: Digest,
+    config_digest: Digest,
+    created: u64,
+    imported: u64,
+    size: u64,
+    layers: Vec<Digest>,
+    #[serde(default)]
+    layer_blobs: Vec<Digest>,
+    read_only: bool,
+    config: ImageConfig,
+}
+
+/// `tags.json`: canonical tag → image.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TagIndex {
+    #[serde(default)]
+    tags: BTreeMap<String, TagEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TagEntry {
+    id: Digest,
+    #[serde(default)]
+    read_only: bool,
+    /// Unix seconds.
+    #[serde(default)]
+    tagged: u64,
+}
+
+/// What creating an image does to a tag that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagMode {
+    /// Refuse (AlreadyExists): imports, tag, clone.
+    New,
+    /// Point it at the new image: pull, load.
+    Move,
+}
+
+/// The outcome of [`Store::create_tagged`].
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub record: ImageRecord,
+    /// The tag already pointed at this image: nothing changed.
+    pub unchanged: bool,
+    /// The image the tag pointed at before it moved.
+    pub previous: Option<Digest>,
+    /// The image was in the store already (under another name, or dangling).
+    pub existed: bool,
+}
+
+/// The outcome of [`Store::remove_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The tags removed (familiar form).
+    pub untagged: Vec<String>,
+    /// The image deleted, if it was.
+    pub deleted: Option<Digest>,
+    /// Bytes freed on disk (layers, blobs, records).
+    pub freed_bytes: u64,
+}
+
+/// The outcome of [`Store::prune`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// The images deleted, by ID.
+    pub images: Vec<Digest>,
+    /// Tags removed with them (only with `all`).
+    pub untagged: Vec<String>,
+    /// Bytes freed on disk: layers and blobs.
+    pub freed_bytes: u64,
+}
+
+/// Disk use of the store and of container writable layers (`system df`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub images: usize,
+    /// Images no tag names.
+    pub dangling: usize,
+    pub layers: usize,
+    /// Extracted layers, allocated bytes (hard links counted once).
+    pub layers_bytes: u64,
+    pub blobs: usize,
+    pub blobs_bytes: u64,
+    /// Layer bytes that only unused dangling images hold (what `prune` frees, roughly).
+    pub reclaimable_bytes: u64,
+    pub containers: usize,
+    pub containers_bytes: u64,
 }
 
 /// Progress of [`Store::create_image`], one call per layer step.
@@ -132,6 +300,10 @@ pub enum StoreError {
     Exists(String),
     #[error("image {0:?} is read-only")]
     ReadOnly(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("image {0} is used by a container")]
+    InUse(String),
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),
     #[error("content of blob {expected} has digest {actual}")]
@@ -150,7 +322,9 @@ impl StoreError {
             StoreError::Name { .. }
             | StoreError::DigestMismatch { .. }
             | StoreError::Invalid(_)
-            | StoreError::ReadOnly(_) => ErrorKind::InvalidInput,
+            | StoreError::ReadOnly(_)
+            | StoreError::Reference(_) => ErrorKind::InvalidInput,
+            StoreError::InUse(_) => ErrorKind::Busy,
             StoreError::NoSuchImage(_) | StoreError::MissingBlob(_) => ErrorKind::NotFound,
             StoreError::Exists(_) => ErrorKind::AlreadyExists,
             StoreError::Layer { source, .. } => source.kind(),
@@ -265,9 +439,48 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(t).ok()
 }
 
-fn image_config(cfg: &ImageConfiguration) -> ImageConfig {
+/// The fields of an image config berth keeps (see [`ImageConfig`]). HEALTHCHECK, EXPOSE and
+/// VOLUME are read from the raw JSON: HEALTHCHECK is docker's and not in the OCI spec, and the
+/// other two are maps of empty objects that OCI tools and docker write differently.
+fn image_config(cfg: &ImageConfiguration, raw: &[u8]) -> ImageConfig {
+    let raw: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+    let rc = raw.get("config").or_else(|| raw.get("Config"));
+    let keys = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = rc
+            .and_then(|c| c.get(k))
+            .and_then(|m| m.as_object())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let healthcheck = rc.and_then(|c| c.get("Healthcheck")).and_then(|h| {
+        let test: Vec<String> = h
+            .get("Test")?
+            .as_array()?
+            .iter()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect();
+        if test.is_empty() {
+            return None;
+        }
+        let n = |k: &str| h.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        Some(Healthcheck {
+            test,
+            interval_ns: n("Interval"),
+            timeout_ns: n("Timeout"),
+            start_period_ns: n("StartPeriod"),
+            start_interval_ns: n("StartInterval"),
+            retries: u32::try_from(n("Retries")).unwrap_or(u32::MAX),
+        })
+    });
     let Some(c) = cfg.config() else {
-        return ImageConfig::default();
+        return ImageConfig {
+            healthcheck,
+            exposed_ports: keys("ExposedPorts"),
+            volumes: keys("Volumes"),
+            ..ImageConfig::default()
+        };
     };
     ImageConfig {
         entrypoint: c.entrypoint().clone().unwrap_or_default(),
@@ -277,6 +490,9 @@ fn image_config(cfg: &ImageConfiguration) -> ImageConfig {
         user: c.user().clone().filter(|s| !s.is_empty()),
         stop_signal: c.stop_signal().clone().filter(|s| !s.is_empty()),
         labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
+        healthcheck,
+        exposed_ports: keys("ExposedPorts"),
+        volumes: keys("Volumes"),
     }
 }
 
@@ -286,6 +502,8 @@ pub struct Store {
     limits: Limits,
     /// Imports hold it shared, garbage collection exclusively.
     gc: RwLock<()>,
+    /// Held for every read-modify-write of `tags.json` (and of image records' sources).
+    tags: Mutex<()>,
 }
 
 impl Store {
@@ -311,11 +529,17 @@ impl Store {
             };
             r.map_err(io_err(format!("removing {}", p.display())))?;
         }
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             limits: Limits::default(),
             gc: RwLock::new(()),
-        })
+            tags: Mutex::new(()),
+        };
+        let n = store.migrate()?;
+        if n > 0 {
+            tracing::info!("image store: {n} image records moved to the tagged layout");
+        }
+        Ok(store)
     }
 
     /// Use other extraction limits (tests, or a stricter configuration).
@@ -622,39 +846,363 @@ impl Store {
 
     // ---- images ----
 
-    fn record_path(&self, name: &str) -> Result<PathBuf, StoreError> {
-        crate::name::validate(name).map_err(|source| StoreError::Name {
-            name: name.to_string(),
-            source,
-        })?;
-        Ok(self.root.join("images").join(format!("{name}.json")))
+    fn image_data_path(&self, id: &Digest) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", id.hex()))
     }
 
-    /// Write `rec` under its name, failing with AlreadyExists if the name is taken.
-    fn write_record(&self, rec: &ImageRecord) -> Result<(), StoreError> {
-        let path = self.record_path(&rec.name)?;
-        let tmp = self.tmp_path("record");
-        let data = serde_json::to_vec_pretty(rec).expect("serializing an image record");
-        let ctx = || format!("writing image record {:?}", rec.name);
+    fn tags_path(&self) -> PathBuf {
+        self.root.join("tags.json")
+    }
+
+    /// Write `data` to `path` atomically: a synced file in `tmp/`, renamed over `path`.
+    fn write_atomic(&self, path: &Path, data: &[u8], what: &str) -> Result<(), StoreError> {
+        let tmp = self.tmp_path("write");
         let r = (|| {
-            let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
-            f.write_all(&data).map_err(io_err(ctx()))?;
-            f.sync_all().map_err(io_err(ctx()))?;
-            match rename_noreplace(&tmp, &path) {
-                Ok(()) => Ok(()),
-                Err(Errno::EEXIST) => Err(StoreError::Exists(rec.name.clone())),
-                Err(e) => Err(io_err(ctx())(e.into())),
-            }
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
         })();
         if r.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        r
+        r.map_err(io_err(format!("writing {what}")))
     }
 
-    /// Import an image whose blobs are all in the store. The manifest is stored as a blob in
-    /// its serde form; use [`Store::create_image_from_blob`] to keep the original bytes (and
-    /// so the registry's manifest digest).
+    fn read_tags(&self) -> Result<TagIndex, StoreError> {
+        match fs::read(self.tags_path()) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| StoreError::Io {
+                context: "reading tags.json".into(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TagIndex::default()),
+            Err(e) => Err(io_err("reading tags.json")(e)),
+        }
+    }
+
+    fn write_tags(&self, t: &TagIndex) -> Result<(), StoreError> {
+        let data = serde_json::to_vec_pretty(t).expect("serializing tags");
+        self.write_atomic(&self.tags_path(), &data, "tags.json")
+    }
+
+    fn lock_tags(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_image(&self, id: &Digest) -> Result<ImageData, StoreError> {
+        let p = self.image_data_path(id);
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchImage(id.to_string()));
+            }
+            Err(e) => return Err(io_err(format!("reading image {id}"))(e)),
+        };
+        let d: ImageData = serde_json::from_slice(&data).map_err(|e| StoreError::Io {
+            context: format!("image record {id}"),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        if d.id != *id {
+            return Err(StoreError::Io {
+                context: format!("image record {id}"),
+                source: io::Error::new(io::ErrorKind::InvalidData, "names another image"),
+            });
+        }
+        Ok(d)
+    }
+
+    fn write_image(&self, d: &ImageData) -> Result<(), StoreError> {
+        let data = serde_json::to_vec_pretty(d).expect("serializing an image record");
+        self.write_atomic(
+            &self.image_data_path(&d.id),
+            &data,
+            &format!("image {}", d.id),
+        )
+    }
+
+    /// Every image's data, by ID. Unreadable records are skipped.
+    fn all_images(&self) -> BTreeMap<Digest, ImageData> {
+        let mut out = BTreeMap::new();
+        let Ok(rd) = fs::read_dir(self.root.join("images")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let Some(id) = n
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            if let Ok(d) = self.read_image(&id) {
+                out.insert(id, d);
+            }
+        }
+        out
+    }
+
+    /// Turn `images/<name>.json` records of stores made before tags into image records by
+    /// ID plus tags. Each old record is removed only once its image and tag are written, so
+    /// a crash in between repeats the step harmlessly on the next open.
+    fn migrate(&self) -> Result<usize, StoreError> {
+        let dir = self.root.join("images");
+        let mut old = Vec::new();
+        for e in fs::read_dir(&dir)
+            .map_err(io_err("reading images"))?
+            .flatten()
+        {
+            let n = e.file_name();
+            let Some(stem) = n.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if format!("sha256:{stem}").parse::<Digest>().is_ok() {
+                continue;
+            }
+            old.push((stem.to_string(), e.path()));
+        }
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let _t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let mut done = Vec::new();
+        for (stem, path) in old {
+            let data = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+            let rec: LegacyRecord = match serde_json::from_slice(&data) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Never delete what cannot be read: leave it for a person to look at.
+                    tracing::warn!("image record {}: {e}, ignoring", path.display());
+                    continue;
+                }
+            };
+            if rec.name != stem {
+                tracing::warn!(
+                    "image record {} names {:?}, ignoring",
+                    path.display(),
+                    rec.name
+                );
+                continue;
+            }
+            let id = rec.config_digest;
+            if !self.image_data_path(&id).exists() {
+                self.write_image(&ImageData {
+                    id,
+                    kind: rec.kind,
+                    digest: rec.digest,
+                    created: rec.created,
+                    imported: rec.imported,
+                    size: rec.size,
+                    layers: rec.layers,
+                    layer_blobs: rec.layer_blobs,
+                    config: rec.config,
+                    sources: Vec::new(),
+                })?;
+            }
+            let key = TagName::parse(&rec.name).unwrap_or_else(|_| TagName::legacy(&rec.name));
+            tags.tags.entry(key.key().to_string()).or_insert(TagEntry {
+                id,
+                read_only: rec.read_only,
+                tagged: rec.imported,
+            });
+            done.push(path);
+        }
+        self.write_tags(&tags)?;
+        for p in &done {
+            fs::remove_file(p).map_err(io_err(format!("removing {}", p.display())))?;
+        }
+        Ok(done.len())
+    }
+
+    /// What `s` names: the tag (if it is one) and the image ID. See
+    /// [`super::reference`] for the rules.
+    fn resolve_in(
+        &self,
+        s: &str,
+        tags: &TagIndex,
+    ) -> Result<(Option<TagName>, Digest), StoreError> {
+        let not_found = || StoreError::NoSuchImage(s.to_string());
+        let by_id = |prefix: &str| -> Result<Option<Digest>, StoreError> {
+            let ids: Vec<Digest> = self
+                .all_images()
+                .into_keys()
+                .filter(|d| d.hex().starts_with(prefix))
+                .collect();
+            match &ids[..] {
+                [] => Ok(None),
+                [one] => Ok(Some(*one)),
+                _ => Err(StoreError::Invalid(format!(
+                    "image ID prefix {prefix} is ambiguous ({} images)",
+                    ids.len()
+                ))),
+            }
+        };
+        let tagged = |k: &str| {
+            tags.tags
+                .get(k)
+                .map(|e| (Some(TagName::from_key(k.into())), e.id))
+        };
+        match ImageRef::parse(s).map_err(StoreError::Reference)? {
+            ImageRef::Id(prefix) => by_id(&prefix)?.map(|d| (None, d)).ok_or_else(not_found),
+            ImageRef::Digest(d) => self
+                .all_images()
+                .into_values()
+                .find(|i| i.digest == d || i.id == d)
+                .map(|i| (None, i.id))
+                .ok_or_else(not_found),
+            ImageRef::Legacy(raw) => tagged(&raw).ok_or_else(not_found),
+            ImageRef::Tag { tag, short, raw } => {
+                if let Some(hit) = tagged(tag.key()) {
+                    return Ok(hit);
+                }
+                if let Some(prefix) = ImageRef::id_candidate(&raw)
+                    && let Some(d) = by_id(prefix)?
+                {
+                    return Ok((None, d));
+                }
+                let Some((path, t)) = short else {
+                    return Err(not_found());
+                };
+                let hits: Vec<&String> = tags
+                    .tags
+                    .keys()
+                    .filter(|k| short_matches(&TagName::from_key((*k).clone()), &path, &t))
+                    .collect();
+                match &hits[..] {
+                    [] => Err(not_found()),
+                    [one] => Ok(tagged(one).expect("listed")),
+                    many => Err(StoreError::Invalid(format!(
+                        "{s:?} is ambiguous: {}",
+                        many.iter()
+                            .map(|k| TagName::from_key((*k).clone()).display())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The tag and image ID `s` names (see [`super::reference`]).
+    pub fn resolve(&self, s: &str) -> Result<(Option<TagName>, Digest), StoreError> {
+        let tags = self.read_tags()?;
+        self.resolve_in(s, &tags)
+    }
+
+    fn view(&self, tag: Option<&TagName>, d: ImageData, tags: &TagIndex) -> ImageRecord {
+        let names: Vec<&String> = tags
+            .tags
+            .iter()
+            .filter(|(_, e)| e.id == d.id)
+            .map(|(k, _)| k)
+            .collect();
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|k| TagName::from_key(k.clone()).display())
+            .collect();
+        names.sort();
+        let entry = tag.and_then(|t| tags.tags.get(t.key()));
+        ImageRecord {
+            name: match tag {
+                Some(t) => t.display(),
+                None => d.id.to_string(),
+            },
+            tags: names,
+            kind: d.kind,
+            digest: d.digest,
+            config_digest: d.id,
+            created: d.created,
+            imported: entry.map_or(d.imported, |e| e.tagged),
+            size: d.size,
+            layers: d.layers,
+            layer_blobs: d.layer_blobs,
+            read_only: entry.is_some_and(|e| e.read_only),
+            config: d.config,
+            sources: d.sources,
+        }
+    }
+
+    /// The image `s` names, as seen through that name (its tag's flags).
+    pub fn get(&self, s: &str) -> Result<ImageRecord, StoreError> {
+        let tags = self.read_tags()?;
+        let (tag, id) = self.resolve_in(s, &tags)?;
+        let d = self.read_image(&id)?;
+        Ok(self.view(tag.as_ref(), d, &tags))
+    }
+
+    /// The image with this ID, named by its first tag (or its ID when it has none).
+    pub fn get_id(&self, id: &Digest) -> Result<ImageRecord, StoreError> {
+        let tags = self.read_tags()?;
+        let d = self.read_image(id)?;
+        let first = tags
+            .tags
+            .iter()
+            .find(|(_, e)| e.id == *id)
+            .map(|(k, _)| TagName::from_key(k.clone()));
+        Ok(self.view(first.as_ref(), d, &tags))
+    }
+
+    /// One entry per tag, then one per dangling image (named by its ID), by name.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        let Ok(tags) = self.read_tags() else {
+            return Vec::new();
+        };
+        let images = self.all_images();
+        let mut out = Vec::new();
+        let mut tagged = BTreeSet::new();
+        for (k, e) in &tags.tags {
+            if let Some(d) = images.get(&e.id) {
+                tagged.insert(e.id);
+                out.push(self.view(Some(&TagName::from_key(k.clone())), d.clone(), &tags));
+            }
+        }
+        for (id, d) in images {
+            if !tagged.contains(&id) {
+                out.push(self.view(None, d, &tags));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One entry per image (named by its first tag, or its ID), with all its tags.
+    pub fn images(&self) -> Vec<ImageRecord> {
+        let Ok(tags) = self.read_tags() else {
+            return Vec::new();
+        };
+        self.all_images()
+            .into_values()
+            .map(|d| {
+                let first = tags
+                    .tags
+                    .iter()
+                    .find(|(_, e)| e.id == d.id)
+                    .map(|(k, _)| TagName::from_key(k.clone()));
+                self.view(first.as_ref(), d, &tags)
+            })
+            .collect()
+    }
+
+    fn check_free(&self, name: &TagName) -> Result<(), StoreError> {
+        if self.read_tags()?.tags.contains_key(name.key()) {
+            return Err(StoreError::Exists(name.display()));
+        }
+        Ok(())
+    }
+
+    /// Check a name for a new tag and fail early if it is taken (the tag write checks again,
+    /// atomically).
+    pub fn check_new_name(&self, name: &str) -> Result<TagName, StoreError> {
+        let t = TagName::parse(name).map_err(StoreError::Reference)?;
+        self.check_free(&t)?;
+        Ok(t)
+    }
+
+    /// Import an image whose blobs are all in the store, under the new tag `name`
+    /// (AlreadyExists if it is taken). The manifest is stored as a blob in its serde form; use
+    /// [`Store::create_image_from_blob`] to keep the original bytes (and so the registry's
+    /// manifest digest).
     pub fn create_image(
         &self,
         name: &str,
@@ -662,14 +1210,16 @@ impl Store {
         kind: ImageKind,
         progress: &dyn Fn(ImportProgress),
     ) -> Result<ImageRecord, StoreError> {
-        self.record_path(name)?;
+        self.check_new_name(name)?;
         let bytes = serde_json::to_vec(manifest)
             .map_err(|e| StoreError::Invalid(format!("manifest does not serialize: {e}")))?;
         let digest = self.put_blob(&bytes)?;
-        self.create_image_inner(name, manifest, digest, kind, progress)
+        let c = self.create_tagged(Some(name), &digest, kind, TagMode::New, None, progress)?;
+        Ok(c.record)
     }
 
-    /// Import an image from a manifest already stored as blob `manifest_digest`.
+    /// Import an image from a manifest already stored as blob `manifest_digest`, under the
+    /// new tag `name`.
     pub fn create_image_from_blob(
         &self,
         name: &str,
@@ -677,24 +1227,105 @@ impl Store {
         kind: ImageKind,
         progress: &dyn Fn(ImportProgress),
     ) -> Result<ImageRecord, StoreError> {
-        self.record_path(name)?;
+        let c = self.create_tagged(
+            Some(name),
+            manifest_digest,
+            kind,
+            TagMode::New,
+            None,
+            progress,
+        )?;
+        Ok(c.record)
+    }
+
+    /// Import an image from a stored manifest and point tag `name` at it: a new tag only
+    /// ([`TagMode::New`]), or moving an existing one ([`TagMode::Move`]; the image it pointed
+    /// at stays, dangling unless another tag names it). With no name the image is stored
+    /// untagged. An image already stored (same config digest) is not imported again.
+    /// `source` (`registry/repository`) is remembered for cross-repository mounts on push.
+    pub fn create_tagged(
+        &self,
+        name: Option<&str>,
+        manifest_digest: &Digest,
+        kind: ImageKind,
+        mode: TagMode,
+        source: Option<&str>,
+        progress: &dyn Fn(ImportProgress),
+    ) -> Result<Created, StoreError> {
+        let tag = name
+            .map(|n| TagName::parse(n).map_err(StoreError::Reference))
+            .transpose()?;
+        if let (Some(t), TagMode::New) = (&tag, mode) {
+            self.check_free(t)?;
+        }
         let data = self.read_blob(manifest_digest)?;
         let manifest: ImageManifest = serde_json::from_slice(&data)
             .map_err(|e| StoreError::Invalid(format!("manifest {manifest_digest}: {e}")))?;
-        self.create_image_inner(name, &manifest, *manifest_digest, kind, progress)
+        // From the first layer until the tag exists, garbage collection must wait.
+        let _guard = self.gc.read().unwrap_or_else(|p| p.into_inner());
+        let built = self.build_image(&manifest, *manifest_digest, kind, progress)?;
+        let _t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let id = built.id;
+        let existed = match self.read_image(&id) {
+            Ok(mut d) => {
+                if let Some(s) = source
+                    && !d.sources.iter().any(|x| x == s)
+                {
+                    d.sources.push(s.to_string());
+                    self.write_image(&d)?;
+                }
+                true
+            }
+            Err(StoreError::NoSuchImage(_)) => {
+                let mut d = built;
+                d.sources.extend(source.map(String::from));
+                self.write_image(&d)?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let mut previous = None;
+        if let Some(t) = &tag {
+            match tags.tags.get(t.key()) {
+                Some(_) if mode == TagMode::New => {
+                    return Err(StoreError::Exists(t.display()));
+                }
+                Some(e) if e.read_only && e.id != id => {
+                    return Err(StoreError::ReadOnly(t.display()));
+                }
+                Some(e) => previous = Some(e.id),
+                None => {}
+            }
+            if previous != Some(id) {
+                tags.tags.insert(
+                    t.key().to_string(),
+                    TagEntry {
+                        id,
+                        read_only: false,
+                        tagged: now(),
+                    },
+                );
+                self.write_tags(&tags)?;
+            }
+        }
+        let d = self.read_image(&id)?;
+        Ok(Created {
+            record: self.view(tag.as_ref(), d, &tags),
+            unchanged: previous == Some(id),
+            previous: previous.filter(|p| *p != id),
+            existed,
+        })
     }
 
-    fn create_image_inner(
+    /// Check the manifest, extract its layers and make the image record (not yet written).
+    fn build_image(
         &self,
-        name: &str,
         manifest: &ImageManifest,
         digest: Digest,
         kind: ImageKind,
         progress: &dyn Fn(ImportProgress),
-    ) -> Result<ImageRecord, StoreError> {
-        if self.record_path(name)?.exists() {
-            return Err(StoreError::Exists(name.to_string()));
-        }
+    ) -> Result<ImageData, StoreError> {
         if manifest.schema_version() != 2 {
             return Err(StoreError::Invalid(format!(
                 "manifest schema version {} is not 2",
@@ -746,9 +1377,6 @@ impl Store {
                 diff_ids.len()
             )));
         }
-
-        // From the first layer until the record exists, garbage collection must wait.
-        let _guard = self.gc.read().unwrap_or_else(|p| p.into_inner());
         let count = layers.len();
         let mut size = 0;
         for (index, (blob, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
@@ -768,11 +1396,10 @@ impl Store {
             });
         }
         let imported = now();
-        let rec = ImageRecord {
-            name: name.to_string(),
+        Ok(ImageData {
+            id: config_digest,
             kind,
             digest,
-            config_digest,
             created: cfg
                 .created()
                 .as_deref()
@@ -782,80 +1409,136 @@ impl Store {
             size,
             layers: diff_ids,
             layer_blobs: layers,
-            read_only: false,
-            config: image_config(&cfg),
-        };
-        self.write_record(&rec)?;
-        Ok(rec)
+            config: image_config(&cfg, &cfg_data),
+            sources: Vec::new(),
+        })
     }
 
-    /// All image records, by name. Unreadable records are skipped.
-    pub fn list(&self) -> Vec<ImageRecord> {
-        let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.root.join("images")) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let n = e.file_name();
-            let Some(name) = n.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if let Ok(r) = self.get(name) {
-                out.push(r);
-            }
+    /// Remember that the image is in `source` (`registry/repository`), for cross-repository
+    /// mounts on later pushes.
+    pub fn add_source(&self, id: &Digest, source: &str) -> Result<(), StoreError> {
+        let _t = self.lock_tags();
+        let mut d = self.read_image(id)?;
+        if !d.sources.iter().any(|s| s == source) {
+            d.sources.push(source.to_string());
+            self.write_image(&d)?;
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Result<ImageRecord, StoreError> {
-        let p = self.record_path(name)?;
-        let data = match fs::read(&p) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoSuchImage(name.to_string()));
-            }
-            Err(e) => return Err(io_err(format!("reading image record {name:?}"))(e)),
-        };
-        let rec: ImageRecord = serde_json::from_slice(&data).map_err(|e| StoreError::Io {
-            context: format!("image record {name:?}"),
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
-        })?;
-        if rec.name != name {
-            return Err(StoreError::Io {
-                context: format!("image record {name:?}"),
-                source: io::Error::new(io::ErrorKind::InvalidData, "names another image"),
-            });
-        }
-        Ok(rec)
-    }
-
-    /// Remove the record, then every layer and blob no remaining record references. The
-    /// caller checks that no container uses the image.
-    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
-        let rec = self.get(name)?;
-        if rec.read_only {
-            return Err(StoreError::ReadOnly(name.to_string()));
-        }
+    /// Remove the name `s`: a tag is removed, and its image with it when no other tag names
+    /// it and `in_use` does not claim it (it then stays, dangling). An image ID removes the
+    /// image and every tag naming it, refused while `in_use` claims it. Layers and blobs no
+    /// remaining image references are deleted. Read-only tags are refused.
+    pub fn remove_with(
+        &self,
+        s: &str,
+        in_use: &dyn Fn(&Digest) -> bool,
+    ) -> Result<Removed, StoreError> {
         let _guard = self.gc.write().unwrap_or_else(|p| p.into_inner());
-        let p = self.record_path(name)?;
-        fs::remove_file(&p).map_err(io_err(format!("removing image record {name:?}")))?;
-        let mut just_freed: BTreeSet<Digest> = rec.layer_blobs.iter().copied().collect();
-        just_freed.insert(rec.digest);
-        just_freed.insert(rec.config_digest);
-        self.collect(&just_freed)
+        let t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let (tag, id) = self.resolve_in(s, &tags)?;
+        let data = self.read_image(&id)?;
+        let mut untagged = Vec::new();
+        match &tag {
+            Some(tag) => {
+                if tags.tags[tag.key()].read_only {
+                    return Err(StoreError::ReadOnly(tag.display()));
+                }
+                tags.tags.remove(tag.key());
+                untagged.push(tag.display());
+            }
+            None => {
+                if in_use(&id) {
+                    return Err(StoreError::InUse(id.to_string()));
+                }
+                if let Some((k, _)) = tags.tags.iter().find(|(_, e)| e.id == id && e.read_only) {
+                    return Err(StoreError::ReadOnly(TagName::from_key(k.clone()).display()));
+                }
+                let keys: Vec<String> = tags
+                    .tags
+                    .iter()
+                    .filter(|(_, e)| e.id == id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in keys {
+                    tags.tags.remove(&k);
+                    untagged.push(TagName::from_key(k).display());
+                }
+            }
+        }
+        let still_named = tags.tags.values().any(|e| e.id == id);
+        let mut deleted = None;
+        let mut freed = 0;
+        self.write_tags(&tags)?;
+        if !still_named && !in_use(&id) {
+            let p = self.image_data_path(&id);
+            fs::remove_file(&p).map_err(io_err(format!("removing image {id}")))?;
+            drop(t);
+            freed = self.collect(&data.blobs())?;
+            deleted = Some(id);
+        }
+        Ok(Removed {
+            untagged,
+            deleted,
+            freed_bytes: freed,
+        })
     }
 
-    /// Delete what no record references: layers always, blobs if in `just_freed` or old.
-    fn collect(&self, just_freed: &BTreeSet<Digest>) -> Result<(), StoreError> {
-        let recs = self.list();
-        let layers: BTreeSet<Digest> = recs.iter().flat_map(|r| r.layers.clone()).collect();
-        let mut blobs: BTreeSet<Digest> = BTreeSet::new();
-        for r in &recs {
-            blobs.insert(r.digest);
-            blobs.insert(r.config_digest);
-            blobs.extend(r.layer_blobs.iter().copied());
+    /// [`Store::remove_with`] when no container uses any image.
+    pub fn remove(&self, s: &str) -> Result<Removed, StoreError> {
+        self.remove_with(s, &|_| false)
+    }
+
+    /// Remove dangling images `in_use` does not claim (with `all`, every such image, tags and
+    /// all, except those with a read-only tag), then every layer no image references and
+    /// every unreferenced blob older than the grace period.
+    pub fn prune(
+        &self,
+        all: bool,
+        in_use: &dyn Fn(&Digest) -> bool,
+    ) -> Result<PruneReport, StoreError> {
+        let _guard = self.gc.write().unwrap_or_else(|p| p.into_inner());
+        let t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let mut report = PruneReport::default();
+        let mut freed_blobs = BTreeSet::new();
+        for (id, d) in self.all_images() {
+            let names: Vec<String> = tags
+                .tags
+                .iter()
+                .filter(|(_, e)| e.id == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if in_use(&id) || (!names.is_empty() && !all) {
+                continue;
+            }
+            if names.iter().any(|k| tags.tags[k].read_only) {
+                continue;
+            }
+            for k in names {
+                tags.tags.remove(&k);
+                report.untagged.push(TagName::from_key(k).display());
+            }
+            self.write_tags(&tags)?;
+            let p = self.image_data_path(&id);
+            fs::remove_file(&p).map_err(io_err(format!("removing image {id}")))?;
+            freed_blobs.extend(d.blobs());
+            report.images.push(id);
         }
+        drop(t);
+        report.freed_bytes = self.collect(&freed_blobs)?;
+        Ok(report)
+    }
+
+    /// Delete what no image references: layers always, blobs if in `just_freed` or old.
+    /// Returns the bytes freed on disk.
+    fn collect(&self, just_freed: &BTreeSet<Digest>) -> Result<u64, StoreError> {
+        let images = self.all_images();
+        let layers: BTreeSet<Digest> = images.values().flat_map(|r| r.layers.clone()).collect();
+        let blobs: BTreeSet<Digest> = images.values().flat_map(ImageData::blobs).collect();
+        let mut freed = 0u64;
         let ldir = self.root.join("layers");
         for e in fs::read_dir(&ldir)
             .map_err(io_err("reading layers"))?
@@ -871,11 +1554,13 @@ impl Store {
                 continue;
             }
             if n.ends_with(".json") {
+                freed += e.metadata().map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(e.path()).map_err(io_err(format!("removing layer {d}")))?;
             } else {
                 // Out of sight in one step, then deleted at leisure.
                 let t = self.tmp_path("dead-layer");
                 fs::rename(e.path(), &t).map_err(io_err(format!("removing layer {d}")))?;
+                freed += super::usage::disk_usage(&t).bytes;
                 fs::remove_dir_all(&t).map_err(io_err(format!("removing layer {d}")))?;
             }
         }
@@ -895,65 +1580,157 @@ impl Store {
             if blobs.contains(&d) {
                 continue;
             }
-            let aged = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t < old)
-                .unwrap_or(false);
+            let meta = e.metadata();
+            let aged = meta
+                .as_ref()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| t < old);
             if just_freed.contains(&d) || aged {
+                freed += meta.map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(e.path()).map_err(io_err(format!("removing blob {d}")))?;
             }
         }
-        Ok(())
+        Ok(freed)
     }
 
-    /// Give the image a new name.
+    /// Give the tag `old` the name `new` (AlreadyExists if taken; nothing changes then). An
+    /// image ID or digest is tagged `new`.
     pub fn rename(&self, old: &str, new: &str) -> Result<ImageRecord, StoreError> {
-        let mut rec = self.get(old)?;
-        if rec.read_only {
-            return Err(StoreError::ReadOnly(old.to_string()));
+        let newt = TagName::parse(new).map_err(StoreError::Reference)?;
+        let _t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let (tag, id) = self.resolve_in(old, &tags)?;
+        if tags.tags.contains_key(newt.key()) {
+            return Err(StoreError::Exists(newt.display()));
         }
-        rec.name = new.to_string();
-        self.write_record(&rec)?;
-        fs::remove_file(self.record_path(old)?)
-            .map_err(io_err(format!("removing image record {old:?}")))?;
-        Ok(rec)
+        let entry = match &tag {
+            Some(t) => {
+                let e = tags.tags[t.key()].clone();
+                if e.read_only {
+                    return Err(StoreError::ReadOnly(t.display()));
+                }
+                tags.tags.remove(t.key());
+                e
+            }
+            None => TagEntry {
+                id,
+                read_only: false,
+                tagged: now(),
+            },
+        };
+        tags.tags.insert(newt.key().to_string(), entry);
+        self.write_tags(&tags)?;
+        let d = self.read_image(&id)?;
+        Ok(self.view(Some(&newt), d, &tags))
     }
 
-    /// A second name for the same content (and the same flags).
+    fn add_tag(&self, name: &str, new: &str, copy_flags: bool) -> Result<ImageRecord, StoreError> {
+        let newt = TagName::parse(new).map_err(StoreError::Reference)?;
+        let _t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let (tag, id) = self.resolve_in(name, &tags)?;
+        if tags.tags.contains_key(newt.key()) {
+            return Err(StoreError::Exists(newt.display()));
+        }
+        let read_only = copy_flags && tag.is_some_and(|t| tags.tags[t.key()].read_only);
+        tags.tags.insert(
+            newt.key().to_string(),
+            TagEntry {
+                id,
+                read_only,
+                tagged: now(),
+            },
+        );
+        self.write_tags(&tags)?;
+        let d = self.read_image(&id)?;
+        Ok(self.view(Some(&newt), d, &tags))
+    }
+
+    /// A second tag for the same image (and the same flags); AlreadyExists if taken.
     pub fn tag(&self, name: &str, new_name: &str) -> Result<ImageRecord, StoreError> {
-        let mut rec = self.get(name)?;
-        rec.name = new_name.to_string();
-        self.write_record(&rec)?;
-        Ok(rec)
+        self.add_tag(name, new_name, true)
     }
 
-    /// An independent, writable copy of the record (the layers are immutable and shared).
+    /// A new, writable tag for the same image (layers are immutable and shared; a container
+    /// writes to its own layer, so "a copy" needs nothing else).
     pub fn clone_image(&self, name: &str, new_name: &str) -> Result<ImageRecord, StoreError> {
-        let mut rec = self.get(name)?;
-        rec.name = new_name.to_string();
-        rec.read_only = false;
-        rec.imported = now();
-        self.write_record(&rec)?;
-        Ok(rec)
+        self.add_tag(name, new_name, false)
     }
 
-    /// Mark the image read-only or writable.
+    /// Mark the tag read-only or writable.
     pub fn set_read_only(&self, name: &str, read_only: bool) -> Result<ImageRecord, StoreError> {
-        let mut rec = self.get(name)?;
-        rec.read_only = read_only;
-        let tmp = self.tmp_path("record");
-        let data = serde_json::to_vec_pretty(&rec).expect("serializing an image record");
-        let ctx = || format!("writing image record {name:?}");
-        fs::write(&tmp, data).map_err(io_err(ctx()))?;
-        fs::rename(&tmp, self.record_path(name)?).map_err(io_err(ctx()))?;
-        Ok(rec)
+        let _t = self.lock_tags();
+        let mut tags = self.read_tags()?;
+        let (tag, id) = self.resolve_in(name, &tags)?;
+        let Some(tag) = tag else {
+            return Err(StoreError::Invalid(format!(
+                "{name:?} is an image ID; the read-only flag belongs to a tag"
+            )));
+        };
+        tags.tags.get_mut(tag.key()).expect("resolved").read_only = read_only;
+        self.write_tags(&tags)?;
+        let d = self.read_image(&id)?;
+        Ok(self.view(Some(&tag), d, &tags))
     }
 
     /// The image's layer directories, **bottom first** (the base layer is element 0). An
     /// overlayfs `lowerdir=` lists the topmost layer first: reverse this.
     pub fn layer_paths(&self, rec: &ImageRecord) -> Vec<PathBuf> {
         rec.layers.iter().map(|d| self.layer_dir(d)).collect()
+    }
+
+    /// Sizes on disk: images, layers, blobs, and the given container writable layers.
+    pub fn disk_usage(&self, uppers: &[PathBuf], in_use: &dyn Fn(&Digest) -> bool) -> DiskUsage {
+        let images = self.all_images();
+        let tags = self.read_tags().unwrap_or_default();
+        let mut du = DiskUsage {
+            images: images.len(),
+            ..DiskUsage::default()
+        };
+        let mut layer_bytes: BTreeMap<Digest, u64> = BTreeMap::new();
+        if let Ok(rd) = fs::read_dir(self.root.join("layers")) {
+            for e in rd.flatten() {
+                let n = e.file_name();
+                let Some(d) = n
+                    .to_str()
+                    .filter(|n| !n.ends_with(".json"))
+                    .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok())
+                else {
+                    continue;
+                };
+                layer_bytes.insert(d, super::usage::disk_usage(&e.path()).bytes);
+            }
+        }
+        du.layers = layer_bytes.len();
+        du.layers_bytes = layer_bytes.values().sum();
+        if let Ok(rd) = fs::read_dir(self.root.join("blobs/sha256")) {
+            for e in rd.flatten() {
+                du.blobs += 1;
+                du.blobs_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        // Reclaimable: what a prune would free, layers counted once however many images.
+        let keep: BTreeSet<Digest> = images
+            .values()
+            .filter(|d| in_use(&d.id) || tags.tags.values().any(|e| e.id == d.id))
+            .flat_map(|d| d.layers.clone())
+            .collect();
+        du.dangling = images
+            .keys()
+            .filter(|id| !tags.tags.values().any(|e| e.id == **id))
+            .count();
+        du.reclaimable_bytes = layer_bytes
+            .iter()
+            .filter(|(d, _)| !keep.contains(d))
+            .map(|(_, b)| b)
+            .sum();
+        du.containers = uppers.len();
+        du.containers_bytes = uppers
+            .iter()
+            .map(|p| super::usage::disk_usage(p).bytes)
+            .sum();
+        du
     }
 }
 
@@ -1316,5 +2093,331 @@ pub(crate) mod tests {
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::tests::{image_json, layer};
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(&tmp.path().join("store")).unwrap();
+        (tmp, s)
+    }
+
+    /// Store the blobs of an image of `layers` whose config differs by `cmd`; returns the
+    /// manifest digest.
+    fn blobs_of(s: &Store, layers: &[Vec<u8>], cmd: &str) -> Digest {
+        let (m, c, blobs) = image_json(layers);
+        let mut cv: serde_json::Value = serde_json::from_slice(&c).unwrap();
+        cv["config"]["Cmd"] = serde_json::json!([cmd]);
+        let c = serde_json::to_vec(&cv).unwrap();
+        let mut mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        mv["config"]["digest"] = Digest::of(&c).to_string().into();
+        mv["config"]["size"] = c.len().into();
+        for b in &blobs {
+            s.put_blob(b).unwrap();
+        }
+        s.put_blob(&c).unwrap();
+        s.put_blob(&serde_json::to_vec(&mv).unwrap()).unwrap()
+    }
+
+    fn names(s: &Store) -> Vec<String> {
+        s.list().into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn tags_move_and_old_images_dangle_until_pruned() {
+        let (_t, s) = store();
+        let base = layer(&[("etc/os-release", b"base")]);
+        let v1 = blobs_of(&s, &[base.clone(), layer(&[("v", b"1")])], "one");
+        let v2 = blobs_of(&s, &[base.clone(), layer(&[("v", b"2")])], "two");
+
+        let c1 = s
+            .create_tagged(
+                Some("web"),
+                &v1,
+                ImageKind::Registry,
+                TagMode::Move,
+                Some("r/web"),
+                &|_| {},
+            )
+            .unwrap();
+        assert!(!c1.unchanged && c1.previous.is_none() && !c1.existed);
+        assert_eq!(c1.record.name, "web");
+        assert_eq!(c1.record.sources, ["r/web"]);
+        let id1 = c1.record.id();
+        // `web`, `web:latest`, `docker.io/library/web`, podman's `localhost/web`, the ID and
+        // an ID prefix all name it.
+        for n in [
+            "web",
+            "web:latest",
+            "docker.io/library/web:latest",
+            &id1.to_string(),
+            &id1.hex()[..12],
+        ] {
+            assert_eq!(s.get(n).unwrap().id(), id1, "{n}");
+        }
+        assert_eq!(
+            s.get(&format!("web@{}", c1.record.digest)).unwrap().id(),
+            id1
+        );
+        // Same manifest again: unchanged, nothing new.
+        let again = s
+            .create_tagged(
+                Some("web"),
+                &v1,
+                ImageKind::Registry,
+                TagMode::Move,
+                None,
+                &|_| {},
+            )
+            .unwrap();
+        assert!(again.unchanged && again.existed && again.previous.is_none());
+
+        // A second tag on v1, then the tag `web` moves to v2.
+        s.tag("web", "uxweb:1.0").unwrap();
+        let c2 = s
+            .create_tagged(
+                Some("web"),
+                &v2,
+                ImageKind::Registry,
+                TagMode::Move,
+                None,
+                &|_| {},
+            )
+            .unwrap();
+        assert_eq!(c2.previous, Some(id1));
+        assert!(!c2.unchanged);
+        assert_eq!(s.get("web").unwrap().id(), c2.record.id());
+        assert_eq!(s.get("uxweb:1.0").unwrap().id(), id1);
+        assert_eq!(s.get_id(&id1).unwrap().tags, ["uxweb:1.0"]);
+        // New mode refuses a taken tag, and leaves it alone.
+        let e = s
+            .create_tagged(
+                Some("web"),
+                &v1,
+                ImageKind::Oci,
+                TagMode::New,
+                None,
+                &|_| {},
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(s.get("web").unwrap().id(), c2.record.id());
+
+        // Untagging v1's last tag while a container uses it: it stays, dangling.
+        let r = s.remove_with("uxweb:1.0", &|d| *d == id1).unwrap();
+        assert_eq!(r.untagged, ["uxweb:1.0"]);
+        assert_eq!(r.deleted, None);
+        let listed = s.list();
+        let dangling: Vec<&ImageRecord> = listed.iter().filter(|r| r.dangling()).collect();
+        assert_eq!(dangling.len(), 1);
+        assert_eq!(dangling[0].name, id1.to_string());
+        // Still in use: prune keeps it, and so does removal by ID.
+        let p = s.prune(false, &|d| *d == id1).unwrap();
+        assert!(p.images.is_empty());
+        assert_eq!(
+            s.remove_with(&id1.to_string(), &|d| *d == id1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Busy
+        );
+        let unique1 = Digest::of(&layer(&[("v", b"1")]));
+        assert!(s.layer_dir(&unique1).exists());
+        // No longer in use: prune removes it and its unique layer, keeps the shared base.
+        let du = s.disk_usage(&[], &|_| false);
+        assert_eq!((du.images, du.dangling, du.layers), (2, 1, 3));
+        assert!(du.reclaimable_bytes > 0 && du.reclaimable_bytes < du.layers_bytes);
+        let p = s.prune(false, &|_| false).unwrap();
+        assert_eq!(p.images, [id1]);
+        assert!(p.freed_bytes >= du.reclaimable_bytes, "{p:?} {du:?}");
+        assert!(!s.layer_dir(&unique1).exists());
+        assert!(s.layer_dir(&Digest::of(&base)).exists());
+        assert!(!s.has_blob(&v1));
+        assert_eq!(names(&s), ["web"]);
+        assert_eq!(s.prune(false, &|_| false).unwrap(), PruneReport::default());
+        // prune --all also removes tagged images nothing uses (not read-only ones).
+        s.set_read_only("web", true).unwrap();
+        assert!(s.prune(true, &|_| false).unwrap().images.is_empty());
+        s.set_read_only("web", false).unwrap();
+        let p = s.prune(true, &|_| false).unwrap();
+        assert_eq!(p.untagged, ["web"]);
+        assert!(names(&s).is_empty());
+        assert!(
+            fs::read_dir(s.root.join("layers"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        assert!(
+            fs::read_dir(s.root.join("blobs/sha256"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn tag_rename_remove_refusals_change_nothing() {
+        let (_t, s) = store();
+        let m = blobs_of(&s, &[layer(&[("f", b"f")])], "x");
+        let id = s
+            .create_image_from_blob("app", &m, ImageKind::Oci, &|_| {})
+            .unwrap()
+            .id();
+        s.tag("app", "registry:5000/team/app:1.2").unwrap();
+        s.clone_image("app", "other").unwrap();
+        let before = fs::read(s.tags_path()).unwrap();
+        let refuse = |e: StoreError, kind| assert_eq!(e.kind(), kind, "{e}");
+        refuse(
+            s.rename("app", "other").unwrap_err(),
+            ErrorKind::AlreadyExists,
+        );
+        refuse(
+            s.rename("app", "Bad Name").unwrap_err(),
+            ErrorKind::InvalidInput,
+        );
+        refuse(s.rename("nope", "x").unwrap_err(), ErrorKind::NotFound);
+        refuse(
+            s.tag("app", "other:latest").unwrap_err(),
+            ErrorKind::AlreadyExists,
+        );
+        refuse(
+            s.tag("app", &format!("x@{id}")).unwrap_err(),
+            ErrorKind::InvalidInput,
+        );
+        refuse(s.remove("nope:1").unwrap_err(), ErrorKind::NotFound);
+        refuse(
+            s.remove("sha256:0000").unwrap_err(),
+            ErrorKind::InvalidInput,
+        );
+        refuse(s.get("a").unwrap_err(), ErrorKind::NotFound);
+        assert_eq!(fs::read(s.tags_path()).unwrap(), before, "nothing changed");
+        // A short name matches the end of a repository; matching two is ambiguous.
+        s.tag("app", "q.io/x/tool").unwrap();
+        assert_eq!(s.get("x/tool").unwrap().name, "q.io/x/tool");
+        assert_eq!(s.get("tool").unwrap().name, "q.io/x/tool");
+        s.tag("app", "r.io/y/tool").unwrap();
+        refuse(s.get("tool").unwrap_err(), ErrorKind::InvalidInput);
+        refuse(s.remove("tool").unwrap_err(), ErrorKind::InvalidInput);
+        assert_eq!(
+            s.get("team/app:1.2").unwrap().name,
+            "registry:5000/team/app:1.2"
+        );
+        assert_eq!(s.get("app:1.2").unwrap().name, "registry:5000/team/app:1.2");
+
+        // A rename keeps the image; the old name is gone.
+        s.rename("other", "renamed:2").unwrap();
+        assert!(s.get("other").is_err());
+        assert_eq!(s.get("renamed:2").unwrap().id(), id);
+        // Removing a tag of an image with other tags deletes nothing.
+        let r = s.remove("renamed:2").unwrap();
+        assert_eq!(r.deleted, None);
+        // Removing by ID removes every tag, then the image.
+        let r = s.remove(&id.hex()[..12]).unwrap();
+        assert_eq!(r.deleted, Some(id));
+        assert_eq!(r.untagged.len(), 4, "{r:?}");
+        assert!(s.list().is_empty());
+    }
+
+    /// A store made before tags: `images/<name>.json` per name, copies of one image under
+    /// several names, a name that is no valid reference, and an unreadable record.
+    #[test]
+    fn old_records_are_migrated_and_nothing_is_lost() {
+        let (t, s) = store();
+        let m = blobs_of(&s, &[layer(&[("f", b"f")])], "x");
+        let rec = s
+            .create_image_from_blob("web", &m, ImageKind::Oci, &|_| {})
+            .unwrap();
+        // Write that image in the old layout, as three names, and drop the new files.
+        let old = |name: &str, ro: bool| {
+            serde_json::json!({
+                "name": name, "kind": "oci", "digest": rec.digest, "config_digest": rec.id(),
+                "created": rec.created, "imported": 5, "size": rec.size, "layers": rec.layers,
+                "layer_blobs": rec.layer_blobs, "read_only": ro,
+                "config": {"entrypoint": [], "cmd": ["x"], "env": [], "working_dir": null,
+                           "user": null, "stop_signal": null, "labels": {}},
+            })
+        };
+        let root = s.root.clone();
+        drop(s);
+        fs::remove_file(root.join("tags.json")).unwrap();
+        fs::remove_file(root.join(format!("images/{}.json", rec.id().hex()))).unwrap();
+        for (n, ro) in [("web", false), ("Web.Old", true), ("web-copy", false)] {
+            fs::write(
+                root.join(format!("images/{n}.json")),
+                serde_json::to_vec(&old(n, ro)).unwrap(),
+            )
+            .unwrap();
+        }
+        fs::write(root.join("images/broken.json"), b"{").unwrap();
+        let s = Store::open(&root).unwrap();
+        assert_eq!(names(&s), ["Web.Old", "web", "web-copy"]);
+        let w = s.get("web").unwrap();
+        assert_eq!(
+            (w.id(), w.imported, w.config.cmd.clone()),
+            (rec.id(), 5, vec!["x".to_string()])
+        );
+        assert_eq!(w.tags, ["Web.Old", "web", "web-copy"]);
+        assert!(s.get("Web.Old").unwrap().read_only);
+        assert!(!s.get("web-copy").unwrap().read_only);
+        // The unreadable record is left where it was; the migrated ones are gone.
+        let left: Vec<String> = fs::read_dir(root.join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with(&rec.id().hex()))
+            .collect();
+        assert_eq!(left, ["broken.json"]);
+        // Opening again changes nothing.
+        let tags = fs::read(root.join("tags.json")).unwrap();
+        let s = Store::open(&root).unwrap();
+        assert_eq!(fs::read(root.join("tags.json")).unwrap(), tags);
+        // The migrated image still runs: its layers are where they were.
+        assert!(s.layer_paths(&s.get("web").unwrap())[0].join("f").exists());
+        drop(t);
+    }
+
+    #[test]
+    fn config_keeps_healthcheck_ports_volumes_labels() {
+        let (_t, s) = store();
+        let (m, c, blobs) = image_json(&[layer(&[("f", b"f")])]);
+        let mut cv: serde_json::Value = serde_json::from_slice(&c).unwrap();
+        cv["config"]["Healthcheck"] = serde_json::json!({
+            "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+            "Interval": 30_000_000_000u64, "Timeout": 5_000_000_000u64,
+            "StartPeriod": 1_000_000_000u64, "Retries": 3});
+        cv["config"]["ExposedPorts"] = serde_json::json!({"8080/tcp": {}, "53/udp": {}});
+        cv["config"]["Volumes"] = serde_json::json!({"/data": {}});
+        let c = serde_json::to_vec(&cv).unwrap();
+        let mut mv: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        mv["config"]["digest"] = Digest::of(&c).to_string().into();
+        mv["config"]["size"] = c.len().into();
+        for b in &blobs {
+            s.put_blob(b).unwrap();
+        }
+        s.put_blob(&c).unwrap();
+        let md = s.put_blob(&serde_json::to_vec(&mv).unwrap()).unwrap();
+        let r = s
+            .create_image_from_blob("hc", &md, ImageKind::Oci, &|_| {})
+            .unwrap();
+        let h = r.config.healthcheck.unwrap();
+        assert_eq!(h.test[0], "CMD-SHELL");
+        assert_eq!(
+            (h.interval_ns, h.timeout_ns, h.start_period_ns, h.retries),
+            (30_000_000_000, 5_000_000_000, 1_000_000_000, 3)
+        );
+        assert_eq!(r.config.exposed_ports, ["53/udp", "8080/tcp"]);
+        assert_eq!(r.config.volumes, ["/data"]);
+        assert_eq!(r.config.labels["k"], "v");
+        // A config record from before these fields reads with them empty.
+        let old: ImageConfig = serde_json::from_str(
+            r#"{"entrypoint":[],"cmd":[],"env":[],
+            "working_dir":null,"user":null,"stop_signal":null,"labels":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(old, ImageConfig::default());
     }
 }
