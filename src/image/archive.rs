@@ -17,8 +17,11 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
@@ -31,7 +34,11 @@ use super::compress::{self, Compression};
 use super::digest::Digest;
 use super::export::{ExportError, export_dir};
 use super::extract::{self, ExtractError};
-use super::store::{ImageKind, ImageRecord, SpooledBlob, Store, StoreError, parse_digest};
+use super::reference::TagName;
+use super::store::{
+    Created, ImageKind, ImageRecord, ImportProgress, SpooledBlob, Store, StoreError, TagMode,
+    parse_digest,
+};
 
 const MAX_INDEX_DEPTH: usize = 3;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -46,6 +53,12 @@ pub enum ImportError {
     Export(#[from] ExportError),
     #[error("{0}")]
     Invalid(String),
+    #[error("the archive has no image tagged {wanted} (it has: {available})")]
+    NotInArchive { wanted: String, available: String },
+    #[error(
+        "{0} is an OCI/docker image archive, not a root file system tarball; use `berthctl image load -i {0}` (or import-oci)"
+    )]
+    ImageArchive(String),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
 }
@@ -56,7 +69,8 @@ impl ImportError {
             ImportError::Store(e) => e.kind(),
             ImportError::Archive(e) => e.kind(),
             ImportError::Export(e) => e.kind(),
-            ImportError::Invalid(_) => ErrorKind::InvalidInput,
+            ImportError::Invalid(_) | ImportError::ImageArchive(_) => ErrorKind::InvalidInput,
+            ImportError::NotInArchive { .. } => ErrorKind::NotFound,
             ImportError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
@@ -125,6 +139,7 @@ fn single_layer_image(
     blob_size: u64,
     compression: Compression,
     kind: ImageKind,
+    progress: &(dyn Fn(ImportProgress) + Sync),
 ) -> Result<ImageRecord, ImportError> {
     let (diff_id, _, _) = store.ensure_layer(&blob, None)?;
     let config = json!({
@@ -151,14 +166,47 @@ fn single_layer_image(
     });
     let manifest = serde_json::to_vec(&manifest).expect("serializing a manifest");
     let md = store.put_blob(&manifest)?;
-    Ok(store.create_image_from_blob(name, &md, kind, &|_| {})?)
+    let c = store.create_tagged(Some(name), &md, kind, TagMode::New, None, progress)?;
+    Ok(c.record)
 }
 
 /// Import the tree below `dir` as a one-layer image.
 pub fn import_fs(store: &Store, dir: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    import_fs_with(store, dir, name, &|_| {})
+}
+
+/// A writer that counts what passes through it.
+struct CountingWriter<W> {
+    inner: W,
+    count: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`import_fs`] with progress: bytes of the tree read (the total is its apparent size,
+/// measured first), then the layer.
+pub fn import_fs_with(
+    store: &Store,
+    dir: &Path,
+    name: &str,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<ImageRecord, ImportError> {
     check_free(store, name)?;
+    let total = super::usage::disk_usage(dir).apparent;
     let w = store.blob_writer()?;
-    let w = export_dir(dir, w)?;
+    let w = with_byte_progress(total, progress, |count| {
+        export_dir(dir, CountingWriter { inner: w, count }).map(|c| c.inner)
+    })?;
     let (blob, len) = w.finish()?;
     let digest = blob.digest;
     store.adopt_blob(blob)?;
@@ -169,21 +217,40 @@ pub fn import_fs(store: &Store, dir: &Path, name: &str) -> Result<ImageRecord, I
         len,
         Compression::None,
         ImageKind::Directory,
+        progress,
     )
 }
 
 /// Import a root file system tarball (any supported compression) as a one-layer image.
 pub fn import_tar(store: &Store, file: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    import_tar_with(store, file, name, &|_| {})
+}
+
+/// [`import_tar`] with progress: bytes of the file read, then the layer. An OCI or docker
+/// image archive is refused with a hint to use `load`.
+pub fn import_tar_with(
+    store: &Store,
+    file: &Path,
+    name: &str,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<ImageRecord, ImportError> {
     check_free(store, name)?;
+    if looks_like_image_archive(file)? {
+        return Err(ImportError::ImageArchive(file.display().to_string()));
+    }
     let c = sniff(file)?;
     let f = File::open(file).map_err(io_at(file))?;
-    let (digest, len) = if c == Compression::Xz {
-        let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
-        store.ingest_blob(r, None)?
-    } else {
-        store.ingest_blob(f, None)?
-    };
-    single_layer_image(store, name, digest, len, c, ImageKind::Tar)
+    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let (digest, len) = with_byte_progress(total, progress, |count| {
+        let f = Counting { inner: f, count };
+        if c == Compression::Xz {
+            let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
+            Ok::<_, ImportError>(store.ingest_blob(r, None)?)
+        } else {
+            Ok(store.ingest_blob(f, None)?)
+        }
+    })?;
+    single_layer_image(store, name, digest, len, c, ImageKind::Tar, progress)
 }
 
 /// Where blobs of an image archive or layout come from.
@@ -284,8 +351,9 @@ fn link_target(at: &[u8], target: &[u8], hard: bool) -> Option<Vec<u8>> {
 }
 
 impl Spool {
-    fn read(store: &Store, file: &Path) -> Result<Spool, ImportError> {
+    fn read(store: &Store, file: &Path, count: Arc<AtomicU64>) -> Result<Spool, ImportError> {
         let f = File::open(file).map_err(io_at(file))?;
+        let f = Counting { inner: f, count };
         let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
         let mut files = HashMap::new();
         let mut links = HashMap::new();
@@ -453,19 +521,89 @@ fn choose(index: &ImageIndex) -> Result<&Descriptor, ImportError> {
     )))
 }
 
-fn import_layout(
-    store: &Store,
-    src: &mut dyn BlobSource,
-    name: &str,
-    kind: ImageKind,
-) -> Result<ImageRecord, ImportError> {
+/// A reader that counts what passes through it, for progress reports from another thread.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Run `work` with a byte counter, reporting `ImportProgress::Bytes` every 100 ms from a
+/// helper thread (and once at the end), so a single large layer still shows progress.
+fn with_byte_progress<T>(
+    total: u64,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+    work: impl FnOnce(Arc<AtomicU64>) -> T,
+) -> T {
+    let count = Arc::new(AtomicU64::new(0));
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                progress(ImportProgress::Bytes {
+                    done: count.load(Ordering::Relaxed),
+                    total,
+                });
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+        });
+        let r = work(count.clone());
+        done.store(true, Ordering::Relaxed);
+        progress(ImportProgress::Bytes {
+            done: count.load(Ordering::Relaxed),
+            total,
+        });
+        r
+    })
+}
+
+/// A path in an OCI image index: the descriptor of an image (or a nested index) and the
+/// name its annotations give it.
+struct IndexEntry {
+    desc: Descriptor,
+    name: Option<String>,
+}
+
+/// The name an index entry carries: containerd's full-name annotation, else the OCI ref name
+/// when it is a whole reference (`app:1`, `q.io/a/b:2`; a bare `1` is only a tag within the
+/// layout and names nothing here).
+fn entry_name(d: &Descriptor) -> Option<String> {
+    let a = d.annotations().as_ref()?;
+    if let Some(n) = a.get("io.containerd.image.name") {
+        return Some(n.clone());
+    }
+    let r = a.get(REF_NAME)?;
+    (r.contains(':') || r.contains('/')).then(|| r.clone())
+}
+
+fn read_index(src: &mut dyn BlobSource) -> Result<ImageIndex, ImportError> {
     let index = src
         .read_named("index.json")?
         .ok_or_else(|| invalid("index.json is missing"))?;
-    let mut index: ImageIndex =
-        serde_json::from_slice(&index).map_err(|e| invalid(format!("index.json: {e}")))?;
+    serde_json::from_slice(&index).map_err(|e| invalid(format!("index.json: {e}")))
+}
+
+/// Import the image `desc` names (choosing this host's platform from a nested index), with
+/// tag `name`.
+#[allow(clippy::too_many_arguments)]
+fn import_layout_entry(
+    store: &Store,
+    src: &mut dyn BlobSource,
+    desc: &Descriptor,
+    name: Option<&str>,
+    mode: TagMode,
+    kind: ImageKind,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<Created, ImportError> {
+    let mut desc = desc.clone();
     for _ in 0..MAX_INDEX_DEPTH {
-        let desc = choose(&index)?;
         let d = parse_digest(desc.digest().as_ref())?;
         src.fetch(store, &d)?;
         let data = store.read_blob(&d)?;
@@ -473,8 +611,9 @@ fn import_layout(
         let is_index = mt == "application/vnd.oci.image.index.v1+json"
             || mt == "application/vnd.docker.distribution.manifest.list.v2+json";
         if is_index {
-            index =
+            let index: ImageIndex =
                 serde_json::from_slice(&data).map_err(|e| invalid(format!("index {d}: {e}")))?;
+            desc = choose(&index)?.clone();
             continue;
         }
         let manifest: ImageManifest =
@@ -483,9 +622,33 @@ fn import_layout(
         for l in manifest.layers() {
             src.fetch(store, &parse_digest(l.digest().as_ref())?)?;
         }
-        return Ok(store.create_image_from_blob(name, &d, kind, &|_| {})?);
+        return Ok(store.create_tagged(name, &d, kind, mode, None, progress)?);
     }
     Err(invalid("image indexes nest too deeply"))
+}
+
+/// The single image of a layout (see the module docs for how an index is read).
+fn import_layout(
+    store: &Store,
+    src: &mut dyn BlobSource,
+    name: &str,
+    kind: ImageKind,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<ImageRecord, ImportError> {
+    let index = read_index(src)?;
+    let named = index
+        .manifests()
+        .iter()
+        .filter(|d| entry_name(d).is_some())
+        .count();
+    if named > 1 {
+        return Err(invalid(format!(
+            "the archive holds {named} images; use `berthctl image load --name REF` to pick one"
+        )));
+    }
+    let desc = choose(&index)?.clone();
+    let c = import_layout_entry(store, src, &desc, Some(name), TagMode::New, kind, progress)?;
+    Ok(c.record)
 }
 
 /// One image in a `docker save` manifest.json.
@@ -498,23 +661,20 @@ struct DockerManifest {
     layers: Vec<String>,
 }
 
-fn import_docker(store: &Store, spool: &mut Spool, name: &str) -> Result<ImageRecord, ImportError> {
+fn docker_list(spool: &mut Spool) -> Result<Vec<DockerManifest>, ImportError> {
     let data = spool
         .read_named("manifest.json")?
         .ok_or_else(|| invalid("manifest.json is missing"))?;
-    let list: Vec<DockerManifest> =
-        serde_json::from_slice(&data).map_err(|e| invalid(format!("manifest.json: {e}")))?;
-    let [m] = &list[..] else {
-        let tags: Vec<String> = list
-            .iter()
-            .flat_map(|m| m.repo_tags.clone().unwrap_or_default())
-            .collect();
-        return Err(invalid(format!(
-            "the archive holds {} images ({}); exactly one is supported",
-            list.len(),
-            tags.join(", ")
-        )));
-    };
+    serde_json::from_slice(&data).map_err(|e| invalid(format!("manifest.json: {e}")))
+}
+
+/// Store one image of a docker archive: its blobs, and a synthesized OCI manifest; returns
+/// the manifest digest.
+fn docker_entry(
+    store: &Store,
+    spool: &mut Spool,
+    m: &DockerManifest,
+) -> Result<Digest, ImportError> {
     let fetch = |spool: &mut Spool, p: &str| -> Result<(Digest, u64, Compression), ImportError> {
         let np = norm(p.as_bytes())
             .ok_or_else(|| invalid(format!("manifest.json path {p:?} leaves the archive")))?;
@@ -551,55 +711,348 @@ fn import_docker(store: &Store, spool: &mut Spool, name: &str) -> Result<ImageRe
         },
         "layers": layers,
     });
-    let md = store.put_blob(&serde_json::to_vec(&manifest).expect("serializing a manifest"))?;
-    Ok(store.create_image_from_blob(name, &md, ImageKind::Docker, &|_| {})?)
+    Ok(store.put_blob(&serde_json::to_vec(&manifest).expect("serializing a manifest"))?)
+}
+
+fn import_docker(
+    store: &Store,
+    spool: &mut Spool,
+    name: &str,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<ImageRecord, ImportError> {
+    let list = docker_list(spool)?;
+    let [m] = &list[..] else {
+        let tags: Vec<String> = list
+            .iter()
+            .flat_map(|m| m.repo_tags.clone().unwrap_or_default())
+            .collect();
+        return Err(invalid(format!(
+            "the archive holds {} images ({}); use `berthctl image load --name REF` to pick one",
+            list.len(),
+            tags.join(", ")
+        )));
+    };
+    let md = docker_entry(store, spool, m)?;
+    let c = store.create_tagged(
+        Some(name),
+        &md,
+        ImageKind::Docker,
+        TagMode::New,
+        None,
+        progress,
+    )?;
+    Ok(c.record)
+}
+
+/// What kind of source `path` is: a layout directory, or an archive read into a spool.
+enum Source {
+    Layout(LayoutDir),
+    Oci(Spool, ImageKind),
+    Docker(Spool),
+}
+
+impl Source {
+    fn open(
+        store: &Store,
+        path: &Path,
+        progress: &(dyn Fn(ImportProgress) + Sync),
+    ) -> Result<Source, ImportError> {
+        let meta = fs::metadata(path).map_err(io_at(path))?;
+        if meta.is_dir() {
+            let root = nix::fcntl::open(
+                path,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_at(path)(e.into()))?;
+            let mut dir = LayoutDir {
+                root,
+                path: path.to_path_buf(),
+            };
+            if dir.read_named("oci-layout")?.is_none() {
+                return Err(invalid(format!(
+                    "{} is not an OCI image layout (no oci-layout file)",
+                    path.display()
+                )));
+            }
+            return Ok(Source::Layout(dir));
+        }
+        let spool = with_byte_progress(meta.len(), progress, |count| {
+            Spool::read(store, path, count)
+        })?;
+        let has = |p: &str| spool.lookup(p.as_bytes()).is_some();
+        let is_oci = has("oci-layout") && has("index.json");
+        let is_docker = has("manifest.json");
+        if is_oci {
+            let kind = if is_docker {
+                ImageKind::Docker
+            } else {
+                ImageKind::Oci
+            };
+            Ok(Source::Oci(spool, kind))
+        } else if is_docker {
+            Ok(Source::Docker(spool))
+        } else {
+            spool.discard(store);
+            Err(invalid(format!(
+                "{} is neither a docker-save nor an OCI archive",
+                path.display()
+            )))
+        }
+    }
+
+    fn discard(&self, store: &Store) {
+        match self {
+            Source::Layout(_) => {}
+            Source::Oci(s, _) | Source::Docker(s) => s.discard(store),
+        }
+    }
 }
 
 /// Import a `docker save` archive, an OCI archive (either possibly compressed) or an OCI
-/// image layout directory, recognised by content.
+/// image layout directory, recognised by content, as the new image `name`.
 pub fn import_oci(store: &Store, path: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    import_oci_with(store, path, name, &|_| {})
+}
+
+/// [`import_oci`] with progress: bytes of the archive read, then layers extracted.
+pub fn import_oci_with(
+    store: &Store,
+    path: &Path,
+    name: &str,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<ImageRecord, ImportError> {
     check_free(store, name)?;
-    let meta = fs::metadata(path).map_err(io_at(path))?;
-    if meta.is_dir() {
-        let root = nix::fcntl::open(
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_at(path)(e.into()))?;
-        let mut dir = LayoutDir {
-            root,
-            path: path.to_path_buf(),
-        };
-        if dir.read_named("oci-layout")?.is_none() {
-            return Err(invalid(format!(
-                "{} is not an OCI image layout (no oci-layout file)",
-                path.display()
-            )));
+    let mut src = Source::open(store, path, progress)?;
+    let r = match &mut src {
+        Source::Layout(dir) => import_layout(store, dir, name, ImageKind::Oci, progress),
+        Source::Oci(spool, kind) => {
+            let kind = *kind;
+            import_layout(store, spool, name, kind, progress)
         }
-        return import_layout(store, &mut dir, name, ImageKind::Oci);
-    }
-    let mut spool = Spool::read(store, path)?;
-    let has = |p: &str| spool.lookup(p.as_bytes()).is_some();
-    let is_oci = has("oci-layout") && has("index.json");
-    let is_docker = has("manifest.json");
-    let r = if is_oci {
-        let kind = if is_docker {
-            ImageKind::Docker
-        } else {
-            ImageKind::Oci
-        };
-        import_layout(store, &mut spool, name, kind)
-    } else if is_docker {
-        import_docker(store, &mut spool, name)
-    } else {
-        Err(invalid(format!(
-            "{} is neither a docker-save nor an OCI archive",
-            path.display()
-        )))
+        Source::Docker(spool) => import_docker(store, spool, name, progress),
     };
-    spool.discard(store);
+    src.discard(store);
     r
+}
+
+/// One image [`load`] stored.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The image, named by its first tag (or its ID when the archive gave it none).
+    pub record: ImageRecord,
+    /// The tags the archive gave it (familiar form), now pointing at it.
+    pub tags: Vec<String>,
+    /// Every tag already pointed at this image.
+    pub unchanged: bool,
+}
+
+/// `load -i FILE [--name REF]`: every image of a docker or OCI archive (or layout directory),
+/// tagged as the archive says; tags that exist are moved (the images they named stay, dangling
+/// unless named otherwise). With `name`, only the image the archive tags `name` is loaded, or,
+/// when the archive holds one image without a tag, that image tagged `name`. A tag that is
+/// not a valid reference is refused before anything is stored.
+pub fn load(
+    store: &Store,
+    path: &Path,
+    name: Option<&str>,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<Vec<Loaded>, ImportError> {
+    let wanted = name
+        .map(|n| TagName::parse(n).map_err(StoreError::Reference))
+        .transpose()?;
+    let mut src = Source::open(store, path, progress)?;
+    let r = load_from(store, &mut src, wanted.as_ref(), progress);
+    src.discard(store);
+    r
+}
+
+/// Pick the images of an archive to load: (tags, item) pairs.
+fn pick<T>(
+    items: Vec<(Vec<String>, T)>,
+    wanted: Option<&TagName>,
+) -> Result<Vec<(Vec<TagName>, T)>, ImportError> {
+    let mut out = Vec::new();
+    let count = items.len();
+    for (names, item) in items {
+        let tags = names
+            .iter()
+            .map(|n| {
+                TagName::parse(n)
+                    .map_err(|e| invalid(format!("the archive names an image {n:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((tags, item));
+    }
+    let Some(w) = wanted else {
+        return Ok(out);
+    };
+    if count == 1 && out[0].0.is_empty() {
+        out[0].0.push(w.clone());
+        return Ok(out);
+    }
+    let all: Vec<String> = out
+        .iter()
+        .flat_map(|(t, _)| t.iter().map(|t| t.display()))
+        .collect();
+    let chosen: Vec<(Vec<TagName>, T)> = out
+        .into_iter()
+        .filter(|(t, _)| t.contains(w))
+        .map(|(_, item)| (vec![w.clone()], item))
+        .collect();
+    if chosen.is_empty() {
+        return Err(ImportError::NotInArchive {
+            wanted: w.display(),
+            available: if all.is_empty() {
+                "no tagged images".into()
+            } else {
+                all.join(", ")
+            },
+        });
+    }
+    Ok(chosen)
+}
+
+fn load_from(
+    store: &Store,
+    src: &mut Source,
+    wanted: Option<&TagName>,
+    progress: &(dyn Fn(ImportProgress) + Sync),
+) -> Result<Vec<Loaded>, ImportError> {
+    // Each image: manifest digest (or descriptor) plus tags; then tagged one by one.
+    let mut out = Vec::new();
+    let mut finish = |store: &Store, tags: &[TagName], first: Created| -> Result<(), ImportError> {
+        let mut unchanged = first.unchanged;
+        let id = first.record.id();
+        for t in tags.iter().skip(1) {
+            let c = store.create_tagged(
+                Some(t.key()),
+                &first.record.digest,
+                first.record.kind,
+                TagMode::Move,
+                None,
+                &|_| {},
+            )?;
+            unchanged &= c.unchanged;
+        }
+        let record = match tags.first() {
+            Some(t) => store.get(t.key())?,
+            None => store.get_id(&id)?,
+        };
+        out.push(Loaded {
+            record,
+            tags: tags.iter().map(TagName::display).collect(),
+            unchanged,
+        });
+        Ok(())
+    };
+    match src {
+        Source::Docker(spool) => {
+            let list = docker_list(spool)?;
+            let items = list
+                .into_iter()
+                .map(|m| (m.repo_tags.clone().unwrap_or_default(), m))
+                .collect();
+            for (tags, m) in pick(items, wanted)? {
+                let md = docker_entry(store, spool, &m)?;
+                let first = store.create_tagged(
+                    tags.first().map(TagName::key),
+                    &md,
+                    ImageKind::Docker,
+                    TagMode::Move,
+                    None,
+                    progress,
+                )?;
+                finish(store, &tags, first)?;
+            }
+        }
+        Source::Layout(_) | Source::Oci(..) => {
+            let (blobs, kind): (&mut dyn BlobSource, ImageKind) = match src {
+                Source::Layout(d) => (d, ImageKind::Oci),
+                Source::Oci(s, k) => {
+                    let k = *k;
+                    (s, k)
+                }
+                Source::Docker(_) => unreachable!("matched above"),
+            };
+            let index = read_index(blobs)?;
+            let entries: Vec<IndexEntry> = index
+                .manifests()
+                .iter()
+                .map(|d| IndexEntry {
+                    desc: d.clone(),
+                    name: entry_name(d),
+                })
+                .collect();
+            // Several entries, none named: one multi-platform image stored flat.
+            let items: Vec<(Vec<String>, Descriptor)> =
+                if entries.len() > 1 && entries.iter().all(|e| e.name.is_none()) {
+                    vec![(Vec::new(), choose(&index)?.clone())]
+                } else {
+                    // Entries naming the same image (several tags) load it once.
+                    let mut merged: Vec<(Vec<String>, Descriptor)> = Vec::new();
+                    for e in entries {
+                        match merged
+                            .iter_mut()
+                            .find(|(_, d)| d.digest() == e.desc.digest())
+                        {
+                            Some((names, _)) => names.extend(e.name),
+                            None => merged.push((e.name.into_iter().collect(), e.desc)),
+                        }
+                    }
+                    merged
+                };
+            for (tags, desc) in pick(items, wanted)? {
+                let first = import_layout_entry(
+                    store,
+                    blobs,
+                    &desc,
+                    tags.first().map(TagName::key),
+                    TagMode::Move,
+                    kind,
+                    progress,
+                )?;
+                finish(store, &tags, first)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `file` is a docker or OCI archive rather than a root file system tarball, judged
+/// by its first entries (what `docker save`, podman and skopeo write first: `blobs/`,
+/// `oci-layout`, `index.json`, `manifest.json`, `repositories`, or `<64 hex>.tar|.json|/`).
+fn looks_like_image_archive(file: &Path) -> Result<bool, ImportError> {
+    let f = File::open(file).map_err(io_at(file))?;
+    let r = compress::decompress(f).map_err(|e| io_at(file)(io::Error::other(e)))?;
+    let mut a = tar::Archive::new(r);
+    let Ok(entries) = a.entries() else {
+        return Ok(false);
+    };
+    for e in entries.take(4) {
+        let Ok(e) = e else { return Ok(false) };
+        let p = e.path_bytes();
+        let p = p.strip_prefix(b"./").unwrap_or(&p);
+        let first = p.split(|&b| b == b'/').next().unwrap_or(b"");
+        let is_hex_name = |s: &[u8]| {
+            let stem = s
+                .strip_suffix(b".tar")
+                .or_else(|| s.strip_suffix(b".json"))
+                .unwrap_or(s);
+            stem.len() == 64 && stem.iter().all(|b| b.is_ascii_hexdigit())
+        };
+        if matches!(
+            first,
+            b"blobs" | b"oci-layout" | b"index.json" | b"manifest.json" | b"repositories"
+        ) || is_hex_name(first)
+        {
+            return Ok(true);
+        }
+        if !first.is_empty() && first != b"." {
+            return Ok(false);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -26,16 +26,21 @@ pub mod extract;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod save;
 pub mod store;
 #[cfg(test)]
 mod testtar;
 pub mod usage;
 
-pub use archive::{ImportError, import_fs, import_oci, import_tar};
+pub use archive::{
+    ImportError, Loaded, import_fs, import_fs_with, import_oci, import_oci_with, import_tar,
+    import_tar_with, load,
+};
 pub use digest::Digest;
 pub use export::{ExportError, export_dir, export_image, export_layers};
 pub use extract::{LayerStats, Limits, apply_layer};
 pub use reference::{ImageRef, ReferenceError, TagName};
+pub use save::{SaveError, SaveFormat, save};
 pub use store::{
     Created, DiskUsage, Healthcheck, ImageConfig, ImageKind, ImageRecord, ImageSource,
     ImportProgress, PartialBlob, PruneReport, Removed, Store, StoreError, TagMode,

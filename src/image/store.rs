@@ -259,9 +259,11 @@ pub struct DiskUsage {
     pub containers_bytes: u64,
 }
 
-/// Progress of [`Store::create_image`], one call per layer step.
+/// Progress of an import: bytes of the source read, then one call per layer step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportProgress {
+    /// `done` bytes of the source (file, archive, tree) read, of `total` (0: unknown).
+    Bytes { done: u64, total: u64 },
     /// Extraction of layer `index` (0-based, of `count`) starts.
     LayerStarted {
         index: usize,
