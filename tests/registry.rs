@@ -590,3 +590,341 @@ fn bearer_token_from_the_token_service() {
         "only the first request goes without the token: {log:#?}"
     );
 }
+
+// ---- push, login, save/load against docker-registry, skopeo and podman ----
+
+use berth::image::auth::{remove_credentials, store_credentials};
+use berth::image::ops::{pull_image, push_image};
+use berth::image::push::check_login;
+use berth::image::{SaveFormat, Store, load, save};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(&t.path().join("store")).unwrap();
+    (t, s)
+}
+
+/// `PUT …/blobs/uploads/…` lines in the open registry's access log for `repo` (blob uploads).
+fn blob_uploads(h: &Harness, repo: &str) -> usize {
+    h.access_log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"PUT /v2/{repo}/blobs/uploads/")))
+        .count()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// podman with its own storage in `dir` (never the machine's), no systemd, no network.
+fn podman(dir: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ])
+        .env("XDG_RUNTIME_DIR", dir.join("xdg"))
+        .env("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf"));
+    fs::create_dir_all(dir.join("xdg")).unwrap();
+    fs::write(
+        dir.join("registries.conf"),
+        "unqualified-search-registries = []\n",
+    )
+    .unwrap();
+    c
+}
+
+fn skopeo_digest(h: &Harness, port: u16, repo: &str, creds: Option<&str>) -> String {
+    let mut c = Command::new("skopeo");
+    c.args(["inspect", "--raw", "--tls-verify=false"]);
+    if let Some(cr) = creds {
+        c.arg("--creds").arg(cr);
+    }
+    c.arg(format!("docker://127.0.0.1:{port}/{repo}"));
+    let raw = run(&mut c);
+    let _ = h;
+    Digest::of(raw.as_bytes()).to_string()
+}
+
+#[test]
+fn push_sends_only_missing_blobs_and_mounts_across_repositories() {
+    let h = harness();
+    let (_t, s) = store();
+    let src = format!("127.0.0.1:{}/test/a:1", h.port);
+    let p = pull_image(&s, &src, None, &insecure(), &|_| {}, &|_| {}).unwrap();
+    assert_eq!(p.tag.as_deref(), Some(src.as_str()));
+    assert!(!p.unchanged());
+    // Pulled again: the tag already points there and no blob is fetched.
+    let again = pull_image(&s, &src, None, &insecure(), &|_| {}, &|_| {}).unwrap();
+    assert!(again.unchanged(), "{:?}", again.pulled);
+
+    // To another repository of the same registry: every blob is mounted from test/a.
+    let dest = format!("127.0.0.1:{}/pushed/mounted:1", h.port);
+    let (_, pushed) = push_image(&s, &src, Some(&dest), &insecure(), &|_| {}).unwrap();
+    assert_eq!(pushed.manifest_digest, h.digest("a", "manifest"));
+    assert_eq!(
+        (pushed.mounted_blobs, pushed.uploaded_blobs),
+        (4, 0),
+        "{pushed:?}"
+    );
+    assert_eq!(blob_uploads(h, "pushed/mounted"), 0);
+    assert!(
+        h.access_log().contains("mount=sha256:"),
+        "no mount request in the access log"
+    );
+    assert_eq!(
+        skopeo_digest(h, h.port, "pushed/mounted:1", None),
+        h.digest("a", "manifest").to_string()
+    );
+
+    // An image the registry has never seen: every blob uploaded once, and not again.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("hello"), b"hello from berth").unwrap();
+    berth::image::import_fs(&s, dir.path(), "local-app").unwrap();
+    let dest = format!("127.0.0.1:{}/pushed/local:1", h.port);
+    let events = Mutex::new(Vec::new());
+    let (_, first) = push_image(&s, "local-app", Some(&dest), &insecure(), &|e| {
+        events.lock().unwrap().push(e)
+    })
+    .unwrap();
+    assert_eq!(
+        (first.uploaded_blobs, first.existing_blobs),
+        (2, 0),
+        "{first:?}"
+    );
+    assert_eq!(blob_uploads(h, "pushed/local"), 2);
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, berth::image::push::PushProgress::BlobDone { .. }))
+    );
+    let (_, second) = push_image(&s, "local-app", Some(&dest), &insecure(), &|_| {}).unwrap();
+    assert_eq!(
+        (second.uploaded_blobs, second.existing_blobs),
+        (0, 2),
+        "{second:?}"
+    );
+    assert_eq!(
+        blob_uploads(h, "pushed/local"),
+        2,
+        "the second push sent no blob"
+    );
+
+    // Pulled back by berth into another store, and by skopeo.
+    let (_t2, s2) = store();
+    let back = pull_image(&s2, &dest, None, &insecure(), &|_| {}, &|_| {}).unwrap();
+    assert_eq!(back.created.record.id(), s.get("local-app").unwrap().id());
+    let oci = dir.path().join("oci");
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .arg(format!("oci:{}:x", oci.display())));
+    assert!(oci.join("index.json").exists());
+
+    // Bad input: a bad reference, an unknown image, and a name from before tags without a
+    // destination, are typed errors.
+    assert_eq!(
+        push_image(&s, "local-app", Some("Bad Ref"), &insecure(), &|_| {})
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        push_image(&s, "nope", None, &insecure(), &|_| {})
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn a_moved_tag_is_seen_by_berth_and_podman() {
+    let h = harness();
+    let (t, s) = store();
+    let tag = format!("127.0.0.1:{}/test/moving:1", h.port);
+    // v1 is image a, v2 image b: pushed by berth under one tag in turn.
+    pull_image(
+        &s,
+        &format!("127.0.0.1:{}/test/a:1", h.port),
+        Some("v1"),
+        &insecure(),
+        &|_| {},
+        &|_| {},
+    )
+    .unwrap();
+    pull_image(
+        &s,
+        &format!("127.0.0.1:{}/test/b:1", h.port),
+        Some("v2"),
+        &insecure(),
+        &|_| {},
+        &|_| {},
+    )
+    .unwrap();
+    push_image(&s, "v1", Some(&tag), &insecure(), &|_| {}).unwrap();
+    let (_t2, local) = store();
+    let first = pull_image(&local, &tag, None, &insecure(), &|_| {}, &|_| {}).unwrap();
+    let old = first.created.record.id();
+    push_image(&s, "v2", Some(&tag), &insecure(), &|_| {}).unwrap();
+    let second = pull_image(&local, &tag, None, &insecure(), &|_| {}, &|_| {}).unwrap();
+    assert_eq!(second.created.previous, Some(old));
+    assert_eq!(local.get(&tag).unwrap().id(), s.get("v2").unwrap().id());
+    // The old image stays, dangling; prune removes it.
+    let dangling: Vec<_> = local.list().into_iter().filter(|r| r.dangling()).collect();
+    assert_eq!(dangling.len(), 1);
+    assert_eq!(dangling[0].id(), old);
+    assert_eq!(local.prune(false, &|_| false).unwrap().images, [old]);
+    // podman sees what the tag points at now.
+    let pm = t.path().join("podman");
+    run(podman(&pm).args(["pull", "-q", "--tls-verify=false", &tag]));
+    let digest = run(podman(&pm).args(["image", "inspect", "--format", "{{.Digest}}", &tag]));
+    assert_eq!(digest.trim(), h.digest("b", "manifest").to_string());
+}
+
+#[test]
+fn login_checks_the_password_and_push_uses_the_auth_file() {
+    let h = harness();
+    let reg = format!("127.0.0.1:{}", h.auth_port);
+    check_login(&reg, "berth", "secret", true).unwrap();
+    let e = check_login(&reg, "berth", "wrong", true).unwrap_err();
+    eprintln!("expected error: {e}");
+    assert!(matches!(e, RegistryError::LoginRefused { .. }), "{e}");
+    assert!(
+        e.to_string().contains("refused the user name or password"),
+        "{e}"
+    );
+    // The open registry needs no credentials: any login passes, as with docker.
+    check_login(&format!("127.0.0.1:{}", h.port), "x", "y", true).unwrap();
+
+    let (t, s) = store();
+    let auth = t.path().join("auth.json");
+    store_credentials(&auth, &reg, "berth", "secret").unwrap();
+    let opts = PullOptions {
+        auth_file: Some(auth.clone()),
+        ..insecure()
+    };
+    pull_image(
+        &s,
+        &format!("{reg}/test/a:1"),
+        Some("a"),
+        &opts,
+        &|_| {},
+        &|_| {},
+    )
+    .unwrap();
+    let dest = format!("{reg}/authed/a:1");
+    let e = push_image(&s, "a", Some(&dest), &insecure(), &|_| {}).unwrap_err();
+    eprintln!("expected error: {e}");
+    assert_eq!(e.kind(), ErrorKind::Failed);
+    push_image(&s, "a", Some(&dest), &opts, &|_| {}).unwrap();
+    assert_eq!(
+        skopeo_digest(h, h.auth_port, "authed/a:1", Some("berth:secret")),
+        h.digest("a", "manifest").to_string()
+    );
+    remove_credentials(&auth, &reg).unwrap();
+    let e = push_image(&s, "a", Some(&dest), &opts, &|_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Failed, "{e}");
+}
+
+#[test]
+fn saved_archives_are_read_by_podman_and_podman_archives_by_berth() {
+    let h = harness();
+    let (t, s) = store();
+    pull_image(
+        &s,
+        &format!("127.0.0.1:{}/test/a:1", h.port),
+        Some("web:1"),
+        &insecure(),
+        &|_| {},
+        &|_| {},
+    )
+    .unwrap();
+    pull_image(
+        &s,
+        &format!("127.0.0.1:{}/test/b:1", h.port),
+        Some("registry:5000/team/app:1.2"),
+        &insecure(),
+        &|_| {},
+        &|_| {},
+    )
+    .unwrap();
+    let names = vec![
+        "web:1".to_string(),
+        "registry:5000/team/app:1.2".to_string(),
+    ];
+    let pm = t.path().join("podman");
+    // docker-archive: both images in one file.
+    let docker = t.path().join("docker.tar");
+    save(
+        &s,
+        &names,
+        SaveFormat::DockerArchive,
+        File::create(&docker).unwrap(),
+        &|_, _| {},
+    )
+    .unwrap();
+    run(podman(&pm).args(["load", "-q", "-i"]).arg(&docker));
+    let listed = run(podman(&pm).args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]));
+    let id = |n: &str| s.get(n).unwrap().id().hex()[..12].to_string();
+    // podman names an unqualified `web:1` `localhost/web:1`; berth reads that back as `web:1`.
+    assert!(
+        listed.contains(&format!("localhost/web:1 {}", id("web:1"))),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!(
+            "registry:5000/team/app:1.2 {}",
+            id("registry:5000/team/app:1.2")
+        )),
+        "{listed}"
+    );
+    // oci-archive (podman reads one image from one).
+    let oci = t.path().join("oci.tar");
+    save(
+        &s,
+        &names[..1],
+        SaveFormat::OciArchive,
+        File::create(&oci).unwrap(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let pm2 = t.path().join("podman2");
+    run(podman(&pm2).args(["load", "-q", "-i"]).arg(&oci));
+    let listed = run(podman(&pm2).args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]));
+    assert!(listed.contains(&id("web:1")), "{listed}");
+    // podman save --multi-image-archive, read back by berth: all, or one by --name.
+    let multi = t.path().join("multi.tar");
+    run(podman(&pm)
+        .args(["save", "-q", "--multi-image-archive", "-o"])
+        .arg(&multi)
+        .args(["web:1", "registry:5000/team/app:1.2"]));
+    let (_t2, s2) = store();
+    let loaded = load(&s2, &multi, None, &|_| {}).unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(s2.get("web:1").unwrap().id(), s.get("web:1").unwrap().id());
+    assert_eq!(
+        s2.get("registry:5000/team/app:1.2").unwrap().layers,
+        s.get("registry:5000/team/app:1.2").unwrap().layers
+    );
+    let (_t3, s3) = store();
+    load(&s3, &multi, Some("registry:5000/team/app:1.2"), &|_| {}).unwrap();
+    assert_eq!(s3.list().len(), 1);
+    assert!(s3.get("web:1").is_err());
+}

@@ -19,10 +19,12 @@
 //!   final name until it is complete (rename is the commit).
 
 pub mod archive;
+pub mod auth;
 pub mod compress;
 pub mod digest;
 pub mod export;
 pub mod extract;
+pub mod ops;
 pub mod push;
 pub mod reference;
 pub mod registry;

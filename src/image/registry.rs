@@ -119,7 +119,7 @@ impl Reference {
     }
 
     /// The host the API is served on: Docker Hub's name is not its API endpoint.
-    fn api_host(&self) -> &str {
+    pub(crate) fn api_host(&self) -> &str {
         if self.registry == "docker.io" {
             "registry-1.docker.io"
         } else {
@@ -258,7 +258,7 @@ fn valid_component(c: &str) -> bool {
 }
 
 /// `host[:port]` where host is DNS labels or a bracketed IPv6 address.
-fn valid_registry(r: &str) -> bool {
+pub(crate) fn valid_registry(r: &str) -> bool {
     let (host, port) = if let Some(v6) = r.strip_prefix('[') {
         let Some((addr, after)) = v6.split_once(']') else {
             return false;
@@ -448,6 +448,8 @@ pub enum RegistryError {
     },
     #[error("cannot store blob {digest}: {source}")]
     Store { digest: String, source: io::Error },
+    #[error("registry {registry} refused the user name or password")]
+    LoginRefused { registry: String },
 }
 
 impl RegistryError {
@@ -472,6 +474,7 @@ impl RegistryError {
             | Unauthorized { .. }
             | Token { .. }
             | Store { .. } => ErrorKind::Failed,
+            LoginRefused { .. } => ErrorKind::InvalidInput,
         }
     }
 
@@ -548,9 +551,9 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
 }
 
 #[derive(Clone, PartialEq, Eq)]
-struct Credentials {
-    user: String,
-    password: String,
+pub(crate) struct Credentials {
+    pub(crate) user: String,
+    pub(crate) password: String,
 }
 
 impl fmt::Debug for Credentials {
@@ -583,7 +586,7 @@ struct AuthEntry {
 /// The key of an `auths` entry as a registry name with an optional repository prefix.
 /// docker's `config.json` has `https://index.docker.io/v1/`; podman writes `host[:port]` or
 /// `host[:port]/namespace` (containers-auth.json(5)).
-fn normalize_auth_key(key: &str) -> String {
+pub(crate) fn normalize_auth_key(key: &str) -> String {
     let k = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
@@ -643,7 +646,10 @@ fn lookup_credentials(
     }))
 }
 
-fn read_credentials(path: &Path, r: &Reference) -> Result<Option<Credentials>, RegistryError> {
+pub(crate) fn read_credentials(
+    path: &Path,
+    r: &Reference,
+) -> Result<Option<Credentials>, RegistryError> {
     let mut json = Vec::new();
     File::open(path)
         .and_then(|f| f.take(MAX_MANIFEST_SIZE + 1).read_to_end(&mut json))
@@ -812,14 +818,19 @@ fn descriptor_digest(d: &Descriptor, what: &str) -> Result<Digest, RegistryError
 }
 
 /// One connection to one repository of one registry, shared by the download threads.
-struct Client<'a> {
-    agent: ureq::Agent,
-    reference: &'a Reference,
-    base: String,
-    insecure: bool,
-    credentials: Option<Credentials>,
+pub(crate) struct Client<'a> {
+    pub(crate) agent: ureq::Agent,
+    pub(crate) reference: &'a Reference,
+    /// `scheme://host/v2/<repository>`.
+    pub(crate) base: String,
+    pub(crate) insecure: bool,
+    pub(crate) credentials: Option<Credentials>,
     /// The `Authorization` value that last worked (or that a challenge asked for).
-    authorization: Mutex<Option<String>>,
+    pub(crate) authorization: Mutex<Option<String>>,
+    /// Scopes asked of a token service besides the challenge's (a push's mount sources).
+    pub(crate) extra_scopes: Vec<String>,
+    /// Ask a token service for no scope when the challenge names none (a login).
+    pub(crate) no_default_scope: bool,
 }
 
 /// A manifest as fetched.
@@ -831,7 +842,11 @@ struct FetchedManifest {
 }
 
 impl<'a> Client<'a> {
-    fn new(reference: &'a Reference, opts: &PullOptions, credentials: Option<Credentials>) -> Self {
+    pub(crate) fn new(
+        reference: &'a Reference,
+        opts: &PullOptions,
+        credentials: Option<Credentials>,
+    ) -> Self {
         let config = ureq::Agent::config_builder()
             // Errors are told apart by status below; a 401 carries the challenge we need.
             .http_status_as_error(false)
@@ -855,10 +870,86 @@ impl<'a> Client<'a> {
             insecure: opts.insecure,
             credentials,
             authorization: Mutex::new(None),
+            extra_scopes: Vec::new(),
+            no_default_scope: false,
         }
     }
 
-    fn registry(&self) -> String {
+    /// `scheme://host` of the registry's API.
+    pub(crate) fn origin(&self) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}", self.reference.api_host())
+    }
+
+    /// A request without a body (HEAD, GET, or an empty POST/PUT), authenticated as
+    /// [`Client::get`] is: a 401 is answered once.
+    pub(crate) fn request(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Response<Body>, RegistryError> {
+        let mut answered = false;
+        loop {
+            let authorization = self.authorization.lock().unwrap().clone();
+            let mut req = http::Request::builder().method(method.clone()).uri(url);
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            if matches!(method, http::Method::POST | http::Method::PUT) {
+                req = req.header("Content-Length", "0");
+            }
+            if let Some(a) = &authorization {
+                req = req.header("Authorization", a);
+            }
+            let req = req.body(()).map_err(|e| RegistryError::BadManifest {
+                what: url.to_string(),
+                reason: format!("not a valid request: {e}"),
+            })?;
+            let resp = self
+                .agent
+                .run(req)
+                .map_err(|e| self.connect_error(url, e))?;
+            if resp.status() != http::StatusCode::UNAUTHORIZED || answered {
+                return Ok(resp);
+            }
+            answered = true;
+            let challenges: Vec<Challenge> = resp
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(parse_challenge)
+                .collect();
+            let new = self.answer(&challenges, resp)?;
+            *self.authorization.lock().unwrap() = Some(new);
+        }
+    }
+
+    /// A request with a body, sent once with the authorization established by earlier
+    /// requests (a body cannot be sent twice; the caller starts over on a 401).
+    pub(crate) fn send_body(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: ureq::SendBody<'_>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(a) = self.authorization.lock().unwrap().clone() {
+            req = req.header("Authorization", a);
+        }
+        let req = req.body(body).map_err(|e| RegistryError::BadManifest {
+            what: url.to_string(),
+            reason: format!("not a valid request: {e}"),
+        })?;
+        self.agent.run(req).map_err(|e| self.connect_error(url, e))
+    }
+
+    pub(crate) fn registry(&self) -> String {
         self.reference.registry.clone()
     }
 
@@ -961,10 +1052,15 @@ impl<'a> Client<'a> {
             return Err(fail("the token service is not HTTPS".to_string()));
         }
         let default_scope = format!("repository:{}:pull", self.reference.repository);
-        let mut req = self
-            .agent
-            .get(realm)
-            .query("scope", scope.unwrap_or(&default_scope));
+        let mut req = self.agent.get(realm);
+        match scope {
+            Some(s) => req = req.query("scope", s),
+            None if !self.no_default_scope => req = req.query("scope", &default_scope),
+            None => {}
+        }
+        for s in &self.extra_scopes {
+            req = req.query("scope", s);
+        }
         if let Some(s) = service {
             req = req.query("service", s);
         }
@@ -1002,7 +1098,7 @@ impl<'a> Client<'a> {
     }
 
     /// Map a non-success status to an error.
-    fn status_error(&self, url: &str, resp: Response<Body>) -> RegistryError {
+    pub(crate) fn status_error(&self, url: &str, resp: Response<Body>) -> RegistryError {
         let status = resp.status().as_u16();
         let detail = error_detail(resp);
         match status {
@@ -1263,7 +1359,7 @@ fn content_range_start(resp: &Response<Body>) -> Option<u64> {
 }
 
 /// Read a body of at most `limit` bytes.
-fn read_bounded(
+pub(crate) fn read_bounded(
     resp: Response<Body>,
     limit: u64,
     what: &str,
@@ -1290,7 +1386,7 @@ fn read_bounded(
 
 /// The registry's explanation from an error body (`{"errors":[{"code":..,"message":..}]}`),
 /// as `": CODE: message"`, or nothing.
-fn error_detail(resp: Response<Body>) -> String {
+pub(crate) fn error_detail(resp: Response<Body>) -> String {
     #[derive(Deserialize)]
     struct Errors {
         errors: Vec<ErrorEntry>,
