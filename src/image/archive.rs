@@ -1029,11 +1029,16 @@ fn looks_like_image_archive(file: &Path) -> Result<bool, ImportError> {
     let Ok(entries) = a.entries() else {
         return Ok(false);
     };
+    // Only headers are read: the first entry that is not the root directory decides, so
+    // no file data (which may be huge) is decompressed.
     for e in entries.take(4) {
         let Ok(e) = e else { return Ok(false) };
         let p = e.path_bytes();
         let p = p.strip_prefix(b"./").unwrap_or(&p);
         let first = p.split(|&b| b == b'/').next().unwrap_or(b"");
+        if first.is_empty() || first == b"." {
+            continue;
+        }
         let is_hex_name = |s: &[u8]| {
             let stem = s
                 .strip_suffix(b".tar")
@@ -1041,16 +1046,10 @@ fn looks_like_image_archive(file: &Path) -> Result<bool, ImportError> {
                 .unwrap_or(s);
             stem.len() == 64 && stem.iter().all(|b| b.is_ascii_hexdigit())
         };
-        if matches!(
+        return Ok(matches!(
             first,
             b"blobs" | b"oci-layout" | b"index.json" | b"manifest.json" | b"repositories"
-        ) || is_hex_name(first)
-        {
-            return Ok(true);
-        }
-        if !first.is_empty() && first != b"." {
-            return Ok(false);
-        }
+        ) || is_hex_name(first));
     }
     Ok(false)
 }

@@ -197,6 +197,10 @@ struct TagEntry {
     /// Unix seconds.
     #[serde(default)]
     tagged: u64,
+    /// How this name was made, when it differs from how the image first arrived (the same
+    /// image imported from a docker archive under one name, an OCI archive under another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<ImageKind>,
 }
 
 /// What creating an image does to a tag that exists.
@@ -1007,6 +1011,7 @@ impl Store {
                 id,
                 read_only: rec.read_only,
                 tagged: rec.imported,
+                kind: Some(rec.kind),
             });
             done.push(path);
         }
@@ -1111,7 +1116,7 @@ impl Store {
                 None => d.id.to_string(),
             },
             tags: names,
-            kind: d.kind,
+            kind: entry.and_then(|e| e.kind).unwrap_or(d.kind),
             digest: d.digest,
             config_digest: d.id,
             created: d.created,
@@ -1306,6 +1311,7 @@ impl Store {
                         id,
                         read_only: false,
                         tagged: now(),
+                        kind: existed.then_some(kind),
                     },
                 );
                 self.write_tags(&tags)?;
@@ -1619,6 +1625,7 @@ impl Store {
                 id,
                 read_only: false,
                 tagged: now(),
+                kind: None,
             },
         };
         tags.tags.insert(newt.key().to_string(), entry);
@@ -1635,13 +1642,15 @@ impl Store {
         if tags.tags.contains_key(newt.key()) {
             return Err(StoreError::Exists(newt.display()));
         }
-        let read_only = copy_flags && tag.is_some_and(|t| tags.tags[t.key()].read_only);
+        let from = tag.and_then(|t| tags.tags.get(t.key()).cloned());
+        let read_only = copy_flags && from.as_ref().is_some_and(|e| e.read_only);
         tags.tags.insert(
             newt.key().to_string(),
             TagEntry {
                 id,
                 read_only,
                 tagged: now(),
+                kind: from.and_then(|e| e.kind),
             },
         );
         self.write_tags(&tags)?;
@@ -2272,6 +2281,14 @@ mod tag_tests {
             .id();
         s.tag("app", "registry:5000/team/app:1.2").unwrap();
         s.clone_image("app", "other").unwrap();
+        // The same image arriving another way under another name keeps that name's kind.
+        let c = s
+            .create_tagged(Some("dock"), &m, ImageKind::Docker, TagMode::New, None, &|_| {})
+            .unwrap();
+        assert!(c.existed);
+        assert_eq!(s.get("dock").unwrap().kind, ImageKind::Docker);
+        assert_eq!(s.get("app").unwrap().kind, ImageKind::Oci);
+        s.remove("dock").unwrap();
         let before = fs::read(s.tags_path()).unwrap();
         let refuse = |e: StoreError, kind| assert_eq!(e.kind(), kind, "{e}");
         refuse(
