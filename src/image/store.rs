@@ -2283,7 +2283,14 @@ mod tag_tests {
         s.clone_image("app", "other").unwrap();
         // The same image arriving another way under another name keeps that name's kind.
         let c = s
-            .create_tagged(Some("dock"), &m, ImageKind::Docker, TagMode::New, None, &|_| {})
+            .create_tagged(
+                Some("dock"),
+                &m,
+                ImageKind::Docker,
+                TagMode::New,
+                None,
+                &|_| {},
+            )
             .unwrap();
         assert!(c.existed);
         assert_eq!(s.get("dock").unwrap().kind, ImageKind::Docker);
