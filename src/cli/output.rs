@@ -224,6 +224,8 @@ mod tests {
             oom_kills: 0,
             last_oom_at: 0,
             security: Default::default(),
+            labels: Default::default(),
+            image_id: String::new(),
             object_path: zbus::OwnedObjectPath::try_from("/org/berth/berth1/container/a").unwrap(),
         };
         let v = serde_json::to_value(ContainerView::from(info)).unwrap();

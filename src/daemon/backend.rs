@@ -40,13 +40,14 @@ const CREATE_OPTIONS: &[&str] = &[
     "NoNewPrivileges",
     "Ulimits",
     "SecurityOpt",
+    "Labels",
 ];
 
 /// Options of StartContainer.
 const START_OPTIONS: &[&str] = &["StandardInput", "StandardOutput", "StandardError"];
 
 /// The stored definition a CreateContainer call asks for (checked by `spec::validate` next).
-fn definition(name: String, options: Options) -> Result<Definition> {
+pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
     let mut o = options.check(CREATE_OPTIONS)?;
     let mut resources = Resources::default();
     for (k, v) in o
@@ -62,8 +63,14 @@ fn definition(name: String, options: Options) -> Result<Definition> {
         .unwrap_or_default()
         .into_iter()
         .collect();
+    let labels: BTreeMap<String, String> = o
+        .take::<std::collections::HashMap<String, String>>("Labels")?
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     Ok(Definition {
         name,
+        labels,
         image: o.take("Image")?,
         directory: o.take::<String>("Directory")?.map(Into::into),
         command: o.take("Command")?.unwrap_or_default(),
@@ -83,6 +90,7 @@ fn definition(name: String, options: Options) -> Result<Definition> {
             ulimits: o.take("Ulimits")?.unwrap_or_default(),
             security_opt: o.take("SecurityOpt")?.unwrap_or_default(),
         },
+        image_id: None,
         created_at: store::now_usec(),
     })
 }
@@ -166,7 +174,7 @@ impl Registry {
         .map_err(|d| dbus::Error::PermissionDenied(d.to_string()))
     }
 
-    fn known(&self, name: &str) -> Result<()> {
+    pub(super) fn known(&self, name: &str) -> Result<()> {
         if self.entries.lock().unwrap().contains_key(name) {
             Ok(())
         } else {
@@ -330,7 +338,7 @@ impl dbus::Backend for Registry {
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
         Box::pin(async move {
             options.check(&[])?;
-            crate::name::validate(&name).map_err(|e| {
+            image::TagName::parse(&name).map_err(|e| {
                 dbus::Error::InvalidArgument(format!("invalid image name {name:?}: {e}"))
             })?;
             self.authorize(&caller, Action::ManageImages, "import", ("image", &name))
@@ -347,11 +355,10 @@ impl dbus::Backend for Registry {
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
         Box::pin(async move {
             let mut o = options.check(&["Insecure", "AuthFile"])?;
-            let insecure = o.take::<bool>("Insecure")?.unwrap_or(false);
-            let auth_file = o.take::<String>("AuthFile")?;
+            let opts = super::images::registry_options(&mut o, true)?;
             self.authorize(&caller, Action::ManageImages, "pull", ("image", &reference))
                 .await?;
-            Registry::pull_image(self, reference, name, insecure, auth_file).await
+            Registry::pull_image(self, reference, name, opts).await
         })
     }
     fn remove_image(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>> {

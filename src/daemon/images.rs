@@ -14,8 +14,12 @@ use zbus::OwnedObjectPath;
 
 use super::table::Registry;
 use crate::dbus::{self, Error, ImageInfo, Result};
-use crate::image::{self, ErrorKind, ImageConfig, ImageKind, ImageRecord, registry as reg};
+use crate::image::{self, ErrorKind, ImageConfig, ImageRecord, registry as reg};
 use crate::name;
+
+/// Sizes of the directory images shipped with berth, measured once per install.
+static SHIPPED_SIZES: std::sync::LazyLock<image::usage::SizeCache> =
+    std::sync::LazyLock::new(image::usage::SizeCache::default);
 
 /// Registry credentials used when a pull names no auth file (docker/podman auth.json format).
 pub const DEFAULT_AUTH_FILE: &str = "/etc/berth/auth.json";
@@ -31,6 +35,8 @@ pub struct Rootfs {
     pub config: Option<ImageConfig>,
     /// What `RootDirectory` shows: the directory, or empty for a layered image.
     pub shown: PathBuf,
+    /// The stored image's ID (none for directories, shipped or given).
+    pub id: Option<image::Digest>,
 }
 
 /// An image's `StopSignal` (`SIGTERM`, `TERM` or `15`).
@@ -82,7 +88,7 @@ fn system_image(name: &str, dir: &std::path::Path) -> ImageInfo {
         name: name.into(),
         kind: "directory".into(),
         digest: String::new(),
-        size: 0,
+        size: SHIPPED_SIZES.usage(dir).apparent,
         created,
         layers: vec![dir.display().to_string()],
         read_only: true,
@@ -131,7 +137,8 @@ impl Progress {
 impl Registry {
     /// An image by name: the store first, then the directories shipped with berth.
     pub(super) fn resolve_image(&self, image: &str) -> Result<Rootfs> {
-        name::validate(image).map_err(|_| invalid(format!("invalid image name {image:?}")))?;
+        image::ImageRef::parse(image)
+            .map_err(|e| invalid(format!("invalid image name {image:?}: {e}")))?;
         match self.images.get(image) {
             Ok(rec) => {
                 let mut lowers = self.images.layer_paths(&rec);
@@ -140,19 +147,20 @@ impl Registry {
                     lowers,
                     config: Some(rec.config),
                     shown: PathBuf::new(),
+                    id: Some(rec.config_digest),
                 });
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(store_error(e)),
         }
-        let dir = self
-            .layout
-            .find_image(image)
+        let dir = shipped_name(image)
+            .and_then(|n| self.layout.find_image(n))
             .ok_or_else(|| Error::NoSuchImage(format!("no image named {image:?}")))?;
         Ok(Rootfs {
             lowers: vec![dir.clone()],
             config: None,
             shown: dir,
+            id: None,
         })
     }
 
@@ -178,18 +186,15 @@ impl Registry {
         out
     }
 
-    /// One image's record: the store's, else a shipped directory image. Reads one record, not
-    /// the whole store (every Image property read comes here).
+    /// The image a name means: a stored image by any spelling (`web`, `web:latest`, an ID),
+    /// else a shipped directory image.
     pub(super) fn image_info(&self, image: &str) -> Option<ImageInfo> {
-        if name::validate(image).is_err() {
-            return None;
-        }
         if let Ok(rec) = self.images.get(image) {
             return Some(info_of(&rec));
         }
-        self.layout
-            .find_image(image)
-            .map(|dir| system_image(image, &dir))
+        let n = shipped_name(image)?;
+        let dir = self.layout.find_image(n)?;
+        Some(system_image(n, &dir))
     }
 
     /// The image's config as the `Image.Config` property shows it.
@@ -197,14 +202,62 @@ impl Registry {
         self.images.get(image).ok().map(|r| r.config)
     }
 
-    /// Containers defined on an image, with whether each is running.
-    fn users_of(&self, image: &str) -> Vec<(String, bool)> {
-        self.entries
+    /// Every container defined on an image, with the image ID it runs. Containers record the
+    /// ID they were created on, so a tag that moves later does not change them; a container
+    /// defined before IDs were recorded still refers to its image by name.
+    fn image_users(&self) -> Vec<ImageUser> {
+        let rows: Vec<(String, Option<image::Digest>, String, bool)> = self
+            .entries
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, e)| e.spec.root == crate::spec::Root::Image(image.to_string()))
-            .map(|(n, e)| (n.clone(), e.is_active()))
+            .filter_map(|(n, e)| match &e.spec.root {
+                crate::spec::Root::Image(i) => {
+                    Some((n.clone(), e.spec.image_id, i.clone(), e.is_active()))
+                }
+                crate::spec::Root::Directory(_) => None,
+            })
+            .collect();
+        rows.into_iter()
+            .map(|(container, id, name, active)| ImageUser {
+                container,
+                id: id.or_else(|| self.images.resolve(&name).ok().map(|(_, d)| d)),
+                by_name: id.is_none().then_some(name),
+                active,
+            })
+            .collect()
+    }
+
+    /// The image IDs containers are defined on.
+    pub(super) fn ids_in_use(&self) -> std::collections::BTreeSet<image::Digest> {
+        self.image_users()
+            .into_iter()
+            .filter_map(|u| u.id)
+            .collect()
+    }
+
+    /// Containers that run the image `image` names (by ID), with whether each is running; for
+    /// a shipped directory image, those defined on its name.
+    fn users_of(&self, image: &str) -> Vec<(String, bool)> {
+        let target = self.images.resolve(image).ok().map(|(_, id)| id);
+        self.image_users()
+            .into_iter()
+            .filter(|u| match target {
+                Some(id) => u.id == Some(id),
+                None => u.by_name.as_deref().and_then(shipped_name) == shipped_name(image),
+            })
+            .map(|u| (u.container, u.active))
+            .collect()
+    }
+
+    /// Containers that still name `image` rather than its ID (defined before IDs were
+    /// recorded): a rename would take their image away.
+    fn users_by_name(&self, image: &str) -> Vec<String> {
+        let target = self.images.resolve(image).ok().map(|(_, id)| id);
+        self.image_users()
+            .into_iter()
+            .filter(|u| u.by_name.is_some() && target.is_some() && u.id == target)
+            .map(|u| u.container)
             .collect()
     }
 
@@ -346,8 +399,8 @@ impl Registry {
     }
 
     fn check_new_name(&self, new: &str) -> Result<()> {
-        name::validate(new).map_err(|e| invalid(format!("invalid image name {new:?}: {e}")))?;
-        if self.image_info(new).is_some() {
+        self.images.check_new_name(new).map_err(store_error)?;
+        if shipped_name(new).is_some_and(|n| self.layout.find_image(n).is_some()) {
             return Err(Error::AlreadyExists(format!(
                 "an image named {new:?} exists"
             )));
@@ -369,14 +422,16 @@ impl Registry {
         if !src.exists() {
             return Err(invalid(format!("{source}: no such file or directory")));
         }
-        let import: fn(
+        type Import = fn(
             &image::Store,
             &std::path::Path,
             &str,
-        ) -> std::result::Result<ImageRecord, image::ImportError> = match format.as_str() {
-            "fs" | "directory" => image::import_fs,
-            "tar" => image::import_tar,
-            "oci" | "docker" => image::import_oci,
+            &(dyn Fn(image::ImportProgress) + Sync),
+        ) -> std::result::Result<ImageRecord, image::ImportError>;
+        let import: Import = match format.as_str() {
+            "fs" | "directory" => image::import_fs_with,
+            "tar" => image::import_tar_with,
+            "oci" | "docker" => image::import_oci_with,
             f => {
                 return Err(invalid(format!(
                     "unknown import format {f:?} (fs, tar or oci)"
@@ -389,7 +444,8 @@ impl Registry {
         let rec = self
             .with_progress(&image, move |p| {
                 p.send("importing", 0, 0, 0, 0, true);
-                let r = import(&store, &src, &n).map_err(|e| bus_error(e.kind(), e.to_string()));
+                let r = import(&store, &src, &n, &|ev| import_progress(p, ev))
+                    .map_err(|e| bus_error(e.kind(), e.to_string()));
                 p.send("done", 0, 0, 0, 0, true);
                 r
             })
@@ -407,36 +463,27 @@ impl Registry {
         &self,
         reference: String,
         image: String,
-        insecure: bool,
-        auth_file: Option<String>,
+        opts: reg::PullOptions,
     ) -> Result<OwnedObjectPath> {
         let r: reg::Reference = reference
             .parse()
             .map_err(|e: reg::RegistryError| bus_error(e.kind(), e.to_string()))?;
-        let image = if image.is_empty() {
-            default_name(&r)
+        // The local tag: the name given, or the reference itself; an existing tag moves.
+        let tag = if image.is_empty() {
+            image::TagName::of(&r).display()
         } else {
-            image
+            image::TagName::parse(&image)
+                .map_err(|e| invalid(e.to_string()))?
+                .display()
         };
-        self.check_new_name(&image)?;
-        let mut opts = reg::PullOptions {
-            insecure,
-            ..Default::default()
-        };
-        if let Some(f) = auth_file {
-            if !f.starts_with('/') {
-                return Err(invalid(format!("auth file {f:?} is not an absolute path")));
-            }
-            opts.auth_file = Some(f.into());
-        }
-        if opts.auth_file.is_none() && std::path::Path::new(DEFAULT_AUTH_FILE).exists() {
-            opts.auth_file = Some(DEFAULT_AUTH_FILE.into());
+        if r.digest.is_none() && image.is_empty() || !image.is_empty() {
+            self.check_not_shipped(&tag)?;
         }
         let store = self.images.clone();
-        let n = image.clone();
+        let name_for_pull = (!image.is_empty()).then(|| image.clone());
         let started = Instant::now();
-        let (rec, pulled) = self
-            .with_progress(&image, move |p| {
+        let out = self
+            .with_progress(&tag, move |p| {
                 let state = std::sync::Mutex::new((0u64, 0u64, 0u32, 0u32));
                 let blobs = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
                 let report = |ev: reg::Progress| {
@@ -468,38 +515,66 @@ impl Registry {
                     }
                     p.send("downloading", s.0, s.1, s.2.min(s.3), s.3, force);
                 };
-                let pulled = reg::pull(&*store, &r, &opts, &report)
-                    .map_err(|e| bus_error(e.kind(), e.to_string()))?;
-                let layers = pulled.manifest.layers().len() as u32;
-                p.send("extracting", 0, 0, 0, layers, true);
-                let rec = store
-                    .create_image_from_blob(
-                        &n,
-                        &pulled.manifest_digest,
-                        ImageKind::Registry,
-                        &|ev| {
-                            if let image::ImportProgress::LayerDone { index, count, .. } = ev {
-                                p.send("extracting", 0, 0, index as u32 + 1, count as u32, true);
-                            }
-                        },
-                    )
-                    .map_err(store_error)?;
+                let extract = |ev: image::ImportProgress| {
+                    if let image::ImportProgress::LayerDone { index, count, .. } = ev {
+                        p.send("extracting", 0, 0, index as u32 + 1, count as u32, true);
+                    }
+                };
+                let out = image::ops::pull_image(
+                    &store,
+                    &reference,
+                    name_for_pull.as_deref(),
+                    &opts,
+                    &report,
+                    &extract,
+                )
+                .map_err(|e| bus_error(e.kind(), e.to_string()))?;
+                let layers = out.pulled.manifest.layers().len() as u32;
+                if out.unchanged() {
+                    p.send("up-to-date", 0, 0, layers, layers, true);
+                }
                 p.send("done", 0, 0, layers, layers, true);
-                Ok((rec, pulled))
+                Ok(out)
             })
             .await?;
+        let rec = &out.created.record;
         info!(
-            "pulled image {image} ({} layers) from {reference}: fetched {} blobs, {} bytes, in {:?}",
+            "pulled image {} ({} layers) from {}: fetched {} blobs, {} bytes, in {:?}{}",
+            rec.name,
             rec.layers.len(),
-            pulled.fetched_blobs,
-            pulled.fetched_bytes,
-            started.elapsed()
+            r,
+            out.pulled.fetched_blobs,
+            out.pulled.fetched_bytes,
+            started.elapsed(),
+            if out.unchanged() { ", unchanged" } else { "" }
         );
-        Ok(self.announce(&rec).await)
+        if let Some(prev) = out.created.previous {
+            // The image the tag named before is now shown under its ID if nothing else names it.
+            self.export_image_object(&prev.to_string()).await;
+        }
+        Ok(self.announce(rec).await)
+    }
+
+    /// A shipped directory image's name cannot become a tag (it would hide the directory).
+    fn check_not_shipped(&self, tag: &str) -> Result<()> {
+        if shipped_name(tag).is_some_and(|n| self.layout.find_image(n).is_some()) {
+            return Err(Error::AlreadyExists(format!(
+                "{tag:?} is an image shipped with berth"
+            )));
+        }
+        Ok(())
     }
 
     pub(super) async fn remove_image(&self, image: String, force: bool) -> Result<()> {
-        let users = self.users_of(&image);
+        // A tag of an image other tags also name only goes away: no container loses its
+        // image. The last name (or the ID) takes the image, so its users count.
+        let untag_only = matches!(self.images.resolve(&image), Ok((Some(_), _)))
+            && self.images.get(&image).is_ok_and(|r| r.tags.len() > 1);
+        let users = if untag_only {
+            Vec::new()
+        } else {
+            self.users_of(&image)
+        };
         if let Some((c, _)) = users.iter().find(|(_, running)| *running) {
             return Err(Error::InvalidState(format!(
                 "image {image:?} is used by running container {c:?}"
@@ -517,21 +592,38 @@ impl Registry {
         }
         let shipped = match self.images.get(&image) {
             Ok(rec) => rec.read_only,
-            Err(_) => self.layout.find_image(&image).is_some(),
+            Err(_) => shipped_name(&image).is_some_and(|n| self.layout.find_image(n).is_some()),
         };
         if shipped {
             return Err(Error::InvalidState(format!(
                 "image {image:?} is shipped with berth and read-only"
             )));
         }
+        if self.images.get(&image).is_err() && self.entries.lock().unwrap().contains_key(&image) {
+            return Err(Error::NoSuchImage(format!(
+                "no image named {image:?} ({image:?} is a container: `berthctl rm {image}`)"
+            )));
+        }
         let store = self.images.clone();
         let n = image.clone();
-        tokio::task::spawn_blocking(move || store.remove(&n))
-            .await
-            .map_err(|e| Error::Failed(e.to_string()))?
-            .map_err(store_error)?;
-        info!("removed image {image}");
-        self.retire(&image).await;
+        let in_use = self.ids_in_use();
+        let removed =
+            tokio::task::spawn_blocking(move || store.remove_with(&n, &|d| in_use.contains(d)))
+                .await
+                .map_err(|e| Error::Failed(e.to_string()))?
+                .map_err(store_error)?;
+        info!(
+            "removed image {image}: untagged {:?}, deleted {:?}, {} bytes freed",
+            removed.untagged, removed.deleted, removed.freed_bytes
+        );
+        for t in &removed.untagged {
+            self.retire(t).await;
+        }
+        if let Some(id) = removed.deleted {
+            self.retire(&id.to_string()).await;
+        } else if let Ok((None, id)) = self.images.resolve(&image) {
+            self.export_image_object(&id.to_string()).await;
+        }
         Ok(())
     }
 
@@ -543,17 +635,39 @@ impl Registry {
         new: String,
     ) -> Result<OwnedObjectPath> {
         self.check_new_name(&new)?;
-        if op == "rename" && !self.users_of(&image).is_empty() {
-            return Err(Error::InvalidState(format!(
-                "image {image:?} is used by containers, which refer to it by name"
-            )));
+        if op == "rename" {
+            let by_name = self.users_by_name(&image);
+            if !by_name.is_empty() {
+                return Err(Error::InvalidState(format!(
+                    "image {image:?} is used by container(s) {}, which refer to it by name",
+                    by_name.join(", ")
+                )));
+            }
         }
-        let rec = match op {
-            "rename" => self.images.rename(&image, &new),
-            "clone" => self.images.clone_image(&image, &new),
-            _ => self.images.tag(&image, &new),
-        }
-        .map_err(store_error)?;
+        let shipped = self.images.get(&image).is_err()
+            && op == "clone"
+            && shipped_name(&image).is_some_and(|n| self.layout.find_image(n).is_some());
+        let rec = if shipped {
+            // A shipped directory image becomes a stored one-layer image under the new name.
+            let dir = self
+                .layout
+                .find_image(shipped_name(&image).unwrap_or_default())
+                .ok_or_else(|| Error::NoSuchImage(format!("no image named {image:?}")))?;
+            let store = self.images.clone();
+            let n = new.clone();
+            self.with_progress(&new, move |p| {
+                image::import_fs_with(&store, &dir, &n, &|ev| import_progress(p, ev))
+                    .map_err(|e| bus_error(e.kind(), e.to_string()))
+            })
+            .await?
+        } else {
+            match op {
+                "rename" => self.images.rename(&image, &new),
+                "clone" => self.images.clone_image(&image, &new),
+                _ => self.images.tag(&image, &new),
+            }
+            .map_err(store_error)?
+        };
         info!("{op} image {image} as {new}");
         if op == "rename" {
             self.retire(&image).await;
@@ -568,21 +682,18 @@ impl Registry {
             let root = self.resolve_image(&name_)?;
             root.lowers
         } else {
-            let (root, upper) = {
+            let (spec, upper) = {
                 let entries = self.entries.lock().unwrap();
                 let e = entries.get(&name_).ok_or_else(|| {
                     Error::NoSuchContainer(format!("no container named {name_:?}"))
                 })?;
                 (
-                    e.spec.root.clone(),
+                    e.spec.clone(),
                     crate::mount::ContainerDirs::under(&self.layout.container_dir(&name_)).upper,
                 )
             };
             let mut l = vec![upper];
-            match root {
-                crate::spec::Root::Directory(d) => l.push(d),
-                crate::spec::Root::Image(i) => l.extend(self.resolve_image(&i)?.lowers),
-            }
+            l.extend(self.container_root(&spec)?.lowers);
             l
         };
         let n = name_.clone();
@@ -597,17 +708,57 @@ impl Registry {
     }
 }
 
-/// A name for a pulled image: the repository's last component, plus `-TAG` unless the tag is
-/// `latest` (`docker.io/library/debian:12` → `debian-12`).
-fn default_name(r: &reg::Reference) -> String {
-    let base = r.repository.rsplit('/').next().unwrap_or("image");
-    let mut n = match r.tag.as_deref() {
-        Some(t) if t != "latest" && r.digest.is_none() => format!("{base}-{t}"),
-        _ => base.to_string(),
+/// The name of a shipped directory image a user string may mean: a plain name, with or
+/// without `:latest`.
+fn shipped_name(image: &str) -> Option<&str> {
+    let n = image.strip_suffix(":latest").unwrap_or(image);
+    name::validate(n).is_ok().then_some(n)
+}
+
+/// Import progress as `ImageProgress`: bytes of the source, then layers.
+fn import_progress(p: &Progress, ev: image::ImportProgress) {
+    match ev {
+        image::ImportProgress::Bytes { done, total } => {
+            p.send("importing", done, total, 0, 0, false);
+        }
+        image::ImportProgress::LayerDone { index, count, .. } => {
+            p.send("extracting", 0, 0, index as u32 + 1, count as u32, true);
+        }
+        image::ImportProgress::LayerStarted { .. } => {}
+    }
+}
+
+/// Registry options of PullImage, PushImage and Login: Insecure (b) and AuthFile (s, an
+/// absolute path). Pulls and pushes read /etc/berth/auth.json when no file is named.
+pub(super) fn registry_options(
+    o: &mut crate::dbus::options::Checked,
+    default_auth: bool,
+) -> Result<reg::PullOptions> {
+    let mut opts = reg::PullOptions {
+        insecure: o.take::<bool>("Insecure")?.unwrap_or(false),
+        ..Default::default()
     };
-    n.retain(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    n.truncate(64);
-    n
+    if let Some(f) = o.take::<String>("AuthFile")? {
+        if !f.starts_with('/') {
+            return Err(invalid(format!("auth file {f:?} is not an absolute path")));
+        }
+        opts.auth_file = Some(f.into());
+    }
+    if default_auth && opts.auth_file.is_none() && std::path::Path::new(DEFAULT_AUTH_FILE).exists()
+    {
+        opts.auth_file = Some(DEFAULT_AUTH_FILE.into());
+    }
+    Ok(opts)
+}
+
+/// One container defined on an image.
+struct ImageUser {
+    container: String,
+    /// The image it runs; None when its name no longer resolves.
+    id: Option<image::Digest>,
+    /// The name it refers to its image by, when it recorded no ID (defined before IDs were).
+    by_name: Option<String>,
+    active: bool,
 }
 
 /// Counts one image operation in flight; dropping it ends the operation.
@@ -618,6 +769,258 @@ impl Drop for OperationGuard {
         self.0
             .operations
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Registry {
+    /// The root of a container: its directory, or the image it was created on — by the ID it
+    /// recorded (a tag moved since does not change it), else by name.
+    pub(super) fn container_root(&self, spec: &crate::spec::ContainerSpec) -> Result<Rootfs> {
+        match (&spec.root, spec.image_id) {
+            (crate::spec::Root::Directory(dir), _) => Ok(Rootfs {
+                lowers: vec![dir.clone()],
+                config: None,
+                shown: dir.clone(),
+                id: None,
+            }),
+            (crate::spec::Root::Image(_), Some(id)) => {
+                let rec = self.images.get_id(&id).map_err(|e| match e.kind() {
+                    ErrorKind::NotFound => Error::NoSuchImage(format!(
+                        "the image {id} container {:?} was created on is gone",
+                        spec.name()
+                    )),
+                    _ => store_error(e),
+                })?;
+                let mut lowers = self.images.layer_paths(&rec);
+                lowers.reverse();
+                Ok(Rootfs {
+                    lowers,
+                    config: Some(rec.config),
+                    shown: PathBuf::new(),
+                    id: Some(id),
+                })
+            }
+            (crate::spec::Root::Image(name), None) => self.resolve_image(name),
+        }
+    }
+
+    pub(super) async fn push_image(
+        &self,
+        image: String,
+        reference: String,
+        opts: reg::PullOptions,
+    ) -> Result<String> {
+        let dest = (!reference.is_empty()).then_some(reference);
+        let store = self.images.clone();
+        let n = image.clone();
+        let started = Instant::now();
+        let (dest, pushed) = self
+            .with_progress(&image, move |p| {
+                let state = std::sync::Mutex::new((0u64, 0u64, 0u32, 0u32));
+                let sent = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
+                let report = |ev: image::push::PushProgress| {
+                    use image::push::PushProgress as P;
+                    let mut s = state.lock().unwrap();
+                    let mut force = false;
+                    match ev {
+                        P::Started { blobs, total_bytes } => {
+                            (s.1, s.3) = (total_bytes, blobs as u32);
+                            force = true;
+                        }
+                        P::BlobExists { size, .. } | P::BlobMounted { size, .. } => {
+                            s.0 += size;
+                            s.2 += 1;
+                        }
+                        P::Blob { digest, done, .. } => {
+                            let prev = sent.lock().unwrap().insert(digest.to_string(), done);
+                            s.0 = s.0 + done - prev.unwrap_or(0).min(done);
+                        }
+                        P::BlobDone { .. } => {
+                            s.2 += 1;
+                            force = true;
+                        }
+                    }
+                    p.send("uploading", s.0, s.1, s.2.min(s.3), s.3, force);
+                };
+                let r = image::ops::push_image(&store, &n, dest.as_deref(), &opts, &report)
+                    .map_err(|e| bus_error(e.kind(), e.to_string()));
+                p.send("done", 0, 0, 0, 0, true);
+                r
+            })
+            .await?;
+        info!(
+            "pushed image {image} to {dest}: {} blobs uploaded ({} bytes), {} mounted, {} present, in {:?}",
+            pushed.uploaded_blobs,
+            pushed.uploaded_bytes,
+            pushed.mounted_blobs,
+            pushed.existing_blobs,
+            started.elapsed()
+        );
+        Ok(pushed.manifest_digest.to_string())
+    }
+
+    /// Check the images of a save before it is authorized and started.
+    pub(super) fn check_save(&self, names: &[String], format: &str) -> Result<image::SaveFormat> {
+        let format: image::SaveFormat = format
+            .parse()
+            .map_err(|e: image::SaveError| invalid(e.to_string()))?;
+        if names.is_empty() {
+            return Err(invalid("no image to save"));
+        }
+        for n in names {
+            self.images.resolve(n).map_err(store_error)?;
+        }
+        Ok(format)
+    }
+
+    pub(super) async fn save_images(
+        &self,
+        names: Vec<String>,
+        format: image::SaveFormat,
+        fd: OwnedFd,
+    ) -> Result<()> {
+        let store = self.images.clone();
+        let label = names.join(" ");
+        self.with_progress(&label, move |p| {
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::from(fd));
+            image::save(&store, &names, format, out, &|done, total| {
+                p.send("saving", done, total, 0, 0, false)
+            })
+            .map(drop)
+            .map_err(|e| bus_error(e.kind(), e.to_string()))
+        })
+        .await
+    }
+
+    pub(super) async fn load_images(
+        &self,
+        path: String,
+        wanted: Option<String>,
+    ) -> Result<Vec<(String, OwnedObjectPath)>> {
+        let src = PathBuf::from(&path);
+        if !src.is_absolute() {
+            return Err(invalid(format!("{path:?} is not an absolute path")));
+        }
+        if !src.exists() {
+            return Err(invalid(format!("{path}: no such file or directory")));
+        }
+        let store = self.images.clone();
+        let started = Instant::now();
+        let loaded = self
+            .with_progress(&path, move |p| {
+                p.send("loading", 0, 0, 0, 0, true);
+                let r = image::load(&store, &src, wanted.as_deref(), &|ev| {
+                    import_progress(p, ev)
+                })
+                .map_err(|e| bus_error(e.kind(), e.to_string()));
+                p.send("done", 0, 0, 0, 0, true);
+                r
+            })
+            .await?;
+        info!(
+            "loaded {} images from {path} in {:?}",
+            loaded.len(),
+            started.elapsed()
+        );
+        let mut out = Vec::new();
+        for l in loaded {
+            for t in &l.tags {
+                if let Ok(rec) = self.images.get(t) {
+                    self.announce(&rec).await;
+                }
+            }
+            let path = self.announce(&l.record).await;
+            out.push((l.record.name.clone(), path));
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn prune_images(&self, all: bool) -> Result<(Vec<String>, u64)> {
+        let in_use = self.ids_in_use();
+        let store = self.images.clone();
+        let report = self
+            .with_progress("prune", move |_| {
+                store
+                    .prune(all, &|d| in_use.contains(d))
+                    .map_err(store_error)
+            })
+            .await?;
+        let mut removed: Vec<String> = report.untagged.clone();
+        for t in &report.untagged {
+            self.retire(t).await;
+        }
+        for id in &report.images {
+            self.retire(&id.to_string()).await;
+            removed.push(id.to_string());
+        }
+        info!(
+            "pruned {} images, {} bytes freed",
+            report.images.len(),
+            report.freed_bytes
+        );
+        Ok((removed, report.freed_bytes))
+    }
+
+    pub(super) async fn login(
+        &self,
+        registry: String,
+        user: String,
+        password: String,
+        opts: reg::PullOptions,
+    ) -> Result<()> {
+        let file = opts
+            .auth_file
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AUTH_FILE.into());
+        let key = image::auth::registry_key(&registry).map_err(|e| invalid(e.to_string()))?;
+        let insecure = opts.insecure;
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || {
+            image::push::check_login(&k, &user, &password, insecure)
+                .map_err(|e| bus_error(e.kind(), e.to_string()))?;
+            image::auth::store_credentials(&file, &k, &user, &password)
+                .map_err(|e| bus_error(e.kind(), e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Failed(e.to_string()))??;
+        info!("stored credentials for {key}");
+        Ok(())
+    }
+
+    pub(super) async fn logout(&self, registry: String, auth_file: Option<String>) -> Result<()> {
+        if let Some(f) = &auth_file
+            && !f.starts_with('/')
+        {
+            return Err(invalid(format!("auth file {f:?} is not an absolute path")));
+        }
+        let file: PathBuf = auth_file.unwrap_or_else(|| DEFAULT_AUTH_FILE.into()).into();
+        let key = tokio::task::spawn_blocking(move || {
+            image::auth::remove_credentials(&file, &registry).map_err(|e| match e.kind() {
+                // Not logged in is a bad argument, not a missing image.
+                ErrorKind::NotFound => invalid(e.to_string()),
+                k => bus_error(k, e.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| Error::Failed(e.to_string()))??;
+        info!("removed credentials for {key}");
+        Ok(())
+    }
+
+    /// Disk use of the image store and the containers' writable layers (`system df`).
+    pub(super) async fn disk_usage(&self) -> Result<image::DiskUsage> {
+        let uppers: Vec<PathBuf> = self
+            .entries
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|n| crate::mount::ContainerDirs::under(&self.layout.container_dir(n)).upper)
+            .collect();
+        let in_use = self.ids_in_use();
+        let store = self.images.clone();
+        tokio::task::spawn_blocking(move || store.disk_usage(&uppers, &|d| in_use.contains(d)))
+            .await
+            .map_err(|e| Error::Failed(format!("disk usage: {e}")))
     }
 }
 
@@ -634,10 +1037,9 @@ mod tests {
     }
 
     #[test]
-    fn pulled_image_names() {
-        let r: reg::Reference = "docker.io/library/debian:12".parse().unwrap();
-        assert_eq!(default_name(&r), "debian-12");
-        let r: reg::Reference = "127.0.0.1:5000/test/a".parse().unwrap();
-        assert_eq!(default_name(&r), "a");
+    fn shipped_names() {
+        assert_eq!(shipped_name("default"), Some("default"));
+        assert_eq!(shipped_name("default:latest"), Some("default"));
+        assert_eq!(shipped_name("a/b"), None);
     }
 }

@@ -28,16 +28,26 @@ impl Registry {
     pub(super) fn shown_root(&self, spec: &ContainerSpec) -> PathBuf {
         match &spec.root {
             Root::Directory(d) => d.clone(),
-            Root::Image(i) => self.resolve_image(i).map(|r| r.shown).unwrap_or_default(),
+            Root::Image(_) => self
+                .container_root(spec)
+                .map(|r| r.shown)
+                .unwrap_or_default(),
         }
     }
 
     /// Define a container from its checked spec.
     pub(super) async fn create(&self, spec: ContainerSpec) -> Result<OwnedObjectPath> {
         let name = spec.name().to_string();
+        let mut spec = spec;
         let shown = match &spec.root {
             Root::Directory(d) => d.clone(),
-            Root::Image(i) => self.resolve_image(i)?.shown,
+            Root::Image(i) => {
+                let root = self.resolve_image(i)?;
+                // The container runs this image from now on, whatever the tag names later.
+                spec.image_id = root.id;
+                spec.definition.image_id = root.id.map(|d| d.to_string());
+                root.shown
+            }
         };
         // A profile that does not compile (too long for the kernel) is refused now; the
         // program stays in the cache for the first start.
@@ -140,6 +150,14 @@ impl Registry {
         } else {
             Duration::from_micros(timeout_usec)
         };
+        // Stopping a container that does not run succeeds, as podman's stop does.
+        if matches!(
+            self.with(&name, |e| e.state)?,
+            State::Created | State::Exited
+        ) {
+            return Ok(());
+        }
+        self.thaw_if_paused(&name).await;
         let (pidfd, mut rx) = self.running(&name, Some(State::Stopping))?;
         self.publish(&name).await;
         let sig = self
@@ -243,6 +261,7 @@ impl Registry {
         match state {
             State::Created | State::Exited => {}
             State::Running | State::Stopping if force => {
+                self.thaw_if_paused(&name).await;
                 let (_, mut rx) = self.running(&name, None)?;
                 self.kill_scope(&name).await?;
                 if tokio::time::timeout(KILL_TIMEOUT, rx.wait_for(Option::is_some))

@@ -1,17 +1,20 @@
 //! berthd: serves `org.berth.berth1` on the system bus and runs containers.
 
 mod backend;
+mod declared;
 mod error;
 mod images;
 mod lifecycle;
 mod limits;
 mod notify;
+mod ops;
 mod reaper;
 mod recovery;
 mod security;
 mod start;
 mod store;
 mod table;
+mod verbs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -141,6 +144,7 @@ async fn serve(
     registry.import_shipped().await;
     registry.recover(stored).await;
     registry.export_images().await;
+    registry.apply_declared_at_start().await;
     let server = conn.object_server();
     server
         .at(crate::dbus::MANAGER_PATH, zbus::fdo::ObjectManager)

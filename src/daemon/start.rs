@@ -127,6 +127,7 @@ impl Registry {
             e.pidfd = Some(pidfd.clone());
             e.resources = e.spec.definition.resources.clone();
             e.stop_signal = l.stop_signal;
+            e.paused = false;
             e.exited.send_replace(None);
         });
         if recorded.is_err() {
@@ -200,22 +201,15 @@ impl Registry {
                 });
             }
             let dirs = ContainerDirs::under(&self.layout.container_dir(name));
-            let root = match &spec.root {
-                Root::Directory(dir) => {
-                    if !dir.is_dir() {
-                        return Err(Error::Failed(format!(
-                            "root directory {} is gone",
-                            dir.display()
-                        )));
-                    }
-                    super::images::Rootfs {
-                        lowers: vec![dir.clone()],
-                        config: None,
-                        shown: dir.clone(),
-                    }
-                }
-                Root::Image(image) => self.resolve_image(image)?,
-            };
+            if let Root::Directory(dir) = &spec.root
+                && !dir.is_dir()
+            {
+                return Err(Error::Failed(format!(
+                    "root directory {} is gone",
+                    dir.display()
+                )));
+            }
+            let root = self.container_root(spec)?;
             let stop_signal = match root.config.as_ref().and_then(|c| c.stop_signal.as_deref()) {
                 Some(s) => parse_stop_signal(s).unwrap_or_else(|| {
                     warn!("{name}: image stop signal {s:?} is unknown, using SIGTERM");

@@ -74,6 +74,8 @@ pub struct Entry {
     pub last_oom_at: u64,
     /// How it is confined, as `Security` shows it.
     pub security: BTreeMap<String, String>,
+    /// Frozen by `pause` (systemd's freezer) while running.
+    pub paused: bool,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -96,6 +98,7 @@ impl Entry {
             oom_kills: 0,
             last_oom_at: 0,
             security: BTreeMap::new(),
+            paused: false,
             published: None,
         }
     }
@@ -103,7 +106,11 @@ impl Entry {
     pub fn info(&self, name: &str) -> ContainerInfo {
         ContainerInfo {
             name: name.into(),
-            state: self.state.as_str().into(),
+            state: if self.paused && self.state == State::Running {
+                "paused".into()
+            } else {
+                self.state.as_str().into()
+            },
             unit: name::scope_unit(name),
             leader: self.leader.map(|p| p as u32).unwrap_or(0),
             image: self.spec.definition.image.clone().unwrap_or_default(),
@@ -116,6 +123,12 @@ impl Entry {
             oom_kills: self.oom_kills,
             last_oom_at: self.last_oom_at,
             security: self.security.clone().into_iter().collect(),
+            labels: self.spec.definition.labels.clone().into_iter().collect(),
+            image_id: self
+                .spec
+                .image_id
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
             object_path: path(name),
         }
     }

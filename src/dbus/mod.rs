@@ -5,6 +5,8 @@
 //! Objects hold `Weak` references to it: the daemon owns the backend, the object server does
 //! not keep it alive.
 
+pub mod containers;
+pub mod images;
 pub mod options;
 #[cfg(test)]
 mod tests;
@@ -18,6 +20,8 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
 
+pub use containers::{ContainerOps, ProcessInfo, ReloadResult};
+pub use images::ImageOps;
 pub use options::Options;
 
 pub const BUS_NAME: &str = "org.berth.berth1";
@@ -81,6 +85,11 @@ pub struct ContainerInfo {
     /// `seccomp` (`default`, `unconfined` or the profile), `no-new-privileges`, `selinux`
     /// (its label, or why there is none).
     pub security: HashMap<String, String>,
+    /// `--label KEY=VALUE`s of the container.
+    pub labels: HashMap<String, String>,
+    /// The ID of the stored image it runs (`sha256:…`); empty for a directory or a shipped
+    /// directory image.
+    pub image_id: String,
     pub object_path: OwnedObjectPath,
 }
 
@@ -152,7 +161,7 @@ impl Caller {
 /// What the bus objects need from the daemon. Every mutating method gets its caller: the
 /// backend checks the arguments, then asks whether the caller may do that (polkit), then
 /// acts.
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: ImageOps + ContainerOps + Send + Sync + 'static {
     /// Whether the caller is root (who may see everything); false when it cannot be told.
     fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool>;
     fn create(
@@ -482,6 +491,158 @@ impl Manager {
             .await
     }
 
+    /// Push an image to an OCI distribution registry: `reference` is the destination
+    /// (empty: the registry and repository the image's tag names). Blobs the registry has are
+    /// not sent; cross-repository mounts are used where the image is known to be. Options:
+    /// Insecure (b), AuthFile (s; default /etc/berth/auth.json when it exists). Returns the
+    /// manifest digest.
+    async fn push_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        reference: String,
+        options: Options,
+    ) -> Result<String> {
+        live(&self.backend)?
+            .push_image(Caller::of(&hdr)?, name, reference, options)
+            .await
+    }
+
+    /// Write images (tags, IDs) as one archive to `fd`: format "oci-archive" or
+    /// "docker-archive" (what `podman load` / `docker load` read). No options yet.
+    async fn save_images(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        names: Vec<String>,
+        format: String,
+        fd: zbus::OwnedFd,
+        options: Options,
+    ) -> Result<()> {
+        live(&self.backend)?
+            .save_images(Caller::of(&hdr)?, names, format, fd.into(), options)
+            .await
+    }
+
+    /// Load every image of a docker or OCI archive (or OCI layout directory) at `path` (an
+    /// absolute path), tagged as the archive says; tags that exist move. Options: Name (s,
+    /// load only the image the archive tags so, or name its single untagged image). Returns
+    /// (name, object) per image.
+    async fn load_images(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        path: String,
+        options: Options,
+    ) -> Result<Vec<(String, OwnedObjectPath)>> {
+        live(&self.backend)?
+            .load_images(Caller::of(&hdr)?, path, options)
+            .await
+    }
+
+    /// Remove dangling images no container uses, then unreferenced layers and old blobs.
+    /// Options: All (b, also tagged images no container uses). Returns what was removed (IDs
+    /// and tags) and the bytes freed.
+    #[zbus(out_args("removed", "bytes"))]
+    async fn prune_images(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        options: Options,
+    ) -> Result<(Vec<String>, u64)> {
+        live(&self.backend)?
+            .prune_images(Caller::of(&hdr)?, options)
+            .await
+    }
+
+    /// Check credentials against a registry (host[:port]) and store them in the auth file
+    /// pulls and pushes read (/etc/berth/auth.json, mode 0600). A refused password is
+    /// InvalidArgument and leaves the file as it was. Options: Insecure (b), AuthFile (s).
+    async fn login(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        registry: String,
+        user: String,
+        password: String,
+        options: Options,
+    ) -> Result<()> {
+        live(&self.backend)?
+            .login(Caller::of(&hdr)?, registry, user, password, options)
+            .await
+    }
+
+    /// Remove a registry's credentials from the auth file; InvalidArgument when it has none
+    /// (the file is then not touched). Options: AuthFile (s).
+    async fn logout(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        registry: String,
+        options: Options,
+    ) -> Result<()> {
+        live(&self.backend)?
+            .logout(Caller::of(&hdr)?, registry, options)
+            .await
+    }
+
+    /// Give a stopped container a new name: its definition, writable layer, runtime record
+    /// and bus object move; its scope is named after it at its next start. Refused while it
+    /// runs and when the new name is taken.
+    async fn rename_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        new_name: String,
+    ) -> Result<OwnedObjectPath> {
+        live(&self.backend)?
+            .rename(Caller::of(&hdr)?, name, new_name)
+            .await
+    }
+
+    /// Freeze every process of a running container (systemd's freezer, `FreezeUnit` on its
+    /// scope; hosts with the unified cgroup hierarchy only).
+    async fn pause_container(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<()> {
+        live(&self.backend)?
+            .freeze(Caller::of(&hdr)?, name, true)
+            .await
+    }
+
+    /// Thaw a paused container.
+    async fn unpause_container(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<()> {
+        live(&self.backend)?
+            .freeze(Caller::of(&hdr)?, name, false)
+            .await
+    }
+
+    /// The processes of a running container: host and container PID, host and container
+    /// uid, the user's name in the container, the command line.
+    async fn list_processes(&self, name: String) -> Result<Vec<ProcessInfo>> {
+        live(&self.backend)?.processes(name).await
+    }
+
+    /// Validate a container definition (the options of CreateContainer) and return the plan
+    /// berthd would apply to start it, as JSON (root, mounts, limits, namespaces, user,
+    /// capabilities, seccomp). Nothing is created, allocated or written.
+    async fn plan_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        options: Options,
+    ) -> Result<String> {
+        live(&self.backend)?
+            .plan(Caller::of(&hdr)?, name, options)
+            .await
+    }
+
+    /// Read the declarative definitions in /etc/berth/containers/NAME.toml: create the
+    /// containers that do not exist, update stopped ones whose file changed, and enable
+    /// berth@NAME.service for those that ask to start at boot (disable it for the others).
+    async fn reload(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<ReloadResult>> {
+        live(&self.backend)?.reload(Caller::of(&hdr)?).await
+    }
+
+    /// Disk use: images, dangling, layers, layers_bytes, blobs, blobs_bytes,
+    /// reclaimable_bytes, containers, containers_bytes.
+    async fn get_disk_usage(&self) -> Result<HashMap<String, u64>> {
+        live(&self.backend)?.disk_usage().await
+    }
+
     /// Wait until the container has exited and return its exit status. A container removed at
     /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
     /// this after StartContainer cannot miss a payload that exited at once.
@@ -700,6 +861,18 @@ impl Container {
     fn security(&self) -> zbus::fdo::Result<HashMap<String, String>> {
         Ok(self.get()?.security)
     }
+
+    /// The container's labels (KEY=VALUE, given at create).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn labels(&self) -> zbus::fdo::Result<HashMap<String, String>> {
+        Ok(self.get()?.labels)
+    }
+
+    /// The ID of the stored image it runs; empty for a directory.
+    #[zbus(property(emits_changed_signal = "const"), name = "ImageID")]
+    fn image_id(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.image_id)
+    }
 }
 
 /// `/org/berth/berth1/image/<escaped name>`: one image.
@@ -768,8 +941,10 @@ impl Image {
     }
 
     /// What the image asks of containers: Entrypoint (as), Cmd (as), Env (as, root only:
-    /// empty for other callers), WorkingDir (s), User (s), StopSignal (s), Labels (a{ss}).
-    /// Empty for directory images.
+    /// empty for other callers), WorkingDir (s), User (s), StopSignal (s), Labels (a{ss}),
+    /// ExposedPorts (as, `80/tcp`), Volumes (as), and Healthcheck (a{sv}: Test as,
+    /// Interval/Timeout/StartPeriod/StartInterval t in nanoseconds, Retries u) when the image
+    /// has one. Empty for directory images.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn config(
         &self,
@@ -805,6 +980,23 @@ impl Image {
                 .collect::<HashMap<String, String>>()
                 .into(),
         );
+        put("ExposedPorts", c.exposed_ports.into());
+        put("Volumes", c.volumes.into());
+        if let Some(h) = c.healthcheck {
+            let mut hc: HashMap<String, OwnedVariant> = HashMap::new();
+            let mut hput = |k: &str, v: zbus::Variant<'_>| {
+                if let Ok(v) = OwnedVariant::try_from(v) {
+                    hc.insert(k.to_string(), v);
+                }
+            };
+            hput("Test", h.test.into());
+            hput("Interval", h.interval_ns.into());
+            hput("Timeout", h.timeout_ns.into());
+            hput("StartPeriod", h.start_period_ns.into());
+            hput("StartInterval", h.start_interval_ns.into());
+            hput("Retries", h.retries.into());
+            put("Healthcheck", hc.into());
+        }
         Ok(m)
     }
 }

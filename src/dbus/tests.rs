@@ -126,6 +126,8 @@ impl Fake {
             oom_kills: 3,
             last_oom_at: 4,
             security: [("userns".to_string(), "host".to_string())].into(),
+            labels: [("tier".to_string(), "web".to_string())].into(),
+            image_id: "sha256:00".into(),
             object_path: cpath(name),
         }
     }
@@ -349,6 +351,159 @@ impl Backend for Fake {
     }
 }
 
+impl ImageOps for Fake {
+    fn push_image(
+        &self,
+        caller: Caller,
+        name: String,
+        reference: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<String>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("push {name} {reference} {}", options.0.len()));
+            wanted(&name)?;
+            Ok("sha256:ab".into())
+        })
+    }
+    fn save_images(
+        &self,
+        caller: Caller,
+        names: Vec<String>,
+        format: String,
+        _fd: std::os::fd::OwnedFd,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("save {names:?} {format}"));
+            Ok(())
+        })
+    }
+    fn load_images(
+        &self,
+        caller: Caller,
+        path: String,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<Vec<(String, OwnedObjectPath)>>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("load {path}"));
+            Ok(vec![("web".into(), ipath("web"))])
+        })
+    }
+    fn prune_images(
+        &self,
+        caller: Caller,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<(Vec<String>, u64)>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call("prune".into());
+            Ok((vec!["sha256:cd".into()], 42))
+        })
+    }
+    fn login(
+        &self,
+        caller: Caller,
+        registry: String,
+        user: String,
+        _password: String,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("login {registry} {user}"));
+            Ok(())
+        })
+    }
+    fn logout(
+        &self,
+        caller: Caller,
+        registry: String,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("logout {registry}"));
+            Ok(())
+        })
+    }
+}
+
+impl ContainerOps for Fake {
+    fn rename(
+        &self,
+        caller: Caller,
+        name: String,
+        new_name: String,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("rename-container {name} {new_name}"));
+            wanted(&new_name)?;
+            Ok(cpath(&new_name))
+        })
+    }
+    fn freeze(&self, caller: Caller, name: String, freeze: bool) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("freeze {name} {freeze}"));
+            wanted(&name)
+        })
+    }
+    fn processes(&self, name: String) -> BoxFuture<'_, Result<Vec<ProcessInfo>>> {
+        Box::pin(async move {
+            wanted(&name)?;
+            Ok(vec![ProcessInfo {
+                host_pid: 42,
+                pid: 1,
+                host_uid: 524288,
+                uid: 0,
+                user: "root".into(),
+                command: "sleep 1000".into(),
+            }])
+        })
+    }
+    fn plan(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<String>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("plan {name} {}", options.0.len()));
+            wanted(&name)?;
+            Ok("{}".into())
+        })
+    }
+    fn reload(&self, caller: Caller) -> BoxFuture<'_, Result<Vec<ReloadResult>>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call("reload".into());
+            Ok(vec![ReloadResult {
+                name: "web".into(),
+                action: "created".into(),
+                message: String::new(),
+            }])
+        })
+    }
+    fn disk_usage(&self) -> BoxFuture<'_, Result<HashMap<String, u64>>> {
+        Box::pin(async move { Ok([("images".to_string(), 3u64)].into()) })
+    }
+}
+
 struct Served {
     _bus: Bus,
     _server: zbus::Connection,
@@ -517,9 +672,94 @@ fn mutating_methods_are_authorized_then_delegated() {
             .filter(|c| *c == "authorize ManageImages")
             .count();
         assert_eq!(authorized, 7, "{calls:#?}");
+
         assert!(calls.contains(&"pull r/x:1 i".to_string()));
         assert!(calls.contains(&"rename i j".to_string()));
         assert!(calls.contains(&"export image i".to_string()));
+        let devnull = || {
+            zbus::OwnedFd::from(std::os::fd::OwnedFd::from(
+                std::fs::File::open("/dev/null").unwrap(),
+            ))
+        };
+        assert_eq!(
+            m.push_image("i".into(), "r/x:1".into(), Options::default())
+                .await
+                .unwrap(),
+            "sha256:ab"
+        );
+        m.save_images(
+            vec!["i".into()],
+            "oci-archive".into(),
+            devnull(),
+            Options::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            m.load_images("/a.tar".into(), Options::default())
+                .await
+                .unwrap(),
+            vec![("web".to_string(), ipath("web"))]
+        );
+        assert_eq!(
+            m.prune_images(Options::default()).await.unwrap(),
+            (vec!["sha256:cd".to_string()], 42)
+        );
+        m.login("r:5000".into(), "u".into(), "p".into(), Options::default())
+            .await
+            .unwrap();
+        m.logout("r:5000".into(), Options::default()).await.unwrap();
+        assert_eq!(
+            m.rename_container("a".into(), "b".into()).await.unwrap(),
+            cpath("b")
+        );
+        m.pause_container("a".into()).await.unwrap();
+        m.unpause_container("a".into()).await.unwrap();
+        assert_eq!(
+            m.plan_container("a".into(), Options::default())
+                .await
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(m.reload().await.unwrap()[0].action, "created");
+        let calls = s.calls();
+        assert_eq!(
+            calls,
+            [
+                "authorize ManageImages",
+                "push i r/x:1 0",
+                "authorize ManageImages",
+                "save [\"i\"] oci-archive",
+                "authorize ManageImages",
+                "load /a.tar",
+                "authorize ManageImages",
+                "prune",
+                "authorize ManageImages",
+                "login r:5000 u",
+                "authorize ManageImages",
+                "logout r:5000",
+                "authorize ManageContainers",
+                "rename-container a b",
+                "authorize ManageContainers",
+                "freeze a true",
+                "authorize ManageContainers",
+                "freeze a false",
+                "authorize ManageContainers",
+                "plan a 0",
+                "authorize ManageContainers",
+                "reload",
+            ]
+        );
+        // Reads need no authorization.
+        assert_eq!(m.list_processes("web".into()).await.unwrap()[0].pid, 1);
+        assert_eq!(m.get_disk_usage().await.unwrap()["images"], 3);
+        assert_eq!(
+            error_name(
+                m.rename_container("a".into(), "e-AlreadyExists".into())
+                    .await
+            ),
+            "org.berth.berth1.Error.AlreadyExists"
+        );
     });
 }
 
@@ -637,6 +877,8 @@ fn container_and_image_objects_read_their_backend_and_let_it_go() {
         assert_eq!(c.oom_kills().await.unwrap(), 3);
         assert_eq!(c.last_error().await.unwrap(), "");
         assert_eq!(c.resources().await.unwrap()["memory"], "64M");
+        assert_eq!(c.labels().await.unwrap()["tier"], "web");
+        assert_eq!(c.image_id().await.unwrap(), "sha256:00");
         let i = ImageProxy::builder(&s.client)
             .path(crate::name::image_path("default"))
             .build()

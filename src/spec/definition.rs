@@ -19,6 +19,11 @@ pub struct Definition {
     /// Image name, resolved in the image directories at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The ID (`sha256:…`, its config digest) of the stored image `image` named when the
+    /// container was created: the container keeps running that image when the tag moves.
+    /// Set by berthd, never by the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// A root directory used as the read-only lower layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<PathBuf>,
@@ -49,6 +54,10 @@ pub struct Definition {
     /// How the container is confined (user namespace, capabilities, seccomp, label, rlimits).
     #[serde(default, skip_serializing_if = "Security::is_default")]
     pub security: Security,
+    /// `KEY=VALUE` labels (`--label`), shown by `ps`, `inspect` and the `Labels` property and
+    /// matched by `ps --filter label=`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

@@ -5,6 +5,7 @@
 //! [`validate`] is the only place a user's string is parsed or a host device is looked at:
 //! create, start, `set` and recovery all work on its result.
 
+pub mod declared;
 pub mod definition;
 pub mod limits;
 pub mod props;
@@ -33,6 +34,8 @@ pub const MAX_ARGV_BYTES: usize = 128 * 1024;
 pub const MAX_ENV: usize = 4096;
 pub const MAX_ENV_BYTES: usize = 128 * 1024;
 pub const MAX_PROPERTIES: usize = 256;
+pub const MAX_LABELS: usize = 256;
+pub const MAX_LABEL_BYTES: usize = 64 * 1024;
 
 /// What validation needs to know about the host, behind a trait so that it is tested without
 /// one.
@@ -117,6 +120,8 @@ pub enum SpecError {
     Name(#[from] NameError),
     #[error("invalid image name {0:?}")]
     ImageName(String),
+    #[error("invalid image ID {0:?}")]
+    ImageId(String),
     #[error("give an image or a directory, not both")]
     ImageAndDirectory,
     #[error("directory {0}")]
@@ -137,6 +142,10 @@ pub enum SpecError {
     Limit(#[from] limits::LimitError),
     #[error(transparent)]
     Property(#[from] props::PropertyError),
+    #[error("label {0:?}: a key is non-empty, without '=', and neither holds control characters")]
+    Label(String),
+    #[error("at most {MAX_LABELS} labels of {MAX_LABEL_BYTES} bytes in all")]
+    TooManyLabels,
     #[error("at most {MAX_PROPERTIES} properties")]
     TooManyProperties,
     #[error(transparent)]
@@ -166,6 +175,8 @@ pub struct ContainerSpec {
     pub limits: Limits,
     pub properties: Vec<RawProperty>,
     pub security: security::SecuritySpec,
+    /// The stored image the container was created on (see [`Definition::image_id`]).
+    pub image_id: Option<crate::image::Digest>,
 }
 
 impl ContainerSpec {
@@ -187,7 +198,8 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         (None, Some(dir)) => Root::Directory(check_directory(dir, facts)?),
         (image, None) => {
             let image = image.as_deref().unwrap_or(DEFAULT_IMAGE);
-            name::validate(image).map_err(|_| SpecError::ImageName(image.into()))?;
+            // Any spelling of an image: `web`, `alpine:3.20`, `registry:5000/app@sha256:…`, an ID.
+            crate::image::ImageRef::parse(image).map_err(|_| SpecError::ImageName(image.into()))?;
             Root::Image(image.into())
         }
     };
@@ -214,6 +226,15 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         .map(|(k, v)| props::parse(k, v, facts))
         .collect::<Result<_, _>>()?;
     let security = security::check(&def.security, facts)?;
+    check_labels(&def.labels)?;
+    let image_id = match (&root, &def.image_id) {
+        (Root::Image(_), Some(id)) => Some(
+            id.parse::<crate::image::Digest>()
+                .map_err(|_| SpecError::ImageId(id.clone()))?,
+        ),
+        (_, Some(id)) => return Err(SpecError::ImageId(id.clone())),
+        (_, None) => None,
+    };
     Ok(ContainerSpec {
         definition: def.clone(),
         root,
@@ -224,6 +245,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         limits,
         properties,
         security,
+        image_id,
     })
 }
 
@@ -244,6 +266,19 @@ fn check_directory(dir: &Path, facts: &dyn HostFacts) -> Result<PathBuf, SpecErr
         )));
     }
     Ok(canon)
+}
+
+fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), SpecError> {
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if labels.len() > MAX_LABELS || bytes > MAX_LABEL_BYTES {
+        return Err(SpecError::TooManyLabels);
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.contains('=') || k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(SpecError::Label(k.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn check_hostname(h: &str) -> Result<(), SpecError> {

@@ -3,6 +3,7 @@
 //! stop and kill; typed unit properties in [`properties`].
 
 pub mod properties;
+pub mod units;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
