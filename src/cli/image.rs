@@ -1,6 +1,10 @@
 //! `berthctl image VERB` (and `berthctl images`): list, show, import-fs, import-tar,
-//! import-oci, pull, remove, rename, clone, tag, export. Long operations show progress from
-//! the `ImageProgress` signal (bytes, layers, speed) unless `--quiet`.
+//! import-oci, pull, push, save, load, prune, login, logout, remove, rename, clone, tag,
+//! export. Long operations show progress from the `ImageProgress` signal (bytes, layers,
+//! speed) on a terminal, and nothing with `--quiet` or when stderr is not a terminal.
+//!
+//! Image names are references (`web`, `uxweb:1.0`, `registry:5000/team/app:1.2`,
+//! `app@sha256:…`, an image ID); see [`crate::image::reference`].
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -94,6 +98,91 @@ pub enum ImageVerb {
         /// The tarball to write ("-": standard output).
         file: String,
     },
+    /// Push an image to an OCI distribution registry.
+    Push(PushArgs),
+    /// Write images as one archive that `podman load` / `docker load` read.
+    Save(SaveArgs),
+    /// Load the images of a docker or OCI archive (all, or one with --name).
+    Load(LoadArgs),
+    /// Remove images without tags that no container uses, and unused layers.
+    Prune(PruneArgs),
+    /// Check and store registry credentials (in berthd's auth file).
+    Login(LoginArgs),
+    /// Remove stored registry credentials.
+    Logout(LogoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image (tag or ID).
+    pub name: String,
+    /// Where to: [REGISTRY/]REPOSITORY[:TAG] (default: what the image's tag names).
+    pub reference: Option<String>,
+    /// Talk plain HTTP to the registry (only for registries you trust on this network).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Credentials in docker/podman auth.json format (default /etc/berth/auth.json).
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<String>,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The archive to write ("-": standard output, which must not be a terminal).
+    #[arg(long = "output", short = 'o', value_name = "FILE")]
+    pub output: String,
+    #[arg(long, value_parser = ["oci-archive", "docker-archive"], default_value = "oci-archive")]
+    pub format: String,
+    /// The images (tags or IDs); several go into one archive.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The archive (docker-archive, oci-archive, compressed or not) or OCI layout directory.
+    #[arg(long = "input", short = 'i', value_name = "FILE")]
+    pub input: String,
+    /// Load only the image the archive tags NAME (or name its only, untagged image so).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Also remove tagged images no container uses.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// host[:port] (docker.io for Docker Hub).
+    pub registry: String,
+    #[arg(long, short = 'u')]
+    pub username: Option<String>,
+    /// Read the password from standard input (never give it on the command line).
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    pub registry: String,
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<String>,
 }
 
 /// One image in `-o json`.
@@ -116,6 +205,7 @@ pub struct ImageView {
 impl From<ImageInfo> for ImageView {
     fn from(i: ImageInfo) -> Self {
         ImageView {
+            // An image without tags is listed under its ID (`sha256:…`).
             name: i.name,
             kind: i.kind,
             digest: (!i.digest.is_empty()).then_some(i.digest),
@@ -147,7 +237,11 @@ pub async fn list(a: ListArgs) -> CliResult {
                 .iter()
                 .map(|v| {
                     vec![
-                        v.name.clone(),
+                        if v.name.starts_with("sha256:") {
+                            "<none>".to_string()
+                        } else {
+                            v.name.clone()
+                        },
                         v.kind.clone(),
                         v.digest
                             .as_deref()
@@ -182,13 +276,7 @@ pub async fn run(a: ImageArgs) -> CliResult {
             authfile,
             quiet,
         } => pull(reference, name, insecure, authfile, quiet).await,
-        ImageVerb::Remove { names, force } => {
-            let (_conn, proxy) = manager().await?;
-            for n in names {
-                proxy.remove_image(n, force).await?;
-            }
-            Ok(0)
-        }
+        ImageVerb::Remove { names, force } => remove(names, force).await,
         ImageVerb::Rename { name, new_name } => {
             let (_conn, proxy) = manager().await?;
             proxy.rename_image(name, new_name).await?;
@@ -210,7 +298,209 @@ pub async fn run(a: ImageArgs) -> CliResult {
             proxy.export_image(name, fd.into()).await?;
             Ok(0)
         }
+        ImageVerb::Push(a) => push(a).await,
+        ImageVerb::Save(a) => save(a).await,
+        ImageVerb::Load(a) => load(a).await,
+        ImageVerb::Prune(a) => prune(a).await,
+        ImageVerb::Login(a) => login(a).await,
+        ImageVerb::Logout(a) => logout(a).await,
     }
+}
+
+/// `rmi NAME… [--force]` (top-level alias of `image rm`).
+pub async fn remove(names: Vec<String>, force: bool) -> CliResult {
+    let (_conn, proxy) = manager().await?;
+    for n in names {
+        proxy.remove_image(n, force).await?;
+    }
+    Ok(0)
+}
+
+fn variant(v: impl Into<zbus::Variant<'static>>) -> CliResult<OwnedVariant> {
+    OwnedVariant::try_from(v.into()).map_err(|e| CliError::new(Exit::Failed, e.to_string()))
+}
+
+fn registry_opts(
+    insecure: bool,
+    authfile: Option<String>,
+) -> CliResult<HashMap<String, OwnedVariant>> {
+    let mut opts: HashMap<String, OwnedVariant> = HashMap::new();
+    if insecure {
+        opts.insert("Insecure".into(), OwnedVariant::from(true));
+    }
+    if let Some(f) = authfile {
+        let abs = std::path::absolute(&f)
+            .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{f}: {e}")))?;
+        opts.insert(
+            "AuthFile".into(),
+            variant(abs.to_string_lossy().into_owned())?,
+        );
+    }
+    Ok(opts)
+}
+
+/// `push IMAGE [REF]`.
+pub async fn push(a: PushArgs) -> CliResult {
+    let opts = registry_opts(a.insecure, a.authfile)?;
+    let (conn, proxy) = manager().await?;
+    let call = proxy.push_image(
+        a.name.clone(),
+        a.reference.clone().unwrap_or_default(),
+        opts,
+    );
+    let digest = with_progress(&conn, &proxy, &a.name, a.quiet, call).await?;
+    if !a.quiet {
+        output::print_lines([format!(
+            "{} pushed to {} ({digest})",
+            a.name,
+            a.reference.as_deref().unwrap_or(&a.name)
+        )]);
+    }
+    Ok(0)
+}
+
+/// `save -o FILE [--format F] IMAGE…`.
+pub async fn save(a: SaveArgs) -> CliResult {
+    if a.output == "-" && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(CliError::new(
+            Exit::InvalidArgument,
+            "refusing to write an archive to a terminal; use -o FILE",
+        ));
+    }
+    let fd = output_fd(&a.output)?;
+    let (conn, proxy) = manager().await?;
+    let label = a.names.join(" ");
+    let call = proxy.save_images(a.names.clone(), a.format.clone(), fd.into(), HashMap::new());
+    let r = with_progress(&conn, &proxy, &label, a.quiet, call).await;
+    if r.is_err() && a.output != "-" {
+        // Leave no half-written archive behind under the name asked for.
+        let _ = std::fs::remove_file(&a.output);
+    }
+    r?;
+    Ok(0)
+}
+
+/// `load -i FILE [--name REF]`.
+pub async fn load(a: LoadArgs) -> CliResult {
+    let abs = std::path::absolute(&a.input)
+        .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{}: {e}", a.input)))?;
+    let mut opts = HashMap::new();
+    if let Some(n) = &a.name {
+        opts.insert("Name".to_string(), variant(n.clone())?);
+    }
+    let path = abs.to_string_lossy().into_owned();
+    let (conn, proxy) = manager().await?;
+    let call = proxy.load_images(path.clone(), opts);
+    let loaded = with_progress(&conn, &proxy, &path, a.quiet, call).await?;
+    if !a.quiet {
+        output::print_lines(
+            loaded
+                .into_iter()
+                .map(|(n, _)| format!("Loaded image: {n}")),
+        );
+    }
+    Ok(0)
+}
+
+/// `image prune [--all]`.
+pub async fn prune(a: PruneArgs) -> CliResult {
+    let mut opts = HashMap::new();
+    if a.all {
+        opts.insert("All".to_string(), OwnedVariant::from(true));
+    }
+    let (_conn, proxy) = manager().await?;
+    let (removed, bytes) = proxy.prune_images(opts).await?;
+    if !a.quiet {
+        let mut lines: Vec<String> = removed
+            .into_iter()
+            .map(|r| format!("removed {r}"))
+            .collect();
+        lines.push(format!("freed {}", output::bytes(bytes)));
+        output::print_lines(lines);
+    }
+    Ok(0)
+}
+
+/// Read one line from the terminal, echo off when `secret`.
+fn prompt(what: &str, secret: bool) -> CliResult<String> {
+    use nix::sys::termios;
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    eprint!("{what}: ");
+    let _ = std::io::stderr().flush();
+    let saved = if secret {
+        let t = termios::tcgetattr(&stdin)
+            .map_err(|e| CliError::new(Exit::Failed, format!("reading the terminal: {e}")))?;
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(termios::LocalFlags::ECHO);
+        termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &quiet)
+            .map_err(|e| CliError::new(Exit::Failed, format!("setting the terminal: {e}")))?;
+        Some(t)
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &t);
+        eprintln!();
+    }
+    r.map_err(|e| CliError::new(Exit::Failed, format!("reading {what}: {e}")))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// `login REGISTRY [-u USER] [--password-stdin]`: the password comes from standard input or
+/// a prompt, never from the command line (where `ps` shows it); berthd checks it against the
+/// registry and stores it in its auth file.
+pub async fn login(a: LoginArgs) -> CliResult {
+    use std::io::{IsTerminal, Read};
+    let tty = std::io::stdin().is_terminal();
+    let user = match a.username {
+        Some(u) => u,
+        None if tty && !a.password_stdin => prompt("Username", false)?,
+        None => {
+            return Err(CliError::new(
+                Exit::InvalidArgument,
+                "give the user name with --username",
+            ));
+        }
+    };
+    let password = if a.password_stdin {
+        let mut p = String::new();
+        std::io::stdin()
+            .read_to_string(&mut p)
+            .map_err(|e| CliError::new(Exit::Failed, format!("reading the password: {e}")))?;
+        p.trim_end_matches(['\n', '\r']).to_string()
+    } else if tty {
+        prompt("Password", true)?
+    } else {
+        return Err(CliError::new(
+            Exit::InvalidArgument,
+            "no terminal to ask for the password: use --password-stdin",
+        ));
+    };
+    if password.is_empty() {
+        return Err(CliError::new(
+            Exit::InvalidArgument,
+            "the password is empty",
+        ));
+    }
+    let opts = registry_opts(a.insecure, a.authfile)?;
+    let (_conn, proxy) = manager().await?;
+    proxy
+        .login(a.registry.clone(), user, password, opts)
+        .await?;
+    output::print_lines([format!("Login Succeeded ({})", a.registry)]);
+    Ok(0)
+}
+
+/// `logout REGISTRY`.
+pub async fn logout(a: LogoutArgs) -> CliResult {
+    let opts = registry_opts(false, a.authfile)?;
+    let (_conn, proxy) = manager().await?;
+    proxy.logout(a.registry.clone(), opts).await?;
+    output::print_lines([format!("Removed login credentials for {}", a.registry)]);
+    Ok(0)
 }
 
 /// The file a tarball goes to, opened here (where the caller's paths mean something).
@@ -361,13 +651,39 @@ async fn pull(
     }
     let (conn, proxy) = manager().await?;
     let name = name.unwrap_or_default();
-    // The daemon names the image when we do not; progress signals carry that name, so accept
-    // any name's progress in that case.
+    // What the tag names before the pull, to say whether it moved.
+    let tag = if name.is_empty() {
+        reference
+            .parse::<crate::image::registry::Reference>()
+            .ok()
+            .filter(|r| r.digest.is_none())
+            .map(|r| crate::image::TagName::of(&r).display())
+    } else {
+        Some(name.clone())
+    };
+    let before = match &tag {
+        Some(t) => match proxy.get_image(t.clone()).await {
+            Ok(p) => {
+                let img = ImageProxy::builder(&conn).path(p).build().await?;
+                img.digest().await.ok()
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    // The daemon names the image when we do not; progress signals carry that name.
+    let label = tag.clone().unwrap_or_default();
     let call = proxy.pull_image(reference, name.clone(), opts);
-    let path = with_progress(&conn, &proxy, &name, quiet, call).await?;
+    let path = with_progress(&conn, &proxy, &label, quiet, call).await?;
     if !quiet {
         let img = ImageProxy::builder(&conn).path(path).build().await?;
-        output::print_lines([img.name().await?]);
+        let (shown, digest) = (img.name().await?, img.digest().await?);
+        let line = match before {
+            Some(b) if b == digest => format!("{shown}: up to date ({digest})"),
+            Some(b) => format!("{shown}: updated to {digest} (was {b})"),
+            None => shown,
+        };
+        output::print_lines([line]);
     }
     Ok(0)
 }
@@ -403,6 +719,10 @@ async fn with_progress<T>(
             bar.set_message(a.phase.to_string());
             if a.total > 0 {
                 bar.set_length(a.total);
+                bar.set_position(a.done);
+            } else if a.done > 0 {
+                // Total unknown: show the bytes and the rate all the same.
+                bar.set_length(a.done);
                 bar.set_position(a.done);
             }
             if a.layers_total > 0 {
