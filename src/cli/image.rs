@@ -520,13 +520,21 @@ pub fn output_fd(file: &str) -> CliResult<OwnedFd> {
 async fn show(name: String, format: Format) -> CliResult {
     let (conn, proxy) = manager().await?;
     let path = proxy.get_image(name.clone()).await?;
-    let img = ImageProxy::builder(&conn).path(path).build().await?;
-    let info = proxy
-        .list_images()
-        .await?
-        .into_iter()
-        .find(|i| i.name == name)
-        .ok_or_else(|| CliError::new(Exit::NotFound, format!("no image named {name:?}")))?;
+    let img = ImageProxy::builder(&conn)
+        .path(path.clone())
+        .build()
+        .await?;
+    // By its object (the name given may be another spelling: `web:latest`, an ID).
+    let info = ImageInfo {
+        name: img.name().await?,
+        kind: img.kind().await?,
+        digest: img.digest().await?,
+        size: img.size().await?,
+        created: img.created().await?,
+        layers: img.layers().await?,
+        read_only: img.read_only().await?,
+        object_path: path,
+    };
     let config = img.config().await?;
     let strs = |k: &str| -> Vec<String> {
         config
@@ -546,6 +554,15 @@ async fn show(name: String, format: Format) -> CliResult {
         .unwrap_or_default()
         .into_iter()
         .collect();
+    // The healthcheck's command (CMD / CMD-SHELL / NONE and its arguments).
+    let healthcheck: Vec<String> = config
+        .get("Healthcheck")
+        .and_then(|v| HashMap::<String, OwnedVariant>::try_from(v.clone()).ok())
+        .and_then(|h| {
+            h.get("Test")
+                .and_then(|t| Vec::<String>::try_from(t.clone()).ok())
+        })
+        .unwrap_or_default();
     if format == Format::Json {
         #[derive(Serialize)]
         struct Show {
@@ -558,6 +575,9 @@ async fn show(name: String, format: Format) -> CliResult {
             user: String,
             stop_signal: String,
             labels: std::collections::BTreeMap<String, String>,
+            exposed_ports: Vec<String>,
+            volumes: Vec<String>,
+            healthcheck: Vec<String>,
         }
         output::print_json(&Show {
             image: ImageView::from(info),
@@ -568,6 +588,9 @@ async fn show(name: String, format: Format) -> CliResult {
             user: one("User"),
             stop_signal: one("StopSignal"),
             labels,
+            exposed_ports: strs("ExposedPorts"),
+            volumes: strs("Volumes"),
+            healthcheck: healthcheck.clone(),
         });
         return Ok(0);
     }
@@ -607,6 +630,15 @@ async fn show(name: String, format: Format) -> CliResult {
     }
     for (k, val) in labels {
         lines.push(format!("     Label: {k}={val}"));
+    }
+    for (k, label) in [("ExposedPorts", "    Expose"), ("Volumes", "    Volume")] {
+        let s = strs(k);
+        if !s.is_empty() {
+            lines.push(format!("{label}: {}", s.join(" ")));
+        }
+    }
+    if !healthcheck.is_empty() {
+        lines.push(format!("Healthcheck: {}", healthcheck.join(" ")));
     }
     output::print_lines(lines);
     Ok(0)
