@@ -361,7 +361,7 @@ fn image_management_refuses_what_would_break_containers() {
     assert_eq!(code("berthctl image tag fx-mgmt fx-mgmt-tag"), 6);
     assert_eq!(code("berthctl image rm default"), 5);
     assert_eq!(code("berthctl image rm no-such-image"), 3);
-    assert_eq!(code("berthctl image tag fx-mgmt 'bad/name'"), 4);
+    assert_eq!(code("berthctl image tag fx-mgmt 'Bad Name'"), 4);
     // Export of an image and of a container's changes over it.
     ok("berthctl image export fx-mgmt /root/fx-mgmt.tar");
     assert!(
@@ -518,4 +518,126 @@ fn an_interrupted_import_leaves_nothing_visible() {
     tmp_is_clean();
     ok("rm -rf /root/big /root/big.tar");
     assert_eq!(ok("systemctl is-active berthd"), "active");
+}
+
+/// Start the registry harness inside the host: (open port, auth port, dir).
+fn registry_in_host() -> (String, String, String) {
+    let f = fixtures();
+    let env = ok(&format!(
+        "{f}/registry/start.sh > /root/reg2.env 2>/root/reg2.err; cat /root/reg2.env"
+    ));
+    let var = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no registry: {env} {}", ok("cat /root/reg2.err")))
+            .to_string()
+    };
+    (var("PORT="), var("AUTH_PORT="), var("DIR="))
+}
+
+#[test]
+fn tags_move_on_pull_push_save_load_prune_login() {
+    let f = fixtures();
+    forget(&["tg-web", "tg-web:2", "uxweb:1.0"]);
+    let (port, auth_port, dir) = registry_in_host();
+    let reg = format!("127.0.0.1:{port}");
+    // An image only this test has, under two tags; a container names one of them.
+    ok("mkdir -p /root/tg-src && date +%s%N > /root/tg-src/stamp");
+    ok("berthctl image import-fs -q /root/tg-src tg-web");
+    ok("berthctl image tag tg-web uxweb:1.0");
+    assert!(ok("berthctl images -q").lines().any(|l| l == "uxweb:1.0"));
+    ok("berthctl create --name tg-c --image uxweb:1.0 -- /bin/true");
+    // Removing the tag a container names is refused; a container name is not an image.
+    assert_eq!(code("berthctl image rm uxweb:1.0"), 5);
+    assert_eq!(code("berthctl image rm tg-c"), 3);
+    ok("berthctl rm tg-c");
+    ok("berthctl image rm uxweb:1.0");
+    // A pull onto the tag moves it; the image it named is left without a tag.
+    let moved = ok(&format!(
+        "berthctl image pull --insecure {reg}/test/a:1 tg-web"
+    ));
+    assert!(moved.contains("updated"), "{moved}");
+    assert!(
+        ok("berthctl images")
+            .lines()
+            .any(|l| l.starts_with("<none>"))
+    );
+    let pruned = ok("berthctl image prune");
+    assert!(pruned.contains("freed"), "{pruned}");
+    assert!(
+        !ok("berthctl images")
+            .lines()
+            .any(|l| l.starts_with("<none>"))
+    );
+    // A second pull of the same tag: nothing fetched, and said so.
+    let again = ok(&format!(
+        "berthctl image pull --insecure {reg}/test/a:1 tg-web"
+    ));
+    assert!(again.contains("up to date"), "{again}");
+    // Push to another repository (mounted), save read by podman in private storage, load
+    // back all or one.
+    ok(&format!(
+        "berthctl image push -q --insecure tg-web {reg}/pushed/tg:1"
+    ));
+    ok(&format!(
+        "skopeo inspect --tls-verify=false docker://{reg}/pushed/tg:1"
+    ));
+    ok("berthctl image tag tg-web tg-web:2");
+    ok("berthctl image save -q -o /root/tg.tar --format docker-archive tg-web tg-web:2");
+    ok(
+        "podman --root /root/pm/root --runroot /root/pm/run --storage-driver vfs --cgroup-manager cgroupfs --events-backend file load -q -i /root/tg.tar",
+    );
+    ok("berthctl image rm tg-web:2");
+    let loaded = ok("berthctl image load -i /root/tg.tar --name tg-web:2");
+    assert!(loaded.contains("tg-web:2"), "{loaded}");
+    // import-tar of an archive says to use load.
+    let o = sh(&format!(
+        "berthctl image import-tar -q {f}/oci-archive.tar tg-x"
+    ));
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(err(&o).contains("image load"), "{}", err(&o));
+    // login: a wrong password changes nothing; the right one is written 0600; logout.
+    let areg = format!("127.0.0.1:{auth_port}");
+    let o = sh(&format!(
+        "echo wrong | berthctl image login --insecure -u berth --password-stdin {areg} --authfile /root/auth.json"
+    ));
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert_eq!(code("test -e /root/auth.json"), 1);
+    ok(&format!(
+        "echo secret | berthctl image login --insecure -u berth --password-stdin {areg} --authfile /root/auth.json"
+    ));
+    assert_eq!(ok("stat -c %a /root/auth.json"), "600");
+    ok(&format!(
+        "berthctl image push -q --insecure --authfile /root/auth.json tg-web {areg}/authed/tg:1"
+    ));
+    ok(&format!(
+        "berthctl image logout {areg} --authfile /root/auth.json"
+    ));
+    assert_eq!(
+        code(&format!(
+            "berthctl image logout {areg} --authfile /root/auth.json"
+        )),
+        4
+    );
+    // The shipped default image can be cloned, and has a real size.
+    forget(&["def-copy"]);
+    ok("berthctl image clone default def-copy");
+    let list = json("berthctl images -o json");
+    let size = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing: {list}"))["size"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(size("default") > 100_000, "{list}");
+    assert!(size("def-copy") > 100_000, "{list}");
+    ok("berthctl image rm def-copy");
+    for n in ["tg-web", "tg-web:2"] {
+        ok(&format!("berthctl image rm {n}"));
+    }
+    tmp_is_clean();
+    let _ = sh(&format!("{f}/registry/stop.sh {dir}"));
 }

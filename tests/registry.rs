@@ -928,3 +928,156 @@ fn saved_archives_are_read_by_podman_and_podman_archives_by_berth() {
     assert_eq!(s3.list().len(), 1);
     assert!(s3.get("web:1").is_err());
 }
+
+/// Not a test: `save` and `push` of a ~200 MB image (tests/bench/mkbigimage.py, 5 gzip
+/// layers) by berth's engine beside `podman save` / `podman push` (private storage, vfs) in
+/// the same run, to the same loopback docker-registry. Run it with
+/// `cargo test --release --test registry -- --ignored --nocapture bench_save_and_push`
+/// (BENCH_IMAGE_MB, BENCH_RUNS override the size and the number of runs).
+#[test]
+#[ignore]
+fn bench_save_and_push() {
+    let h = harness();
+    let mb: u64 = std::env::var("BENCH_IMAGE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let t = tempfile::tempdir().unwrap();
+    let w = t.path();
+    let arch = berth::image::archive::host_arch();
+    let mk = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench/mkbigimage.py");
+    run(Command::new("python3")
+        .arg(&mk)
+        .arg(w)
+        .arg(arch)
+        .arg(mb.to_string()));
+    let archive = w.join("big.oci.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}/layout:big", w.display()))
+        .arg(format!(
+            "oci-archive:{}:localhost/bench/big:latest",
+            archive.display()
+        )));
+    let s = Store::open(&w.join("store")).unwrap();
+    load(&s, &archive, None, &|_| {}).unwrap();
+    let name = "localhost/bench/big:latest";
+    let rec = s.get(name).unwrap();
+    let compressed: u64 = rec
+        .layer_blobs
+        .iter()
+        .map(|b| fs::metadata(s.blob_path(b)).unwrap().len())
+        .sum();
+    eprintln!(
+        "image: {} layers, {:.0} MB compressed, {:.0} MB uncompressed",
+        rec.layers.len(),
+        compressed as f64 / 1e6,
+        rec.size as f64 / 1e6
+    );
+    let pm = w.join("podman");
+    run(podman(&pm).args(["load", "-q", "-i"]).arg(&archive));
+    let time = |f: &mut dyn FnMut(usize)| -> Vec<f64> {
+        (0..runs)
+            .map(|i| {
+                let t0 = Instant::now();
+                f(i);
+                t0.elapsed().as_secs_f64()
+            })
+            .collect()
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut rows = Vec::new();
+    for (fmt, pfmt) in [
+        (SaveFormat::OciArchive, "oci-archive"),
+        (SaveFormat::DockerArchive, "docker-archive"),
+    ] {
+        let out = w.join("out.tar");
+        let b = time(&mut |_| {
+            let f = std::io::BufWriter::with_capacity(1 << 20, File::create(&out).unwrap());
+            save(&s, &[name.to_string()], fmt, f, &|_, _| {}).unwrap();
+        });
+        let size = fs::metadata(&out).unwrap().len();
+        let p = time(&mut |_| {
+            let _ = fs::remove_file(&out);
+            run(podman(&pm)
+                .args(["save", "-q", "--format", pfmt, "-o"])
+                .arg(&out)
+                .arg(name));
+        });
+        let psize = fs::metadata(&out).unwrap().len();
+        rows.push(format!("save {pfmt:15} berth {:6.2} s ({:.0} MB)   podman {:6.2} s ({:.0} MB)   podman/berth {:.2}x", mean(&b), size as f64 / 1e6, mean(&p), psize as f64 / 1e6, mean(&p) / mean(&b)));
+    }
+    let reg = format!("127.0.0.1:{}", h.port);
+    let pid = std::process::id();
+    // The first push uploads everything; once an image is known to be in a repository,
+    // pushes to other repositories of that registry mount its blobs (berth), or reuse what
+    // podman's blob info cache knows.
+    let t0 = Instant::now();
+    let (_, first) = push_image(
+        &s,
+        name,
+        Some(&format!("{reg}/bench/berth-{pid}-0:1")),
+        &insecure(),
+        &|_| {},
+    )
+    .unwrap();
+    let b = t0.elapsed().as_secs_f64();
+    assert_eq!(first.uploaded_blobs, 6, "{first:?}");
+    let t0 = Instant::now();
+    run(podman(&pm).args([
+        "push",
+        "-q",
+        "--tls-verify=false",
+        name,
+        &format!("docker://{reg}/bench/podman-{pid}-0:1"),
+    ]));
+    let p = t0.elapsed().as_secs_f64();
+    rows.push(format!(
+        "push (all blobs new)     berth {b:6.2} s   podman {p:6.2} s   podman/berth {:.2}x",
+        p / b
+    ));
+    let b = time(&mut |i| {
+        let dest = format!("{reg}/bench/berth-{pid}-m{i}:1");
+        let (_, p) = push_image(&s, name, Some(&dest), &insecure(), &|_| {}).unwrap();
+        assert_eq!(p.uploaded_blobs, 0, "{p:?}");
+    });
+    let p = time(&mut |i| {
+        let dest = format!("docker://{reg}/bench/podman-{pid}-m{i}:1");
+        run(podman(&pm).args(["push", "-q", "--tls-verify=false", name, &dest]));
+    });
+    rows.push(format!(
+        "push to a new repository berth {:6.2} s   podman {:6.2} s   podman/berth {:.2}x",
+        mean(&b),
+        mean(&p),
+        mean(&p) / mean(&b)
+    ));
+    let b = time(&mut |_| {
+        let dest = format!("{reg}/bench/berth-{pid}-0:1");
+        let (_, p) = push_image(&s, name, Some(&dest), &insecure(), &|_| {}).unwrap();
+        assert_eq!(p.uploaded_blobs, 0, "{p:?}");
+    });
+    let p = time(&mut |_| {
+        let dest = format!("docker://{reg}/bench/podman-{pid}-0:1");
+        run(podman(&pm).args(["push", "-q", "--tls-verify=false", name, &dest]));
+    });
+    rows.push(format!(
+        "push again (none new)    berth {:6.2} s   podman {:6.2} s   podman/berth {:.2}x",
+        mean(&b),
+        mean(&p),
+        mean(&p) / mean(&b)
+    ));
+    eprintln!(
+        "{} runs each, {} build:\n{}",
+        runs,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        rows.join("\n")
+    );
+}

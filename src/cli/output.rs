@@ -29,6 +29,9 @@ pub struct ContainerView {
     pub last_oom_at: Option<u64>,
     /// How it is confined: userns, capabilities, seccomp, no-new-privileges, selinux.
     pub security: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The stored image's ID, null for a directory.
+    pub image_id: Option<String>,
 }
 
 impl From<ContainerInfo> for ContainerView {
@@ -47,6 +50,8 @@ impl From<ContainerInfo> for ContainerView {
             oom_kills: i.oom_kills,
             last_oom_at: (i.last_oom_at != 0).then_some(i.last_oom_at),
             security: i.security.into_iter().collect(),
+            labels: i.labels.into_iter().collect(),
+            image_id: (!i.image_id.is_empty()).then_some(i.image_id),
         }
     }
 }
@@ -165,8 +170,37 @@ pub fn span(usec: u64) -> String {
     }
 }
 
-/// Left-aligned columns.
+/// A string from an image or a user, safe for a terminal: control characters (escape
+/// sequences, carriage returns, newlines) are shown as `\xNN`, `\n`, `\t`, `\r`.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let mut b = [0u8; 4];
+                for byte in c.encode_utf8(&mut b).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Left-aligned columns; cells are [`escape`]d.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -205,6 +239,13 @@ mod tests {
         assert_eq!(bytes(512), "512B");
         assert_eq!(bytes(1536), "1.5KiB");
         assert_eq!(bytes(20 << 20), "20.0MiB");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\x1b[2Jb\nc\u{9b}"), "a\\x1b[2Jb\\nc\\xc2\\x9b");
+        assert_eq!(table(&["A"], &[vec!["x\ry".into()]])[1], "x\\ry");
     }
 
     #[test]
