@@ -17,7 +17,7 @@ use zbus::OwnedVariant;
 
 use super::output::{self, timestamp};
 use super::{CliError, CliResult, Exit, Format, manager};
-use crate::dbus::{ImageInfo, ImageProxy, ManagerProxy};
+use crate::dbus::{ImageInfo, ImageProxy, ManagerProxy, Options};
 
 #[derive(Debug, Args)]
 pub struct ImageArgs {
@@ -320,21 +320,15 @@ fn variant(v: impl Into<zbus::Variant<'static>>) -> CliResult<OwnedVariant> {
     OwnedVariant::try_from(v.into()).map_err(|e| CliError::new(Exit::Failed, e.to_string()))
 }
 
-fn registry_opts(
-    insecure: bool,
-    authfile: Option<String>,
-) -> CliResult<HashMap<String, OwnedVariant>> {
-    let mut opts: HashMap<String, OwnedVariant> = HashMap::new();
+fn registry_opts(insecure: bool, authfile: Option<String>) -> CliResult<Options> {
+    let mut opts = Options::default();
     if insecure {
-        opts.insert("Insecure".into(), OwnedVariant::from(true));
+        opts.insert("Insecure", OwnedVariant::from(true));
     }
     if let Some(f) = authfile {
         let abs = std::path::absolute(&f)
             .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{f}: {e}")))?;
-        opts.insert(
-            "AuthFile".into(),
-            variant(abs.to_string_lossy().into_owned())?,
-        );
+        opts.insert("AuthFile", variant(abs.to_string_lossy().into_owned())?);
     }
     Ok(opts)
 }
@@ -370,7 +364,12 @@ pub async fn save(a: SaveArgs) -> CliResult {
     let fd = output_fd(&a.output)?;
     let (conn, proxy) = manager().await?;
     let label = a.names.join(" ");
-    let call = proxy.save_images(a.names.clone(), a.format.clone(), fd.into(), HashMap::new());
+    let call = proxy.save_images(
+        a.names.clone(),
+        a.format.clone(),
+        fd.into(),
+        Options::default(),
+    );
     let r = with_progress(&conn, &proxy, &label, a.quiet, call).await;
     if r.is_err() && a.output != "-" {
         // Leave no half-written archive behind under the name asked for.
@@ -384,9 +383,9 @@ pub async fn save(a: SaveArgs) -> CliResult {
 pub async fn load(a: LoadArgs) -> CliResult {
     let abs = std::path::absolute(&a.input)
         .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{}: {e}", a.input)))?;
-    let mut opts = HashMap::new();
+    let mut opts = Options::default();
     if let Some(n) = &a.name {
-        opts.insert("Name".to_string(), variant(n.clone())?);
+        opts.insert("Name", variant(n.clone())?);
     }
     let path = abs.to_string_lossy().into_owned();
     let (conn, proxy) = manager().await?;
@@ -404,9 +403,9 @@ pub async fn load(a: LoadArgs) -> CliResult {
 
 /// `image prune [--all]`.
 pub async fn prune(a: PruneArgs) -> CliResult {
-    let mut opts = HashMap::new();
+    let mut opts = Options::default();
     if a.all {
-        opts.insert("All".to_string(), OwnedVariant::from(true));
+        opts.insert("All", OwnedVariant::from(true));
     }
     let (_conn, proxy) = manager().await?;
     let (removed, bytes) = proxy.prune_images(opts).await?;
@@ -517,13 +516,40 @@ pub fn output_fd(file: &str) -> CliResult<OwnedFd> {
         .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{file}: {e}")))
 }
 
+/// An image's `image show -o json` document (also what `inspect` prints for an image).
+pub async fn document(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    name: String,
+) -> CliResult<serde_json::Value> {
+    let doc = gather(conn, proxy, name).await?;
+    Ok(serde_json::to_value(doc.json()).unwrap_or_default())
+}
+
 async fn show(name: String, format: Format) -> CliResult {
     let (conn, proxy) = manager().await?;
+    let doc = gather(&conn, &proxy, name).await?;
+    if format == Format::Json {
+        output::print_json(&doc.json());
+        return Ok(0);
+    }
+    doc.print();
+    Ok(0)
+}
+
+/// What `image show` knows of an image: its object's properties and config.
+struct Gathered {
+    info: ImageInfo,
+    config: HashMap<String, OwnedVariant>,
+}
+
+async fn gather(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    name: String,
+) -> CliResult<Gathered> {
     let path = proxy.get_image(name.clone()).await?;
-    let img = ImageProxy::builder(&conn)
-        .path(path.clone())
-        .build()
-        .await?;
+    let img = ImageProxy::builder(conn).path(path.clone()).build().await?;
     // By its object (the name given may be another spelling: `web:latest`, an ID).
     let info = ImageInfo {
         name: img.name().await?,
@@ -536,112 +562,130 @@ async fn show(name: String, format: Format) -> CliResult {
         object_path: path,
     };
     let config = img.config().await?;
-    let strs = |k: &str| -> Vec<String> {
-        config
+    Ok(Gathered { info, config })
+}
+
+/// `image show -o json`.
+#[derive(Serialize)]
+struct Show {
+    #[serde(flatten)]
+    image: ImageView,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    working_dir: String,
+    user: String,
+    stop_signal: String,
+    labels: std::collections::BTreeMap<String, String>,
+    exposed_ports: Vec<String>,
+    volumes: Vec<String>,
+    healthcheck: Vec<String>,
+}
+
+impl Gathered {
+    fn strs(&self, k: &str) -> Vec<String> {
+        self.config
             .get(k)
             .and_then(|v| Vec::<String>::try_from(v.clone()).ok())
             .unwrap_or_default()
-    };
-    let one = |k: &str| -> String {
-        config
+    }
+
+    fn one(&self, k: &str) -> String {
+        self.config
             .get(k)
             .and_then(|v| String::try_from(v.clone()).ok())
             .unwrap_or_default()
-    };
-    let labels: std::collections::BTreeMap<String, String> = config
-        .get("Labels")
-        .and_then(|v| HashMap::<String, String>::try_from(v.clone()).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    // The healthcheck's command (CMD / CMD-SHELL / NONE and its arguments).
-    let healthcheck: Vec<String> = config
-        .get("Healthcheck")
-        .and_then(|v| HashMap::<String, OwnedVariant>::try_from(v.clone()).ok())
-        .and_then(|h| {
-            h.get("Test")
-                .and_then(|t| Vec::<String>::try_from(t.clone()).ok())
-        })
-        .unwrap_or_default();
-    if format == Format::Json {
-        #[derive(Serialize)]
-        struct Show {
-            #[serde(flatten)]
-            image: ImageView,
-            entrypoint: Vec<String>,
-            cmd: Vec<String>,
-            env: Vec<String>,
-            working_dir: String,
-            user: String,
-            stop_signal: String,
-            labels: std::collections::BTreeMap<String, String>,
-            exposed_ports: Vec<String>,
-            volumes: Vec<String>,
-            healthcheck: Vec<String>,
-        }
-        output::print_json(&Show {
-            image: ImageView::from(info),
-            entrypoint: strs("Entrypoint"),
-            cmd: strs("Cmd"),
-            env: strs("Env"),
-            working_dir: one("WorkingDir"),
-            user: one("User"),
-            stop_signal: one("StopSignal"),
-            labels,
-            exposed_ports: strs("ExposedPorts"),
-            volumes: strs("Volumes"),
-            healthcheck: healthcheck.clone(),
-        });
-        return Ok(0);
     }
-    let v = ImageView::from(info);
-    let mut lines = vec![
-        format!("      Name: {}", v.name),
-        format!(
-            "      Type: {}{}",
-            v.kind,
-            if v.read_only { " (read-only)" } else { "" }
-        ),
-        format!("    Digest: {}", v.digest.unwrap_or_else(|| "-".into())),
-        format!("      Size: {} ({} bytes)", output::bytes(v.size), v.size),
-        format!("   Created: {}", timestamp(v.created)),
-        format!("    Layers: {}", v.layers),
-    ];
-    lines.extend(v.layer_digests.iter().map(|l| format!("            {l}")));
-    for (k, label) in [
-        ("Entrypoint", "Entrypoint"),
-        ("Cmd", "       Cmd"),
-        ("Env", "       Env"),
-    ] {
-        let s = strs(k);
-        if !s.is_empty() {
-            lines.push(format!("{label}: {}", s.join(" ")));
+
+    fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.config
+            .get("Labels")
+            .and_then(|v| HashMap::<String, String>::try_from(v.clone()).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    }
+
+    /// The healthcheck's command (CMD / CMD-SHELL / NONE and its arguments).
+    fn healthcheck(&self) -> Vec<String> {
+        self.config
+            .get("Healthcheck")
+            .and_then(|v| HashMap::<String, OwnedVariant>::try_from(v.clone()).ok())
+            .and_then(|h| {
+                h.get("Test")
+                    .and_then(|t| Vec::<String>::try_from(t.clone()).ok())
+            })
+            .unwrap_or_default()
+    }
+
+    fn json(&self) -> Show {
+        Show {
+            image: ImageView::from(self.info.clone()),
+            entrypoint: self.strs("Entrypoint"),
+            cmd: self.strs("Cmd"),
+            env: self.strs("Env"),
+            working_dir: self.one("WorkingDir"),
+            user: self.one("User"),
+            stop_signal: self.one("StopSignal"),
+            labels: self.labels(),
+            exposed_ports: self.strs("ExposedPorts"),
+            volumes: self.strs("Volumes"),
+            healthcheck: self.healthcheck(),
         }
     }
-    for (k, label) in [
-        ("WorkingDir", "WorkingDir"),
-        ("User", "      User"),
-        ("StopSignal", "StopSignal"),
-    ] {
-        let s = one(k);
-        if !s.is_empty() {
-            lines.push(format!("{label}: {s}"));
+
+    /// The human form. Every string from the image is escaped: an image's labels and
+    /// config may hold terminal escape sequences.
+    fn print(&self) {
+        let v = ImageView::from(self.info.clone());
+        let mut lines = vec![
+            format!("      Name: {}", v.name),
+            format!(
+                "      Type: {}{}",
+                v.kind,
+                if v.read_only { " (read-only)" } else { "" }
+            ),
+            format!("    Digest: {}", v.digest.unwrap_or_else(|| "-".into())),
+            format!("      Size: {} ({} bytes)", output::bytes(v.size), v.size),
+            format!("   Created: {}", timestamp(v.created)),
+            format!("    Layers: {}", v.layers),
+        ];
+        lines.extend(v.layer_digests.iter().map(|l| format!("            {l}")));
+        for (k, label) in [
+            ("Entrypoint", "Entrypoint"),
+            ("Cmd", "       Cmd"),
+            ("Env", "       Env"),
+        ] {
+            let s = self.strs(k);
+            if !s.is_empty() {
+                lines.push(format!("{label}: {}", s.join(" ")));
+            }
         }
-    }
-    for (k, val) in labels {
-        lines.push(format!("     Label: {k}={val}"));
-    }
-    for (k, label) in [("ExposedPorts", "    Expose"), ("Volumes", "    Volume")] {
-        let s = strs(k);
-        if !s.is_empty() {
-            lines.push(format!("{label}: {}", s.join(" ")));
+        for (k, label) in [
+            ("WorkingDir", "WorkingDir"),
+            ("User", "      User"),
+            ("StopSignal", "StopSignal"),
+        ] {
+            let s = self.one(k);
+            if !s.is_empty() {
+                lines.push(format!("{label}: {s}"));
+            }
         }
+        for (k, val) in self.labels() {
+            lines.push(format!("     Label: {k}={val}"));
+        }
+        for (k, label) in [("ExposedPorts", "    Expose"), ("Volumes", "    Volume")] {
+            let s = self.strs(k);
+            if !s.is_empty() {
+                lines.push(format!("{label}: {}", s.join(" ")));
+            }
+        }
+        let hc = self.healthcheck();
+        if !hc.is_empty() {
+            lines.push(format!("Healthcheck: {}", hc.join(" ")));
+        }
+        output::print_lines(lines.iter().map(|l| output::escape(l)));
     }
-    if !healthcheck.is_empty() {
-        lines.push(format!("Healthcheck: {}", healthcheck.join(" ")));
-    }
-    output::print_lines(lines);
-    Ok(0)
 }
 
 async fn import(format: &str, a: ImportArgs) -> CliResult {
@@ -661,7 +705,7 @@ async fn import(format: &str, a: ImportArgs) -> CliResult {
     Ok(0)
 }
 
-async fn pull(
+pub async fn pull(
     reference: String,
     name: Option<String>,
     insecure: bool,
