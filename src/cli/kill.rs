@@ -1,4 +1,4 @@
-//! `berthctl kill NAME [--signal SIG] [--all]`.
+//! `berthctl kill NAME… [--signal SIG] [--all]`.
 
 use clap::Args;
 
@@ -6,7 +6,8 @@ use super::{CliError, CliResult, Exit, manager};
 
 #[derive(Debug, Args)]
 pub struct KillArgs {
-    pub name: String,
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
     /// Signal name (TERM, SIGKILL, ...) or number.
     #[arg(long, short = 's', default_value = "TERM")]
     pub signal: String,
@@ -40,8 +41,14 @@ pub async fn run(a: KillArgs) -> CliResult {
     })?;
     let (_conn, proxy) = manager().await?;
     let whom = if a.all { "all" } else { "leader" };
-    proxy.kill_container(a.name, whom.into(), sig).await?;
-    Ok(0)
+    super::verbs::each(&a.names, |n| {
+        let proxy = &proxy;
+        async move {
+            proxy.kill_container(n, whom.into(), sig).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

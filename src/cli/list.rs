@@ -1,7 +1,9 @@
-//! `berthctl list [--all] [-o json]`.
+//! `berthctl list` / `ps` / `ls`: `[-a] [-q] [--filter K=V]… [--format json|table|TEMPLATE]
+//! [--no-trunc] [-o json]`.
 
 use clap::Args;
 
+use super::format::{Filter, Template};
 use super::output::{self, ContainerView};
 use super::{CliResult, Format, manager};
 
@@ -12,41 +14,100 @@ pub struct ListArgs {
     pub all: bool,
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Format,
+    /// Only print names.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// name=TEXT, status=STATE, label=KEY[=VALUE], ancestor=IMAGE. Repeatable (all must match).
+    #[arg(long, short = 'f', value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
+    /// json, table, or a Go template of podman's fields ('{{.Names}} {{.State}}'; prefix
+    /// "table " for a header): Names, ID, Image, ImageID, State, Status, Pid, ExitCode,
+    /// CreatedAt, StartedAt, Labels, Unit.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Do not shorten image IDs.
+    #[arg(long)]
+    pub no_trunc: bool,
 }
 
 pub async fn run(a: ListArgs) -> CliResult {
+    let filters = a
+        .filter
+        .iter()
+        .map(|f| Filter::parse(f))
+        .collect::<CliResult<Vec<_>>>()?;
+    let template = match a.format.as_deref() {
+        None | Some("table") | Some("json") => None,
+        Some(t) => Some(Template::parse(t)?),
+    };
     let (_conn, proxy) = manager().await?;
-    let views: Vec<ContainerView> = proxy
+    // ancestor=NAME: the image ID the name has now, too (podman's rule).
+    let mut ancestor_ids = Vec::new();
+    for f in &filters {
+        if let Filter::Ancestor(n) = f
+            && let Ok(path) = proxy.get_image(n.clone()).await
+            && let Some(i) = proxy
+                .list_images()
+                .await?
+                .into_iter()
+                .find(|i| i.object_path == path)
+        {
+            ancestor_ids.push(i.digest.clone());
+            ancestor_ids.extend(i.layers.first().cloned());
+        }
+    }
+    let status_filtered = filters.iter().any(|f| matches!(f, Filter::Status(_)));
+    let all: Vec<_> = proxy
         .list_containers()
         .await?
         .into_iter()
-        .filter(|c| a.all || !matches!(c.state.as_str(), "created" | "exited"))
-        .map(ContainerView::from)
+        .filter(|c| a.all || status_filtered || !matches!(c.state.as_str(), "created" | "exited"))
+        .filter(|c| filters.iter().all(|f| f.matches(c, &ancestor_ids)))
         .collect();
-    match a.output {
-        Format::Json => output::print_json(&views),
-        Format::Table => {
-            let rows: Vec<Vec<String>> = views
-                .iter()
-                .map(|v| {
-                    vec![
-                        v.name.clone(),
-                        v.state.clone(),
-                        v.leader
-                            .map(|p| p.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        v.image.clone().unwrap_or_else(|| v.root_directory.clone()),
-                        v.exit_status
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                    ]
-                })
-                .collect();
-            output::print_lines(output::table(
-                &["NAME", "STATE", "LEADER", "IMAGE", "EXIT"],
-                &rows,
-            ));
-        }
+    if a.quiet {
+        output::print_lines(all.into_iter().map(|c| c.name));
+        return Ok(0);
     }
+    if let Some(t) = template {
+        let mut lines = Vec::with_capacity(all.len() + 1);
+        if t.table {
+            lines.push(t.header());
+        }
+        lines.extend(all.iter().map(|c| t.render(c, a.no_trunc)));
+        output::print_lines(lines);
+        return Ok(0);
+    }
+    let json = a.output == Format::Json || a.format.as_deref() == Some("json");
+    if json {
+        let views: Vec<ContainerView> = all.into_iter().map(ContainerView::from).collect();
+        output::print_json(&views);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|c| {
+            let f = |n: &str| super::format::field(c, n, a.no_trunc).unwrap_or_default();
+            vec![
+                c.name.clone(),
+                c.state.clone(),
+                if c.leader == 0 {
+                    "-".into()
+                } else {
+                    c.leader.to_string()
+                },
+                f("Image"),
+                if c.exit_status >= 0 {
+                    c.exit_status.to_string()
+                } else {
+                    "-".into()
+                },
+                super::format::status(c),
+            ]
+        })
+        .collect();
+    output::print_lines(output::table(
+        &["NAME", "STATE", "LEADER", "IMAGE", "EXIT", "STATUS"],
+        &rows,
+    ));
     Ok(0)
 }

@@ -2,6 +2,8 @@
 //! through the proxies generated from [`crate::dbus`], renders tables or JSON. One file per
 //! verb; exit codes in [`Exit`].
 
+mod docs;
+mod format;
 mod image;
 mod kill;
 mod list;
@@ -14,6 +16,7 @@ mod start;
 mod stats;
 mod status;
 mod stop;
+mod verbs;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -103,12 +106,7 @@ impl From<zbus::Error> for CliError {
                         "berthd is not running (org.berth.berth1 is not on the system bus)",
                     );
                 }
-                zbus::fdo::Error::AccessDenied(m) => {
-                    return CliError::new(
-                        Exit::PermissionDenied,
-                        format!("permission denied: {m}"),
-                    );
-                }
+                zbus::fdo::Error::AccessDenied(_) => return access_denied(),
                 _ => {}
             }
         }
@@ -120,14 +118,46 @@ impl From<zbus::Error> for CliError {
                     Exit::NoDaemon,
                     "berthd is not running (org.berth.berth1 is not on the system bus)",
                 ),
-                "org.freedesktop.DBus.Error.AccessDenied" => {
-                    CliError::new(Exit::PermissionDenied, desc)
+                // Activation failed: berthd.service is masked, missing or failed to start.
+                n if n.starts_with("org.freedesktop.DBus.Error.Spawn.")
+                    || n.starts_with("org.freedesktop.systemd1.") =>
+                {
+                    CliError::new(
+                        Exit::NoDaemon,
+                        format!("berthd cannot be started: {}", one_line(&desc)),
+                    )
                 }
+                "org.freedesktop.DBus.Error.AccessDenied" => access_denied(),
                 _ => CliError::new(Exit::Failed, format!("{name}: {desc}")),
             };
         }
         CliError::new(Exit::Failed, e.to_string())
     }
+}
+
+/// The polkit action the running verb needs, for the message of a refusal by the bus.
+static ACTION: std::sync::OnceLock<crate::polkit::Action> = std::sync::OnceLock::new();
+
+/// What a caller sees when the bus itself refused the call (dbus-daemon's policy): one line
+/// naming what was refused and how to get the right, never the daemon's rule dump.
+fn access_denied() -> CliError {
+    let action = ACTION
+        .get()
+        .copied()
+        .unwrap_or(crate::polkit::Action::ManageContainers);
+    CliError::new(
+        Exit::PermissionDenied,
+        format!(
+            "permission denied: {} is not permitted to this user; be root, or be granted the polkit action {}",
+            action.what(),
+            action.id()
+        ),
+    )
+}
+
+/// The first line of a message, for errors that quote other programs.
+fn one_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -163,9 +193,71 @@ pub enum Command {
     /// Remove a container's definition and writable layer.
     #[command(alias = "rm")]
     Remove(remove::RemoveArgs),
-    /// List containers.
-    #[command(alias = "ls")]
+    /// List containers (podman's ps: -a, -q, --filter, --format, --no-trunc).
+    #[command(visible_alias = "ps", alias = "ls")]
     List(list::ListArgs),
+    /// Stop and start containers again.
+    Restart(verbs::RestartArgs),
+    /// Give a stopped container a new name.
+    Rename { name: String, new_name: String },
+    /// Freeze a running container's processes (systemd's freezer; unified cgroups only).
+    Pause(verbs::NamesArgs),
+    /// Thaw a paused container.
+    Unpause(verbs::NamesArgs),
+    /// Wait for containers to exit; print each exit status.
+    Wait(verbs::NamesArgs),
+    /// A container's processes: user, PID inside and on the host, command.
+    Top { name: String },
+    /// Everything known of containers or images, as JSON.
+    Inspect(verbs::NamesArgs),
+    /// Container maintenance: prune.
+    Container {
+        #[command(subcommand)]
+        verb: verbs::ContainerVerb,
+    },
+    /// Disk use and cleanup: df, prune.
+    System {
+        #[command(subcommand)]
+        verb: verbs::SystemVerb,
+    },
+    /// Apply the declarative definitions in /etc/berth/containers/NAME.toml.
+    Reload,
+    /// Check a declarative definition and print the plan berth would apply (nothing is made).
+    Verify { file: String },
+    /// Pull an image (same as `image pull`).
+    Pull {
+        reference: String,
+        name: Option<String>,
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long, value_name = "FILE")]
+        authfile: Option<String>,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Push an image (same as `image push`).
+    Push(image::PushArgs),
+    /// Save images as an archive (same as `image save`).
+    Save(image::SaveArgs),
+    /// Load images from an archive (same as `image load`).
+    Load(image::LoadArgs),
+    /// Log in to a registry (same as `image login`).
+    Login(image::LoginArgs),
+    /// Log out of a registry (same as `image logout`).
+    Logout(image::LogoutArgs),
+    /// Remove images (same as `image rm`).
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Names for shell completion (containers, images, all).
+    #[command(name = "__complete", hide = true)]
+    Complete { what: String },
+    /// Write completions and man pages below DIR (make install).
+    #[command(name = "__generate", hide = true)]
+    Generate { dir: String },
     /// Show a container's state, unit, leader, uptime and processes.
     Status(status::StatusArgs),
     /// Show a container's properties.
@@ -201,7 +293,7 @@ pub async fn manager() -> CliResult<(zbus::Connection, ManagerProxy<'static>)> {
 
 /// Run berthctl; returns the process exit code.
 pub fn main() -> u8 {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(run::mark_command_only(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { Exit::Usage as u8 } else { 0 };
@@ -219,6 +311,28 @@ pub fn main() -> u8 {
             return Exit::Failed as u8;
         }
     };
+    let images = matches!(
+        cli.command,
+        Command::Image(_)
+            | Command::Images(_)
+            | Command::Pull { .. }
+            | Command::Push(_)
+            | Command::Save(_)
+            | Command::Load(_)
+            | Command::Login(_)
+            | Command::Logout(_)
+            | Command::Rmi { .. }
+    );
+    if ACTION
+        .set(if images {
+            crate::polkit::Action::ManageImages
+        } else {
+            crate::polkit::Action::ManageContainers
+        })
+        .is_err()
+    {
+        // Set once per process; a second main() (tests) keeps the first.
+    }
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(a) => run::run(a).await,
@@ -234,6 +348,37 @@ pub fn main() -> u8 {
             Command::Stats(a) => stats::run(a).await,
             Command::Image(a) => image::run(a).await,
             Command::Images(a) => image::list(a).await,
+            Command::Restart(a) => verbs::restart(a).await,
+            Command::Rename { name, new_name } => verbs::rename(name, new_name).await,
+            Command::Pause(a) => verbs::pause(a, true).await,
+            Command::Unpause(a) => verbs::pause(a, false).await,
+            Command::Wait(a) => verbs::wait(a).await,
+            Command::Top { name } => verbs::top(name).await,
+            Command::Inspect(a) => verbs::inspect(a).await,
+            Command::Container {
+                verb: verbs::ContainerVerb::Prune { .. },
+            } => {
+                let (_conn, proxy) = manager().await?;
+                verbs::container_prune(&proxy, false).await.map(|_| 0)
+            }
+            Command::System { verb } => verbs::system(verb).await,
+            Command::Reload => verbs::reload().await,
+            Command::Verify { file } => verbs::verify(file).await,
+            Command::Pull {
+                reference,
+                name,
+                insecure,
+                authfile,
+                quiet,
+            } => image::pull(reference, name, insecure, authfile, quiet).await,
+            Command::Push(a) => image::push(a).await,
+            Command::Save(a) => image::save(a).await,
+            Command::Load(a) => image::load(a).await,
+            Command::Login(a) => image::login(a).await,
+            Command::Logout(a) => image::logout(a).await,
+            Command::Rmi { names, force } => image::remove(names, force).await,
+            Command::Complete { what } => verbs::complete(what).await,
+            Command::Generate { dir } => docs::generate(&dir),
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;

@@ -17,7 +17,7 @@ pub struct ContainerOpts {
     /// Container name (default: a generated one).
     #[arg(long)]
     pub name: Option<String>,
-    /// Image to run (default: the built-in "default" image).
+    /// Image to run (default: the built-in "default" image); the same as giving IMAGE.
     #[arg(long, conflicts_with = "directory")]
     pub image: Option<String>,
     /// Directory to use as the container's read-only root.
@@ -49,9 +49,62 @@ pub struct ContainerOpts {
     /// DeviceAllow, RuntimeMaxSec, …; see README). Repeatable.
     #[arg(long = "property", short = 'p', value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
-    /// The command and its arguments (default: /bin/sh).
-    #[arg(last = true)]
-    pub command: Vec<String>,
+    /// A label KEY=VALUE, shown by ps and inspect and matched by ps --filter label=. Repeatable.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// IMAGE, then the command and its arguments (default: the image's, else /bin/sh), as
+    /// podman takes them; with --image or --directory every word is the command.
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG]...]",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
+    /// Set by [`mark_command_only`]: a `--` came before any positional word, so every word is
+    /// the command (berth's older spelling `run -- CMD` runs the default image).
+    #[arg(long = COMMAND_ONLY_FLAG, hide = true)]
+    pub command_only: bool,
+}
+
+/// The hidden flag [`mark_command_only`] inserts before the first `--` of `run`/`create`.
+const COMMAND_ONLY_FLAG: &str = "berth-command-only";
+
+/// Mark the first `--` of a `run` or `create` command line, so that `run -- CMD` keeps its
+/// meaning (CMD in the default image) beside podman's `run IMAGE CMD`: clap consumes a `--`
+/// without a trace, and a trailing positional cannot be followed by a `last` one.
+pub fn mark_command_only(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let verb = argv.get(1).and_then(|v| v.to_str());
+    if !matches!(verb, Some("run" | "create")) {
+        return argv;
+    }
+    if let Some(i) = argv.iter().skip(2).position(|w| w == "--") {
+        argv.insert(i + 2, format!("--{COMMAND_ONLY_FLAG}").into());
+    }
+    argv
+}
+
+impl ContainerOpts {
+    /// The image and command the positional words mean: `IMAGE [COMMAND…]`, or only the
+    /// command when --image or --directory names the root or when every word came after `--`.
+    pub fn image_and_command(&self) -> (Option<String>, Vec<String>) {
+        let mut args = self.args.clone();
+        // The mark landed among the command's words when `--` came after IMAGE: it was not
+        // the user's.
+        let mark = format!("--{COMMAND_ONLY_FLAG}");
+        if let Some(i) = args.iter().position(|w| *w == mark) {
+            args.remove(i);
+        }
+        if self.command_only || self.image.is_some() || self.directory.is_some() || args.is_empty()
+        {
+            return (self.image.clone(), args);
+        }
+        let image = args.remove(0);
+        // `run IMAGE -- CMD`: the `--` only separates.
+        if args.first().is_some_and(|w| w == "--") {
+            args.remove(0);
+        }
+        (Some(image), args)
+    }
 }
 
 /// How the container is confined (the `[security]` table of its definition).
@@ -157,6 +210,10 @@ pub struct RunArgs {
     /// Start it and print its name instead of waiting for it.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Validate and print the plan berth would apply (root, mounts, limits, namespaces, user,
+    /// capabilities, seccomp), as JSON; nothing is created.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +222,7 @@ pub struct CreateArgs {
     pub opts: ContainerOpts,
 }
 
-fn generated_name() -> String {
+pub(super) fn generated_name() -> String {
     let mut b = [0u8; 4];
     let _ = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
@@ -179,9 +236,10 @@ fn variant<'a>(v: impl Into<Variant<'a>>) -> CliResult<OwnedVariant> {
     OwnedVariant::try_from(v.into()).map_err(|e| CliError::new(Exit::Failed, e.to_string()))
 }
 
-fn create_options(o: &ContainerOpts) -> CliResult<Options> {
+pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     let mut m = Options::default();
-    if let Some(i) = &o.image {
+    let (image, command) = o.image_and_command();
+    if let Some(i) = &image {
         m.insert("Image", variant(i.as_str())?);
     }
     if let Some(d) = &o.directory {
@@ -193,8 +251,11 @@ fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     if let Some(h) = &o.hostname {
         m.insert("Hostname", variant(h.as_str())?);
     }
-    if !o.command.is_empty() {
-        m.insert("Command", variant(o.command.clone())?);
+    if !command.is_empty() {
+        m.insert("Command", variant(command)?);
+    }
+    if !o.labels.is_empty() {
+        m.insert("Labels", variant(super::verbs::labels(&o.labels)?)?);
     }
     if o.rm {
         m.insert("AutoRemove", variant(true)?);
@@ -311,6 +372,12 @@ pub async fn run(a: RunArgs) -> CliResult {
         },
     };
     let (_conn, proxy) = manager().await.map_err(as_run_error)?;
+    if a.dry_run {
+        let name = a.opts.name.clone().unwrap_or_else(generated_name);
+        let plan = proxy.plan_container(name, create_options(&a.opts)?).await?;
+        super::output::print_lines([plan]);
+        return Ok(0);
+    }
     let name = define(&proxy, &a.opts).await.map_err(as_run_error)?;
     let options = if a.detach {
         Options::default()
@@ -351,5 +418,63 @@ pub async fn wait_forwarding_signals(proxy: &ManagerProxy<'_>, name: &str) -> Cl
         let _ = proxy
             .kill_container(name.to_string(), "leader".into(), forward)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        opts: super::ContainerOpts,
+    }
+
+    fn parse(args: &[&str]) -> (Option<String>, Vec<String>) {
+        let argv = ["berthctl", "run"]
+            .iter()
+            .chain(args)
+            .map(|a| a.into())
+            .collect();
+        let argv = super::mark_command_only(argv);
+        let t = T::try_parse_from(argv.into_iter().skip(1)).unwrap();
+        t.opts.image_and_command()
+    }
+
+    #[test]
+    fn podman_order_and_the_older_spellings() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse(&["--rm", "alpine", "echo", "hi"]),
+            (Some("alpine".into()), s(&["echo", "hi"]))
+        );
+        // Words after IMAGE are the command's, flags included.
+        assert_eq!(
+            parse(&["alpine", "ls", "-l", "--rm"]),
+            (Some("alpine".into()), s(&["ls", "-l", "--rm"]))
+        );
+        assert_eq!(
+            parse(&["alpine:3.20"]),
+            (Some("alpine:3.20".into()), vec![])
+        );
+        assert_eq!(parse(&["--", "/bin/true"]), (None, s(&["/bin/true"])));
+        assert_eq!(
+            parse(&["--image", "web", "--", "sh", "-c", "x"]),
+            (Some("web".into()), s(&["sh", "-c", "x"]))
+        );
+        assert_eq!(
+            parse(&["--directory", "/srv", "/bin/sh"]),
+            (None, s(&["/bin/sh"]))
+        );
+        assert_eq!(parse(&[]), (None, vec![]));
+        assert_eq!(
+            parse(&["-e", "A=1", "web", "--", "x"]),
+            (Some("web".into()), s(&["x"]))
+        );
+        assert_eq!(
+            parse(&["--rm", "--name", "a", "--", "sh", "-c", "x -- y"]),
+            (None, s(&["sh", "-c", "x -- y"]))
+        );
     }
 }

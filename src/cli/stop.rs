@@ -1,4 +1,5 @@
-//! `berthctl stop NAME [--timeout SECONDS]`.
+//! `berthctl stop NAME… [--timeout SECONDS]`: a container that does not run is already
+//! stopped (success, as podman's stop).
 
 use clap::Args;
 
@@ -6,7 +7,8 @@ use super::{CliResult, manager};
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    pub name: String,
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
     /// Seconds to wait after SIGTERM before SIGKILL.
     #[arg(long, short = 't', default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
@@ -14,6 +16,12 @@ pub struct StopArgs {
 
 pub async fn run(a: StopArgs) -> CliResult {
     let (_conn, proxy) = manager().await?;
-    proxy.stop_container(a.name, a.timeout * 1_000_000).await?;
-    Ok(0)
+    super::verbs::each(&a.names, |n| {
+        let proxy = &proxy;
+        async move {
+            proxy.stop_container(n, a.timeout * 1_000_000).await?;
+            Ok(())
+        }
+    })
+    .await
 }
