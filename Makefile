@@ -7,6 +7,8 @@ IMAGEDIR   := $(PREFIX)/lib/berth/images
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DBUSDIR    ?= /usr/share/dbus-1
 POLKITDIR  ?= /usr/share/polkit-1
+SHAREDIR   := $(PREFIX)/share
+MANDIR     := $(SHAREDIR)/man
 BUSYBOX    ?= /bin/busybox
 CARGO      ?= cargo
 PROFILE    ?= release
@@ -35,6 +37,15 @@ install: build install-image
 	install -D -m 0644 policy/org.berth.berth1.policy $(DESTDIR)$(POLKITDIR)/actions/org.berth.berth1.policy
 	install -d -m 0755 $(DESTDIR)$(DBUSDIR)/interfaces
 	install -m 0644 dbus-interfaces/*.xml $(DESTDIR)$(DBUSDIR)/interfaces/
+	# Completions and man pages, generated from the CLI definition by the built berthctl.
+	gen=$$(mktemp -d) && $(TARGET)/berthctl __generate $$gen >/dev/null && \
+	  install -D -m 0644 $$gen/completions/bash/berthctl $(DESTDIR)$(SHAREDIR)/bash-completion/completions/berthctl && \
+	  install -D -m 0644 $$gen/completions/zsh/_berthctl $(DESTDIR)$(SHAREDIR)/zsh/site-functions/_berthctl && \
+	  install -D -m 0644 $$gen/completions/fish/berthctl.fish $(DESTDIR)$(SHAREDIR)/fish/vendor_completions.d/berthctl.fish && \
+	  install -d -m 0755 $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 && \
+	  install -m 0644 $$gen/man/*.1 $(DESTDIR)$(MANDIR)/man1/ && \
+	  install -m 0644 $$gen/man/berthd.8 $(DESTDIR)$(MANDIR)/man8/; \
+	  rc=$$?; rm -rf $$gen; exit $$rc
 
 install-image:
 	@if ! [ -x $(BUSYBOX) ] || ldd $(BUSYBOX) >/dev/null 2>&1; then \
@@ -58,6 +69,8 @@ uninstall:
 	rm -f $(DESTDIR)$(DBUSDIR)/interfaces/org.berth.berth1.*.xml
 	rm -f $(DESTDIR)$(POLKITDIR)/actions/org.berth.berth1.policy
 	rm -rf $(DESTDIR)$(IMAGEDIR)/default
+	rm -f $(DESTDIR)$(SHAREDIR)/bash-completion/completions/berthctl $(DESTDIR)$(SHAREDIR)/zsh/site-functions/_berthctl $(DESTDIR)$(SHAREDIR)/fish/vendor_completions.d/berthctl.fish
+	rm -f $(DESTDIR)$(MANDIR)/man1/berthctl.1 $(DESTDIR)$(MANDIR)/man1/berthctl-*.1 $(DESTDIR)$(MANDIR)/man8/berthd.8
 
 # Quick start: build, install into a disposable systemd host (or this host when PID 1 is
 # systemd) and run a first container from the built-in image.
