@@ -336,17 +336,37 @@ fn pull_from_a_loopback_registry_fetches_only_new_layers() {
 #[test]
 fn image_management_refuses_what_would_break_containers() {
     let f = fixtures();
-    forget(&["fx-mgmt", "fx-mgmt-tag", "fx-mgmt-renamed", "fx-mgmt-clone"]);
+    let _ = sh("berthctl rm --force mgmt1 exp1 2>/dev/null");
+    forget(&[
+        "fx-mgmt",
+        "fx-mgmt-tag",
+        "fx-mgmt-renamed",
+        "fx-mgmt-clone",
+        "fx-mgmt-t2",
+        "fx-mgmt2",
+    ]);
     ok(&format!(
         "berthctl image import-oci -q {f}/oci-archive.tar fx-mgmt"
     ));
     ok("berthctl create --name mgmt1 --image fx-mgmt -- /bin/sleep 100");
-    // Defined on it: removal needs --force, renaming is refused.
-    assert_eq!(code("berthctl image rm fx-mgmt"), 5);
-    assert_eq!(code("berthctl image rename fx-mgmt fx-mgmt2"), 5);
+    // The container holds the image by its ID (other tests import the same archive under
+    // other names, so the ID is how this test names "the image itself"). Changed from the
+    // name-based check: removing or renaming one of its tags only moves names and is allowed;
+    // the container keeps its image.
+    let id = json("berthctl inspect mgmt1")[0]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok("berthctl image tag fx-mgmt fx-mgmt-t2");
+    ok("berthctl image rm fx-mgmt-t2");
+    ok("berthctl image rename fx-mgmt fx-mgmt2");
+    ok("berthctl image rename fx-mgmt2 fx-mgmt");
+    assert_eq!(json("berthctl inspect mgmt1")[0]["image_id"], id.as_str());
+    // Defined on it: removing the image itself needs --force.
+    assert_eq!(code(&format!("berthctl image rm {id}")), 5);
     ok("berthctl start mgmt1");
     // Running on it: even --force is refused, and the layers stay.
-    assert_eq!(code("berthctl image rm --force fx-mgmt"), 5);
+    assert_eq!(code(&format!("berthctl image rm --force {id}")), 5);
     assert_eq!(ok("berthctl show mgmt1 -p State --value"), "running");
     ok("berthctl rm --force mgmt1");
     // Tag, clone, rename; the default image is read-only.
@@ -538,21 +558,30 @@ fn registry_in_host() -> (String, String, String) {
 #[test]
 fn tags_move_on_pull_push_save_load_prune_login() {
     let f = fixtures();
+    let _ = sh("berthctl rm --force tg-c 2>/dev/null");
     forget(&["tg-web", "tg-web:2", "uxweb:1.0"]);
     let (port, auth_port, dir) = registry_in_host();
     let reg = format!("127.0.0.1:{port}");
-    // An image only this test has, under two tags; a container names one of them.
-    ok("mkdir -p /root/tg-src && date +%s%N > /root/tg-src/stamp");
+    // An image only this test has (busybox and a stamp), under two tags; a container is
+    // created on one of them.
+    ok("rm -rf /root/tg-src && cp -a /usr/local/lib/berth/images/default /root/tg-src");
+    ok("date +%s%N > /root/tg-src/stamp-old");
     ok("berthctl image import-fs -q /root/tg-src tg-web");
     ok("berthctl image tag tg-web uxweb:1.0");
     assert!(ok("berthctl images -q").lines().any(|l| l == "uxweb:1.0"));
-    ok("berthctl create --name tg-c --image uxweb:1.0 -- /bin/true");
-    // Removing the tag a container names is refused; a container name is not an image.
-    assert_eq!(code("berthctl image rm uxweb:1.0"), 5);
-    assert_eq!(code("berthctl image rm tg-c"), 3);
-    ok("berthctl rm tg-c");
+    ok("berthctl create --name tg-c --image uxweb:1.0 -- /bin/test -e /stamp-old");
+    let old_id = json("berthctl inspect tg-c")[0]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The container holds its image by ID: removing one of its tags only untags (changed
+    // from the tag-based check, where this was refused); removing its last name is
+    // refused; a container name is not an image.
     ok("berthctl image rm uxweb:1.0");
-    // A pull onto the tag moves it; the image it named is left without a tag.
+    assert_eq!(code("berthctl image rm tg-web"), 5);
+    assert_eq!(code("berthctl image rm tg-c"), 3);
+    // A pull onto the tag moves it; the image it named is left without a tag, and the
+    // container made on it still runs it (not what the tag names now).
     let moved = ok(&format!(
         "berthctl image pull --insecure {reg}/test/a:1 tg-web"
     ));
@@ -562,6 +591,19 @@ fn tags_move_on_pull_push_save_load_prune_login() {
             .lines()
             .any(|l| l.starts_with("<none>"))
     );
+    assert_eq!(
+        json("berthctl inspect tg-c")[0]["image_id"],
+        old_id.as_str()
+    );
+    assert_eq!(code("berthctl start --wait tg-c"), 0);
+    // In use: prune keeps it; once the container is gone, prune removes it.
+    ok("berthctl image prune");
+    assert!(
+        ok("berthctl images")
+            .lines()
+            .any(|l| l.starts_with("<none>"))
+    );
+    ok("berthctl rm tg-c");
     let pruned = ok("berthctl image prune");
     assert!(pruned.contains("freed"), "{pruned}");
     assert!(
