@@ -328,6 +328,9 @@ impl dbus::Backend for Registry {
     fn image_config(&self, name: &str) -> Option<image::ImageConfig> {
         Registry::image_config(self, name)
     }
+    fn image_id(&self, name: &str) -> Option<String> {
+        self.images.get(name).ok().map(|r| r.id().to_string())
+    }
     fn import_image(
         &self,
         caller: Caller,

@@ -189,7 +189,14 @@ impl Registry {
     /// The image a name means: a stored image by any spelling (`web`, `web:latest`, an ID),
     /// else a shipped directory image.
     pub(super) fn image_info(&self, image: &str) -> Option<ImageInfo> {
-        if let Ok(rec) = self.images.get(image) {
+        if let Ok(mut rec) = self.images.get(image) {
+            // Looked up by ID (or a prefix): bus objects exist per tag, so an image that has
+            // tags is answered with its first tag's object.
+            if rec.name.starts_with("sha256:")
+                && let Some(t) = rec.tags.first()
+            {
+                rec.name = t.clone();
+            }
             return Some(info_of(&rec));
         }
         let n = shipped_name(image)?;

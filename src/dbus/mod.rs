@@ -194,6 +194,11 @@ pub trait Backend: ImageOps + ContainerOps + Send + Sync + 'static {
     fn list_images(&self) -> Vec<ImageInfo>;
     fn image_info(&self, name: &str) -> Option<ImageInfo>;
     fn image_config(&self, name: &str) -> Option<crate::image::ImageConfig>;
+    /// The image ID (`sha256:…` of its config) of a stored image; None for a shipped
+    /// directory image.
+    fn image_id(&self, _name: &str) -> Option<String> {
+        None
+    }
     fn import_image(
         &self,
         caller: Caller,
@@ -915,6 +920,17 @@ impl Image {
     #[zbus(property(emits_changed_signal = "const"))]
     fn digest(&self) -> zbus::fdo::Result<String> {
         Ok(self.get()?.digest)
+    }
+
+    /// The image ID: the digest of its config (`sha256:…`), what containers record; empty
+    /// for a shipped directory image.
+    #[zbus(property(emits_changed_signal = "const"), name = "ID")]
+    fn id(&self) -> zbus::fdo::Result<String> {
+        let b = self
+            .backend
+            .upgrade()
+            .ok_or_else(|| gone("image", &self.name))?;
+        Ok(b.image_id(&self.name).unwrap_or_default())
     }
 
     /// Bytes of the layers, uncompressed.
