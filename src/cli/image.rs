@@ -66,7 +66,7 @@ pub enum ImageVerb {
     Pull {
         /// [REGISTRY/]REPOSITORY[:TAG|@DIGEST]
         reference: String,
-        /// The image's name (default: the repository's last component, -TAG unless latest).
+        /// The local tag (default: the reference itself, as podman names a pulled image).
         name: Option<String>,
         /// Talk plain HTTP to the registry (only for registries you trust on this network).
         #[arg(long)]

@@ -40,20 +40,22 @@ pub async fn run(a: ListArgs) -> CliResult {
         None | Some("table") | Some("json") => None,
         Some(t) => Some(Template::parse(t)?),
     };
-    let (_conn, proxy) = manager().await?;
-    // ancestor=NAME: the image ID the name has now, too (podman's rule).
+    let (conn, proxy) = manager().await?;
+    // ancestor=NAME: also the containers made on the image the name has now, by its ID
+    // (podman's rule; containers made on it under another name or before a tag moved).
     let mut ancestor_ids = Vec::new();
     for f in &filters {
         if let Filter::Ancestor(n) = f
             && let Ok(path) = proxy.get_image(n.clone()).await
-            && let Some(i) = proxy
-                .list_images()
-                .await?
-                .into_iter()
-                .find(|i| i.object_path == path)
         {
-            ancestor_ids.push(i.digest.clone());
-            ancestor_ids.extend(i.layers.first().cloned());
+            let img = crate::dbus::ImageProxy::builder(&conn)
+                .path(path)
+                .build()
+                .await?;
+            let id = img.id().await?;
+            if !id.is_empty() {
+                ancestor_ids.push(id);
+            }
         }
     }
     let status_filtered = filters.iter().any(|f| matches!(f, Filter::Status(_)));

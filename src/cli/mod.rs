@@ -226,12 +226,17 @@ pub enum Command {
     Verify { file: String },
     /// Pull an image (same as `image pull`).
     Pull {
+        /// [REGISTRY/]REPOSITORY[:TAG|@DIGEST]
         reference: String,
+        /// The local tag (default: the reference itself).
         name: Option<String>,
+        /// Talk plain HTTP to the registry (only for registries you trust on this network).
         #[arg(long)]
         insecure: bool,
+        /// Credentials in docker/podman auth.json format.
         #[arg(long, value_name = "FILE")]
         authfile: Option<String>,
+        /// No progress output.
         #[arg(long, short = 'q')]
         quiet: bool,
     },
