@@ -558,7 +558,7 @@ fn registry_in_host() -> (String, String, String) {
 #[test]
 fn tags_move_on_pull_push_save_load_prune_login() {
     let f = fixtures();
-    let _ = sh("berthctl rm --force tg-c 2>/dev/null");
+    let _ = sh("berthctl rm --force tg-c 2>/dev/null; rm -f /root/auth.json");
     forget(&["tg-web", "tg-web:2", "uxweb:1.0"]);
     let (port, auth_port, dir) = registry_in_host();
     let reg = format!("127.0.0.1:{port}");
@@ -578,6 +578,15 @@ fn tags_move_on_pull_push_save_load_prune_login() {
     // from the tag-based check, where this was refused); removing its last name is
     // refused; a container name is not an image.
     ok("berthctl image rm uxweb:1.0");
+    // ps --filter ancestor= finds it by the ID a name has now, or by an ID prefix.
+    assert_eq!(ok("berthctl ps -aq --filter ancestor=tg-web"), "tg-c");
+    assert_eq!(
+        ok(&format!(
+            "berthctl ps -aq --filter ancestor={}",
+            &old_id[7..19]
+        )),
+        "tg-c"
+    );
     assert_eq!(code("berthctl image rm tg-web"), 5);
     assert_eq!(code("berthctl image rm tg-c"), 3);
     // A pull onto the tag moves it; the image it named is left without a tag, and the
