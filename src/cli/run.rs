@@ -315,6 +315,15 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     if !o.properties.is_empty() {
         let mut props = HashMap::new();
         for p in &o.properties {
+            if looks_like_publish(p) {
+                return Err(CliError::new(
+                    Exit::InvalidArgument,
+                    format!(
+                        "-p {p}: berth's -p is --property KEY=VALUE (a scope property); \
+                         publishing ports (podman's -p HOST:CONTAINER) is not supported"
+                    ),
+                ));
+            }
             let (k, v) = crate::spec::props::split_assignment(p)
                 .map_err(|e| CliError::new(Exit::InvalidArgument, e.to_string()))?;
             props.insert(k.to_string(), v.to_string());
@@ -322,6 +331,21 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
         m.insert("Properties", variant(props)?);
     }
     Ok(m)
+}
+
+/// Whether a `-p` word is podman's `--publish` (`8080:80`, `127.0.0.1:80:80/tcp`, `80`)
+/// rather than a property: digits, dots, colons and a protocol suffix, no `=`.
+fn looks_like_publish(word: &str) -> bool {
+    let ports = word
+        .strip_suffix("/tcp")
+        .or_else(|| word.strip_suffix("/udp"))
+        .or_else(|| word.strip_suffix("/sctp"))
+        .unwrap_or(word);
+    !ports.is_empty()
+        && ports.starts_with(|c: char| c.is_ascii_digit())
+        && ports
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ':' || c == '.' || c == '-')
 }
 
 async fn define(proxy: &ManagerProxy<'_>, o: &ContainerOpts) -> CliResult<String> {
@@ -440,6 +464,22 @@ mod tests {
         let argv = super::mark_command_only(argv);
         let t = T::try_parse_from(argv.into_iter().skip(1)).unwrap();
         t.opts.image_and_command()
+    }
+
+    #[test]
+    fn podman_publish_words_are_told_apart_from_properties() {
+        for w in [
+            "8080:80",
+            "127.0.0.1:8080:80/tcp",
+            "80",
+            "53:53/udp",
+            "8000-8010:80",
+        ] {
+            assert!(super::looks_like_publish(w), "{w}");
+        }
+        for w in ["MemoryMax=1G", "CPUQuota=50%", "", "TasksMax=10"] {
+            assert!(!super::looks_like_publish(w), "{w}");
+        }
     }
 
     #[test]
