@@ -124,7 +124,7 @@ impl Registry {
     }
 
     /// Enable or disable `berth@NAME.service` (and `machines.target`, which pulls it in at
-    /// boot). Returns what was done.
+    /// boot, or multi-user.target where there is no machines.target). Returns what was done.
     async fn set_boot(&self, name: &str, boot: bool) -> Result<String> {
         let unit = unit_of(name);
         let sd = crate::systemd::units::UnitManagerProxy::new(&self.conn)
@@ -135,10 +135,24 @@ impl Registry {
         if boot == enabled {
             return Ok(String::new());
         }
-        if boot {
+        // machines.target ships with systemd-container (as for systemd-nspawn@.service); where
+        // it is missing, enabling through it fails, so the unit is wanted by
+        // multi-user.target directly (what `disable` removes just the same).
+        let has_machines_target = sd.get_unit_file_state("machines.target").await.is_ok();
+        if boot && has_machines_target {
             sd.enable_unit_files(&[unit.as_str(), "machines.target"], false, false)
                 .await
                 .map_err(|e| Error::Failed(format!("cannot enable {unit}: {e}")))?;
+        } else if boot {
+            sd.add_dependency_unit_files(
+                &[unit.as_str()],
+                "multi-user.target",
+                "Wants",
+                false,
+                false,
+            )
+            .await
+            .map_err(|e| Error::Failed(format!("cannot enable {unit}: {e}")))?;
         } else {
             sd.disable_unit_files(&[unit.as_str()], false)
                 .await

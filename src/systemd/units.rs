@@ -24,6 +24,16 @@ pub trait UnitManager {
         files: &[&str],
         runtime: bool,
     ) -> zbus::Result<Vec<(String, String, String)>>;
+    /// `systemctl add-wants TARGET UNIT…`: a `TYPE` (`Wants`) symlink from the target to the
+    /// units, whatever their `[Install]` section says.
+    fn add_dependency_unit_files(
+        &self,
+        files: &[&str],
+        target: &str,
+        r#type: &str,
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     fn reload(&self) -> zbus::Result<()>;
 }
