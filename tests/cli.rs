@@ -169,6 +169,23 @@ fn prune_df_dry_run_and_declarative_files() {
     let r = ok("berthctl reload");
     assert!(r.lines().any(|l| l == "cl-decl created"), "{r}");
     assert_eq!(ok("berthctl ps -aq --filter label=from=file"), "cl-decl");
+    // boot = true: berth@NAME.service is enabled (through machines.target, or
+    // multi-user.target where the host has none); dropping it disables the unit again.
+    ok(
+        "printf 'image = \"default\"\\ncommand = [\"/bin/true\"]\\nboot = true\\n[labels]\\nfrom = \"file\"\\n' > /etc/berth/containers/cl-decl.toml",
+    );
+    let r = ok("berthctl reload");
+    assert!(
+        r.lines()
+            .any(|l| l.starts_with("cl-decl ") && l.contains("enabled")),
+        "{r}"
+    );
+    assert_eq!(ok("systemctl is-enabled berth@cl-decl.service"), "enabled");
+    ok(
+        "printf 'image = \"default\"\\ncommand = [\"/bin/true\"]\\n[labels]\\nfrom = \"file\"\\n' > /etc/berth/containers/cl-decl.toml",
+    );
+    ok("berthctl reload");
+    assert_eq!(code("systemctl is-enabled berth@cl-decl.service"), 1);
     ok("printf 'image = \"default\"\\nbogus = 1\\n' > /root/cl-bad.toml");
     assert_eq!(code("berthctl verify /root/cl-bad.toml"), 4);
     ok("rm /etc/berth/containers/cl-decl.toml");
