@@ -112,7 +112,17 @@ fn man(cmd: clap::Command, section: &str) -> CliResult<Vec<u8>> {
         .manual("berth")
         .render(&mut out)
         .map_err(|e| CliError::new(Exit::Failed, format!("man page: {e}")))?;
-    Ok(out)
+    // Ragged right (`.ad l`): option syntax such as `type=bind|volume,source=…` is one long
+    // word that justified text cannot fit without troff warning "cannot adjust line".
+    let text = String::from_utf8_lossy(&out);
+    let mut page = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        page.push_str(line);
+        if line.starts_with(".TH ") {
+            page.push_str(".ad l\n");
+        }
+    }
+    Ok(page.into_bytes())
 }
 
 /// Write `DIR/completions/{bash/berthctl,zsh/_berthctl,fish/berthctl.fish}` and
@@ -163,6 +173,7 @@ mod tests {
         assert!(f.contains("__complete containers"));
         let m = String::from_utf8(man(super::super::Cli::command(), "1").unwrap()).unwrap();
         assert!(m.contains(".TH berthctl 1"), "{}", &m[..200.min(m.len())]);
+        assert!(m.contains("\n.ad l\n"), "not ragged right");
         assert!(m.contains("ps"));
         let d = String::from_utf8(man(berthd_command(), "8").unwrap()).unwrap();
         assert!(d.contains(".TH berthd 8"));
