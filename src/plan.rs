@@ -165,7 +165,7 @@ pub fn build(
         name: spec.name().into(),
         namespaces: Namespaces::container(decided.id_maps.is_some()),
         root,
-        mounts: mount::operations(&devices, file_label.as_deref()),
+        mounts: mount::operations(&devices, file_label.as_deref(), decided.id_maps.is_some()),
         hostname: spec.hostname.clone(),
         process: ProcessPlan {
             argv: spec.argv(image),
