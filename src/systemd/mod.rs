@@ -374,62 +374,7 @@ mod tests {
         assert_eq!(jobs.lock().unwrap().in_flight, 0);
     }
 
-    /// A private dbus-daemon (session type, permissive policy), killed on drop.
-    struct Bus {
-        daemon: std::process::Child,
-        address: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for Bus {
-        fn drop(&mut self) {
-            let _ = self.daemon.kill();
-            let _ = self.daemon.wait();
-        }
-    }
-
-    fn bus() -> Bus {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("bus.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>"#,
-                dir.path().join("bus").display()
-            ),
-        )
-        .unwrap();
-        let mut daemon = std::process::Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("dbus-daemon (package dbus-daemon) is needed for the systemd client tests");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert!(line.starts_with("unix:"), "dbus-daemon said {line:?}");
-        Bus {
-            daemon,
-            address: line.trim().to_string(),
-            _dir: dir,
-        }
-    }
+    use crate::testbus::bus;
 
     #[derive(Debug, zbus::DBusError)]
     #[zbus(prefix = "org.freedesktop.systemd1")]
