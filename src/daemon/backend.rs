@@ -87,25 +87,7 @@ impl Registry {
     /// on the caller's credentials from the bus). A caller's uid is asked once: unique names
     /// are never reused while the bus runs.
     async fn authorize_caller(&self, caller: Caller, _action: Action) -> Result<()> {
-        let cached = self.callers.lock().unwrap().get(&caller.sender).copied();
-        let uid = match cached {
-            Some(uid) => uid,
-            None => {
-                let name = zbus::names::BusName::try_from(caller.sender.as_str())
-                    .map_err(|_| dbus::Error::PermissionDenied("the caller is unknown".into()))?;
-                let uid = zbus::fdo::DBusProxy::new(&self.conn)
-                    .await?
-                    .get_connection_unix_user(name)
-                    .await
-                    .map_err(|e| dbus::Error::PermissionDenied(format!("who is calling: {e}")))?;
-                let mut callers = self.callers.lock().unwrap();
-                if callers.len() >= MAX_CALLERS {
-                    callers.clear();
-                }
-                callers.insert(caller.sender, uid);
-                uid
-            }
-        };
+        let uid = self.caller_uid(&caller.sender).await?;
         if uid == 0 {
             Ok(())
         } else {
@@ -116,11 +98,71 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The uid of a caller, asked of the bus once per connection.
+    async fn caller_uid(&self, sender: &str) -> Result<u32> {
+        if let Some(uid) = self.callers.lock().unwrap().get(sender).copied() {
+            return Ok(uid);
+        }
+        let name = zbus::names::BusName::try_from(sender)
+            .map_err(|_| dbus::Error::PermissionDenied("the caller is unknown".into()))?;
+        let uid = zbus::fdo::DBusProxy::new(&self.conn)
+            .await?
+            .get_connection_unix_user(name)
+            .await
+            .map_err(|e| dbus::Error::PermissionDenied(format!("who is calling: {e}")))?;
+        let mut callers = self.callers.lock().unwrap();
+        if callers.len() >= MAX_CALLERS {
+            callers.clear();
+        }
+        callers.insert(sender.to_string(), uid);
+        Ok(uid)
+    }
+
+    /// Follow callers leaving the bus: their waiting calls end, their uid is forgotten.
+    pub async fn watch_callers(&self) {
+        let proxy = match zbus::fdo::DBusProxy::new(&self.conn).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot watch callers leaving the bus: {e}, ignoring");
+                return;
+            }
+        };
+        let mut left = match proxy.receive_name_owner_changed().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch callers leaving the bus: {e}, ignoring");
+                return;
+            }
+        };
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(sig) = left.next().await {
+                let Ok(args) = sig.args() else { continue };
+                if args.new_owner.is_some() || !args.name.starts_with(':') {
+                    continue;
+                }
+                let Some(me) = me.upgrade() else { return };
+                me.admission.left(args.name.as_str());
+                me.callers.lock().unwrap().remove(args.name.as_str());
+            }
+        });
+    }
+}
+
 fn bus<T>(r: std::result::Result<T, Error>) -> Result<T> {
     r.map_err(Into::into)
 }
 
 impl dbus::Backend for Registry {
+    fn admit(&self, sender: String) -> BoxFuture<'_, Result<dbus::Permit>> {
+        Box::pin(async move {
+            let permit = self.admission.admit(&sender)?;
+            let uid = self.caller_uid(&sender).await?;
+            permit.for_uid(uid)
+        })
+    }
     fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.authorize_caller(caller, action))
     }

@@ -5,6 +5,8 @@
 //! Objects hold `Weak` references to it: the daemon owns the backend, the object server does
 //! not keep it alive.
 
+pub mod admission;
+pub mod object_manager;
 pub mod options;
 #[cfg(test)]
 mod tests;
@@ -18,6 +20,8 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
 
+pub use admission::{Held, Permit};
+pub use object_manager::ObjectManager;
 pub use options::Options;
 
 pub const BUS_NAME: &str = "org.berth.berth1";
@@ -152,6 +156,9 @@ impl Caller {
 
 /// What the bus objects need from the daemon.
 pub trait Backend: Send + Sync + 'static {
+    /// Count a call of `sender` against its connection and its uid (see [`admission`]), or
+    /// refuse it with `LimitExceeded`. Every method asks this first.
+    fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>>;
     /// Allow `caller` to do `action`, or say why not. Every mutating method asks this, after
     /// checking its arguments' types and before acting.
     fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>>;
@@ -211,6 +218,29 @@ fn live(b: &Weak<dyn Backend>) -> Result<Arc<dyn Backend>> {
         .ok_or_else(|| Error::Failed("berthd is shutting down".into()))
 }
 
+/// What every method does first: refuse arguments beyond its signature with
+/// `InvalidArgument` (zbus refuses arguments of the wrong types with `InvalidArgs`, but
+/// ignores any after those it reads), then count the call (see [`admission`]).
+async fn enter(b: &Weak<dyn Backend>, hdr: &Header<'_>, signature: &str) -> Result<Permit> {
+    strict(hdr, signature)?;
+    let sender = hdr
+        .sender()
+        .ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
+    live(b)?.admit(sender.to_string()).await
+}
+
+/// The call's arguments are exactly `signature`.
+fn strict(hdr: &Header<'_>, signature: &str) -> Result<()> {
+    // The body's signature is that of a structure of the arguments: compare without it.
+    let got = hdr.signature().to_string_no_parens();
+    if got == signature {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "the method takes arguments ({signature}), not ({got})"
+    )))
+}
+
 /// Check that the caller may do `action`, then hand back the backend to do it.
 async fn authorized(
     b: &Weak<dyn Backend>,
@@ -243,6 +273,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .create(name, options)
@@ -257,6 +288,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .start(name, options)
@@ -271,6 +303,7 @@ impl Manager {
         name: String,
         timeout_usec: u64,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "st").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .stop(name, timeout_usec)
@@ -286,6 +319,7 @@ impl Manager {
         whom: String,
         signal: i32,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "ssi").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .kill(name, whom, signal)
@@ -300,6 +334,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sb").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .remove(name, force)
@@ -317,6 +352,7 @@ impl Manager {
         assignments: Vec<(String, String)>,
         runtime: bool,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sa(ss)b").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .set_resources(name, assignments, runtime)
@@ -324,13 +360,19 @@ impl Manager {
     }
 
     /// Resource usage of the named containers (all running ones when empty).
-    async fn get_stats(&self, names: Vec<String>) -> Result<Vec<StatsInfo>> {
-        live(&self.backend)?.stats(names).await
+    async fn get_stats(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        names: Vec<String>,
+    ) -> Result<Held<Vec<StatsInfo>>> {
+        let call = enter(&self.backend, &hdr, "as").await?;
+        Ok(Held::new(live(&self.backend)?.stats(names).await?, call))
     }
 
     /// Receive a `Stats` signal (sent to the caller only) for all running containers every
     /// `interval_usec` (at least 100 ms), until `UnwatchStats` or the caller leaves the bus.
     async fn watch_stats(&self, #[zbus(header)] hdr: Header<'_>, interval_usec: u64) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "t").await?;
         let sender = hdr
             .sender()
             .ok_or_else(|| Error::InvalidArgument("the caller is unknown".into()))?;
@@ -339,6 +381,7 @@ impl Manager {
 
     /// Stop the caller's `Stats` signals.
     async fn unwatch_stats(&self, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "").await?;
         if let Some(sender) = hdr.sender() {
             live(&self.backend)?.unwatch_stats(sender.as_str());
         }
@@ -346,12 +389,18 @@ impl Manager {
     }
 
     /// All images: those in the store and the directory images shipped with berth.
-    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        Ok(live(&self.backend)?.list_images())
+    async fn list_images(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Held<Vec<ImageInfo>>> {
+        let call = enter(&self.backend, &hdr, "").await?;
+        Ok(Held::new(live(&self.backend)?.list_images(), call))
     }
 
     /// The object path of an image.
-    async fn get_image(&self, name: String) -> Result<OwnedObjectPath> {
+    async fn get_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
         live(&self.backend)?
             .image_info(&name)
             .map(|i| i.object_path)
@@ -370,6 +419,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "sssa{sv}").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .import_image(format, source, name, options)
@@ -387,6 +437,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ssa{sv}").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .pull_image(reference, name, options)
@@ -401,6 +452,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sb").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .remove_image(name, force)
@@ -414,6 +466,7 @@ impl Manager {
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ss").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .copy_image("rename", name, new_name)
@@ -427,6 +480,7 @@ impl Manager {
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ss").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .copy_image("clone", name, new_name)
@@ -440,6 +494,7 @@ impl Manager {
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ss").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .copy_image("tag", name, new_name)
@@ -453,6 +508,7 @@ impl Manager {
         name: String,
         fd: zbus::OwnedFd,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sh").await?;
         authorized(&self.backend, &hdr, Action::ManageImages)
             .await?
             .export_tar("image", name, fd.into())
@@ -467,6 +523,7 @@ impl Manager {
         name: String,
         fd: zbus::OwnedFd,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sh").await?;
         authorized(&self.backend, &hdr, Action::ManageContainers)
             .await?
             .export_tar("container", name, fd.into())
@@ -476,17 +533,32 @@ impl Manager {
     /// Wait until the container has exited and return its exit status. A container removed at
     /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
     /// this after StartContainer cannot miss a payload that exited at once.
-    async fn wait_container(&self, name: String) -> Result<i32> {
-        live(&self.backend)?.wait(name).await
+    async fn wait_container(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<i32> {
+        let mut call = enter(&self.backend, &hdr, "s").await?;
+        let backend = live(&self.backend)?;
+        tokio::select! {
+            r = backend.wait(name) => r,
+            // Nobody is left to read the status.
+            () = call.caller_left() => Err(Error::Failed("the caller left the bus".into())),
+        }
     }
 
     /// All containers.
-    async fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
-        Ok(live(&self.backend)?.list())
+    async fn list_containers(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<Held<Vec<ContainerInfo>>> {
+        let call = enter(&self.backend, &hdr, "").await?;
+        Ok(Held::new(live(&self.backend)?.list(), call))
     }
 
     /// The object path of a container.
-    async fn get_container(&self, name: String) -> Result<OwnedObjectPath> {
+    async fn get_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
         live(&self.backend)?
             .info(&name)
             .map(|i| i.object_path)
