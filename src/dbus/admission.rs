@@ -6,8 +6,10 @@
 //! call: eight connections of 125 `ListContainers` each grew berthd by 33 MiB, and
 //! `GetManagedObjects` by 155 MiB. So every method counts its call against its sender (the
 //! unique bus name) and the sender's uid from before its body runs until its reply is written
-//! — a [`Held`] reply keeps its [`Permit`] until zbus has sent it — and a call over a bound is
-//! answered at once with `LimitExceeded`, which costs berthd a small error and nothing else.
+//! — a [`Held`] reply keeps its [`Permit`] until zbus has sent it — and so do the bytes of
+//! the large replies (lists), which are what costs: a call over a bound is answered at once
+//! with `LimitExceeded`, which costs berthd a small error and nothing else. A sender or uid
+//! that holds nothing is always admitted, so that any one call works however large its reply.
 //! Other callers are never made to wait: nothing is queued.
 //!
 //! A call that waits for an event (`WaitContainer`) ends when its caller leaves the bus
@@ -26,6 +28,10 @@ use super::Error;
 pub const PER_SENDER: usize = 32;
 /// Calls in flight per uid other than root, over all its connections.
 pub const PER_UID: usize = 64;
+/// Bytes of replies not yet written, per connection.
+pub const PER_SENDER_BYTES: usize = 2 << 20;
+/// Bytes of replies not yet written, per uid other than root.
+pub const PER_UID_BYTES: usize = 4 << 20;
 
 /// The counts of calls in flight.
 #[derive(Debug, Default)]
@@ -36,14 +42,21 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct Counts {
     senders: HashMap<String, Sender>,
-    uids: HashMap<u32, usize>,
+    uids: HashMap<u32, Uid>,
 }
 
 #[derive(Debug)]
 struct Sender {
     calls: usize,
+    bytes: usize,
     /// Set when the sender leaves the bus.
     left: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct Uid {
+    calls: usize,
+    bytes: usize,
 }
 
 /// One call in flight; dropping it ends the call's count.
@@ -52,6 +65,8 @@ pub struct Permit {
     admission: Arc<Admission>,
     sender: String,
     uid: Option<u32>,
+    /// Reply bytes charged (see [`Permit::hold`]).
+    bytes: usize,
     left: watch::Receiver<bool>,
 }
 
@@ -64,6 +79,7 @@ impl Admission {
             .entry(sender.to_string())
             .or_insert_with(|| Sender {
                 calls: 0,
+                bytes: 0,
                 left: watch::channel(false).0,
             });
         if s.calls >= PER_SENDER {
@@ -76,6 +92,7 @@ impl Admission {
             admission: self.clone(),
             sender: sender.to_string(),
             uid: None,
+            bytes: 0,
             left: s.left.subscribe(),
         })
     }
@@ -102,16 +119,51 @@ impl Permit {
             return Ok(self);
         }
         let mut c = self.admission.inner.lock().unwrap();
-        let n = c.uids.entry(uid).or_insert(0);
-        if *n >= PER_UID {
+        let n = c.uids.entry(uid).or_default();
+        if n.calls >= PER_UID {
             return Err(Error::LimitExceeded(format!(
                 "at most {PER_UID} calls in flight per user"
             )));
         }
-        *n += 1;
+        n.calls += 1;
         drop(c);
         self.uid = Some(uid);
         Ok(self)
+    }
+
+    /// Make `value` the reply of this call, charging its size until it is written; refused
+    /// (and dropped) if the sender or its uid already holds that much.
+    pub fn hold<T: Serialize + Type>(mut self, value: T) -> Result<Held<T>, Error> {
+        let ctx = zbus::wire::serialized::Context::new(zbus::wire::Endian::Little, 0);
+        let size = zbus::wire::serialized_size(ctx, &value)
+            .map(|s| s.size())
+            .unwrap_or(0);
+        {
+            let mut c = self.admission.inner.lock().unwrap();
+            let held = c.senders.get(&self.sender).map_or(0, |s| s.bytes);
+            if held > 0 && held + size > PER_SENDER_BYTES {
+                return Err(Error::LimitExceeded(format!(
+                    "this connection has {held} bytes of replies it has not read"
+                )));
+            }
+            if let Some(uid) = self.uid {
+                let held = c.uids.get(&uid).map_or(0, |u| u.bytes);
+                if held > 0 && held + size > PER_UID_BYTES {
+                    return Err(Error::LimitExceeded(format!(
+                        "this user has {held} bytes of replies not read"
+                    )));
+                }
+                c.uids.entry(uid).or_default().bytes += size;
+            }
+            if let Some(s) = c.senders.get_mut(&self.sender) {
+                s.bytes += size;
+            }
+        }
+        self.bytes = size;
+        Ok(Held {
+            value,
+            _permit: Some(self),
+        })
     }
 
     /// Completes when the caller has left the bus.
@@ -128,6 +180,7 @@ impl Drop for Permit {
         let mut c = self.admission.inner.lock().unwrap();
         if let Some(s) = c.senders.get_mut(&self.sender) {
             s.calls -= 1;
+            s.bytes -= self.bytes;
             if s.calls == 0 {
                 c.senders.remove(&self.sender);
             }
@@ -135,8 +188,9 @@ impl Drop for Permit {
         if let Some(uid) = self.uid
             && let Some(n) = c.uids.get_mut(&uid)
         {
-            *n -= 1;
-            if *n == 0 {
+            n.calls -= 1;
+            n.bytes -= self.bytes;
+            if n.calls == 0 {
                 c.uids.remove(&uid);
             }
         }
@@ -153,13 +207,6 @@ pub struct Held<T> {
 }
 
 impl<T> Held<T> {
-    pub fn new(value: T, permit: Permit) -> Self {
-        Held {
-            value,
-            _permit: Some(permit),
-        }
-    }
-
     pub fn into_inner(self) -> T {
         self.value
     }
@@ -232,6 +279,45 @@ mod tests {
     }
 
     #[test]
+    fn reply_bytes_not_yet_written_are_bounded_but_one_reply_always_goes() {
+        let a = Arc::new(Admission::default());
+        let big = vec![0u8; PER_SENDER_BYTES * 2];
+        // Alone, even a reply over the bound goes.
+        let first = a.admit(":1.1").unwrap().hold(big.clone()).unwrap();
+        // A second one waits for the first to be written: refused.
+        assert!(matches!(
+            a.admit(":1.1").unwrap().hold(vec![0u8; 16]),
+            Err(Error::LimitExceeded(_))
+        ));
+        drop(first);
+        let small: Vec<_> = (0..4)
+            .map(|_| a.admit(":1.1").unwrap().hold(vec![0u8; 1024]).unwrap())
+            .collect();
+        drop(small);
+        // Per uid, over connections.
+        let held: Vec<_> = (0..3)
+            .map(|i| {
+                a.admit(&format!(":2.{i}"))
+                    .unwrap()
+                    .for_uid(65534)
+                    .unwrap()
+                    .hold(vec![0u8; PER_UID_BYTES / 4])
+                    .unwrap()
+            })
+            .collect();
+        let over = a
+            .admit(":2.9")
+            .unwrap()
+            .for_uid(65534)
+            .unwrap()
+            .hold(vec![0u8; PER_UID_BYTES / 3]);
+        assert!(matches!(over, Err(Error::LimitExceeded(_))));
+        drop(held);
+        let c = a.inner.lock().unwrap();
+        assert!(c.senders.is_empty() && c.uids.is_empty());
+    }
+
+    #[test]
     fn a_waiting_call_ends_when_its_caller_leaves() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -253,7 +339,7 @@ mod tests {
     #[test]
     fn a_held_reply_is_its_value_on_the_wire() {
         let a = Arc::new(Admission::default());
-        let h = Held::new(vec![1u32, 2], a.admit(":1.1").unwrap());
+        let h = a.admit(":1.1").unwrap().hold(vec![1u32, 2]).unwrap();
         assert_eq!(
             <Held<Vec<u32>> as Type>::SIGNATURE,
             <Vec<u32> as Type>::SIGNATURE

@@ -366,7 +366,7 @@ impl Manager {
         names: Vec<String>,
     ) -> Result<Held<Vec<StatsInfo>>> {
         let call = enter(&self.backend, &hdr, "as").await?;
-        Ok(Held::new(live(&self.backend)?.stats(names).await?, call))
+        call.hold(live(&self.backend)?.stats(names).await?)
     }
 
     /// Receive a `Stats` signal (sent to the caller only) for all running containers every
@@ -391,7 +391,7 @@ impl Manager {
     /// All images: those in the store and the directory images shipped with berth.
     async fn list_images(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Held<Vec<ImageInfo>>> {
         let call = enter(&self.backend, &hdr, "").await?;
-        Ok(Held::new(live(&self.backend)?.list_images(), call))
+        call.hold(live(&self.backend)?.list_images())
     }
 
     /// The object path of an image.
@@ -549,7 +549,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<Held<Vec<ContainerInfo>>> {
         let call = enter(&self.backend, &hdr, "").await?;
-        Ok(Held::new(live(&self.backend)?.list(), call))
+        call.hold(live(&self.backend)?.list())
     }
 
     /// The object path of a container.

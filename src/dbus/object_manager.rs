@@ -72,7 +72,7 @@ impl ObjectManager {
                 out.insert(i.object_path, HashMap::from([(name, props)]));
             }
         }
-        Ok(Held::new(out, call))
+        call.hold(out)
     }
 
     /// An object appeared, or gained interfaces (sent by zbus as objects are added).
