@@ -300,7 +300,15 @@ pub fn take_back_exit_fd(name: &str, leader: i32, pidfd: BorrowedFd<'_>) -> Opti
             continue;
         };
         match sys::pidfd_getfd::pidfd_getfd(pidfd, num) {
-            Ok(fd) => return Some(fd),
+            // Only a shmem file (which is what a memfd is) answers F_GET_SEALS: reading it can
+            // never block, whatever the process behind the pidfd holds.
+            Ok(fd) if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GET_SEALS).is_ok() => {
+                return Some(fd);
+            }
+            Ok(_) => {
+                warn!("descriptor {num} of PID {leader} is not a memfd, ignoring");
+                return None;
+            }
             Err(e) => {
                 warn!("cannot take the exit descriptor of {name} from PID {leader}: {e}, ignoring");
                 return None;
