@@ -87,8 +87,10 @@ impl Registry {
                 "container {name}: berthd died during a start; stopped {unit} and undid the start"
             );
         } else {
+            // Before the scope, or after it while the helper still waited at its barrier: the
+            // helper and the leader die with berthd, and systemd collects the empty scope.
             warn!(
-                "container {name}: berthd died during a start, before it made a scope; undid the start"
+                "container {name}: berthd died during a start, of which nothing runs; undid the start"
             );
         }
     }

@@ -28,10 +28,12 @@ use super::Error;
 pub const PER_SENDER: usize = 32;
 /// Calls in flight per uid other than root, over all its connections.
 pub const PER_UID: usize = 64;
-/// Bytes of replies not yet written, per connection.
-pub const PER_SENDER_BYTES: usize = 2 << 20;
-/// Bytes of replies not yet written, per uid other than root.
-pub const PER_UID_BYTES: usize = 4 << 20;
+/// Bytes of replies not yet written (as serialized), per connection. A reply costs berthd
+/// several times that while it waits (the value, its message, the allocator's slack): about
+/// 6 times for `GetManagedObjects`.
+pub const PER_SENDER_BYTES: usize = 512 << 10;
+/// Bytes of replies not yet written (as serialized), per uid other than root.
+pub const PER_UID_BYTES: usize = 1 << 20;
 
 /// The counts of calls in flight.
 #[derive(Debug, Default)]
