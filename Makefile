@@ -6,12 +6,14 @@ LIBEXECDIR := $(PREFIX)/libexec
 IMAGEDIR   := $(PREFIX)/lib/berth/images
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DBUSDIR    ?= /usr/share/dbus-1
+POLKITDIR  ?= /usr/share/polkit-1
 BUSYBOX    ?= /bin/busybox
 CARGO      ?= cargo
 PROFILE    ?= release
-TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
+# cargo's dev profile builds into debug/.
+TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test quickstart bench bench-images bench-stats lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats lint
 
 all: build
 
@@ -30,6 +32,7 @@ install: build install-image
 	done
 	install -D -m 0644 units/org.berth.berth1.service $(DESTDIR)$(DBUSDIR)/system-services/org.berth.berth1.service
 	install -D -m 0644 policy/org.berth.berth1.conf $(DESTDIR)$(DBUSDIR)/system.d/org.berth.berth1.conf
+	install -D -m 0644 policy/org.berth.berth1.policy $(DESTDIR)$(POLKITDIR)/actions/org.berth.berth1.policy
 	install -d -m 0755 $(DESTDIR)$(DBUSDIR)/interfaces
 	install -m 0644 dbus-interfaces/*.xml $(DESTDIR)$(DBUSDIR)/interfaces/
 
@@ -53,6 +56,7 @@ uninstall:
 	rm -f $(DESTDIR)$(UNITDIR)/berthd.service $(DESTDIR)$(UNITDIR)/berth@.service
 	rm -f $(DESTDIR)$(DBUSDIR)/system-services/org.berth.berth1.service $(DESTDIR)$(DBUSDIR)/system.d/org.berth.berth1.conf
 	rm -f $(DESTDIR)$(DBUSDIR)/interfaces/org.berth.berth1.*.xml
+	rm -f $(DESTDIR)$(POLKITDIR)/actions/org.berth.berth1.policy
 	rm -rf $(DESTDIR)$(IMAGEDIR)/default
 
 # Quick start: build, install into a disposable systemd host (or this host when PID 1 is
@@ -76,7 +80,11 @@ integration-test:
 	$(MAKE) build
 	tests/run-integration.sh
 
-check test: unit-test integration-test
+# The SELinux policy module compiles and links into Debian's policy (no SELinux needed).
+selinux-policy:
+	tests/selinux-policy.sh
+
+check test: unit-test selinux-policy integration-test
 
 bench: build
 	tests/bench/start.sh

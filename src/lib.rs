@@ -3,6 +3,7 @@
 //! The engine (this library) is cut by concern; `berthd` ([`daemon`]), `berthctl` ([`cli`])
 //! and `berth-helper` ([`helper`]) are thin entry points over it. See ARCHITECTURE.md.
 
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
@@ -13,8 +14,12 @@ pub mod mount;
 pub mod name;
 pub mod ns;
 pub mod plan;
+pub mod polkit;
 pub mod protocol;
+pub mod seccomp;
+pub mod selinux;
 pub mod spawn;
 pub mod spec;
 pub mod sys;
 pub mod systemd;
+pub mod userns;

@@ -1,16 +1,20 @@
 //! Namespaces: which ones a container gets (planned in berthd) and in which order the helper
 //! makes them.
 //!
-//! The helper unshares everything but the cgroup namespace before it forks the leader (so the
-//! leader is PID 1 of the new PID namespace); the cgroup namespace is made by the leader after
-//! berthd has moved it into its scope, so that the namespace's root is the scope's cgroup.
+//! The helper clones the leader into every namespace but the cgroup one at once (`clone3`):
+//! the leader is PID 1 of the new PID namespace, and with a user namespace all the others are
+//! owned by it. The cgroup namespace is made by the leader after berthd has moved it into its
+//! scope, so that the namespace's root is the scope's cgroup.
 
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
-/// The namespaces a container gets.
+/// The namespaces a container gets. With `user`, every other namespace is created inside
+/// (owned by) the container's user namespace, as podman does: root in the container is root
+/// over its own mounts, network and hostname, and nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespaces {
+    pub user: bool,
     pub mount: bool,
     pub uts: bool,
     pub ipc: bool,
@@ -20,10 +24,10 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// What every container gets today: all of them (user namespaces come with the security
-    /// layer).
-    pub fn container() -> Namespaces {
+    /// What a container gets: all of them; a user namespace unless `--userns=host`.
+    pub fn container(user: bool) -> Namespaces {
         Namespaces {
+            user,
             mount: true,
             uts: true,
             ipc: true,
@@ -33,10 +37,11 @@ impl Namespaces {
         }
     }
 
-    /// The flags the helper unshares before forking the leader.
-    pub fn before_fork(&self) -> CloneFlags {
+    /// The flags the leader is cloned with (it is PID 1 of the new PID namespace).
+    pub fn at_clone(&self) -> CloneFlags {
         let mut f = CloneFlags::empty();
         for (on, flag) in [
+            (self.user, CloneFlags::CLONE_NEWUSER),
             (self.mount, CloneFlags::CLONE_NEWNS),
             (self.uts, CloneFlags::CLONE_NEWUTS),
             (self.ipc, CloneFlags::CLONE_NEWIPC),
@@ -66,12 +71,16 @@ mod tests {
 
     #[test]
     fn the_cgroup_namespace_waits_for_the_scope() {
-        let ns = Namespaces::container();
-        assert!(!ns.before_fork().contains(CloneFlags::CLONE_NEWCGROUP));
-        assert!(
-            ns.before_fork()
-                .contains(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
-        );
+        let ns = Namespaces::container(true);
+        assert!(!ns.at_clone().contains(CloneFlags::CLONE_NEWCGROUP));
+        assert!(ns.at_clone().contains(
+            CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUSER
+        ));
         assert_eq!(ns.in_scope(), CloneFlags::CLONE_NEWCGROUP);
+        assert!(
+            !Namespaces::container(false)
+                .at_clone()
+                .contains(CloneFlags::CLONE_NEWUSER)
+        );
     }
 }

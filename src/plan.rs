@@ -4,20 +4,19 @@
 
 use std::path::PathBuf;
 
-use nix::sys::resource::Resource;
 use serde::{Deserialize, Serialize};
 
+use crate::caps::{self, CapPlan};
 use crate::image::ImageConfig;
-use crate::mount::{self, ContainerDirs, MountOp, MountPlanError, RootPlan};
+use crate::mount::{self, ContainerDirs, MountOp, MountPlanError, RootPlan, RootSource};
 use crate::ns::Namespaces;
+use crate::seccomp::Program;
+use crate::spec::ulimit::Ulimit;
 use crate::spec::{ContainerSpec, UserSpec};
+use crate::userns::IdMaps;
 
 /// The `PATH` a payload gets unless its environment says otherwise.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Open files: systemd's defaults for services (soft 1024 for select(2) users, hard 524288),
-/// never above what berthd itself may grant.
-pub const NOFILE: (u64, u64) = (1024, 524_288);
 
 /// Everything the helper needs, decided by berthd beforehand. The helper decides nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,20 +29,23 @@ pub struct Plan {
     pub mounts: Vec<MountOp>,
     pub hostname: String,
     pub process: ProcessPlan,
+    pub security: SecurityPlan,
 }
 
-/// A resource limit the payload gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Rlimit {
-    Nofile,
-}
-
-impl Rlimit {
-    pub fn resource(self) -> Resource {
-        match self {
-            Rlimit::Nofile => Resource::RLIMIT_NOFILE,
-        }
-    }
+/// How the payload is confined, applied in the fixed order setgroups/setgid/setuid →
+/// capabilities → no_new_privs → SELinux exec label → seccomp → exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityPlan {
+    /// The container's ID maps (`None`: no user namespace). berthd writes them.
+    pub id_maps: Option<IdMaps>,
+    /// The capability sets of a payload that runs as root, and of one that does not.
+    pub caps_root: CapPlan,
+    pub caps_user: CapPlan,
+    pub no_new_privs: bool,
+    /// The exec label (`None`: SELinux off, or `label=disable`).
+    pub label: Option<String>,
+    /// The compiled filter (`None`: `seccomp=unconfined`).
+    pub seccomp: Option<Program>,
 }
 
 /// The payload's process.
@@ -60,14 +62,19 @@ pub struct ProcessPlan {
     /// `Some(fallback)`: set `HOME` to the user's passwd home directory, else `fallback`
     /// (the environment had none). `None`: `env` is complete.
     pub home: Option<String>,
-    pub rlimits: Vec<(Rlimit, u64, u64)>,
+    pub rlimits: Vec<Ulimit>,
 }
 
-/// Host facts the plan depends on.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// The hard RLIMIT_NOFILE berthd may hand on.
-    pub nofile_hard: u64,
+/// What berthd decided for the plan besides the spec: the ID range, the label, the compiled
+/// filter, and the limits it may grant.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub id_maps: Option<IdMaps>,
+    /// The SELinux labels (process, file), when labels apply.
+    pub labels: Option<crate::selinux::Labels>,
+    pub seccomp: Option<Program>,
+    /// The hard limit of each resource berthd itself has (a container never gets more).
+    pub hard_limits: fn(nix::sys::resource::Resource) -> u64,
 }
 
 /// The environment: berth's defaults, then the image's, then the definition's; a later
@@ -118,14 +125,15 @@ pub enum PlanError {
     Image(String),
 }
 
-/// The plan for starting `spec` on the image layers `lowers` (topmost first).
+/// The plan for starting `spec` on the image layers `lowers` (topmost first), and what berthd
+/// builds the root from.
 pub fn build(
     spec: &ContainerSpec,
     lowers: &[PathBuf],
     image: Option<&ImageConfig>,
     dirs: &ContainerDirs,
-    host: Limits,
-) -> Result<Plan, PlanError> {
+    decided: Decided,
+) -> Result<(Plan, RootSource), PlanError> {
     let mut env = environment(spec, image);
     let user = user(spec, image).map_err(PlanError::Image)?;
     let has_home = env.iter().any(|e| e.starts_with("HOME="));
@@ -138,11 +146,26 @@ pub fn build(
         }
     };
     let devices: Vec<_> = spec.limits.devices().collect();
-    Ok(Plan {
+    let file_label = decided.labels.as_ref().map(|l| l.file.clone());
+    let (root_source, root) = mount::root(lowers, dirs, file_label.clone())?;
+    let sec = &spec.security;
+    let rlimits = sec
+        .ulimits
+        .iter()
+        .map(|u| {
+            let cap = (decided.hard_limits)(u.resource.resource());
+            Ulimit {
+                soft: u.soft.min(cap),
+                hard: u.hard.min(cap),
+                ..*u
+            }
+        })
+        .collect();
+    let plan = Plan {
         name: spec.name().into(),
-        namespaces: Namespaces::container(),
-        root: mount::root(lowers, dirs)?,
-        mounts: mount::operations(&devices),
+        namespaces: Namespaces::container(decided.id_maps.is_some()),
+        root,
+        mounts: mount::operations(&devices, file_label.as_deref()),
         hostname: spec.hostname.clone(),
         process: ProcessPlan {
             argv: spec.argv(image),
@@ -155,13 +178,18 @@ pub fn build(
                 .unwrap_or_else(|| "/".into()),
             user,
             home,
-            rlimits: vec![(
-                Rlimit::Nofile,
-                NOFILE.0.min(host.nofile_hard),
-                NOFILE.1.min(host.nofile_hard),
-            )],
+            rlimits,
         },
-    })
+        security: SecurityPlan {
+            id_maps: decided.id_maps,
+            caps_root: caps::plan_for(sec.caps, true),
+            caps_user: caps::plan_for(sec.caps, false),
+            no_new_privs: sec.no_new_privs,
+            label: decided.labels.map(|l| l.process),
+            seccomp: decided.seccomp,
+        },
+    };
+    Ok((plan, root_source))
 }
 
 #[cfg(test)]
@@ -173,10 +201,33 @@ pub(crate) mod tests {
     pub fn sample() -> Plan {
         let spec = crate::spec::validate(&def("web"), &Facts::default()).unwrap();
         let dirs = ContainerDirs::under(Path::new("/var/lib/berth/containers/web"));
-        build(&spec, &["/srv/root".into()], None, &dirs, HOST).unwrap()
+        build(&spec, &["/srv/root".into()], None, &dirs, decided())
+            .unwrap()
+            .0
     }
 
-    const HOST: Limits = Limits { nofile_hard: 20000 };
+    fn hard(r: nix::sys::resource::Resource) -> u64 {
+        if r == nix::sys::resource::Resource::RLIMIT_NOFILE {
+            20000
+        } else {
+            u64::MAX
+        }
+    }
+
+    pub fn decided() -> Decided {
+        Decided {
+            id_maps: Some(
+                crate::userns::IdRange {
+                    host_start: 524288,
+                    count: 65536,
+                }
+                .id_maps(),
+            ),
+            labels: None,
+            seccomp: None,
+            hard_limits: hard,
+        }
+    }
 
     #[test]
     fn plan_uses_definition_then_image() {
@@ -193,7 +244,9 @@ pub(crate) mod tests {
             user: Some("www".into()),
             ..Default::default()
         };
-        let p = build(&spec, &["/srv/root".into()], Some(&img), &dirs, HOST).unwrap();
+        let p = build(&spec, &["/srv/root".into()], Some(&img), &dirs, decided())
+            .unwrap()
+            .0;
         assert_eq!(p.process.env, ["B=2", "A=1", "PATH=/x", "container=berth"]);
         assert_eq!(p.process.workdir, "/app");
         assert_eq!(p.process.user, Some(UserSpec::parse("www").unwrap()));
@@ -201,19 +254,28 @@ pub(crate) mod tests {
         assert_eq!(p.process.home.as_deref(), Some("/"));
         assert!(p.mounts.contains(&MountOp::Device {
             path: "dev/fuse".into(),
-            mode: 0o660,
+            source: "/dev/fuse".into(),
             block: false,
             major: 10,
             minor: 229
         }));
         assert_eq!(p.hostname, "h1");
         assert_eq!(p.process.argv, vec!["/bin/sh"]);
-        assert!(
-            p.root
-                .options
-                .contains("upperdir=/var/lib/berth/containers/web/upper")
+        assert_eq!(
+            p.root.target,
+            Path::new("/var/lib/berth/containers/web/root")
         );
-        assert_eq!(p.process.rlimits, [(Rlimit::Nofile, 1024, 20000)]);
+        let nofile = p
+            .process
+            .rlimits
+            .iter()
+            .find(|u| u.resource == crate::spec::ulimit::Rlimit::Nofile)
+            .unwrap();
+        // Never more than berthd may grant.
+        assert_eq!((nofile.soft, nofile.hard), (1024, 20000));
+        assert!(p.namespaces.user);
+        assert_eq!(p.security.caps_root.effective, crate::caps::CapSet::DEFAULT);
+        assert!(p.security.caps_user.effective.is_empty());
     }
 
     #[test]
@@ -226,7 +288,9 @@ pub(crate) mod tests {
         d.env = vec!["HOME=/data".into()];
         let spec = crate::spec::validate(&d, &Facts::default()).unwrap();
         let dirs = ContainerDirs::under(Path::new("/c"));
-        let p = build(&spec, &["/l".into()], None, &dirs, HOST).unwrap();
+        let p = build(&spec, &["/l".into()], None, &dirs, decided())
+            .unwrap()
+            .0;
         assert_eq!(p.process.home, None);
         assert!(p.process.env.contains(&"HOME=/data".to_string()));
     }
@@ -240,7 +304,7 @@ pub(crate) mod tests {
         };
         let dirs = ContainerDirs::under(Path::new("/c"));
         assert!(matches!(
-            build(&spec, &["/l".into()], Some(&img), &dirs, HOST),
+            build(&spec, &["/l".into()], Some(&img), &dirs, decided()),
             Err(PlanError::Image(_))
         ));
     }

@@ -56,7 +56,7 @@ impl std::fmt::Display for Sync {
 pub enum ToHelper {
     /// Sync #1; the plan itself is in the first descriptor.
     Plan,
-    /// Sync #3.
+    /// Sync #3; carries the container's root, a detached mount.
     Release,
 }
 
@@ -73,8 +73,43 @@ pub enum Step {
     /// The image's or the caller's user does not exist in the container.
     User,
     Rlimits,
+    Userns,
+    Keyring,
+    Capabilities,
+    NoNewPrivs,
+    Label,
+    Seccomp,
     /// The payload could not be executed (errno ENOENT: no such command).
     Exec,
+}
+
+impl Step {
+    const ALL: [Step; 16] = [
+        Step::Protocol,
+        Step::Namespaces,
+        Step::Fork,
+        Step::Cgroup,
+        Step::Mount,
+        Step::Pivot,
+        Step::Hostname,
+        Step::User,
+        Step::Rlimits,
+        Step::Userns,
+        Step::Keyring,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Label,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+
+    /// The step with this number (`step as i32`); unknown numbers are `Exec`.
+    pub fn from_index(i: i32) -> Step {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| Step::ALL.get(i).copied())
+            .unwrap_or(Step::Exec)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +321,14 @@ mod tests {
             recv::<String>(b.as_fd()),
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn steps_travel_as_numbers() {
+        for s in Step::ALL {
+            assert_eq!(Step::from_index(s as i32), s);
+        }
+        assert_eq!(Step::from_index(99), Step::Exec);
     }
 
     #[test]

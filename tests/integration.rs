@@ -397,12 +397,15 @@ fn containers_cannot_load_modules_read_kernel_logs_or_set_the_clock() {
 
 #[test]
 fn init_holds_no_host_descriptors() {
-    // PID 1 keeps only the container's /dev/null on 0-2 and its exit-status memfd. Right after
+    // PID 1 keeps only the container's /dev/null on 0-2 and its exit-status memfd. It is not
+    // dumpable, so the container cannot look: read its descriptors from the host. Right after
     // exec it may still hold the exec-status pipe for a moment: wait, and skip an fd that
     // closes between the glob and readlink (it is not held).
-    let fds = ok(
-        "berthctl run --rm -- /bin/sh -c 'sleep 0.2; for f in /proc/1/fd/*; do readlink $f || true; done'",
-    );
+    ok("berthctl run -d --name initfd -- sleep 100");
+    let leader = prop("initfd", "Leader");
+    let fds = ok(&format!(
+        "sleep 0.2; for f in /proc/{leader}/fd/*; do readlink $f || true; done"
+    ));
     assert!(!fds.is_empty());
     for l in fds.lines() {
         assert!(
@@ -410,4 +413,5 @@ fn init_holds_no_host_descriptors() {
             "PID 1 holds {l}: {fds}"
         );
     }
+    ok("berthctl rm -f initfd");
 }

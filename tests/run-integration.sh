@@ -22,6 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 tests/fixtures/make-images.sh "$fixtures" >&2
+# The in-container probe of tests/security.rs, static so it runs in any image.
+gcc -static -O2 -Wall -o "$fixtures/probe" tests/probe/probe.c
 cp -r tests/registry "$fixtures/registry"
 pid=$(tests/host/up.sh "$state" --install-cmd "make install DESTDIR=\$ROOT PROFILE=$PROFILE >&2")
 echo "test host up: systemd PID $pid, state $state" >&2

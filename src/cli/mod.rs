@@ -65,6 +65,14 @@ impl CliError {
             message: message.into(),
         }
     }
+
+    /// An error already printed: only its exit code remains.
+    pub fn reported(exit: Exit) -> Self {
+        CliError {
+            exit,
+            message: String::new(),
+        }
+    }
 }
 
 impl From<dbus::Error> for CliError {
@@ -237,7 +245,9 @@ pub fn main() -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("berthctl: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("berthctl: {}", e.message);
+            }
             e.exit as u8
         }
     }

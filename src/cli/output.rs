@@ -27,6 +27,8 @@ pub struct ContainerView {
     pub oom_kills: u64,
     /// When the last OOM kill happened (microseconds since the epoch), null when never.
     pub last_oom_at: Option<u64>,
+    /// How it is confined: userns, capabilities, seccomp, no-new-privileges, selinux.
+    pub security: std::collections::BTreeMap<String, String>,
 }
 
 impl From<ContainerInfo> for ContainerView {
@@ -44,6 +46,7 @@ impl From<ContainerInfo> for ContainerView {
             resources: i.resources.into_iter().collect(),
             oom_kills: i.oom_kills,
             last_oom_at: (i.last_oom_at != 0).then_some(i.last_oom_at),
+            security: i.security.into_iter().collect(),
         }
     }
 }
@@ -220,6 +223,7 @@ mod tests {
             resources: Default::default(),
             oom_kills: 0,
             last_oom_at: 0,
+            security: Default::default(),
             object_path: zbus::OwnedObjectPath::try_from("/org/berth/berth1/container/a").unwrap(),
         };
         let v = serde_json::to_value(ContainerView::from(info)).unwrap();

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{CliResult, manager};
+use super::{CliError, CliResult, manager};
 
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
@@ -13,10 +13,20 @@ pub struct RemoveArgs {
     pub force: bool,
 }
 
+/// Remove each container; a failure is reported and the others are still removed. The exit
+/// code is the last failure's (0 when all went).
 pub async fn run(a: RemoveArgs) -> CliResult {
     let (_conn, proxy) = manager().await?;
+    let mut last: Option<CliError> = None;
     for name in a.names {
-        proxy.remove_container(name, a.force).await?;
+        if let Err(e) = proxy.remove_container(name, a.force).await {
+            let e = CliError::from(e);
+            eprintln!("berthctl: {}", e.message);
+            last = Some(e);
+        }
     }
-    Ok(0)
+    match last {
+        Some(e) => Err(CliError::reported(e.exit)),
+        None => Ok(0),
+    }
 }

@@ -42,6 +42,8 @@ pub struct ContainerOpts {
     #[arg(long, short = 'u')]
     pub user: Option<String>,
     #[command(flatten)]
+    pub security: SecurityOpts,
+    #[command(flatten)]
     pub resources: ResourceOpts,
     /// Raw scope property KEY=VALUE, as systemd-run takes them (MemoryLow, IOReadIOPSMax,
     /// DeviceAllow, RuntimeMaxSec, …; see README). Repeatable.
@@ -50,6 +52,35 @@ pub struct ContainerOpts {
     /// The command and its arguments (default: /bin/sh).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// How the container is confined (the `[security]` table of its definition).
+#[derive(Debug, Args)]
+pub struct SecurityOpts {
+    /// User namespace: auto (default: 65536 IDs of its own), UID:COUNT (an explicit host
+    /// range), or host (none: root in the container is root on the host).
+    #[arg(long, value_name = "MODE", help_heading = "Security")]
+    pub userns: Option<String>,
+    /// Add a capability to the default set (NET_ADMIN, CAP_SYS_PTRACE, all). Repeatable.
+    #[arg(long = "cap-add", value_name = "CAP", help_heading = "Security")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from the default set (all: none at all). Repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP", help_heading = "Security")]
+    pub cap_drop: Vec<String>,
+    /// Set no_new_privs: setuid binaries and file capabilities gain nothing.
+    #[arg(long = "no-new-privileges", help_heading = "Security")]
+    pub no_new_privileges: bool,
+    /// A resource limit of the payload, NAME=SOFT[:HARD] (nofile=1024:4096). Repeatable.
+    #[arg(
+        long = "ulimit",
+        value_name = "NAME=SOFT[:HARD]",
+        help_heading = "Security"
+    )]
+    pub ulimits: Vec<String>,
+    /// seccomp=unconfined|PROFILE.json, label=disable|level:s0:c1,c2|type:T, unsafe-caps,
+    /// no-new-privileges. Repeatable.
+    #[arg(long = "security-opt", value_name = "OPT", help_heading = "Security")]
+    pub security_opt: Vec<String>,
 }
 
 /// Resource limits and devices: one flag per key of [`limits::KEYS`] (the keys of
@@ -185,6 +216,37 @@ fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     if let Some(u) = &o.user {
         m.insert("User", variant(u.as_str())?);
     }
+    let sec = &o.security;
+    if let Some(u) = &sec.userns {
+        m.insert("UserNamespace", variant(u.as_str())?);
+    }
+    for (key, list) in [
+        ("CapAdd", &sec.cap_add),
+        ("CapDrop", &sec.cap_drop),
+        ("Ulimits", &sec.ulimits),
+    ] {
+        if !list.is_empty() {
+            m.insert(key, variant(list.clone())?);
+        }
+    }
+    if !sec.security_opt.is_empty() {
+        // Relative seccomp profiles are the caller's: make them absolute here.
+        let mut opts = Vec::with_capacity(sec.security_opt.len());
+        for o in &sec.security_opt {
+            match o.split_once(['=', ':']) {
+                Some(("seccomp", p)) if !matches!(p, "unconfined" | "default" | "builtin") => {
+                    let abs = std::path::absolute(p)
+                        .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{p}: {e}")))?;
+                    opts.push(format!("seccomp={}", abs.display()));
+                }
+                _ => opts.push(o.clone()),
+            }
+        }
+        m.insert("SecurityOpt", variant(opts)?);
+    }
+    if sec.no_new_privileges {
+        m.insert("NoNewPrivileges", variant(true)?);
+    }
     let resources = o.resources.pairs();
     if !resources.is_empty() {
         m.insert("Resources", variant(resources)?);
@@ -242,7 +304,7 @@ fn stdio_options() -> CliResult<Options> {
 
 pub async fn run(a: RunArgs) -> CliResult {
     let as_run_error = |e: CliError| match e.exit {
-        Exit::RunNotFound | Exit::NoDaemon => e,
+        Exit::RunNotFound | Exit::RunCannotExecute | Exit::NoDaemon => e,
         _ => CliError {
             exit: Exit::RunFailed,
             message: e.message,

@@ -62,6 +62,14 @@ pub async fn run(a: StatusArgs) -> CliResult {
             .collect();
         lines.push(format!("    Limits: {}", r.join(" ")));
     }
+    if !view.security.is_empty() {
+        let s: Vec<String> = view
+            .security
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        lines.push(format!("  Security: {}", s.join(" ")));
+    }
     if let Some(at) = view.last_oom_at {
         lines.push(format!(
             "       OOM: {} kill(s), last at {}",

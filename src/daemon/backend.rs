@@ -14,6 +14,8 @@ use super::store;
 use super::table::Registry;
 use crate::dbus::{self, Action, Caller, ContainerInfo, Options, Result};
 use crate::image;
+use crate::polkit;
+use crate::spec::definition::Security;
 use crate::spec::{Definition, Resources};
 
 /// How many callers' uids are remembered.
@@ -32,6 +34,12 @@ const CREATE_OPTIONS: &[&str] = &[
     "User",
     "Resources",
     "Properties",
+    "UserNamespace",
+    "CapAdd",
+    "CapDrop",
+    "NoNewPrivileges",
+    "Ulimits",
+    "SecurityOpt",
 ];
 
 /// Options of StartContainer.
@@ -67,6 +75,14 @@ fn definition(name: String, options: Options) -> Result<Definition> {
         auto_remove: o.take("AutoRemove")?.unwrap_or(false),
         resources,
         properties,
+        security: Security {
+            userns: o.take("UserNamespace")?,
+            cap_add: o.take("CapAdd")?.unwrap_or_default(),
+            cap_drop: o.take("CapDrop")?.unwrap_or_default(),
+            no_new_privileges: o.take("NoNewPrivileges")?.unwrap_or(false),
+            ulimits: o.take("Ulimits")?.unwrap_or_default(),
+            security_opt: o.take("SecurityOpt")?.unwrap_or_default(),
+        },
         created_at: store::now_usec(),
     })
 }
@@ -82,43 +98,93 @@ fn stdio(options: Options) -> Result<Stdio> {
     Ok(Stdio(fds))
 }
 
+/// polkit, with each caller's uid asked once: unique bus names are never reused while the
+/// bus runs, so a name's uid never changes. Root is allowed without asking polkit.
+pub struct Authorizer {
+    bus: Option<polkit::BusAuthority>,
+    uids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Authorizer {
+    pub async fn new(conn: &zbus::Connection) -> Authorizer {
+        let bus = match polkit::BusAuthority::new(conn).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!("cannot reach polkit: {e}; only root may change containers");
+                None
+            }
+        };
+        Authorizer {
+            bus,
+            uids: Default::default(),
+        }
+    }
+}
+
+impl Authorizer {
+    /// A caller left the bus: its name is never used again.
+    fn forget(&self, sender: &str) {
+        self.uids.lock().unwrap().remove(sender);
+    }
+}
+
+impl polkit::Authority for Authorizer {
+    async fn caller_uid(&self, sender: &str) -> std::result::Result<u32, String> {
+        if let Some(uid) = self.uids.lock().unwrap().get(sender) {
+            return Ok(*uid);
+        }
+        let bus = self.bus.as_ref().ok_or("the bus is not reachable")?;
+        let uid = bus.caller_uid(sender).await?;
+        let mut uids = self.uids.lock().unwrap();
+        if uids.len() >= MAX_CALLERS {
+            uids.clear();
+        }
+        uids.insert(sender.to_string(), uid);
+        Ok(uid)
+    }
+
+    async fn check(&self, query: &polkit::Query) -> std::result::Result<polkit::Answer, String> {
+        match &self.bus {
+            Some(bus) => bus.check(query).await,
+            None => Err("polkit is not reachable".into()),
+        }
+    }
+}
+
 impl Registry {
-    /// Only root may change anything (the bus policy says so too; this is berthd's own check
-    /// on the caller's credentials from the bus). A caller's uid is asked once: unique names
-    /// are never reused while the bus runs.
-    async fn authorize_caller(&self, caller: Caller, _action: Action) -> Result<()> {
-        let uid = self.caller_uid(&caller.sender).await?;
-        if uid == 0 {
+    /// May `caller` do `action` to `object`? Root may; anyone else if polkit says so. Any
+    /// error while finding out is a denial.
+    pub(super) async fn authorize(
+        &self,
+        caller: &Caller,
+        action: Action,
+        verb: &str,
+        object: (&str, &str),
+    ) -> Result<()> {
+        let details = [(object.0, object.1), ("verb", verb)];
+        polkit::authorize_with(
+            &self.authorizer,
+            &caller.sender,
+            action,
+            &details,
+            caller.interactive,
+        )
+        .await
+        .map_err(|d| dbus::Error::PermissionDenied(d.to_string()))
+    }
+
+    fn known(&self, name: &str) -> Result<()> {
+        if self.entries.lock().unwrap().contains_key(name) {
             Ok(())
         } else {
-            Err(dbus::Error::PermissionDenied(format!(
-                "uid {uid} may not change containers or images: only root may"
+            Err(dbus::Error::NoSuchContainer(format!(
+                "no container named {name:?}"
             )))
         }
     }
 }
 
 impl Registry {
-    /// The uid of a caller, asked of the bus once per connection.
-    async fn caller_uid(&self, sender: &str) -> Result<u32> {
-        if let Some(uid) = self.callers.lock().unwrap().get(sender).copied() {
-            return Ok(uid);
-        }
-        let name = zbus::names::BusName::try_from(sender)
-            .map_err(|_| dbus::Error::PermissionDenied("the caller is unknown".into()))?;
-        let uid = zbus::fdo::DBusProxy::new(&self.conn)
-            .await?
-            .get_connection_unix_user(name)
-            .await
-            .map_err(|e| dbus::Error::PermissionDenied(format!("who is calling: {e}")))?;
-        let mut callers = self.callers.lock().unwrap();
-        if callers.len() >= MAX_CALLERS {
-            callers.clear();
-        }
-        callers.insert(sender.to_string(), uid);
-        Ok(uid)
-    }
-
     /// Follow callers leaving the bus: their waiting calls end, their uid is forgotten.
     pub async fn watch_callers(&self) {
         let proxy = match zbus::fdo::DBusProxy::new(&self.conn).await {
@@ -145,7 +211,7 @@ impl Registry {
                 }
                 let Some(me) = me.upgrade() else { return };
                 me.admission.left(args.name.as_str());
-                me.callers.lock().unwrap().remove(args.name.as_str());
+                me.authorizer.forget(args.name.as_str());
             }
         });
     }
@@ -158,39 +224,135 @@ fn bus<T>(r: std::result::Result<T, Error>) -> Result<T> {
 impl dbus::Backend for Registry {
     fn admit(&self, sender: String) -> BoxFuture<'_, Result<dbus::Permit>> {
         Box::pin(async move {
+            use polkit::Authority;
             let permit = self.admission.admit(&sender)?;
-            let uid = self.caller_uid(&sender).await?;
+            let uid = self
+                .authorizer
+                .caller_uid(&sender)
+                .await
+                .map_err(|e| dbus::Error::PermissionDenied(format!("who is calling: {e}")))?;
             permit.for_uid(uid)
         })
     }
-    fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.authorize_caller(caller, action))
+    fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            use polkit::Authority;
+            self.authorizer.caller_uid(&sender).await == Ok(0)
+        })
     }
-    fn create(&self, name: String, options: Options) -> BoxFuture<'_, Result<OwnedObjectPath>> {
-        Box::pin(async move { bus(self.create(definition(name, options)?).await) })
+    fn create(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        Box::pin(async move {
+            let def = definition(name.clone(), options)?;
+            let spec = crate::spec::validate(&def, &self.host)
+                .map_err(|e| dbus::Error::from(Error::from(e)))?;
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "create",
+                ("container", &name),
+            )
+            .await?;
+            bus(self.create(spec).await)
+        })
     }
-    fn start(&self, name: String, options: Options) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { bus(self.start(name, stdio(options)?).await) })
+    fn start(&self, caller: Caller, name: String, options: Options) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let stdio = stdio(options)?;
+            self.known(&name)?;
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "start",
+                ("container", &name),
+            )
+            .await?;
+            bus(self.start(name, stdio).await)
+        })
     }
-    fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { bus(self.stop(name, timeout_usec).await) })
+    fn stop(&self, caller: Caller, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.known(&name)?;
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "stop",
+                ("container", &name),
+            )
+            .await?;
+            bus(self.stop(name, timeout_usec).await)
+        })
     }
-    fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { bus(self.kill(name, whom, signal).await) })
+    fn kill(
+        &self,
+        caller: Caller,
+        name: String,
+        whom: String,
+        signal: i32,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.known(&name)?;
+            if !matches!(whom.as_str(), "leader" | "" | "all") {
+                return Err(dbus::Error::InvalidArgument(format!(
+                    "whom must be \"leader\" or \"all\", not {whom:?}"
+                )));
+            }
+            if nix::sys::signal::Signal::try_from(signal).is_err() {
+                return Err(dbus::Error::InvalidArgument(format!(
+                    "invalid signal number {signal}"
+                )));
+            }
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "kill",
+                ("container", &name),
+            )
+            .await?;
+            bus(self.kill(name, whom, signal).await)
+        })
     }
-    fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { bus(self.remove(name, force).await) })
+    fn remove(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.known(&name)?;
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "remove",
+                ("container", &name),
+            )
+            .await?;
+            bus(self.remove(name, force).await)
+        })
     }
     fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>> {
         Box::pin(async move { bus(self.wait(name).await) })
     }
     fn set_resources(
         &self,
+        caller: Caller,
         name: String,
         assignments: Vec<(String, String)>,
         runtime: bool,
     ) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { bus(self.set_resources(name, assignments, runtime).await) })
+        Box::pin(async move {
+            self.known(&name)?;
+            if assignments.is_empty() {
+                return Err(dbus::Error::InvalidArgument("nothing to set".into()));
+            }
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "set",
+                ("container", &name),
+            )
+            .await?;
+            bus(self.set_resources(name, assignments, runtime).await)
+        })
     }
     fn stats(&self, names: Vec<String>) -> BoxFuture<'_, Result<Vec<dbus::StatsInfo>>> {
         Box::pin(async move { bus(Registry::stats(self, names).await) })
@@ -212,6 +374,7 @@ impl dbus::Backend for Registry {
     }
     fn import_image(
         &self,
+        caller: Caller,
         format: String,
         source: String,
         name: String,
@@ -219,11 +382,17 @@ impl dbus::Backend for Registry {
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
         Box::pin(async move {
             options.check(&[])?;
+            crate::name::validate(&name).map_err(|e| {
+                dbus::Error::InvalidArgument(format!("invalid image name {name:?}: {e}"))
+            })?;
+            self.authorize(&caller, Action::ManageImages, "import", ("image", &name))
+                .await?;
             Registry::import_image(self, format, source, name).await
         })
     }
     fn pull_image(
         &self,
+        caller: Caller,
         reference: String,
         name: String,
         options: Options,
@@ -232,27 +401,48 @@ impl dbus::Backend for Registry {
             let mut o = options.check(&["Insecure", "AuthFile"])?;
             let insecure = o.take::<bool>("Insecure")?.unwrap_or(false);
             let auth_file = o.take::<String>("AuthFile")?;
+            self.authorize(&caller, Action::ManageImages, "pull", ("image", &reference))
+                .await?;
             Registry::pull_image(self, reference, name, insecure, auth_file).await
         })
     }
-    fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
-        Box::pin(Registry::remove_image(self, name, force))
+    fn remove_image(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.authorize(&caller, Action::ManageImages, "remove", ("image", &name))
+                .await?;
+            Registry::remove_image(self, name, force).await
+        })
     }
     fn copy_image(
         &self,
+        caller: Caller,
         op: &'static str,
         name: String,
         new_name: String,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
-        Box::pin(Registry::copy_image(self, op, name, new_name))
+        Box::pin(async move {
+            self.authorize(&caller, Action::ManageImages, op, ("image", &name))
+                .await?;
+            Registry::copy_image(self, op, name, new_name).await
+        })
     }
     fn export_tar(
         &self,
+        caller: Caller,
         what: &'static str,
         name: String,
         fd: OwnedFd,
     ) -> BoxFuture<'_, Result<()>> {
-        Box::pin(Registry::export_tar(self, what, name, fd))
+        Box::pin(async move {
+            let action = if what == "image" {
+                Action::ManageImages
+            } else {
+                Action::ManageContainers
+            };
+            self.authorize(&caller, action, "export", (what, &name))
+                .await?;
+            Registry::export_tar(self, what, name, fd).await
+        })
     }
     fn list(&self) -> Vec<ContainerInfo> {
         Registry::list(self)

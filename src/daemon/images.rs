@@ -298,6 +298,50 @@ impl Registry {
         }
     }
 
+    /// Put the directory images shipped with berth into the store (once; they stay read-only
+    /// there). A container's layers are mapped into its user namespace with idmapped mounts,
+    /// which not every filesystem a shipped directory may live on supports (overlayfs does
+    /// not); the store's does.
+    pub async fn import_shipped(&self) {
+        let mut shipped = Vec::new();
+        for dir in &self.layout.image_dirs {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for d in rd.flatten() {
+                let Ok(n) = d.file_name().into_string() else {
+                    continue;
+                };
+                if d.path().is_dir()
+                    && name::validate(&n).is_ok()
+                    && self.images.get(&n).is_err()
+                    && !shipped.iter().any(|(m, _)| *m == n)
+                {
+                    shipped.push((n, d.path()));
+                }
+            }
+        }
+        for (n, dir) in shipped {
+            let store = self.images.clone();
+            let name = n.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                image::import_fs(&store, &dir, &name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| store.set_read_only(&name, true).map_err(|e| e.to_string()))
+            })
+            .await;
+            match done {
+                Ok(Ok(_)) => info!("added the shipped image {n} to the store"),
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot add the shipped image {n} to the store: {e}, ignoring")
+                }
+                Err(e) => {
+                    tracing::warn!("cannot add the shipped image {n} to the store: {e}, ignoring")
+                }
+            }
+        }
+    }
+
     /// Export every image as a bus object (at start).
     pub async fn export_images(&self) {
         for i in self.list_images() {
@@ -475,7 +519,11 @@ impl Registry {
                     .join(", ")
             )));
         }
-        if self.images.get(&image).is_err() && self.layout.find_image(&image).is_some() {
+        let shipped = match self.images.get(&image) {
+            Ok(rec) => rec.read_only,
+            Err(_) => self.layout.find_image(&image).is_some(),
+        };
+        if shipped {
             return Err(Error::InvalidState(format!(
                 "image {image:?} is shipped with berth and read-only"
             )));

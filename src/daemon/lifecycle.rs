@@ -13,7 +13,7 @@ use super::table::{Entry, MAX_CONTAINERS, Registry, State, path};
 use crate::dbus;
 use crate::mount::ContainerDirs;
 use crate::name;
-use crate::spec::{self, ContainerSpec, Definition, Root};
+use crate::spec::{ContainerSpec, Definition, Root};
 use crate::sys;
 
 /// The default stop timeout.
@@ -61,13 +61,16 @@ impl Registry {
         }
     }
 
-    pub(super) async fn create(&self, def: Definition) -> Result<OwnedObjectPath> {
-        let spec = spec::validate(&def, &self.host)?;
-        let name = def.name.clone();
+    /// Define a container from its checked spec.
+    pub(super) async fn create(&self, spec: ContainerSpec) -> Result<OwnedObjectPath> {
+        let name = spec.name().to_string();
         let shown = match &spec.root {
             Root::Directory(d) => d.clone(),
             Root::Image(i) => self.resolve_image(i)?.shown,
         };
+        // A profile that does not compile (too long for the kernel) is refused now; the
+        // program stays in the cache for the first start.
+        self.seccomp_program(&spec)?;
         {
             let mut entries = self.entries.lock().unwrap();
             if entries.contains_key(&name) || self.broken.lock().unwrap().contains_key(&name) {
@@ -83,7 +86,15 @@ impl Registry {
             if let Root::Directory(d) = &spec.root {
                 spec.definition.directory = Some(d.clone());
             }
-            if let Err(e) = self.write_container_dir(&spec.definition) {
+            // Its ID range and label come first: an exhausted pool or a taken range leaves
+            // nothing behind.
+            let range = self.id_range(&spec)?;
+            if let Err(e) = self.labels(&spec) {
+                self.release_allocations(&name);
+                return Err(e);
+            }
+            if let Err(e) = self.write_container_dir(&spec.definition, range) {
+                self.release_allocations(&name);
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
                     // Not ours: a directory no container of the table owns (left by hand, or
                     // by a removal that could not move it aside).
@@ -94,7 +105,9 @@ impl Registry {
                     e,
                 ));
             }
-            entries.insert(name.clone(), Entry::new(spec, shown));
+            let mut entry = Entry::new(spec, shown);
+            entry.security = self.describe(&entry.spec);
+            entries.insert(name.clone(), entry);
         }
         self.export(&name).await;
         if let Some(em) = self.manager_emitter()
@@ -109,7 +122,11 @@ impl Registry {
     /// Make the container's directory whole (layer directories and definition) under a
     /// staging name, then give it its name in one `rename`: a crash or a full disk never leaves
     /// a directory without its definition. Whatever fails is removed at once.
-    fn write_container_dir(&self, def: &Definition) -> std::io::Result<()> {
+    fn write_container_dir(
+        &self,
+        def: &Definition,
+        range: Option<crate::userns::IdRange>,
+    ) -> std::io::Result<()> {
         let dir = self.layout.container_dir(&def.name);
         let staging = self.layout.containers().join(format!(
             "{STAGING_PREFIX}{}-{}",
@@ -122,6 +139,7 @@ impl Registry {
             for d in [&dirs.upper, &dirs.work, &dirs.root] {
                 std::fs::create_dir(d)?;
             }
+            super::security::own_upper(&dirs.upper, range)?;
             let text = toml::to_string(def).map_err(std::io::Error::other)?;
             store::write_atomic(&staging.join("container.toml"), text.as_bytes())?;
             super::failpoint::hit("create:after-staging");
@@ -357,6 +375,9 @@ impl Registry {
                 }
             }
             entries.remove(name);
+            // Under the table's lock: a create of the same name right after allocates anew,
+            // and this removal never frees what that new container holds.
+            self.release_allocations(name);
             match std::fs::rename(&dir, &trash) {
                 Ok(()) => trash,
                 Err(e) => {

@@ -114,17 +114,31 @@ impl Registry {
                 }
                 continue;
             }
-            for _ in 0..100 {
+            for attempt in 0..100 {
                 match cg.oom_kills() {
                     Ok(Some(now)) if now > seen => {
                         self.record_oom(&name, &mut seen, now).await;
                         break;
                     }
                     Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    // Gone at once: the eventfd also fires when the cgroup is removed (the
+                    // container stopped), which is no OOM kill.
+                    Err(_) if attempt == 0 => return,
                     Err(_) => {
-                        let now = seen + 1;
-                        self.record_oom(&name, &mut seen, now).await;
-                        break;
+                        // Gone while the kill was being counted: the victim was the payload,
+                        // so the container ends; it was an OOM kill if it died of SIGKILL.
+                        let status = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            exited.wait_for(Option::is_some),
+                        )
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok().and_then(|v| *v));
+                        if status == Some(128 + libc::SIGKILL) {
+                            let now = seen + 1;
+                            self.record_oom(&name, &mut seen, now).await;
+                        }
+                        return;
                     }
                 }
             }

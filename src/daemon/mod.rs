@@ -11,6 +11,7 @@ mod quarantine;
 mod reaper;
 mod reconcile;
 mod recovery;
+mod security;
 mod space;
 mod start;
 mod store;
@@ -51,6 +52,8 @@ pub enum DaemonError {
     /// (`Restart=on-failure`), which re-adopts the containers.
     #[error("lost the system bus; exiting so that systemd restarts berthd on the new one")]
     BusLost,
+    #[error(transparent)]
+    Security(security::OpenError),
 }
 
 fn init_logging() {
@@ -114,12 +117,24 @@ async fn serve(
     stored: std::collections::HashMap<String, std::os::fd::OwnedFd>,
 ) -> Result<(), DaemonError> {
     let layout = Layout::default();
-    for dir in [layout.containers(), layout.run.join("containers")] {
+    let scratch = std::path::Path::new(crate::mount::SCRATCH);
+    for dir in [
+        layout.containers(),
+        layout.run.join("containers"),
+        scratch.join("proc"),
+        scratch.join("sys"),
+    ] {
         std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Dir {
             path: dir.clone(),
             source,
         })?;
     }
+    make_empty_file(std::path::Path::new(crate::mount::EMPTY_FILE)).map_err(|source| {
+        DaemonError::Dir {
+            path: crate::mount::EMPTY_FILE.into(),
+            source,
+        }
+    })?;
     let conn = zbus::connection::Builder::system()
         .build()
         .await
@@ -129,8 +144,13 @@ async fn serve(
         .map_err(DaemonError::Systemd)?;
     let images = crate::image::Store::open(&layout.lib).map_err(DaemonError::Images)?;
     check_images(&images);
-    let registry = Registry::new(conn.clone(), systemd, layout, helper_path(), images);
+    let helper = helper_path();
+    let security = security::open(&conn, &layout.lib, &helper)
+        .await
+        .map_err(DaemonError::Security)?;
+    let registry = Registry::new(conn.clone(), systemd, layout, helper, images, security);
     registry.watch_callers().await;
+    registry.import_shipped().await;
     registry.recover(stored).await;
     registry.export_images().await;
     let server = conn.object_server();
@@ -206,6 +226,17 @@ fn check_images(images: &crate::image::Store) {
         ),
         Err(e) => tracing::warn!("cannot clean the image store: {e}, ignoring"),
     }
+}
+
+/// The empty, read-only file masked paths are replaced by: made anew, so that nothing written
+/// to an old one can ever show through a mask.
+fn make_empty_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    let f = std::fs::File::create(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// Log a fatal error once, at the edge.

@@ -146,6 +146,7 @@ impl Broken {
             resources: Default::default(),
             oom_kills: 0,
             last_oom_at: 0,
+            security: Default::default(),
             object_path: path(name),
         }
     }
@@ -238,6 +239,9 @@ impl Registry {
                 broken.insert(name.to_string(), b);
                 return Err(Error::io(format!("cannot move {} aside", dir.display()), e));
             }
+            // Under the lock a create of the same name checks: it never gets a range this
+            // removal frees afterwards.
+            self.release_allocations(name);
         }
         let rt = self.layout.runtime(name);
         let victim: PathBuf = trash.clone();

@@ -78,6 +78,7 @@ impl Registry {
             }
         }
         names.sort();
+        self.rebuild_allocations(&names);
         for name in names {
             let spec = match quarantine::load(&self.layout, &name, &self.host) {
                 Ok(s) => s,
@@ -88,6 +89,7 @@ impl Registry {
             };
             let shown = self.shown_root(&spec);
             let mut entry = Entry::new(spec, shown);
+            entry.security = self.describe(&entry.spec);
             let memfd = stored.remove(&fdname(&name));
             let mut repaired = false;
             let found = match store::read_runtime(&self.layout, &name) {

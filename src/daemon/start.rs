@@ -187,7 +187,7 @@ impl Registry {
 
     async fn launch(&self, spec: &ContainerSpec, stdio: Stdio) -> Result<Launched> {
         let name = spec.name();
-        let (plan, stop_signal, fds) = {
+        let (plan, root_source, stop_signal, fds) = {
             let _t = Timer::new(name, "plan");
             let devnull = || {
                 std::fs::OpenOptions::new()
@@ -228,16 +228,19 @@ impl Registry {
                 }),
                 None => Signal::SIGTERM,
             };
-            let plan = plan::build(
-                spec,
-                &root.lowers,
-                root.config.as_ref(),
-                &dirs,
-                plan::Limits {
-                    nofile_hard: self.nofile_hard,
-                },
-            )?;
-            (plan, stop_signal, fds)
+            let range = self.id_range(spec)?;
+            if let Some(r) = range {
+                self.migrate_upper(name, &dirs.upper, r)?;
+            }
+            let decided = plan::Decided {
+                id_maps: range.map(|r| r.id_maps()),
+                labels: self.labels(spec)?,
+                seccomp: self.seccomp_program(spec)?,
+                hard_limits: hard_limit,
+            };
+            let (plan, root_source) =
+                plan::build(spec, &root.lowers, root.config.as_ref(), &dirs, decided)?;
+            (plan, root_source, stop_signal, fds)
         };
         let memfd = nix::sys::memfd::memfd_create(
             format!("berth-exit-{name}").as_str(),
@@ -249,7 +252,7 @@ impl Registry {
 
         let helper = {
             let _t = Timer::new(name, "exec helper");
-            Helper::spawn(&self.helper)?
+            Helper::spawn(&self.helper, self.helper_image.as_ref())?
         };
         let (pid, pidfd, sock) = {
             let _t = Timer::new(name, "namespaces (sync #1-#2)");
@@ -317,25 +320,37 @@ impl Registry {
             }
             reason
         };
-        {
+        // The scope job runs in systemd while berthd writes the ID maps and makes the root:
+        // the two cost the start only once.
+        let scope = async {
             let _t = Timer::new(name, "scope");
             let props = systemd::scope_properties(&format!("berth container {name}"), pid as u32)
                 .extend(properties::device_policy(&spec.limits))
                 .extend(properties::limit_properties(&spec.limits))
                 .extend(spec.properties.iter().map(properties::raw_property));
-            if let Err(source) = self.systemd.start_scope(&unit, &props).await {
-                return Err(abort(Error::Systemd {
+            self.systemd
+                .start_scope(&unit, &props)
+                .await
+                .map_err(|source| Error::Systemd {
                     what: "the scope",
                     source,
                 })
-                .await);
-            }
-            super::failpoint::hit("start:after-scope");
-        }
+        };
+        let root = async {
+            let _t = Timer::new(name, "ID maps and root");
+            make_root(pid, &plan, &root_source)
+        };
+        let (scoped, root) = tokio::join!(scope, root);
+        let root = match (scoped, root) {
+            (Ok(()), Ok(root)) => root,
+            (Err(e), _) | (_, Err(e)) => return Err(abort(e).await),
+        };
+        super::failpoint::hit("start:after-scope");
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
-        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &[]).await {
+        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &[root.as_fd()]).await {
             return Err(abort(e.into()).await);
         }
+        drop(root);
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
             Ok((FromHelper::Started, _)) => Ok(Launched {
                 pid,
@@ -363,6 +378,53 @@ impl Registry {
             .await),
             Err(e) => Err(abort(e.into()).await),
         }
+    }
+}
+
+/// The ID maps of the leader (written by berthd, root in the initial user namespace, as
+/// only it may for a range of its choosing), then the container's root as a detached overlay
+/// on layers idmapped through the leader's user namespace.
+fn make_root(pid: i32, plan: &plan::Plan, src: &crate::mount::RootSource) -> Result<OwnedFd> {
+    let userns = match &plan.security.id_maps {
+        Some(maps) => {
+            crate::userns::write_maps(nix::unistd::Pid::from_raw(pid), &maps.uid, &maps.gid)
+                .map_err(|e| Error::io(format!("write the ID maps of {pid}"), e))?;
+            Some(
+                super::security::userns_of(pid)
+                    .map_err(|e| Error::io("open the container's user namespace", e))?,
+            )
+        }
+        None => None,
+    };
+    crate::mount::root::build(src, userns.as_ref().map(|u| u.as_fd()))
+        .map_err(|e| Error::Failed(format!("cannot make the container's root: {e}")))
+}
+
+/// berthd's own hard limit of a resource: a container never gets more.
+fn hard_limit(r: nix::sys::resource::Resource) -> u64 {
+    nix::sys::resource::getrlimit(r).map_or(u64::MAX, |(_, hard)| hard)
+}
+
+impl Registry {
+    /// A container created before it had a user namespace: its writable layer is owned by
+    /// real IDs. Shift them into its range once, so it keeps its files.
+    fn migrate_upper(
+        &self,
+        name: &str,
+        upper: &std::path::Path,
+        range: crate::userns::IdRange,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(upper)
+            .map_err(|e| Error::io(format!("{}", upper.display()), e))?
+            .uid();
+        if owner == range.host_start {
+            return Ok(());
+        }
+        let n = super::security::shift_upper(upper, range)
+            .map_err(|e| Error::io(format!("shift the owners in {}", upper.display()), e))?;
+        info!("container {name}: moved its writable layer into its ID range {range} ({n} files)");
+        Ok(())
     }
 }
 

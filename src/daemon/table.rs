@@ -76,6 +76,8 @@ pub struct Entry {
     /// The OOM kill counter of the current run's cgroup as last counted, so that kills while
     /// berthd was away are counted on re-adoption (`None`: unknown, from an older record).
     pub oom_seen: Option<u64>,
+    /// How it is confined, as `Security` shows it.
+    pub security: BTreeMap<String, String>,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -98,6 +100,7 @@ impl Entry {
             oom_kills: 0,
             last_oom_at: 0,
             oom_seen: Some(0),
+            security: BTreeMap::new(),
             published: None,
         }
     }
@@ -117,6 +120,7 @@ impl Entry {
             resources: self.resources.display_map().into_iter().collect(),
             oom_kills: self.oom_kills,
             last_oom_at: self.last_oom_at,
+            security: self.security.clone().into_iter().collect(),
             object_path: path(name),
         }
     }
@@ -154,8 +158,6 @@ pub struct Registry {
     pub(super) hierarchies: Hierarchies,
     /// What validation needs to know about the host, found once.
     pub(super) host: spec::Host,
-    /// The hard RLIMIT_NOFILE berthd may hand on.
-    pub(super) nofile_hard: u64,
     /// The last CPU sample per container (time, usage), for CPU percentages.
     pub(super) cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
     /// Image operations (imports, pulls, exports) in flight.
@@ -166,8 +168,17 @@ pub struct Registry {
     pub(super) stats_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Calls in flight by caller and uid (see `dbus::admission`).
     pub(super) admission: Arc<dbus::admission::Admission>,
-    /// The uid of each caller seen (unique bus names are never reused while the bus runs).
-    pub(super) callers: Mutex<HashMap<String, u32>>,
+    /// Who may call what: polkit, with each caller's uid remembered.
+    pub(super) authorizer: super::backend::Authorizer,
+    /// User-ID ranges of the containers, persisted under /var/lib/berth.
+    pub(super) id_ranges: Mutex<crate::userns::IdAllocator>,
+    /// SELinux: whether labels apply, the policy's container types, the MCS pairs.
+    pub(super) selinux: super::security::Selinux,
+    /// Compiled seccomp filters by (profile, capabilities): each compiled once.
+    pub(super) seccomp: crate::seccomp::Cache,
+    /// The helper binary, as a sealed memfd: every helper and container PID 1 runs from it,
+    /// so no container can ever reach the host's file.
+    pub(super) helper_image: Option<std::os::fd::OwnedFd>,
 }
 
 impl Registry {
@@ -177,15 +188,12 @@ impl Registry {
         layout: Layout,
         helper: PathBuf,
         images: image::Store,
+        security: super::security::Opened,
     ) -> Arc<Self> {
         let hierarchies = Hierarchies::detect().unwrap_or_else(|e| {
             warn!("cannot read the cgroup mounts: {e}, stats will be empty");
             Hierarchies::default()
         });
-        let nofile_hard =
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map(|(_, hard)| hard)
-                .unwrap_or(crate::plan::NOFILE.1);
         Arc::new_cyclic(|me| Registry {
             me: me.clone(),
             conn,
@@ -198,13 +206,16 @@ impl Registry {
             removed_at_exit: Mutex::default(),
             host: spec::Host::new(hierarchies.unified_only),
             hierarchies,
-            nofile_hard,
             cpu_samples: Mutex::default(),
             operations: Default::default(),
             reclaim_pending: Default::default(),
             stats_watchers: Mutex::default(),
             admission: Arc::default(),
-            callers: Mutex::default(),
+            authorizer: security.authorizer,
+            id_ranges: Mutex::new(security.id_ranges),
+            selinux: security.selinux,
+            seccomp: crate::seccomp::Cache::new(),
+            helper_image: security.helper_image,
         })
     }
 

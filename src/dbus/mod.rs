@@ -81,6 +81,10 @@ pub struct ContainerInfo {
     /// OOM kills recorded, and when the last happened (microseconds since the epoch, 0: never).
     pub oom_kills: u64,
     pub last_oom_at: u64,
+    /// How it is confined: `userns` (`auto RANGE`, `UID:COUNT` or `host`), `capabilities`,
+    /// `seccomp` (`default`, `unconfined` or the profile), `no-new-privileges`, `selinux`
+    /// (its label, or why there is none).
+    pub security: HashMap<String, String>,
     pub object_path: OwnedObjectPath,
 }
 
@@ -124,12 +128,7 @@ pub struct StatsInfo {
     pub oom_kills: u64,
 }
 
-/// What a caller asks to do, for authorization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    ManageContainers,
-    ManageImages,
-}
+pub use crate::polkit::Action;
 
 /// Who is calling: the sender's unique name, and whether its message allows interactive
 /// authorization.
@@ -154,22 +153,35 @@ impl Caller {
     }
 }
 
-/// What the bus objects need from the daemon.
+/// What the bus objects need from the daemon. Every mutating method gets its caller: the
+/// backend checks the arguments, then asks whether the caller may do that (polkit), then
+/// acts.
 pub trait Backend: Send + Sync + 'static {
     /// Count a call of `sender` against its connection and its uid (see [`admission`]), or
     /// refuse it with `LimitExceeded`. Every method asks this first.
     fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>>;
-    /// Allow `caller` to do `action`, or say why not. Every mutating method asks this, after
-    /// checking its arguments' types and before acting.
-    fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>>;
-    fn create(&self, name: String, options: Options) -> BoxFuture<'_, Result<OwnedObjectPath>>;
-    fn start(&self, name: String, options: Options) -> BoxFuture<'_, Result<()>>;
-    fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>>;
-    fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>>;
-    fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
+    /// Whether the caller is root (who may see everything); false when it cannot be told.
+    fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool>;
+    fn create(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
+    fn start(&self, caller: Caller, name: String, options: Options) -> BoxFuture<'_, Result<()>>;
+    fn stop(&self, caller: Caller, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>>;
+    fn kill(
+        &self,
+        caller: Caller,
+        name: String,
+        whom: String,
+        signal: i32,
+    ) -> BoxFuture<'_, Result<()>>;
+    fn remove(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
     fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>>;
     fn set_resources(
         &self,
+        caller: Caller,
         name: String,
         assignments: Vec<(String, String)>,
         runtime: bool,
@@ -182,6 +194,7 @@ pub trait Backend: Send + Sync + 'static {
     fn image_config(&self, name: &str) -> Option<crate::image::ImageConfig>;
     fn import_image(
         &self,
+        caller: Caller,
         format: String,
         source: String,
         name: String,
@@ -189,14 +202,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
     fn pull_image(
         &self,
+        caller: Caller,
         reference: String,
         name: String,
         options: Options,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>>;
-    fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
+    fn remove_image(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>>;
     /// `op`: rename, clone or tag.
     fn copy_image(
         &self,
+        caller: Caller,
         op: &'static str,
         name: String,
         new_name: String,
@@ -204,12 +219,31 @@ pub trait Backend: Send + Sync + 'static {
     /// `what`: image or container.
     fn export_tar(
         &self,
+        caller: Caller,
         what: &'static str,
         name: String,
         fd: std::os::fd::OwnedFd,
     ) -> BoxFuture<'_, Result<()>>;
     fn list(&self) -> Vec<ContainerInfo>;
     fn info(&self, name: &str) -> Option<ContainerInfo>;
+}
+
+/// Whether the sender of `hdr` is root; a property read without a header (the ObjectManager's
+/// signals) counts as not.
+async fn is_root(b: &Arc<dyn Backend>, hdr: Option<&Header<'_>>) -> bool {
+    match hdr.and_then(|h| h.sender()) {
+        Some(s) => b.caller_is_root(s.to_string()).await,
+        None => false,
+    }
+}
+
+impl ContainerInfo {
+    /// Drop what only root may see: paths on the host and failure messages (which name
+    /// commands and paths). Everything else is public.
+    pub fn redact(&mut self) {
+        self.root_directory.clear();
+        self.last_error.clear();
+    }
 }
 
 /// The backend, while the daemon is alive.
@@ -241,17 +275,6 @@ fn strict(hdr: &Header<'_>, signature: &str) -> Result<()> {
     )))
 }
 
-/// Check that the caller may do `action`, then hand back the backend to do it.
-async fn authorized(
-    b: &Weak<dyn Backend>,
-    hdr: &Header<'_>,
-    action: Action,
-) -> Result<Arc<dyn Backend>> {
-    let backend = live(b)?;
-    backend.authorize(Caller::of(hdr)?, action).await?;
-    Ok(backend)
-}
-
 /// `/org/berth/berth1`: the manager.
 pub struct Manager {
     pub backend: Weak<dyn Backend>,
@@ -274,9 +297,8 @@ impl Manager {
         options: Options,
     ) -> Result<OwnedObjectPath> {
         let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .create(name, options)
+        live(&self.backend)?
+            .create(Caller::of(&hdr)?, name, options)
             .await
     }
 
@@ -289,9 +311,8 @@ impl Manager {
         options: Options,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .start(name, options)
+        live(&self.backend)?
+            .start(Caller::of(&hdr)?, name, options)
             .await
     }
 
@@ -304,9 +325,8 @@ impl Manager {
         timeout_usec: u64,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "st").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .stop(name, timeout_usec)
+        live(&self.backend)?
+            .stop(Caller::of(&hdr)?, name, timeout_usec)
             .await
     }
 
@@ -320,9 +340,8 @@ impl Manager {
         signal: i32,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "ssi").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .kill(name, whom, signal)
+        live(&self.backend)?
+            .kill(Caller::of(&hdr)?, name, whom, signal)
             .await
     }
 
@@ -335,9 +354,8 @@ impl Manager {
         force: bool,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "sb").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .remove(name, force)
+        live(&self.backend)?
+            .remove(Caller::of(&hdr)?, name, force)
             .await
     }
 
@@ -353,9 +371,8 @@ impl Manager {
         runtime: bool,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "sa(ss)b").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .set_resources(name, assignments, runtime)
+        live(&self.backend)?
+            .set_resources(Caller::of(&hdr)?, name, assignments, runtime)
             .await
     }
 
@@ -420,9 +437,8 @@ impl Manager {
         options: Options,
     ) -> Result<OwnedObjectPath> {
         let _call = enter(&self.backend, &hdr, "sssa{sv}").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .import_image(format, source, name, options)
+        live(&self.backend)?
+            .import_image(Caller::of(&hdr)?, format, source, name, options)
             .await
     }
 
@@ -438,9 +454,8 @@ impl Manager {
         options: Options,
     ) -> Result<OwnedObjectPath> {
         let _call = enter(&self.backend, &hdr, "ssa{sv}").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .pull_image(reference, name, options)
+        live(&self.backend)?
+            .pull_image(Caller::of(&hdr)?, reference, name, options)
             .await
     }
 
@@ -453,9 +468,8 @@ impl Manager {
         force: bool,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "sb").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .remove_image(name, force)
+        live(&self.backend)?
+            .remove_image(Caller::of(&hdr)?, name, force)
             .await
     }
 
@@ -467,9 +481,8 @@ impl Manager {
         new_name: String,
     ) -> Result<OwnedObjectPath> {
         let _call = enter(&self.backend, &hdr, "ss").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .copy_image("rename", name, new_name)
+        live(&self.backend)?
+            .copy_image(Caller::of(&hdr)?, "rename", name, new_name)
             .await
     }
 
@@ -481,9 +494,8 @@ impl Manager {
         new_name: String,
     ) -> Result<OwnedObjectPath> {
         let _call = enter(&self.backend, &hdr, "ss").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .copy_image("clone", name, new_name)
+        live(&self.backend)?
+            .copy_image(Caller::of(&hdr)?, "clone", name, new_name)
             .await
     }
 
@@ -495,9 +507,8 @@ impl Manager {
         new_name: String,
     ) -> Result<OwnedObjectPath> {
         let _call = enter(&self.backend, &hdr, "ss").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .copy_image("tag", name, new_name)
+        live(&self.backend)?
+            .copy_image(Caller::of(&hdr)?, "tag", name, new_name)
             .await
     }
 
@@ -509,9 +520,8 @@ impl Manager {
         fd: zbus::OwnedFd,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "sh").await?;
-        authorized(&self.backend, &hdr, Action::ManageImages)
-            .await?
-            .export_tar("image", name, fd.into())
+        live(&self.backend)?
+            .export_tar(Caller::of(&hdr)?, "image", name, fd.into())
             .await
     }
 
@@ -524,9 +534,8 @@ impl Manager {
         fd: zbus::OwnedFd,
     ) -> Result<()> {
         let _call = enter(&self.backend, &hdr, "sh").await?;
-        authorized(&self.backend, &hdr, Action::ManageContainers)
-            .await?
-            .export_tar("container", name, fd.into())
+        live(&self.backend)?
+            .export_tar(Caller::of(&hdr)?, "container", name, fd.into())
             .await
     }
 
@@ -549,7 +558,13 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<Held<Vec<ContainerInfo>>> {
         let call = enter(&self.backend, &hdr, "").await?;
-        call.hold(live(&self.backend)?.list())
+        let b = live(&self.backend)?;
+        let root = is_root(&b, Some(&hdr)).await;
+        let mut all = b.list();
+        if !root {
+            all.iter_mut().for_each(ContainerInfo::redact);
+        }
+        call.hold(all)
     }
 
     /// The object path of a container.
@@ -638,6 +653,19 @@ fn gone(what: &str, name: &str) -> zbus::fdo::Error {
 }
 
 impl Container {
+    /// The container as `hdr`'s sender may see it.
+    async fn get_for(&self, hdr: Option<&Header<'_>>) -> zbus::fdo::Result<ContainerInfo> {
+        let b = self
+            .backend
+            .upgrade()
+            .ok_or_else(|| gone("container", &self.name))?;
+        let mut info = self.get()?;
+        if !is_root(&b, hdr).await {
+            info.redact();
+        }
+        Ok(info)
+    }
+
     fn get(&self) -> zbus::fdo::Result<ContainerInfo> {
         let b = self
             .backend
@@ -684,9 +712,13 @@ impl Container {
         Ok(self.get()?.image)
     }
 
+    /// The root directory on the host (root only; empty for other callers).
     #[zbus(property(emits_changed_signal = "const"))]
-    fn root_directory(&self) -> zbus::fdo::Result<String> {
-        Ok(self.get()?.root_directory)
+    async fn root_directory(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        Ok(self.get_for(hdr.as_ref()).await?.root_directory)
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -706,10 +738,14 @@ impl Container {
         Ok(self.get()?.exit_status)
     }
 
-    /// Why the last start failed; empty when it did not.
+    /// Why the last start failed; empty when it did not (root only; empty for other
+    /// callers).
     #[zbus(property)]
-    fn last_error(&self) -> zbus::fdo::Result<String> {
-        Ok(self.get()?.last_error)
+    async fn last_error(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        Ok(self.get_for(hdr.as_ref()).await?.last_error)
     }
 
     /// Resource settings in force: the definition's, plus live changes made with
@@ -729,6 +765,12 @@ impl Container {
     #[zbus(property, name = "LastOOMAt")]
     fn last_oom_at(&self) -> zbus::fdo::Result<u64> {
         Ok(self.get()?.last_oom_at)
+    }
+
+    /// How it is confined (see ListContainers).
+    #[zbus(property)]
+    fn security(&self) -> zbus::fdo::Result<HashMap<String, String>> {
+        Ok(self.get()?.security)
     }
 }
 
@@ -797,18 +839,26 @@ impl Image {
         Ok(self.get()?.read_only)
     }
 
-    /// What the image asks of containers: Entrypoint (as), Cmd (as), Env (as), WorkingDir (s),
-    /// User (s), StopSignal (s), Labels (a{ss}). Empty for directory images.
+    /// What the image asks of containers: Entrypoint (as), Cmd (as), Env (as, root only:
+    /// empty for other callers), WorkingDir (s), User (s), StopSignal (s), Labels (a{ss}).
+    /// Empty for directory images.
     #[zbus(property(emits_changed_signal = "const"))]
-    fn config(&self) -> zbus::fdo::Result<HashMap<String, OwnedVariant>> {
+    async fn config(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<HashMap<String, OwnedVariant>> {
         let mut m = HashMap::new();
         let b = self
             .backend
             .upgrade()
             .ok_or_else(|| gone("image", &self.name))?;
-        let Some(c) = b.image_config(&self.name) else {
+        let Some(mut c) = b.image_config(&self.name) else {
             return Ok(m);
         };
+        // An image's environment may hold credentials.
+        if !is_root(&b, hdr.as_ref()).await {
+            c.env.clear();
+        }
         let mut put = |k: &str, v: zbus::Variant<'_>| {
             if let Ok(v) = OwnedVariant::try_from(v) {
                 m.insert(k.to_string(), v);

@@ -130,6 +130,7 @@ impl Fake {
             resources: [("memory".to_string(), "64M".to_string())].into(),
             oom_kills: 3,
             last_oom_at: 4,
+            security: [("userns".to_string(), "host".to_string())].into(),
             object_path: cpath(name),
         }
     }
@@ -147,27 +148,39 @@ impl Fake {
     }
 }
 
+impl Fake {
+    /// What the daemon does between checking a call and acting on it.
+    fn authorize(&self, caller: Caller, action: Action) -> Result<()> {
+        self.callers.lock().unwrap().push(caller);
+        self.call(format!("authorize {action:?}"));
+        if *self.deny.lock().unwrap() {
+            Err(Error::PermissionDenied("no".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl Backend for Fake {
     fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>> {
         let uid = *self.uid.lock().unwrap();
         Box::pin(async move { self.admission.admit(&sender)?.for_uid(uid) })
     }
-    fn authorize(&self, caller: Caller, action: Action) -> BoxFuture<'_, Result<()>> {
-        self.callers.lock().unwrap().push(caller);
-        self.call(format!("authorize {action:?}"));
-        let deny = *self.deny.lock().unwrap();
-        Box::pin(async move {
-            if deny {
-                Err(Error::PermissionDenied("no".into()))
-            } else {
-                Ok(())
-            }
-        })
+    fn caller_is_root(&self, _sender: String) -> BoxFuture<'_, bool> {
+        let root = !*self.deny.lock().unwrap();
+        Box::pin(async move { root })
     }
-    fn create(&self, name: String, options: Options) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+    fn create(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
         let keys: Vec<String> = options.0.iter().map(|(k, _)| k.clone()).collect();
-        self.call(format!("create {name} {keys:?}"));
         Box::pin(async move {
+            denied?;
+            self.call(format!("create {name} {keys:?}"));
             wanted(&name)?;
             let conn = self.conn.lock().unwrap().clone().unwrap();
             let em = SignalEmitter::new(&conn, MANAGER_PATH).unwrap();
@@ -175,21 +188,43 @@ impl Backend for Fake {
             Ok(cpath(&name))
         })
     }
-    fn start(&self, name: String, options: Options) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("start {name} {}", options.0.len()));
-        Box::pin(async move { wanted(&name) })
+    fn start(&self, caller: Caller, name: String, options: Options) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("start {name} {}", options.0.len()));
+            wanted(&name)
+        })
     }
-    fn stop(&self, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("stop {name} {timeout_usec}"));
-        Box::pin(async move { wanted(&name) })
+    fn stop(&self, caller: Caller, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("stop {name} {timeout_usec}"));
+            wanted(&name)
+        })
     }
-    fn kill(&self, name: String, whom: String, signal: i32) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("kill {name} {whom} {signal}"));
-        Box::pin(async move { wanted(&name) })
+    fn kill(
+        &self,
+        caller: Caller,
+        name: String,
+        whom: String,
+        signal: i32,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("kill {name} {whom} {signal}"));
+            wanted(&name)
+        })
     }
-    fn remove(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("remove {name} {force}"));
-        Box::pin(async move { wanted(&name) })
+    fn remove(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("remove {name} {force}"));
+            wanted(&name)
+        })
     }
     fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>> {
         self.call(format!("wait {name}"));
@@ -201,12 +236,17 @@ impl Backend for Fake {
     }
     fn set_resources(
         &self,
+        caller: Caller,
         name: String,
         assignments: Vec<(String, String)>,
         runtime: bool,
     ) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("set {name} {assignments:?} {runtime}"));
-        Box::pin(async move { wanted(&name) })
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("set {name} {assignments:?} {runtime}"));
+            wanted(&name)
+        })
     }
     fn stats(&self, names: Vec<String>) -> BoxFuture<'_, Result<Vec<StatsInfo>>> {
         self.call(format!("stats {names:?}"));
@@ -246,44 +286,73 @@ impl Backend for Fake {
     }
     fn import_image(
         &self,
+        caller: Caller,
         format: String,
         source: String,
         name: String,
         _options: Options,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
-        self.call(format!("import {format} {source} {name}"));
-        Box::pin(async move { wanted(&name).map(|_| ipath(&name)) })
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("import {format} {source} {name}"));
+            wanted(&name).map(|_| ipath(&name))
+        })
     }
     fn pull_image(
         &self,
+        caller: Caller,
         reference: String,
         name: String,
         _options: Options,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
-        self.call(format!("pull {reference} {name}"));
-        Box::pin(async move { wanted(&name).map(|_| ipath(&name)) })
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("pull {reference} {name}"));
+            wanted(&name).map(|_| ipath(&name))
+        })
     }
-    fn remove_image(&self, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("rmi {name} {force}"));
-        Box::pin(async move { wanted(&name) })
+    fn remove_image(&self, caller: Caller, name: String, force: bool) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("rmi {name} {force}"));
+            wanted(&name)
+        })
     }
     fn copy_image(
         &self,
+        caller: Caller,
         op: &'static str,
         name: String,
         new_name: String,
     ) -> BoxFuture<'_, Result<OwnedObjectPath>> {
-        self.call(format!("{op} {name} {new_name}"));
-        Box::pin(async move { wanted(&name).map(|_| ipath(&new_name)) })
+        let denied = self.authorize(caller, Action::ManageImages);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("{op} {name} {new_name}"));
+            wanted(&name).map(|_| ipath(&new_name))
+        })
     }
     fn export_tar(
         &self,
+        caller: Caller,
         what: &'static str,
         name: String,
         _fd: std::os::fd::OwnedFd,
     ) -> BoxFuture<'_, Result<()>> {
-        self.call(format!("export {what} {name}"));
-        Box::pin(async move { wanted(&name) })
+        let action = if what == "image" {
+            Action::ManageImages
+        } else {
+            Action::ManageContainers
+        };
+        let denied = self.authorize(caller, action);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("export {what} {name}"));
+            wanted(&name)
+        })
     }
     fn list(&self) -> Vec<ContainerInfo> {
         vec![Fake::info("web")]

@@ -15,6 +15,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 
 use crate::plan::ProcessPlan;
+use crate::protocol::Step;
 use crate::sys::syscall::Syscalls;
 use crate::sys::{Forked, fork_single_threaded};
 
@@ -38,6 +39,11 @@ pub struct Payload {
     workdir: CString,
     /// Switch to these before exec; root stays root when `None`.
     ids: Option<super::user::Ids>,
+    /// The capability sets it gets (root's or another user's, chosen with `ids`).
+    caps: Option<crate::sys::caps::CapSets>,
+    no_new_privs: bool,
+    label: Option<String>,
+    seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 fn cs(s: &str) -> Result<CString, String> {
@@ -51,6 +57,10 @@ impl Payload {
             env: p.env.iter().map(|s| cs(s)).collect::<Result<_, _>>()?,
             workdir: cs(&p.workdir)?,
             ids: None,
+            caps: None,
+            no_new_privs: false,
+            label: None,
+            seccomp: None,
         })
     }
 
@@ -60,6 +70,7 @@ impl Payload {
         &mut self,
         ids: Option<super::user::Ids>,
         home: Option<&str>,
+        security: &crate::plan::SecurityPlan,
     ) -> Result<(), String> {
         if let Some(fallback) = home {
             let dir = ids
@@ -68,6 +79,22 @@ impl Payload {
                 .unwrap_or(fallback);
             self.env.push(cs(&format!("HOME={dir}"))?);
         }
+        let root = ids.as_ref().is_none_or(|i| i.uid == 0);
+        let mut caps = if root {
+            security.caps_root
+        } else {
+            security.caps_user
+        };
+        // seccomp(2) without no_new_privs needs CAP_SYS_ADMIN at the moment of loading: keep
+        // it in permitted and effective until then. It is not in the bounding set, so the
+        // exec that follows takes it away again.
+        if security.seccomp.is_some() && !security.no_new_privs {
+            caps = caps.retaining(crate::caps::Cap::SYS_ADMIN);
+        }
+        self.caps = Some(caps.sets());
+        self.no_new_privs = security.no_new_privs;
+        self.label = security.label.clone();
+        self.seccomp = security.seccomp.as_ref().map(|p| p.to_sock_filters());
         self.ids = ids;
         Ok(())
     }
@@ -93,27 +120,36 @@ impl Payload {
 /// Start the payload as a child of this PID 1. Returns its PID once it has exec'd, or the
 /// errno of the failed exec. All signals are blocked in PID 1 from here on; the child unblocks
 /// them before exec.
-pub fn start_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Result<Pid, Errno> {
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None)?;
-    nix::sys::prctl::set_dumpable(false)?;
-    // A close-on-exec pipe tells the parent whether exec worked: EOF means it did.
-    let (rd, wr) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    match fork_single_threaded()? {
+pub fn start_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Result<Pid, (Step, Errno)> {
+    let early = |e| (Step::Exec, e);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None).map_err(early)?;
+    nix::sys::prctl::set_dumpable(false).map_err(early)?;
+    // A close-on-exec pipe tells the parent whether exec worked: EOF means it did; else it
+    // carries the failed step and errno.
+    let (rd, wr) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(early)?;
+    match fork_single_threaded().map_err(|e| (Step::Fork, e))? {
         Forked::Child => {
             drop(rd);
-            let errno = exec_payload(&mut crate::sys::syscall::Real, payload, stdio);
-            let _ = std::fs::File::from(wr).write_all(&(errno as i32).to_ne_bytes());
+            let (step, errno) = exec_payload(&mut crate::sys::syscall::Real, payload, stdio);
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&(step as i32).to_ne_bytes());
+            msg[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
+            // The parent reads EOF if this fails, and reports the exit below as the payload's.
+            let _ = std::fs::File::from(wr).write_all(&msg);
             std::process::exit(127);
         }
         Forked::Parent(pid) => {
             drop(wr);
             drop(stdio);
-            let mut buf = [0u8; 4];
+            let mut buf = [0u8; 8];
             let mut f = std::fs::File::from(rd);
             match f.read(&mut buf) {
-                Ok(4) => {
+                Ok(8) => {
+                    // The child exits at once; reap it so PID 1 starts with no zombie.
                     let _ = waitpid(pid, None);
-                    Err(Errno::from_raw(i32::from_ne_bytes(buf)))
+                    let step = i32::from_ne_bytes(buf[..4].try_into().unwrap_or_default());
+                    let errno = i32::from_ne_bytes(buf[4..].try_into().unwrap_or_default());
+                    Err((Step::from_index(step), Errno::from_raw(errno)))
                 }
                 _ => Ok(pid),
             }
@@ -121,9 +157,8 @@ pub fn start_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Result<Pid, Errn
     }
 }
 
-/// In the payload child: stdio, session, identity, signal mask, working directory, exec.
-/// Returns only on failure.
-fn exec_payload<S: Syscalls>(sys: &mut S, payload: &Payload, stdio: [OwnedFd; 3]) -> Errno {
+/// In the payload child: stdio, signal mask, then [`exec_steps`]. Returns only on failure.
+fn exec_payload<S: Syscalls>(sys: &mut S, payload: &Payload, stdio: [OwnedFd; 3]) -> (Step, Errno) {
     let [i, o, e] = stdio;
     let r = (|| -> nix::Result<()> {
         nix::unistd::dup2_stdin(i.as_fd())?;
@@ -133,24 +168,43 @@ fn exec_payload<S: Syscalls>(sys: &mut S, payload: &Payload, stdio: [OwnedFd; 3]
         Ok(())
     })();
     if let Err(e) = r {
-        return e;
+        return (Step::Exec, e);
     }
     exec_steps(sys, payload)
 }
 
 /// The payload's own steps, in their fixed order: session, groups, gid, uid, working
-/// directory, exec (each candidate of `PATH` in turn). Returns only on failure.
-pub fn exec_steps<S: Syscalls>(sys: &mut S, payload: &Payload) -> Errno {
-    let r = (|| -> nix::Result<()> {
-        sys.setsid()?;
+/// directory, capabilities, no_new_privs, SELinux exec label, seccomp (last, so nothing after
+/// it needs a denied call), exec (each candidate of `PATH` in turn). Returns only on failure.
+pub fn exec_steps<S: Syscalls>(sys: &mut S, payload: &Payload) -> (Step, Errno) {
+    let r = (|| -> Result<(), (Step, Errno)> {
+        let at = |step| move |e| (step, e);
+        sys.setsid().map_err(at(Step::Exec))?;
         if let Some(ids) = &payload.ids {
+            // A uid change away from 0 clears the permitted set unless KEEPCAPS: keep it for
+            // the capability step, which sets exactly what the payload keeps.
+            if ids.uid != 0 {
+                sys.set_keepcaps(true).map_err(at(Step::Capabilities))?;
+            }
             // Groups first: after setuid the process may no longer change them.
-            sys.setgroups(&ids.groups)?;
-            sys.setgid(ids.gid)?;
-            sys.setuid(ids.uid)?;
+            sys.setgroups(&ids.groups).map_err(at(Step::User))?;
+            sys.setgid(ids.gid).map_err(at(Step::User))?;
+            sys.setuid(ids.uid).map_err(at(Step::User))?;
         }
         if sys.chdir(&payload.workdir.to_string_lossy()).is_err() {
-            sys.chdir("/")?;
+            sys.chdir("/").map_err(at(Step::Exec))?;
+        }
+        if let Some(caps) = &payload.caps {
+            sys.apply_caps(caps).map_err(at(Step::Capabilities))?;
+        }
+        if payload.no_new_privs {
+            sys.set_no_new_privs().map_err(at(Step::NoNewPrivs))?;
+        }
+        if let Some(label) = &payload.label {
+            sys.set_exec_label(label).map_err(at(Step::Label))?;
+        }
+        if let Some(filter) = &payload.seccomp {
+            sys.load_seccomp(filter).map_err(at(Step::Seccomp))?;
         }
         Ok(())
     })();
@@ -164,7 +218,7 @@ pub fn exec_steps<S: Syscalls>(sys: &mut S, payload: &Payload) -> Errno {
             e => err = e,
         }
     }
-    err
+    (Step::Exec, err)
 }
 
 /// Become the container's PID 1 for good: hold only the container's /dev/null on 0–2 and the
@@ -177,6 +231,14 @@ pub fn become_init(payload: Pid, status_fd: OwnedFd, devnull: OwnedFd, sock: Own
         drop(devnull);
         let status_fd = crate::sys::move_fd(status_fd, sock)?;
         crate::sys::close_from(status_fd.as_raw_fd() + 1)?;
+        // PID 1 needs no privilege but to signal a payload of another uid.
+        let kill = 1u64 << crate::caps::Cap::KILL.number();
+        crate::sys::caps::apply(&crate::sys::caps::CapSets {
+            bounding: kill,
+            permitted: kill,
+            effective: kill,
+            inheritable: 0,
+        })?;
         Ok(status_fd)
     })();
     match r {
@@ -227,10 +289,15 @@ mod tests {
     use super::*;
     use crate::sys::syscall::fake::Recorder;
 
-    fn payload() -> Payload {
-        let mut plan = crate::plan::tests::sample().process;
+    fn payload_with(security: impl FnOnce(&mut crate::plan::SecurityPlan)) -> Payload {
+        let full = crate::plan::tests::sample();
+        let mut plan = full.process;
         plan.argv = vec!["sh".into(), "-c".into(), "true".into()];
         plan.env = vec!["PATH=/usr/bin:/bin".into()];
+        let mut sec = full.security;
+        sec.seccomp = Some(crate::seccomp::compile(&crate::seccomp::default_profile(), 0).unwrap());
+        sec.label = Some("system_u:system_r:container_t:s0:c1,c2".into());
+        security(&mut sec);
         let mut p = Payload::from_plan(&plan).unwrap();
         p.set_user(
             Some(crate::helper::user::Ids {
@@ -240,9 +307,14 @@ mod tests {
                 home: Some("/home/app".into()),
             }),
             Some("/"),
+            &sec,
         )
         .unwrap();
         p
+    }
+
+    fn payload() -> Payload {
+        payload_with(|s| s.no_new_privs = true)
     }
 
     #[test]
@@ -254,13 +326,19 @@ mod tests {
         let p = payload();
         assert!(p.env.iter().any(|e| e.to_bytes() == b"HOME=/home/app"));
         let err = exec_steps(&mut sys, &p);
-        assert_eq!(err, Errno::UnknownErrno);
+        assert_eq!(err, (Step::Exec, Errno::UnknownErrno));
         let order = [
             "setsid",
+            "keepcaps true",
             "setgroups [1000, 50]",
             "setgid 1000",
             "setuid 1000",
             "chdir /",
+            // A non-root payload: the default bounding set, nothing else.
+            "caps bnd=800405fb prm=0 eff=0 inh=0",
+            "no-new-privs",
+            "exec-label system_u:system_r:container_t:s0:c1,c2",
+            "seccomp ",
             "execve \"/usr/bin/sh\"",
             "execve \"/bin/sh\"",
         ];
@@ -269,12 +347,27 @@ mod tests {
     }
 
     #[test]
+    fn without_no_new_privs_sys_admin_is_held_until_seccomp_only() {
+        let mut sys = Recorder::default();
+        exec_steps(&mut sys, &payload_with(|s| s.no_new_privs = false));
+        // CAP_SYS_ADMIN (bit 21) in permitted and effective, not in the bounding set.
+        assert!(
+            sys.calls
+                .contains(&"caps bnd=800405fb prm=200000 eff=200000 inh=0".to_string()),
+            "{:#?}",
+            sys.calls
+        );
+        assert!(!sys.calls.iter().any(|c| c == "no-new-privs"));
+        assert!(sys.pos("caps ") < sys.pos("seccomp "));
+    }
+
+    #[test]
     fn a_failed_identity_step_stops_before_exec() {
         let mut sys = Recorder {
             failing: vec!["setgroups"],
             ..Default::default()
         };
-        assert_eq!(exec_steps(&mut sys, &payload()), Errno::EPERM);
+        assert_eq!(exec_steps(&mut sys, &payload()), (Step::User, Errno::EPERM));
         assert!(
             !sys.calls
                 .iter()

@@ -4,18 +4,23 @@
 //! so it may fork and run code in the child, which the multi-threaded daemon must not. Every
 //! step goes through the [`Syscalls`] seam, in this fixed order:
 //!
-//! 1. (sync #1) the plan arrives; namespaces are unshared; the leader is forked and its pidfd
-//!    sent to berthd (sync #2); the helper process exits.
-//! 2. The leader waits for sync #3 (it is in its scope), unshares the cgroup namespace,
-//!    brings loopback up, mounts the root and the plan's operations, pivots, sets the
-//!    hostname, resolves its user in the container's own databases, sets rlimits, and starts
-//!    the payload (session, groups, gid, uid, working directory, exec); sync #4 says it ran.
-//! 3. The leader stays as the container's PID 1 ([`init::supervise`]).
+//! 1. (sync #1) the plan arrives; the helper makes a private mount namespace of its own
+//!    ([`before_clone`]) and clones the leader into new namespaces (a user namespace first,
+//!    owning the others); the leader's pidfd goes to berthd (sync #2); the helper exits.
+//! 2. berthd puts the leader in its scope, writes its ID maps and makes its root; the leader
+//!    waits for sync #3, which brings the root, then ([`prepare`]) becomes root of its user
+//!    namespace, unshares the cgroup namespace, brings loopback up, attaches the root, makes
+//!    the plan's mounts and masks, pivots, sets the hostname, rlimits and a session keyring,
+//!    resolves its user in the container's own databases, and starts the payload
+//!    ([`init::exec_steps`]: session, groups, gid, uid, working directory, capabilities,
+//!    no_new_privs, SELinux exec label, seccomp, exec); sync #4 says it ran.
+//! 3. The leader stays as the container's PID 1 ([`init::supervise`]) with no capability but
+//!    CAP_KILL (to pass signals on to a payload of another uid).
 
 mod init;
 pub mod user;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -23,8 +28,9 @@ use nix::sys::signal::Signal;
 use crate::mount;
 use crate::plan::Plan;
 use crate::protocol::{self, FromHelper, PLAN_FDS, Step, ToHelper};
+use crate::sys;
+use crate::sys::process::Cloned;
 use crate::sys::syscall::{Real, Syscalls};
-use crate::sys::{self, Forked};
 
 /// The descriptor berthd hands the protocol socket on.
 pub const SOCKET_FD: i32 = 3;
@@ -81,40 +87,37 @@ pub fn main() -> ! {
 
 fn run(sock: OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> ! {
     let mut sys = Real;
-    let forked = init::Payload::from_plan(&plan.process)
+    let cloned = init::Payload::from_plan(&plan.process)
         .map_err(|m| (Step::Exec, Errno::EINVAL, m))
         .and_then(|payload| {
-            sys.unshare(plan.namespaces.before_fork())
-                .map_err(|e| (Step::Namespaces, e, "unshare namespaces".into()))?;
-            let f = sys::fork_single_threaded().map_err(|e| (Step::Fork, e, "fork".into()))?;
-            Ok((payload, f))
+            before_clone(&mut sys, plan)?;
+            let c = sys::process::clone3_single_threaded(plan.namespaces.at_clone())
+                .map_err(|e| (Step::Namespaces, e, "clone3 into new namespaces".into()))?;
+            Ok((payload, c))
         });
-    let payload = match forked {
+    let payload = match cloned {
         Err(failure) => fail(&sock, failure),
-        Ok((_, Forked::Parent(pid))) => {
-            // Our unreaped child: its PID cannot be reused before the pidfd exists.
-            let sent = sys::pidfd_open(pid)
-                .map_err(|e| (Step::Fork, e, "pidfd_open".into()))
-                .and_then(|pidfd| {
-                    protocol::send(sock.as_fd(), &FromHelper::Forked, &[pidfd.as_fd()])
-                        .map_err(|e| (Step::Fork, Errno::EPIPE, format!("sync #2 (forked): {e}")))
-                });
-            match sent {
+        Ok((_, Cloned::Parent(_, pidfd))) => {
+            match protocol::send(sock.as_fd(), &FromHelper::Forked, &[pidfd.as_fd()]) {
                 Ok(()) => std::process::exit(0),
-                Err(failure) => fail(&sock, failure),
+                Err(e) => fail(
+                    &sock,
+                    (Step::Fork, Errno::EPIPE, format!("sync #2 (forked): {e}")),
+                ),
             }
         }
-        Ok((payload, Forked::Child)) => payload,
+        Ok((payload, Cloned::Child)) => payload,
     };
-    // The leader: PID 1 of the new PID namespace. Wait at the barrier for the scope.
+    // The leader: PID 1 of the new PID namespace. Wait at the barrier for the scope, the ID
+    // maps and the root.
     if nix::sys::prctl::set_pdeathsig(None).is_err() {
         std::process::exit(1);
     }
-    match protocol::recv::<ToHelper>(sock.as_fd()) {
-        Ok((ToHelper::Release, _)) => {}
+    let root = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok((ToHelper::Release, mut fds)) if fds.len() == 1 => fds.remove(0),
         _ => std::process::exit(1),
-    }
-    match leader(&mut sys, plan, payload, fds) {
+    };
+    match leader(&mut sys, plan, payload, root, fds) {
         Ok((pid, status_fd, devnull)) => {
             if protocol::send(sock.as_fd(), &FromHelper::Started, &[]).is_err() {
                 // berthd went away before it learnt that the payload runs; a restarted
@@ -127,22 +130,73 @@ fn run(sock: OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> ! {
     }
 }
 
-/// The leader's steps before the payload: in the scope's cgroup namespace, with the root
-/// mounted and pivoted into, the hostname set.
-pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan) -> StepResult<()> {
+/// The helper's own steps before it clones the leader: a private mount namespace of its own
+/// (the leader's is copied from it), and — when the leader gets a user namespace — fresh,
+/// uncovered proc and sysfs mounts in the plan's scratch directory. The kernel lets a user
+/// namespace mount proc or sysfs only where such a fully visible instance exists in its mount
+/// namespace (`mount_too_revealing()`), and berthd's own /proc is partly covered (its
+/// sandboxing, the host's read-only /proc/sys). They are the helper's, never the host's, and
+/// vanish with the old root at the pivot.
+pub fn before_clone<S: Syscalls>(sys: &mut S, plan: &Plan) -> StepResult<()> {
+    sys.unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| (Step::Namespaces, e, "unshare the mount namespace".into()))?;
+    sys.make_rprivate()
+        .map_err(|e| (Step::Mount, e, "make / private".into()))?;
+    if plan.namespaces.user {
+        for (fstype, dir) in [("proc", "proc"), ("sysfs", "sys")] {
+            let at = plan.root.scratch.join(dir);
+            sys.mount_host(fstype, &at).map_err(|e| {
+                (
+                    Step::Mount,
+                    e,
+                    format!("mount a fresh {fstype} on {}", at.display()),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The leader's steps before the payload: root of its user namespace, in the scope's cgroup
+/// namespace, with the root attached, the plan's mounts made, pivoted into, named, limited,
+/// with a session keyring of its own.
+pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan, root: BorrowedFd<'_>) -> StepResult<()> {
     sys.unshare(plan.namespaces.in_scope())
         .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
     sys.loopback_up()
         .map_err(|e| (Step::Namespaces, e, "bring up loopback".into()))?;
-    mount::apply::root(sys, &plan.root, &plan.mounts).map_err(|(e, m)| (Step::Mount, e, m))?;
-    sys.pivot_root(&plan.root.target)
+    // Still with the host's root as file owner (uid 0 of the initial namespace), which may
+    // walk berthd's root-only directories to the mount point; the user namespace's root,
+    // next, may not.
+    sys.attach(root, &plan.root.target).map_err(|e| {
+        (
+            Step::Mount,
+            e,
+            format!("attach the root on {}", plan.root.target.display()),
+        )
+    })?;
+    let root = sys.open_dir(&plan.root.target).map_err(|e| {
+        (
+            Step::Mount,
+            e,
+            format!("open {}", plan.root.target.display()),
+        )
+    })?;
+    if plan.namespaces.user {
+        sys.become_root()
+            .map_err(|e| (Step::Userns, e, "become root of the user namespace".into()))?;
+    }
+    mount::apply::operations(sys, &root, &plan.mounts).map_err(|(e, m)| (Step::Mount, e, m))?;
+    sys.pivot_root(&root)
         .map_err(|e| (Step::Pivot, e, "pivot_root".into()))?;
     sys.sethostname(&plan.hostname)
         .map_err(|e| (Step::Hostname, e, "sethostname".into()))?;
-    for (r, soft, hard) in &plan.process.rlimits {
-        sys.setrlimit(r.resource(), *soft, *hard)
-            .map_err(|e| (Step::Rlimits, e, format!("setrlimit {r:?}")))?;
+    for u in &plan.process.rlimits {
+        sys.setrlimit(u.resource.resource(), u.soft, u.hard)
+            .map_err(|e| (Step::Rlimits, e, format!("setrlimit {}", u.resource.name())))?;
     }
+    sys.join_session_keyring()
+        .map_err(|e| (Step::Keyring, e, "join a new session keyring".into()))?;
     Ok(())
 }
 
@@ -151,16 +205,18 @@ fn leader(
     sys: &mut Real,
     plan: &Plan,
     mut payload: init::Payload,
+    root: OwnedFd,
     fds: Vec<OwnedFd>,
 ) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd)> {
-    prepare(sys, plan)?;
+    prepare(sys, plan, root.as_fd())?;
+    drop(root);
     // After the pivot, so that names mean what the image's /etc/passwd says.
     let ids = match &plan.process.user {
         Some(spec) => Some(user::resolve(spec).map_err(|m| (Step::User, Errno::EINVAL, m))?),
         None => None,
     };
     payload
-        .set_user(ids, plan.process.home.as_deref())
+        .set_user(ids, plan.process.home.as_deref(), &plan.security)
         .map_err(|m| (Step::User, Errno::EINVAL, m))?;
     let devnull = nix::fcntl::open(
         "/dev/null",
@@ -171,16 +227,15 @@ fn leader(
     let [i, o, e, status]: [OwnedFd; 4] = fds
         .try_into()
         .map_err(|_| (Step::Protocol, Errno::EINVAL, "descriptors".to_string()))?;
-    let pid = init::start_payload(&payload, [i, o, e]).map_err(|errno| {
-        (
-            Step::Exec,
-            errno,
-            format!(
-                "cannot execute {:?}: {}",
-                plan.process.argv[0],
-                errno.desc()
+    let pid = init::start_payload(&payload, [i, o, e]).map_err(|(step, errno)| {
+        let what = match step {
+            Step::Exec => format!("cannot execute {:?}", plan.process.argv[0]),
+            step => format!(
+                "the {step:?} step before executing {:?}",
+                plan.process.argv[0]
             ),
-        )
+        };
+        (step, errno, format!("{what}: {}", errno.desc()))
     })?;
     Ok((pid, status, devnull))
 }
@@ -203,21 +258,55 @@ mod tests {
     use super::*;
     use crate::sys::syscall::fake::Recorder;
 
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
     #[test]
-    fn the_leader_mounts_then_pivots_then_names_itself() {
+    fn the_helper_uncovers_proc_and_sys_for_a_user_namespace_only() {
+        let mut plan = crate::plan::tests::sample();
+        let mut sys = Recorder::default();
+        before_clone(&mut sys, &plan).unwrap();
+        assert_eq!(
+            sys.calls,
+            [
+                "unshare CLONE_NEWNS",
+                "make-rprivate /",
+                "mount-host proc /run/berth/scratch/proc",
+                "mount-host sysfs /run/berth/scratch/sys"
+            ]
+        );
+        plan.namespaces.user = false;
+        let mut sys = Recorder::default();
+        before_clone(&mut sys, &plan).unwrap();
+        assert_eq!(sys.calls, ["unshare CLONE_NEWNS", "make-rprivate /"]);
+    }
+
+    #[test]
+    fn the_leader_is_root_then_mounts_then_pivots_then_names_itself() {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder::default();
-        prepare(&mut sys, &plan).unwrap();
+        let root = devnull();
+        prepare(&mut sys, &plan, root.as_fd()).unwrap();
         let order = [
             "unshare CLONE_NEWCGROUP",
             "loopback-up",
-            "make-rprivate",
-            "mount-overlay",
+            "attach /var/lib/berth/containers/web/root",
+            "become-root",
             "mount proc /proc",
+            "bind /proc/sys/net /proc/sys/net",
+            "bind /proc/sys /proc/sys",
+            "remount /proc/sys MS_RDONLY",
+            "mount sysfs /sys",
+            "mount cgroup2 /sys/fs/cgroup",
+            "bind //run/berth/scratch/empty /proc/kcore",
+            "mount tmpfs /dev ",
+            "bind //dev/null /dev/null",
             "mount tmpfs /run",
-            "pivot-root /var/lib/berth/containers/web/root",
+            "pivot-root",
             "sethostname web",
             "setrlimit RLIMIT_NOFILE",
+            "join-session-keyring",
         ];
         let pos: Vec<usize> = order.iter().map(|c| sys.pos(c)).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:#?}", sys.calls);
@@ -227,10 +316,11 @@ mod tests {
     fn a_failed_mount_stops_before_the_pivot() {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder {
-            failing: vec!["mount-overlay"],
+            failing: vec!["attach"],
             ..Default::default()
         };
-        let (step, errno, _) = prepare(&mut sys, &plan).unwrap_err();
+        let root = devnull();
+        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd()).unwrap_err();
         assert_eq!((step, errno), (Step::Mount, Errno::EPERM));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot-root")));
     }

@@ -5,7 +5,7 @@
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
-use super::{MountOp, RootPlan};
+use super::MountOp;
 use crate::sys::syscall::{NodeKind, Syscalls};
 
 /// A failed mount step, with what it was doing.
@@ -15,19 +15,35 @@ fn ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> MountResult<T> {
     r.map_err(|e| (e, what()))
 }
 
-/// Everything before the pivot: private mounts, the overlay root, then `ops` in order.
-pub fn root<S: Syscalls>(sys: &mut S, root: &RootPlan, ops: &[MountOp]) -> MountResult<()> {
-    ctx(sys.make_rprivate(), || "make / private".into())?;
-    ctx(sys.mount_overlay(&root.target, &root.options), || {
-        format!("mount overlay on {}", root.target.display())
-    })?;
-    let fd = ctx(sys.open_dir(&root.target), || {
-        format!("open {}", root.target.display())
-    })?;
+/// The plan's operations, in order, inside the opened root.
+pub fn operations<S: Syscalls>(sys: &mut S, root: &S::Fd, ops: &[MountOp]) -> MountResult<()> {
     for op in ops {
-        apply(sys, &fd, op)?;
+        apply(sys, root, op)?;
     }
     Ok(())
+}
+
+/// Open a host device node and check it is `kind major:minor`: a node swapped for anything
+/// else is refused, never bound into a container.
+fn host_device<S: Syscalls>(
+    sys: &mut S,
+    source: &str,
+    kind: NodeKind,
+    major: u64,
+    minor: u64,
+) -> MountResult<S::Fd> {
+    let fd = ctx(sys.open_host(std::path::Path::new(source)), || {
+        format!("open {source}")
+    })?;
+    if !ctx(sys.is_device(&fd, kind, major, minor), || {
+        format!("stat {source}")
+    })? {
+        return Err((
+            Errno::EINVAL,
+            format!("{source} is not the device {major}:{minor}"),
+        ));
+    }
+    Ok(fd)
 }
 
 /// Apply one operation inside the root.
@@ -52,7 +68,7 @@ pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResul
         }
         MountOp::Device {
             path,
-            mode,
+            source,
             block,
             major,
             minor,
@@ -62,10 +78,18 @@ pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResul
             } else {
                 NodeKind::Char
             };
-            ctx(
-                sys.mknod_in(root, path, kind, *mode, *major, *minor),
-                || format!("mknod /{path}"),
-            )
+            let src = host_device(sys, source, kind, *major, *minor)?;
+            let target = ctx(sys.file_in(root, path), || format!("create /{path}"))?;
+            ctx(sys.bind(&src, &target, false), || {
+                format!("bind {source} on /{path}")
+            })
+        }
+        MountOp::Keep { path } => {
+            let fd = match sys.open_in(root, path) {
+                Err(Errno::ENOENT) => return Ok(()),
+                other => ctx(other, || format!("open /{path}"))?,
+            };
+            ctx(sys.bind(&fd, &fd, false), || format!("bind /{path}"))
         }
         MountOp::Symlink { path, target } => ctx(sys.symlink_in(root, path, target), || {
             format!("symlink /{path}")
@@ -86,12 +110,29 @@ pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResul
                 Err(Errno::ENOENT) => return Ok(()),
                 other => ctx(other, || format!("open /{path}"))?,
             };
-            let r = if ctx(sys.is_dir(&fd), || format!("stat /{path}"))? {
-                sys.mount_fs("tmpfs", &fd, MsFlags::MS_RDONLY, Some("size=0,mode=000"))
-            } else {
-                sys.bind_host(std::path::Path::new("/dev/null"), &fd)
-            };
-            ctx(r, || format!("mask /{path}"))
+            let hard =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            if ctx(sys.is_dir(&fd), || format!("stat /{path}"))? {
+                return ctx(
+                    sys.mount_fs("tmpfs", &fd, hard, Some("size=0,mode=000")),
+                    || format!("mask /{path}"),
+                );
+            }
+            // An empty regular file of berthd's, bound read-only: reads give nothing and writes
+            // fail (a null device would swallow them; a read-only mount does not stop writes
+            // to a device).
+            let empty = super::EMPTY_FILE;
+            let src = ctx(sys.open_host(std::path::Path::new(empty)), || {
+                format!("open {empty}")
+            })?;
+            if !ctx(sys.is_empty_file(&src), || format!("stat {empty}"))? {
+                return Err((Errno::EINVAL, format!("{empty} is not an empty file")));
+            }
+            ctx(sys.bind(&src, &fd, false), || format!("mask /{path}"))?;
+            let fd = ctx(sys.open_in(root, path), || format!("open /{path}"))?;
+            ctx(sys.remount_bind(&fd, hard), || {
+                format!("mask /{path} read-only")
+            })
         }
     }
 }
@@ -102,25 +143,25 @@ mod tests {
     use crate::sys::syscall::fake::Recorder;
 
     #[test]
-    fn the_root_comes_first_then_every_operation_in_order() {
+    fn every_operation_in_order_inside_the_root() {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder {
             dirs: vec!["proc/acpi".into()],
             missing: vec!["proc/scsi".into()],
             ..Default::default()
         };
-        root(&mut sys, &plan.root, &plan.mounts).unwrap();
-        assert_eq!(sys.calls[0], "make-rprivate /");
-        assert!(
-            sys.calls[1].starts_with("mount-overlay /var/lib/berth/containers/web/root lowerdir=")
-        );
+        operations(&mut sys, &String::new(), &plan.mounts).unwrap();
         assert!(sys.pos("mount proc /proc") < sys.pos("bind /proc/sys /proc/sys rec=true"));
         assert!(sys.pos("bind /proc/sys") < sys.pos("remount /proc/sys MS_RDONLY"));
-        // Files are hidden under /dev/null, directories under an empty read-only tmpfs, and a
-        // missing path is skipped.
+        // Files are hidden under the host's null device, directories under an empty
+        // read-only tmpfs, and a missing path is skipped.
         assert!(
             sys.calls
-                .contains(&"bind-host /dev/null /proc/kcore".to_string())
+                .contains(&"bind //run/berth/scratch/empty /proc/kcore rec=false".to_string())
+        );
+        assert!(
+            sys.pos("bind //run/berth/scratch/empty /proc/kcore")
+                < sys.pos("remount /proc/kcore MS_RDONLY")
         );
         assert!(
             sys.calls
@@ -128,19 +169,43 @@ mod tests {
                 .any(|c| c.starts_with("mount tmpfs /proc/acpi MS_RDONLY"))
         );
         assert!(!sys.calls.iter().any(|c| c.contains("proc/scsi")));
-        assert!(sys.pos("mount tmpfs /dev ") < sys.pos("mknod /dev/null Char 666 1:3"));
+        assert!(sys.pos("mount tmpfs /dev ") < sys.pos("bind //dev/null /dev/null"));
         assert!(sys.pos("mount devpts /dev/pts") < sys.pos("symlink /dev/ptmx -> pts/ptmx"));
+        assert!(!sys.calls.iter().any(|c| c.starts_with("mknod")));
     }
 
     #[test]
     fn a_failing_mask_fails_the_start() {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder {
-            failing: vec!["bind-host"],
+            failing: vec!["bind"],
             ..Default::default()
         };
-        let (errno, what) = root(&mut sys, &plan.root, &plan.mounts).unwrap_err();
+        let (errno, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
         assert_eq!(errno, Errno::EPERM);
-        assert!(what.starts_with("mask /proc/"), "{what}");
+        assert!(
+            what.starts_with("bind /proc/sys/net") || what.starts_with("mask "),
+            "{what}"
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_not_the_device_is_never_bound() {
+        let plan = crate::plan::tests::sample();
+        let mut sys = Recorder {
+            impostors: vec!["/dev/null".into()],
+            ..Default::default()
+        };
+        let (errno, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        assert_eq!(errno, Errno::EINVAL);
+        assert!(what.contains("/dev/null is not the device 1:3"), "{what}");
+        assert!(!sys.calls.iter().any(|c| c.starts_with("bind //dev/null")));
+        // Nor a mask source that is not an empty file.
+        let mut sys = Recorder {
+            impostors: vec!["/run/berth/scratch/empty".into()],
+            ..Default::default()
+        };
+        let (_, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        assert!(what.contains("is not an empty file"), "{what}");
     }
 }

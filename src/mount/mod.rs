@@ -1,8 +1,17 @@
 //! Mounts: the container's root (an overlay of its image's layers and its writable layer) and
 //! the list of operations inside it — API filesystems, the minimal /dev, masks — planned here in
-//! berthd ([`plan`]) and applied by the helper ([`apply`]) through the syscall seam, in order.
+//! berthd and applied by the helper ([`apply`]) through the syscall seam, in order.
+//!
+//! The root overlay is made by berthd itself ([`root::build`]), as root in the initial user
+//! namespace (overlayfs reads the layers' `trusted.overlay.*` markers only for such a
+//! mounter): each image layer is an idmapped clone ([`idmap`]) seen through the container's ID
+//! map, so no layer is ever chowned; the writable layer stays a plain directory owned by the
+//! container's root. The result is a detached mount the container's PID 1 attaches in its own
+//! mount namespace.
 
 pub mod apply;
+pub mod idmap;
+pub mod root;
 
 use std::path::{Path, PathBuf};
 
@@ -23,42 +32,53 @@ pub enum MountOp {
         flags: u64,
         data: Option<String>,
     },
-    /// Create a device node (`major:minor`, a block device when `block`).
+    /// Bind the host's device node `source` onto `path` (an empty file made for it), after
+    /// checking that `source` is the device `major:minor` (a block device when `block`). No
+    /// container ever makes device nodes: in a user namespace it could not, and the scope's
+    /// device policy has no `m`.
     Device {
         path: String,
-        mode: u32,
+        source: String,
         block: bool,
         major: u64,
         minor: u64,
     },
+    /// Bind a path inside the root onto itself, so that a later read-only bind of its parent
+    /// leaves it as it is (`proc/sys/net`, which the container's network namespace owns).
+    Keep { path: String },
     /// Create a symlink `path` → `target` (the link text is not resolved).
     Symlink { path: String, target: String },
     /// Bind a path onto itself and make it read-only (e.g. `proc/sys`).
     ReadOnly { path: String },
-    /// Hide a file under an empty read-only bind of /dev/null, or a directory under an empty
-    /// read-only tmpfs; a missing path is skipped.
+    /// Hide a file under a read-only bind of an empty file ([`EMPTY_FILE`], checked to be
+    /// one), or a directory under an empty read-only tmpfs; a missing path is skipped, any
+    /// other failure fails the start.
     Mask { path: String },
 }
 
-/// The container's root: an overlay mounted at `target` before the pivot.
+/// The container's root: the detached overlay berthd made, attached at `target` (an empty
+/// directory) by the container's PID 1 before the pivot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootPlan {
-    /// The overlay mount options, complete.
-    pub options: String,
-    /// Where the overlay is mounted (an empty host directory).
     pub target: PathBuf,
+    /// An empty directory with empty `proc` and `sys` below it, where the helper mounts what
+    /// a user namespace needs to see before it may mount proc and sysfs of its own.
+    pub scratch: PathBuf,
 }
+
+/// The scratch directory under berthd's runtime directory (made by berthd at start).
+pub const SCRATCH: &str = "/run/berth/scratch";
+/// An empty, read-only regular file berthd makes at start: what masked files are replaced by.
+pub const EMPTY_FILE: &str = "/run/berth/scratch/empty";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MountPlanError {
-    #[error(
-        "the image has too many layers ({0}) for one overlay mount (the kernel reads mount \
-         options from one page)"
-    )]
+    #[error("the image has too many layers ({0}; at most {MAX_LAYERS})")]
     TooManyLayers(usize),
-    #[error("layer path {0} contains ',', ':' or '\\', which overlayfs cannot take")]
-    BadLayerPath(String),
 }
+
+/// The most layers a root may have (overlayfs' own limit is 500).
+pub const MAX_LAYERS: usize = 128;
 
 /// Where a container's files live on the host.
 #[derive(Debug, Clone)]
@@ -78,42 +98,61 @@ impl ContainerDirs {
     }
 }
 
-/// The root overlay on `lowers` (topmost first). The kernel reads mount options from one page,
-/// which bounds the number of layers (about 45 of the store's paths).
-pub fn root(lowers: &[PathBuf], dirs: &ContainerDirs) -> Result<RootPlan, MountPlanError> {
-    let mut parts = Vec::with_capacity(lowers.len());
-    for p in lowers.iter().chain([&dirs.upper, &dirs.work]) {
-        let s = p.display().to_string();
-        if s.contains([',', ':', '\\']) {
-            return Err(MountPlanError::BadLayerPath(s));
-        }
-        parts.push(s);
-    }
-    let (work, rest) = parts.split_last().expect("upper and work are there");
-    let (upper, lowers_s) = rest.split_last().expect("upper is there");
-    let options = format!(
-        "lowerdir={},upperdir={upper},workdir={work}",
-        lowers_s.join(":")
-    );
-    if options.len() >= 4096 {
-        return Err(MountPlanError::TooManyLayers(lowers.len()));
-    }
-    Ok(RootPlan {
-        options,
-        target: dirs.root.clone(),
-    })
+/// What berthd builds the root overlay from: the image's layers (topmost first) and the
+/// container's writable layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSource {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// The SELinux `context=` of every file in the root, when labels are applied.
+    pub context: Option<String>,
 }
 
-/// Files under /proc a container must not read or write (as nspawn and runc mask them).
-const MASKED: &[&str] = &[
+/// The root of a container on `lowers` (topmost first).
+pub fn root(
+    lowers: &[PathBuf],
+    dirs: &ContainerDirs,
+    context: Option<String>,
+) -> Result<(RootSource, RootPlan), MountPlanError> {
+    if lowers.len() > MAX_LAYERS {
+        return Err(MountPlanError::TooManyLayers(lowers.len()));
+    }
+    Ok((
+        RootSource {
+            lowers: lowers.to_vec(),
+            upper: dirs.upper.clone(),
+            work: dirs.work.clone(),
+            context,
+        },
+        RootPlan {
+            target: dirs.root.clone(),
+            scratch: SCRATCH.into(),
+        },
+    ))
+}
+
+/// What a container must not read or write: the union of Docker's, podman's and nspawn's
+/// masked paths. Files are hidden under /dev/null, directories under an empty tmpfs.
+pub const MASKED: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
     "proc/kcore",
     "proc/keys",
-    "proc/timer_list",
-    "proc/sysrq-trigger",
+    "proc/kallsyms",
     "proc/latency_stats",
-    "proc/acpi",
+    "proc/sched_debug",
     "proc/scsi",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sysrq-trigger",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
 ];
+
+/// What a container may read but not write (besides all of /sys, mounted read-only).
+pub const READ_ONLY: &[&str] = &["proc/bus", "proc/fs", "proc/irq", "proc/sys"];
 
 /// The device nodes of the minimal /dev: (name, major, minor).
 const DEVICES: &[(&str, u64, u64)] = &[
@@ -141,58 +180,87 @@ fn link(path: &str, target: &str) -> MountOp {
     }
 }
 
-/// The API filesystems, /dev and masks every container gets, then its extra devices, in the
-/// order they are applied.
-pub fn operations(devices: &[&Device]) -> Vec<MountOp> {
+/// Mount data with the SELinux `context=` option added, when labels apply.
+fn with_context(data: &str, context: Option<&str>) -> String {
+    match context {
+        Some(c) if data.is_empty() => format!("context=\"{c}\""),
+        Some(c) => format!("{data},context=\"{c}\""),
+        None => data.to_string(),
+    }
+}
+
+/// The API filesystems, /dev, masks and read-only paths every container gets, then its extra
+/// devices, in the order they are applied. `context` labels the tmpfs, devpts and mqueue
+/// mounts (never proc or sysfs, which have labels of their own).
+pub fn operations(devices: &[&Device], context: Option<&str>) -> Vec<MountOp> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let ctx = |data: &str| Some(with_context(data, context)).filter(|d| !d.is_empty());
     let mut ops = vec![
         fs("proc", "proc", hard, None),
-        MountOp::ReadOnly {
-            path: "proc/sys".into(),
+        MountOp::Keep {
+            path: "proc/sys/net".into(),
         },
     ];
-    ops.extend(MASKED.iter().map(|p| MountOp::Mask { path: (*p).into() }));
+    ops.extend(
+        READ_ONLY
+            .iter()
+            .map(|p| MountOp::ReadOnly { path: (*p).into() }),
+    );
     ops.push(fs("sysfs", "sys", hard | MsFlags::MS_RDONLY, None));
+    // The container's own cgroup (its namespace's root is its scope), read-only: it may look
+    // at its limits, never raise them.
     ops.push(fs(
-        "tmpfs",
-        "dev",
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=4m"),
+        "cgroup2",
+        "sys/fs/cgroup",
+        hard | MsFlags::MS_RDONLY,
+        None,
     ));
+    ops.extend(MASKED.iter().map(|p| MountOp::Mask { path: (*p).into() }));
+    ops.push(MountOp::Fs {
+        fstype: "tmpfs".into(),
+        target: "dev".into(),
+        flags: (MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME).bits(),
+        data: ctx("mode=755,size=4m"),
+    });
     ops.extend(DEVICES.iter().map(|(name, major, minor)| MountOp::Device {
         path: format!("dev/{name}"),
-        mode: 0o666,
+        source: format!("/dev/{name}"),
         block: false,
         major: *major,
         minor: *minor,
     }));
-    ops.push(fs(
-        "devpts",
-        "dev/pts",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620"),
-    ));
+    ops.push(MountOp::Fs {
+        fstype: "devpts".into(),
+        target: "dev/pts".into(),
+        flags: (MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC).bits(),
+        data: ctx("newinstance,ptmxmode=0666,mode=620"),
+    });
     ops.push(link("dev/ptmx", "pts/ptmx"));
-    ops.push(fs(
-        "tmpfs",
-        "dev/shm",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    ));
-    ops.push(fs("mqueue", "dev/mqueue", hard, None));
+    ops.push(MountOp::Fs {
+        fstype: "tmpfs".into(),
+        target: "dev/shm".into(),
+        flags: (MsFlags::MS_NOSUID | MsFlags::MS_NODEV).bits(),
+        data: ctx("mode=1777"),
+    });
+    ops.push(MountOp::Fs {
+        fstype: "mqueue".into(),
+        target: "dev/mqueue".into(),
+        flags: hard.bits(),
+        data: ctx(""),
+    });
     ops.push(link("dev/fd", "/proc/self/fd"));
     for (i, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
         ops.push(link(&format!("dev/{name}"), &format!("/proc/self/fd/{i}")));
     }
-    ops.push(fs(
-        "tmpfs",
-        "run",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=755"),
-    ));
+    ops.push(MountOp::Fs {
+        fstype: "tmpfs".into(),
+        target: "run".into(),
+        flags: (MsFlags::MS_NOSUID | MsFlags::MS_NODEV).bits(),
+        data: ctx("mode=755"),
+    });
     ops.extend(devices.iter().map(|d| MountOp::Device {
         path: d.path.trim_start_matches('/').into(),
-        mode: 0o660,
+        source: d.path.clone(),
         block: d.block,
         major: d.major,
         minor: d.minor,
@@ -206,19 +274,27 @@ mod tests {
 
     #[test]
     fn operations_are_relative_and_ordered() {
-        let ops = operations(&[]);
+        let ops = operations(&[], None);
         let pos = |pred: &dyn Fn(&MountOp) -> bool| ops.iter().position(pred).unwrap();
         let dev = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "dev"));
         let null = pos(&|o| matches!(o, MountOp::Device { path, .. } if path == "dev/null"));
         let proc_ = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "proc"));
         let sys_ro = pos(&|o| matches!(o, MountOp::ReadOnly { path } if path == "proc/sys"));
         let kcore = pos(&|o| matches!(o, MountOp::Mask { path } if path == "proc/kcore"));
+        let net = pos(&|o| matches!(o, MountOp::Keep { path } if path == "proc/sys/net"));
+        let firmware = pos(&|o| matches!(o, MountOp::Mask { path } if path == "sys/firmware"));
+        let sys = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "sys"));
         assert!(dev < null && proc_ < sys_ro && proc_ < kcore);
+        // proc/sys/net is kept writable before proc/sys becomes read-only; sysfs masks come
+        // after sysfs.
+        assert!(net < sys_ro && sys < firmware);
         for op in &ops {
             let p = match op {
                 MountOp::Fs { target, .. } => target,
                 MountOp::Device { path, .. } | MountOp::Symlink { path, .. } => path,
-                MountOp::ReadOnly { path } | MountOp::Mask { path } => path,
+                MountOp::ReadOnly { path } | MountOp::Mask { path } | MountOp::Keep { path } => {
+                    path
+                }
             };
             assert!(
                 !p.starts_with('/') && !p.split('/').any(|c| c == ".."),
@@ -241,12 +317,12 @@ mod tests {
             major: 10,
             minor: 200,
         };
-        let ops = operations(&[&tun]);
+        let ops = operations(&[&tun], None);
         assert_eq!(
             ops.last(),
             Some(&MountOp::Device {
                 path: "dev/net/tun".into(),
-                mode: 0o660,
+                source: "/dev/net/tun".into(),
                 block: false,
                 major: 10,
                 minor: 200
@@ -255,22 +331,30 @@ mod tests {
     }
 
     #[test]
-    fn the_root_overlay_is_decided_here_and_bounded() {
+    fn labels_go_on_tmpfs_devpts_and_mqueue_only() {
+        let ops = operations(&[], Some("system_u:object_r:container_file_t:s0:c1,c2"));
+        for op in &ops {
+            if let MountOp::Fs { fstype, data, .. } = op {
+                let labelled = data.as_deref().is_some_and(|d| {
+                    d.contains("context=\"system_u:object_r:container_file_t:s0:c1,c2\"")
+                });
+                let should = matches!(fstype.as_str(), "tmpfs" | "devpts" | "mqueue");
+                assert_eq!(labelled, should, "{fstype}: {data:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_root_is_decided_here_and_bounded() {
         let dirs = ContainerDirs::under(Path::new("/var/lib/berth/containers/web"));
-        let r = root(&["/l2".into(), "/l1".into()], &dirs).unwrap();
+        let (src, plan) = root(&["/l2".into(), "/l1".into()], &dirs, None).unwrap();
+        assert_eq!(src.lowers, [PathBuf::from("/l2"), PathBuf::from("/l1")]);
+        assert_eq!(src.upper, Path::new("/var/lib/berth/containers/web/upper"));
+        assert_eq!(plan.target, Path::new("/var/lib/berth/containers/web/root"));
+        let many: Vec<PathBuf> = (0..200).map(|i| format!("/l/{i}").into()).collect();
         assert_eq!(
-            r.options,
-            "lowerdir=/l2:/l1,upperdir=/var/lib/berth/containers/web/upper,\
-             workdir=/var/lib/berth/containers/web/work"
+            root(&many, &dirs, None).err(),
+            Some(MountPlanError::TooManyLayers(200))
         );
-        assert_eq!(r.target, Path::new("/var/lib/berth/containers/web/root"));
-        let many: Vec<PathBuf> = (0..100)
-            .map(|i| format!("/var/lib/berth/layers/{i:064}").into())
-            .collect();
-        assert_eq!(root(&many, &dirs), Err(MountPlanError::TooManyLayers(100)));
-        assert!(matches!(
-            root(&["/a:b".into()], &dirs),
-            Err(MountPlanError::BadLayerPath(_))
-        ));
     }
 }

@@ -35,13 +35,23 @@ pub struct Helper {
 
 impl Helper {
     /// Exec the helper binary.
-    pub fn spawn(path: &Path) -> Result<Helper, SpawnError> {
+    /// Exec the helper: from `image`, its sealed in-memory copy, when there is one (the
+    /// child execs `/proc/self/fd/N`, which names the memfd: it stays open until the exec,
+    /// being close-on-exec), else from the file at `path`.
+    pub fn spawn(path: &Path, image: Option<&OwnedFd>) -> Result<Helper, SpawnError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
         let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)
             .map_err(SpawnError::Socket)?;
         // The helper blocks on its end; only ours is non-blocking.
         let theirs = clear_nonblock(theirs).map_err(SpawnError::Socket)?;
-        let mut cmd = std::process::Command::new(path);
+        let program = match image {
+            Some(fd) => std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            None => path.to_path_buf(),
+        };
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg0("berth-helper");
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         crate::sys::command_pass_fd(&mut cmd, theirs, crate::helper::SOCKET_FD);

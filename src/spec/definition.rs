@@ -11,7 +11,7 @@ use super::limits::Resources;
 use crate::image::ImageConfig;
 
 /// A container definition, stored as `/var/lib/berth/containers/NAME/container.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// The container's name (also its hostname unless `hostname` is set).
@@ -46,6 +46,9 @@ pub struct Definition {
     /// Resource limits and extra devices (see [`Resources`]).
     #[serde(default, skip_serializing_if = "is_default")]
     pub resources: Resources,
+    /// How the container is confined (user namespace, capabilities, seccomp, label, rlimits).
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
     /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -83,6 +86,39 @@ fn is_default(r: &Resources) -> bool {
     r.is_empty()
 }
 
+/// The `[security]` table: what confines the container, as the user wrote it (checked by
+/// [`super::validate`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Security {
+    /// `auto` (default: a private user namespace with its own 65536 IDs), `UID:COUNT`, or
+    /// `host` (no user namespace: container root is host root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<String>,
+    /// Capabilities added to the default set (`NET_ADMIN`, `CAP_SYS_PTRACE`, `all`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it (`all` for none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Set no_new_privs: setuid bits and file capabilities no longer raise privileges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
+    /// Resource limits of the payload, `NAME=SOFT[:HARD]` (`nofile=1024:4096`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<String>,
+    /// `seccomp=unconfined`, `seccomp=/path/profile.json`, `label=disable`,
+    /// `label=level:s0:c1,c2`, `label=type:T`, `unsafe-caps`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+}
+
+impl Security {
+    fn is_default(&self) -> bool {
+        *self == Security::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +139,7 @@ mod tests {
             resources: Resources::default(),
             properties: [("TasksMax".to_string(), "10".to_string())].into(),
             created_at: 1,
+            ..Default::default()
         };
         let s = toml::to_string(&d).unwrap();
         assert_eq!(toml::from_str::<Definition>(&s).unwrap(), d);

@@ -8,9 +8,12 @@
 pub mod definition;
 pub mod limits;
 pub mod props;
+pub mod security;
+pub mod ulimit;
 pub mod user;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -42,6 +45,10 @@ pub trait HostFacts {
     fn device(&self, path: &str) -> Result<limits::DeviceNode, String>;
     /// The canonical form of an existing directory.
     fn directory(&self, path: &Path) -> Result<PathBuf, String>;
+    /// berth's default seccomp profile (made once).
+    fn default_seccomp(&self) -> Arc<crate::seccomp::Profile>;
+    /// A Docker/OCI seccomp profile read from the host and checked.
+    fn seccomp_profile(&self, path: &Path) -> Result<crate::seccomp::Profile, String>;
 }
 
 /// The real host.
@@ -49,6 +56,7 @@ pub trait HostFacts {
 pub struct Host {
     pub unified: bool,
     pub cpus: u32,
+    pub seccomp: Arc<crate::seccomp::Profile>,
 }
 
 impl Host {
@@ -58,7 +66,11 @@ impl Host {
             .ok()
             .and_then(|s| s.trim().rsplit(['-', ',']).next()?.parse::<u32>().ok())
             .map_or(1, |last| last + 1);
-        Host { unified, cpus }
+        Host {
+            unified,
+            cpus,
+            seccomp: Arc::new(crate::seccomp::default_profile()),
+        }
     }
 }
 
@@ -91,9 +103,15 @@ impl HostFacts for Host {
         }
         Ok(canon)
     }
+    fn default_seccomp(&self) -> Arc<crate::seccomp::Profile> {
+        self.seccomp.clone()
+    }
+    fn seccomp_profile(&self, path: &Path) -> Result<crate::seccomp::Profile, String> {
+        crate::seccomp::read_profile(path).map_err(|e| e.to_string())
+    }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum SpecError {
     #[error(transparent)]
     Name(#[from] NameError),
@@ -121,6 +139,8 @@ pub enum SpecError {
     Property(#[from] props::PropertyError),
     #[error("at most {MAX_PROPERTIES} properties")]
     TooManyProperties,
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
 }
 
 /// Where a container's root comes from.
@@ -145,6 +165,7 @@ pub struct ContainerSpec {
     pub user: Option<UserSpec>,
     pub limits: Limits,
     pub properties: Vec<RawProperty>,
+    pub security: security::SecuritySpec,
 }
 
 impl ContainerSpec {
@@ -192,6 +213,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         .iter()
         .map(|(k, v)| props::parse(k, v, facts))
         .collect::<Result<_, _>>()?;
+    let security = security::check(&def.security, facts)?;
     Ok(ContainerSpec {
         definition: def.clone(),
         root,
@@ -201,6 +223,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         user,
         limits,
         properties,
+        security,
     })
 }
 
@@ -300,6 +323,12 @@ pub(crate) mod tests {
                 Some("/srv/link") => Ok("/srv/root".into()),
                 _ => Err(format!("{}: No such file or directory", path.display())),
             }
+        }
+        fn default_seccomp(&self) -> Arc<crate::seccomp::Profile> {
+            Arc::new(crate::seccomp::default_profile())
+        }
+        fn seccomp_profile(&self, path: &Path) -> Result<crate::seccomp::Profile, String> {
+            Err(format!("{}: No such file or directory", path.display()))
         }
     }
 

@@ -5,7 +5,13 @@
 //! integers or `errno`. [`syscall`] is the seam the helper's steps go through.
 
 pub mod pidfd_getfd;
+pub mod process;
 pub mod syscall;
+
+pub mod mount_api;
+pub mod userns;
+
+pub mod caps;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
@@ -13,6 +19,8 @@ use std::process::Command;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+pub mod seccomp;
 
 /// How a process ended, as `waitid(2)` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +260,13 @@ pub fn move_fd(fd: OwnedFd, replaced: OwnedFd) -> nix::Result<OwnedFd> {
     } else {
         Ok(owned)
     }
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or higher (`F_DUPFD_CLOEXEC`).
+pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> nix::Result<OwnedFd> {
+    let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// Register an owned descriptor with the tokio reactor.

@@ -9,7 +9,7 @@
 //! CVE-2021-30465); mount targets are then named as `/proc/self/fd/N`.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -17,7 +17,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
-use nix::sys::stat::{Mode, SFlag, makedev, mkdirat, mknodat};
+use nix::sys::stat::{Mode, mkdirat};
 use nix::unistd::{chdir, pivot_root, symlinkat};
 
 /// A node the helper creates inside the root.
@@ -59,20 +59,29 @@ pub trait Syscalls {
     fn bind_host(&mut self, source: &Path, target: &Self::Fd) -> nix::Result<()>;
     /// Change the flags of the bind mount at `target`.
     fn remount_bind(&mut self, target: &Self::Fd, flags: MsFlags) -> nix::Result<()>;
-    /// Create a device node `rel` inside `root` with exactly `mode` (not masked by the umask).
-    fn mknod_in(
+    /// Attach a detached mount (the root overlay berthd made) at a host path.
+    fn attach(&mut self, mount: BorrowedFd<'_>, target: &Path) -> nix::Result<()>;
+    /// Mount a fresh filesystem at a path of the caller's own view (not inside the root).
+    fn mount_host(&mut self, fstype: &str, target: &Path) -> nix::Result<()>;
+    /// Open a host path (a device node, /dev/null) without following a final symlink.
+    fn open_host(&mut self, path: &Path) -> nix::Result<Self::Fd>;
+    /// Whether `fd` is the device `major:minor` of `kind`.
+    fn is_device(
         &mut self,
-        root: &Self::Fd,
-        rel: &str,
+        fd: &Self::Fd,
         kind: NodeKind,
-        mode: u32,
         major: u64,
         minor: u64,
-    ) -> nix::Result<()>;
+    ) -> nix::Result<bool>;
+    /// Whether `fd` is an empty regular file.
+    fn is_empty_file(&mut self, fd: &Self::Fd) -> nix::Result<bool>;
+    /// Create (or open) an empty regular file `rel` inside `root`, as a mount point for a
+    /// file.
+    fn file_in(&mut self, root: &Self::Fd, rel: &str) -> nix::Result<Self::Fd>;
     /// Create a symlink `rel` → `target` inside `root`; an existing one is fine.
     fn symlink_in(&mut self, root: &Self::Fd, rel: &str, target: &str) -> nix::Result<()>;
-    /// `pivot_root` into `new_root` and detach the old root.
-    fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()>;
+    /// `pivot_root` into the opened `new_root` and detach the old root.
+    fn pivot_root(&mut self, new_root: &Self::Fd) -> nix::Result<()>;
     fn sethostname(&mut self, name: &str) -> nix::Result<()>;
     /// Bring the loopback interface up.
     fn loopback_up(&mut self) -> nix::Result<()>;
@@ -82,6 +91,21 @@ pub trait Syscalls {
     fn setgid(&mut self, gid: u32) -> nix::Result<()>;
     fn setuid(&mut self, uid: u32) -> nix::Result<()>;
     fn chdir(&mut self, dir: &str) -> nix::Result<()>;
+    /// Become root of the user namespace just entered (setresgid/setresuid 0).
+    fn become_root(&mut self) -> nix::Result<()>;
+    /// Join a new anonymous session keyring.
+    fn join_session_keyring(&mut self) -> nix::Result<()>;
+    /// `PR_SET_KEEPCAPS`.
+    fn set_keepcaps(&mut self, keep: bool) -> nix::Result<()>;
+    /// Give the thread exactly these capability sets (the bounding set dropped to
+    /// `sets.bounding`, ambient emptied).
+    fn apply_caps(&mut self, sets: &super::caps::CapSets) -> nix::Result<()>;
+    /// `PR_SET_NO_NEW_PRIVS`.
+    fn set_no_new_privs(&mut self) -> nix::Result<()>;
+    /// The SELinux label the next exec runs under.
+    fn set_exec_label(&mut self, label: &str) -> nix::Result<()>;
+    /// Install a seccomp filter (last before exec).
+    fn load_seccomp(&mut self, filter: &[libc::sock_filter]) -> nix::Result<()>;
     /// Replace the process image; returns only on failure.
     fn execve(&mut self, path: &CString, argv: &[CString], env: &[CString]) -> Errno;
 }
@@ -228,35 +252,62 @@ impl Syscalls for Real {
         )
     }
 
-    fn mknod_in(
+    fn attach(&mut self, mount: BorrowedFd<'_>, target: &Path) -> nix::Result<()> {
+        super::mount_api::move_mount_to(mount, None, target)
+    }
+
+    fn mount_host(&mut self, fstype: &str, target: &Path) -> nix::Result<()> {
+        mount(
+            Some(fstype),
+            target,
+            Some(fstype),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+    }
+
+    fn open_host(&mut self, path: &Path) -> nix::Result<OwnedFd> {
+        nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    fn is_device(
         &mut self,
-        root: &OwnedFd,
-        rel: &str,
+        fd: &OwnedFd,
         kind: NodeKind,
-        mode: u32,
         major: u64,
         minor: u64,
-    ) -> nix::Result<()> {
-        let (parent, base) = parent_of(self, root, rel)?;
-        let sflag = match kind {
-            NodeKind::Char => SFlag::S_IFCHR,
-            NodeKind::Block => SFlag::S_IFBLK,
+    ) -> nix::Result<bool> {
+        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        let want = match kind {
+            NodeKind::Char => libc::S_IFCHR,
+            NodeKind::Block => libc::S_IFBLK,
         };
-        mknodat(
+        Ok(st.st_mode & libc::S_IFMT == want
+            && nix::sys::stat::major(st.st_rdev) == major
+            && nix::sys::stat::minor(st.st_rdev) == minor)
+    }
+
+    fn is_empty_file(&mut self, fd: &OwnedFd) -> nix::Result<bool> {
+        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0)
+    }
+
+    fn file_in(&mut self, root: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
+        let (parent, base) = parent_of(self, root, rel)?;
+        let created = openat2(
             parent.as_fd(),
             base,
-            sflag,
-            Mode::from_bits_truncate(mode),
-            makedev(major, minor),
-        )?;
-        // mknod honours the umask; set the mode asked for.
-        let node = self.open_in(root, rel)?;
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            fd_path(&node).as_str(),
-            Mode::from_bits_truncate(mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
+            how(OFlag::O_WRONLY | OFlag::O_CREAT).mode(Mode::from_bits_truncate(0o644)),
+        );
+        match created {
+            Ok(_) | Err(Errno::EISDIR) => {}
+            Err(e) => return Err(e),
+        }
+        self.open_in(root, rel)
     }
 
     fn symlink_in(&mut self, root: &OwnedFd, rel: &str, target: &str) -> nix::Result<()> {
@@ -269,8 +320,8 @@ impl Syscalls for Real {
 
     /// `pivot_root(".", ".")` then detach the old root: the trick from pivot_root(2) that needs
     /// no put_old directory inside the container.
-    fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()> {
-        chdir(new_root)?;
+    fn pivot_root(&mut self, new_root: &OwnedFd) -> nix::Result<()> {
+        nix::unistd::fchdir(new_root)?;
         pivot_root(".", ".")?;
         umount2(".", MntFlags::MNT_DETACH)?;
         chdir("/")
@@ -312,6 +363,49 @@ impl Syscalls for Real {
         chdir(dir)
     }
 
+    fn become_root(&mut self) -> nix::Result<()> {
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresgid(root_gid, root_gid, root_gid)?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid)
+    }
+
+    fn join_session_keyring(&mut self) -> nix::Result<()> {
+        super::process::join_new_session_keyring()
+    }
+
+    fn set_keepcaps(&mut self, keep: bool) -> nix::Result<()> {
+        nix::sys::prctl::set_keepcaps(keep)
+    }
+
+    fn apply_caps(&mut self, sets: &super::caps::CapSets) -> nix::Result<()> {
+        super::caps::apply(sets)
+    }
+
+    fn set_no_new_privs(&mut self) -> nix::Result<()> {
+        nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn set_exec_label(&mut self, label: &str) -> nix::Result<()> {
+        use std::io::Write;
+        let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/thread-self/attr/exec")
+            .map_err(io)?;
+        // One write: the kernel takes the label from exactly this buffer.
+        let n = f.write(label.as_bytes()).map_err(io)?;
+        if n == label.len() {
+            Ok(())
+        } else {
+            Err(Errno::EIO)
+        }
+    }
+
+    fn load_seccomp(&mut self, filter: &[libc::sock_filter]) -> nix::Result<()> {
+        super::seccomp::load_filter(filter)
+    }
+
     fn execve(&mut self, path: &CString, argv: &[CString], env: &[CString]) -> Errno {
         match nix::unistd::execve(path, argv, env) {
             Err(e) => e,
@@ -334,6 +428,8 @@ pub mod fake {
         pub dirs: Vec<String>,
         /// Calls (by the first word of their line) that fail with EPERM.
         pub failing: Vec<&'static str>,
+        /// Host paths that are not the device they should be.
+        pub impostors: Vec<String>,
     }
 
     /// `MsFlags(MS_RDONLY | MS_NOSUID)` → `MS_RDONLY|MS_NOSUID`.
@@ -424,25 +520,41 @@ pub mod fake {
         fn remount_bind(&mut self, target: &String, flags: MsFlags) -> nix::Result<()> {
             self.log(format!("remount /{target} {}", self::flags(flags)))
         }
-        fn mknod_in(
+        fn attach(&mut self, _mount: BorrowedFd<'_>, target: &Path) -> nix::Result<()> {
+            self.log(format!("attach {}", target.display()))
+        }
+        fn mount_host(&mut self, fstype: &str, target: &Path) -> nix::Result<()> {
+            self.log(format!("mount-host {fstype} {}", target.display()))
+        }
+        fn open_host(&mut self, path: &Path) -> nix::Result<String> {
+            let p = path.display().to_string();
+            if self.missing.contains(&p) {
+                Err(Errno::ENOENT)
+            } else {
+                Ok(p)
+            }
+        }
+        fn is_device(
             &mut self,
-            root: &String,
-            rel: &str,
+            fd: &String,
             kind: NodeKind,
-            mode: u32,
             major: u64,
             minor: u64,
-        ) -> nix::Result<()> {
-            self.log(format!(
-                "mknod /{} {kind:?} {mode:o} {major}:{minor}",
-                join(root, rel)
-            ))
+        ) -> nix::Result<bool> {
+            let _ = (kind, major, minor);
+            Ok(!self.impostors.contains(fd))
+        }
+        fn is_empty_file(&mut self, fd: &String) -> nix::Result<bool> {
+            Ok(!self.impostors.contains(fd))
+        }
+        fn file_in(&mut self, root: &String, rel: &str) -> nix::Result<String> {
+            Ok(join(root, rel))
         }
         fn symlink_in(&mut self, root: &String, rel: &str, target: &str) -> nix::Result<()> {
             self.log(format!("symlink /{} -> {target}", join(root, rel)))
         }
-        fn pivot_root(&mut self, new_root: &Path) -> nix::Result<()> {
-            self.log(format!("pivot-root {}", new_root.display()))
+        fn pivot_root(&mut self, new_root: &String) -> nix::Result<()> {
+            self.log(format!("pivot-root /{new_root}"))
         }
         fn sethostname(&mut self, name: &str) -> nix::Result<()> {
             self.log(format!("sethostname {name}"))
@@ -467,6 +579,30 @@ pub mod fake {
         }
         fn chdir(&mut self, dir: &str) -> nix::Result<()> {
             self.log(format!("chdir {dir}"))
+        }
+        fn become_root(&mut self) -> nix::Result<()> {
+            self.log("become-root".into())
+        }
+        fn join_session_keyring(&mut self) -> nix::Result<()> {
+            self.log("join-session-keyring".into())
+        }
+        fn set_keepcaps(&mut self, keep: bool) -> nix::Result<()> {
+            self.log(format!("keepcaps {keep}"))
+        }
+        fn apply_caps(&mut self, sets: &crate::sys::caps::CapSets) -> nix::Result<()> {
+            self.log(format!(
+                "caps bnd={:x} prm={:x} eff={:x} inh={:x}",
+                sets.bounding, sets.permitted, sets.effective, sets.inheritable
+            ))
+        }
+        fn set_no_new_privs(&mut self) -> nix::Result<()> {
+            self.log("no-new-privs".into())
+        }
+        fn set_exec_label(&mut self, label: &str) -> nix::Result<()> {
+            self.log(format!("exec-label {label}"))
+        }
+        fn load_seccomp(&mut self, filter: &[libc::sock_filter]) -> nix::Result<()> {
+            self.log(format!("seccomp {}", filter.len()))
         }
         fn execve(&mut self, path: &CString, argv: &[CString], _env: &[CString]) -> Errno {
             let _ = self.log(format!("execve {path:?} {argv:?}"));

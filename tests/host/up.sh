@@ -145,6 +145,10 @@ mount -t tmpfs -o mode=755,nosuid,nodev berth-testhost-run "$ROOT/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev berth-testhost-tmp "$ROOT/tmp"
 mkdir -p "$ROOT/var/lib/berth"
 mount -t tmpfs -o mode=700 berth-testhost-state "$ROOT/var/lib/berth"
+# Own /srv, a filesystem of its own as on a real machine: root directories given with
+# --directory live there, and berth maps them into user namespaces with idmapped mounts, which
+# overlayfs (the host's root) does not support.
+mount -t tmpfs -o mode=755 berth-testhost-srv "$ROOT/srv"
 
 # A machine id of its own, so the host's journal and D-Bus id are not the machine's.
 systemd-id128 new >"$ROOT/etc/machine-id"
