@@ -173,8 +173,12 @@ impl Registry {
         .map_err(|d| dbus::Error::PermissionDenied(d.to_string()))
     }
 
+    /// Is there a container of that name (a broken one too: the flow then says what it may
+    /// do with it)?
     fn known(&self, name: &str) -> Result<()> {
-        if self.entries.lock().unwrap().contains_key(name) {
+        if self.entries.lock().unwrap().contains_key(name)
+            || self.broken.lock().unwrap().contains_key(name)
+        {
             Ok(())
         } else {
             Err(dbus::Error::NoSuchContainer(format!(
