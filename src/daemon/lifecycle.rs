@@ -375,10 +375,7 @@ impl Registry {
                 }
             }
             entries.remove(name);
-            // Under the table's lock: a create of the same name right after allocates anew,
-            // and this removal never frees what that new container holds.
-            self.release_allocations(name);
-            match std::fs::rename(&dir, &trash) {
+            let victim = match std::fs::rename(&dir, &trash) {
                 Ok(()) => trash,
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -389,7 +386,12 @@ impl Registry {
                     }
                     dir
                 }
-            }
+            };
+            // Under the table's lock, so that a create of the same name right after allocates
+            // anew and this removal never frees what that new container holds; after the
+            // rename, so that a crash before it keeps the range the layer's files belong to.
+            self.release_allocations(name);
+            victim
         };
         super::failpoint::hit("remove:after-rename");
         let rt = self.layout.runtime(name);
