@@ -7,6 +7,7 @@
 # - every runtime record, container directory is a listed container's; no temporary file
 # - every listed container is whole: definition, upper, work and root directories
 # - the image store's tmp/ is empty, every blob and layer is referenced by an image record
+# - every user-ID range and MCS pair is a listed container's; no temporary allocation file
 # - no network link but lo (berth makes no veth yet: none may be left)
 set -u
 json=$(berthctl list -a -o json 2>&1) || { echo "berthctl list failed: $json"; exit 0; }
@@ -101,6 +102,30 @@ for l in os.listdir(f"{root}/layers") if os.path.isdir(f"{root}/layers") else []
     if f"sha256:{h}" not in layers:
         print(f"orphan layer {l}")
 PY
+
+for f in /var/lib/berth/userns-ranges/* /var/lib/berth/userns-ranges/.[!.]*; do
+    [ -e "$f" ] || continue
+    b=$(basename "$f")
+    case $b in
+    *.json) is_in "${b%.json}" "$all" || echo "orphan ID range $f" ;;
+    *) echo "stray allocation file $f" ;;
+    esac
+done
+if [ -f /var/lib/berth/selinux-mcs.json ]; then
+    python3 - "$all" <<'PY'
+import json, sys
+names = set(sys.argv[1].split())
+try:
+    pairs = json.load(open("/var/lib/berth/selinux-mcs.json"))
+except Exception as e:
+    print(f"unreadable /var/lib/berth/selinux-mcs.json: {e}")
+    sys.exit(0)
+owners = pairs.get("owners", {}) if isinstance(pairs, dict) else {}
+for owner in owners if isinstance(owners, dict) else []:
+    if owner not in names:
+        print(f"orphan MCS pair of {owner}")
+PY
+fi
 
 ip -o link show | awk -F': ' '$2 != "lo" {print "stray network link " $2}'
 exit 0

@@ -818,10 +818,11 @@ fn replies_nobody_reads_do_not_grow_berthd() {
             "{member}: RssAnon {base} -> {peak} KiB (+{grown}), cgroup {base_cg} -> {peak_cg} KiB, slowest other call {slowest:?}"
         ));
         assert!(grown <= 16 * 1024, "{member}: berthd grew by {grown} KiB");
-        assert!(
-            slowest < Duration::from_secs(2),
-            "{member}: others stalled {slowest:?}"
-        );
+        // A debug build's bus code costs several times a release build's per message (1000
+        // refused calls: 0.16 s of berthd's CPU in debug), and the development machines run
+        // several builds at once.
+        let bound = Duration::from_secs(if cfg!(debug_assertions) { 5 } else { 2 });
+        assert!(slowest < bound, "{member}: others stalled {slowest:?}");
     }
     eprintln!("unread-reply flood (8 connections x 125 calls, uid 65534, 50 containers):");
     for r in &report {
