@@ -88,6 +88,8 @@ impl Registry {
             }),
         })??;
         self.publish(&name).await;
+        self.record_start_intent(&name);
+        super::failpoint::hit("start:after-intent");
         match self.launch(&spec, stdio).await {
             Ok(l) => {
                 self.started(&name, l).await;
@@ -102,6 +104,7 @@ impl Registry {
 
     /// Record a running container and watch it.
     async fn started(&self, name: &str, l: Launched) {
+        super::failpoint::hit("start:before-record");
         let started_at = store::now_usec();
         let pidfd = Arc::new(l.pidfd);
         let rt = Runtime {
@@ -110,6 +113,7 @@ impl Registry {
             leader_start: store::process_start_time(l.pid).unwrap_or(0),
             started_at,
             exit_status: -1,
+            oom_seen: Some(0),
             ..Default::default()
         };
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
@@ -128,6 +132,7 @@ impl Registry {
             e.resources = e.spec.definition.resources.clone();
             e.stop_signal = l.stop_signal;
             e.paused = false;
+            e.oom_seen = Some(0);
             e.exited.send_replace(None);
         });
         if recorded.is_err() {
@@ -334,6 +339,7 @@ impl Registry {
             (Ok(()), Ok(root)) => root,
             (Err(e), _) | (_, Err(e)) => return Err(abort(e).await),
         };
+        super::failpoint::hit("start:after-scope");
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
         let (root, nodes) = root;
         let mut fds = vec![root.as_fd()];

@@ -634,11 +634,16 @@ impl Store {
         }
         let tmp = self.tmp_path("blob");
         let ctx = || format!("writing blob {d}");
-        let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
-        f.write_all(data).map_err(io_err(ctx()))?;
-        f.sync_all().map_err(io_err(ctx()))?;
-        fs::rename(&tmp, self.blob_path(&d)).map_err(io_err(ctx()))?;
-        Ok(d)
+        let r = (|| {
+            let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
+            f.write_all(data).map_err(io_err(ctx()))?;
+            f.sync_all().map_err(io_err(ctx()))?;
+            fs::rename(&tmp, self.blob_path(&d)).map_err(io_err(ctx()))
+        })();
+        if r.is_err() {
+            discard(&tmp);
+        }
+        r.map(|()| d)
     }
 
     /// Stream `reader` into the store, hashing as it goes; returns the digest and length.
@@ -654,6 +659,7 @@ impl Store {
         if let Some(want) = expected
             && *want != d.digest
         {
+            discard(&d.path);
             return Err(StoreError::DigestMismatch {
                 expected: *want,
                 actual: d.digest,
@@ -674,17 +680,22 @@ impl Store {
             path,
             hasher: Hasher::default(),
             len: 0,
+            done: false,
         })
     }
 
     /// Move a finished blob into `blobs/` (a no-op if the store has it already).
     pub fn adopt_blob(&self, b: SpooledBlob) -> Result<(), StoreError> {
         if self.has_blob(&b.digest) {
-            let _ = fs::remove_file(&b.path);
+            discard(&b.path);
             return Ok(());
         }
-        fs::rename(&b.path, self.blob_path(&b.digest))
-            .map_err(io_err(format!("storing blob {}", b.digest)))
+        let r = fs::rename(&b.path, self.blob_path(&b.digest))
+            .map_err(io_err(format!("storing blob {}", b.digest)));
+        if r.is_err() {
+            discard(&b.path);
+        }
+        r
     }
 
     /// Read a small blob, checking its digest (the store is trusted, the disk less so).
@@ -836,9 +847,12 @@ impl Store {
         })
         .expect("serializing a sidecar");
         let side_tmp = self.tmp_path("sidecar");
-        fs::write(&side_tmp, side).map_err(io_err("writing a layer sidecar"))?;
-        fs::rename(&side_tmp, self.layer_sidecar(&diff_id))
-            .map_err(io_err("writing a layer sidecar"))?;
+        let written = fs::write(&side_tmp, side)
+            .and_then(|()| fs::rename(&side_tmp, self.layer_sidecar(&diff_id)));
+        if written.is_err() {
+            discard(&side_tmp);
+        }
+        written.map_err(io_err("writing a layer sidecar"))?;
         match rename_noreplace(tmp, &self.layer_dir(&diff_id)) {
             Ok(()) => Ok((diff_id, stats.size, false)),
             // Someone else extracted the same layer meanwhile; theirs is as good as ours.
@@ -1543,6 +1557,16 @@ impl Store {
     /// Delete what no image references: layers always, blobs if in `just_freed` or old.
     /// Returns the bytes freed on disk.
     fn collect(&self, just_freed: &BTreeSet<Digest>) -> Result<u64, StoreError> {
+        self.collect_counted(just_freed).map(|(_, freed)| freed)
+    }
+
+    /// [`Store::collect`], also counting the files and directories deleted. Deletes nothing
+    /// while an image record cannot be read: the layers it names may be in use.
+    fn collect_counted(&self, just_freed: &BTreeSet<Digest>) -> Result<(usize, u64), StoreError> {
+        if !self.unreadable().is_empty() {
+            return Ok((0, 0));
+        }
+        let mut removed = 0usize;
         let images = self.all_images();
         let layers: BTreeSet<Digest> = images.values().flat_map(|r| r.layers.clone()).collect();
         let blobs: BTreeSet<Digest> = images.values().flat_map(ImageData::blobs).collect();
@@ -1564,12 +1588,14 @@ impl Store {
             if n.ends_with(".json") {
                 freed += e.metadata().map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(e.path()).map_err(io_err(format!("removing layer {d}")))?;
+                removed += 1;
             } else {
                 // Out of sight in one step, then deleted at leisure.
                 let t = self.tmp_path("dead-layer");
                 fs::rename(e.path(), &t).map_err(io_err(format!("removing layer {d}")))?;
                 freed += super::usage::disk_usage(&t).bytes;
                 fs::remove_dir_all(&t).map_err(io_err(format!("removing layer {d}")))?;
+                removed += 1;
             }
         }
         let bdir = self.root.join("blobs/sha256");
@@ -1597,9 +1623,80 @@ impl Store {
             if just_freed.contains(&d) || aged {
                 freed += meta.map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(e.path()).map_err(io_err(format!("removing blob {d}")))?;
+                removed += 1;
             }
         }
-        Ok(freed)
+        Ok((removed, freed))
+    }
+
+    /// Image records (`images/<id>.json`) that cannot be read (truncated, empty, garbage),
+    /// with why. They are left alone: never deleted, and while any exists, garbage collection
+    /// deletes nothing.
+    pub fn unreadable(&self) -> Vec<(String, StoreError)> {
+        let mut bad = Vec::new();
+        let Ok(rd) = fs::read_dir(self.root.join("images")) else {
+            return bad;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let Some(name) = n.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let read = format!("sha256:{name}")
+                .parse::<Digest>()
+                .map_err(|_| {
+                    StoreError::Invalid(format!("{name}.json is not named by an image ID"))
+                })
+                .and_then(|id| self.read_image(&id));
+            if let Err(e) = read {
+                bad.push((name.to_string(), e));
+            }
+        }
+        bad.sort_by(|a, b| a.0.cmp(&b.0));
+        bad
+    }
+
+    /// Every image as [`Store::list`] shows it, and the records that cannot be read (see
+    /// [`Store::unreadable`]).
+    pub fn list_checked(&self) -> (Vec<ImageRecord>, Vec<(String, StoreError)>) {
+        (self.list(), self.unreadable())
+    }
+
+    /// After a failure for lack of space, or at start: delete what no image references
+    /// (blobs and layers an interrupted import left, resumable downloads in `tmp/`), so that
+    /// the space a failed operation took is free again at once. Call with no other operation
+    /// in flight. Returns how many files and directories it deleted.
+    pub fn reclaim(&self) -> Result<usize, StoreError> {
+        let _guard = self.gc.write().unwrap_or_else(|p| p.into_inner());
+        let tmp = self.root.join("tmp");
+        let mut partials = 0;
+        for e in fs::read_dir(&tmp)
+            .map_err(io_err(format!("reading {}", tmp.display())))?
+            .flatten()
+        {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".partial"))
+            {
+                fs::remove_file(e.path())
+                    .map_err(io_err(format!("removing {}", e.path().display())))?;
+                partials += 1;
+            }
+        }
+        // Every stored blob counts as just freed: those no image references go now, not
+        // after the grace period.
+        let all: BTreeSet<Digest> = fs::read_dir(self.root.join("blobs/sha256"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(partials + self.collect_counted(&all)?.0)
     }
 
     /// Give the tag `old` the name `new` (AlreadyExists if taken; nothing changes then). An
@@ -1751,6 +1848,27 @@ pub struct BlobWriter {
     path: PathBuf,
     hasher: Hasher,
     len: u64,
+    /// Finished: the file is the caller's now. Until then, dropping the writer (an error, a
+    /// full disk) deletes it at once.
+    done: bool,
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            discard(&self.path);
+        }
+    }
+}
+
+/// Delete a temporary file of a failed operation; there is nobody to tell if that fails too
+/// (the next [`Store::open`] wipes `tmp/`).
+fn discard(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::debug!("cannot remove {}: {e}", path.display());
+    }
 }
 
 /// A complete, synced blob in `tmp/`, not yet in `blobs/` (dropped: stays in tmp/ until the
@@ -1776,16 +1894,14 @@ impl Write for BlobWriter {
 
 impl BlobWriter {
     /// Sync the data; returns the blob and its length.
-    pub fn finish(self) -> Result<(SpooledBlob, u64), StoreError> {
-        let r = self.file.sync_all();
-        if let Err(e) = r {
-            let _ = fs::remove_file(&self.path);
-            return Err(io_err("syncing a blob")(e));
-        }
+    pub fn finish(mut self) -> Result<(SpooledBlob, u64), StoreError> {
+        // On an error the writer is dropped unfinished, which deletes the file.
+        self.file.sync_all().map_err(io_err("syncing a blob"))?;
+        self.done = true;
         Ok((
             SpooledBlob {
-                digest: self.hasher.finish(),
-                path: self.path,
+                digest: std::mem::take(&mut self.hasher).finish(),
+                path: std::mem::take(&mut self.path),
             },
             self.len,
         ))
@@ -1884,6 +2000,75 @@ pub(crate) mod tests {
         }
         let s2 = Store::open(&s.root).unwrap();
         assert!(names(&s2.root.join("tmp")).is_empty());
+    }
+
+    /// A reader that fails midway the way a full disk makes a copy fail.
+    struct FailsMidway(usize);
+
+    impl Read for FailsMidway {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_in_tmp_at_once() {
+        let (_t, s) = store();
+        let e = s.ingest_blob(FailsMidway(1 << 20), None).unwrap_err();
+        assert!(e.to_string().contains("os error 28"), "{e}");
+        // Not at the next open: now.
+        assert!(names(&s.root.join("tmp")).is_empty());
+        // A blob that is not what it should be goes too.
+        let want = Digest::of(b"other");
+        assert!(s.ingest_blob(&b"content"[..], Some(&want)).is_err());
+        assert!(names(&s.root.join("tmp")).is_empty());
+        assert!(names(&s.root.join("blobs/sha256")).is_empty());
+        // A writer dropped unfinished.
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"half").unwrap();
+        drop(w);
+        assert!(names(&s.root.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn reclaim_deletes_what_no_record_references_unless_a_record_is_unreadable() {
+        let (_t, s) = store();
+        let rec = import(&s, "kept", &[layer(&[("a", b"a")])]).unwrap();
+        // What an interrupted import leaves: a blob and a layer nobody references, a partial
+        // download.
+        let orphan = layer(&[("b", b"b")]);
+        let d = s.put_blob(&gzip(&orphan)).unwrap();
+        s.ensure_layer(&d, None).unwrap();
+        fs::write(s.root.join("tmp/abc.partial"), b"x").unwrap();
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/image");
+        for f in fs::read_dir(fixtures).unwrap() {
+            let f = f.unwrap().path();
+            fs::copy(&f, s.root.join("images/bad.json")).unwrap();
+            let (good, bad) = s.list_checked();
+            assert_eq!(good, vec![rec.clone()], "{f:?}");
+            assert_eq!(bad.len(), 1, "{f:?}");
+            assert_eq!(bad[0].0, "bad");
+            // While a record cannot be read, nothing is collected.
+            s.reclaim().unwrap();
+            assert!(s.has_blob(&d), "{f:?}: collected with an unreadable record");
+        }
+        fs::remove_file(s.root.join("images/bad.json")).unwrap();
+        assert!(s.reclaim().unwrap() >= 3);
+        assert!(!s.has_blob(&d));
+        assert!(names(&s.root.join("tmp")).is_empty());
+        assert_eq!(s.list(), vec![rec.clone()]);
+        for l in s.layer_paths(&rec) {
+            assert!(l.is_dir());
+        }
+        for b in &rec.layer_blobs {
+            assert!(s.has_blob(b));
+        }
     }
 
     #[test]

@@ -9,6 +9,9 @@
 #        berthctl run --rm --directory /srv/bench-root -- /bin/true        (berth)
 #        systemd-run -q --scope --slice=machine.slice /bin/true            (the peer, beside
 #                                                                           berth's scopes)
+#        systemd-run -q --scope --slice=machine.slice -p Delegate=yes -p *Accounting=yes
+#                    -p DevicePolicy=closed /bin/true                      (the same scope
+#                                                                           properties as berth's)
 #        systemd-run -q --scope /bin/true                                  (the peer, system.slice)
 #      in interleaved rounds (one of each per round, so machine load hits all three alike), and
 #      the CPU time berthd, systemd (PID 1) and dbus-daemon spent per start;
@@ -101,16 +104,19 @@ done
 measure() { # point: $samples rounds of (berth, systemd-run machine.slice, systemd-run)
     local p=$1 k tool t0 t1 rc
     local -A c0b c0s c0d
-    for tool in berth machine system; do
+    for tool in berth machine delegated system; do
         c0b[$tool]=0 c0s[$tool]=0 c0d[$tool]=0
     done
     for ((k = 1; k <= samples; k++)); do
-        for tool in berth machine system; do
+        for tool in berth machine delegated system; do
             local b=$(ticks "$bpid") s=$(ticks 1) d=$(ticks "$dpid")
             t0=${EPOCHREALTIME/./}
             case $tool in
             berth) berthctl run --rm --name "m${p}x$k" --directory "$root" -- /bin/true ;;
             machine) systemd-run -q --scope --slice=machine.slice /bin/true ;;
+            delegated) systemd-run -q --scope --slice=machine.slice -p Delegate=yes \
+                -p CPUAccounting=yes -p MemoryAccounting=yes -p TasksAccounting=yes \
+                -p IOAccounting=yes -p DevicePolicy=closed /bin/true ;;
             system) systemd-run -q --scope /bin/true ;;
             esac >/dev/null 2>/tmp/scale-last.err
             rc=$?
@@ -122,7 +128,7 @@ measure() { # point: $samples rounds of (berth, systemd-run machine.slice, syste
             ((rc == 0)) || echo "error $tool at $p running, sample $k: exit $rc: $(tr '\n' ' ' </tmp/scale-last.err)"
         done
     done
-    for tool in berth machine system; do
+    for tool in berth machine delegated system; do
         echo "cpu $p $tool $samples ${c0b[$tool]} ${c0s[$tool]} ${c0d[$tool]}"
     done
 }
@@ -215,6 +221,7 @@ for line in open(os.path.join(out, "scale.tsv")):
         removed = (int(f[1]), int(f[2]) / 1e6, int(f[3]))
 
 tools = [("berth", "berthctl run --rm"), ("machine", "systemd-run --scope machine.slice"),
+         ("delegated", "systemd-run, berth's props"),
          ("system", "systemd-run --scope (system.slice)")]
 print("open files limit: " + "; ".join(limits))
 print()
