@@ -10,6 +10,7 @@ pub mod dbus;
 pub mod helper;
 pub mod image;
 pub mod name;
+pub mod network;
 pub mod plan;
 pub mod protocol;
 pub mod resources;
