@@ -78,6 +78,8 @@ pub enum NetError {
     PortTakenByHost { port: u16, proto: Proto, addr: IpAddr },
     #[error("no free host port left for container port {0}/{1}")]
     NoFreePort(u16, Proto),
+    #[error("{0} is not an address of this host, so nothing can be published on it")]
+    HostAddressNotLocal(IpAddr),
     #[error("no such interface {0:?} on the host")]
     NoSuchInterface(String),
     #[error("container {0:?} is already attached")]
