@@ -646,12 +646,19 @@ impl Networks {
             self.host.move_link(*index, netns, true).await?;
             made.moved.push(name.clone());
         }
-        if let (Some(def), Some(lease)) = (&plan.network, &plan.lease) {
-            let eth0 = cnl
-                .link_by_name("eth0")
-                .await?
-                .ok_or_else(|| NetError::NoSuchInterface("eth0 (container)".into()))?
-                .index;
+        let eth0 = match made.veth {
+            Some(_) => {
+                let i = cnl
+                    .link_by_name("eth0")
+                    .await?
+                    .ok_or_else(|| NetError::NoSuchInterface("eth0 (container)".into()))?
+                    .index;
+                cnl.set_up(i).await?;
+                Some(i)
+            }
+            None => None,
+        };
+        if let (Some(def), Some(lease), Some(eth0)) = (&plan.network, &plan.lease, eth0) {
             cnl.add_address(eth0, IpAddr::V4(lease.ip4), def.subnet4.prefix()).await?;
             cnl.add_default_route(IpAddr::V4(def.gateway4()), eth0).await?;
             if let (Some(ip6), Some(s6), Some(g6)) = (lease.ip6, def.subnet6, def.gateway6()) {

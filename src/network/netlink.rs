@@ -285,12 +285,14 @@ impl Nl {
     }
 
     /// A veth pair: `host` in this namespace (enslaved to `master` if given, up) and `peer` in
-    /// the namespace `netns`, up. One request. Returns the host side's index.
+    /// the namespace `netns` (down). One request. Returns the host side's index.
     pub async fn add_veth(&self, host: &str, master: Option<u32>, peer: &str, netns: BorrowedFd<'_>) -> Result<u32> {
+        // The peer cannot be brought up in the same request: veth_newlink() configures it
+        // before linking the pair, so its open would fail with ENOTCONN. The caller brings it
+        // up from inside the namespace.
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .setns_by_fd(netns.as_raw_fd())
-            .up()
             .build();
         let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())

@@ -89,6 +89,10 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
             .map(|n| format!("\"{}\"", n.bridge))
             .collect(),
     );
+    // With br_netfilter loaded (docker loads it; its sysctls default to on in every netns),
+    // traffic between two ports of one bridge passes the forward hook as bridge → bridge:
+    // accepted first, before the isolation and internal drops.
+    let same = elems(networks.iter().map(|n| format!("\"{0}\" . \"{0}\"", n.bridge)).collect());
     let masq4 = elems(
         networks
             .iter()
@@ -110,6 +114,7 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
   comment "berth: managed by berthd, rebuilt at its start; do not edit"
   set bridges {{ type ifname;{bridges} }}
   set internal {{ type ifname;{internal} }}
+  set same {{ type ifname . ifname;{same} }}
   set masq4 {{ type ipv4_addr; flags interval;{masq4} }}
   set masq6 {{ type ipv6_addr; flags interval;{masq6} }}
   map fwd4 {{ type inet_proto . inet_service : ipv4_addr . inet_service;{fwd4} }}
@@ -127,7 +132,7 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
     fib daddr type local jump ports
   }}
   chain output {{
-    type nat hook output priority dstnat; policy accept;
+    type nat hook output priority -100; policy accept;
     fib daddr type local jump ports
   }}
   chain postrouting {{
@@ -140,6 +145,7 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    meta iifname . meta oifname @same accept
     iifname @internal drop
     oifname @internal drop
     iifname @bridges oifname @bridges ct status & dnat == 0 drop
@@ -309,6 +315,7 @@ mod tests {
         let s = full_script(&[&a, &b], &[f, g]);
         assert!(s.contains(r#"set bridges { type ifname; elements = { "berth0", "berth1" }; }"#), "{s}");
         assert!(s.contains(r#"set internal { type ifname; elements = { "berth1" }; }"#));
+        assert!(s.contains(r#"elements = { "berth0" . "berth0", "berth1" . "berth1" }"#), "{s}");
         assert!(s.contains("elements = { 10.89.0.0/16 }"));
         assert!(!s.contains("10.100.0.0/24"), "internal networks are not masqueraded");
         assert!(s.contains("elements = { fd00:1::/64 }"));
