@@ -469,7 +469,7 @@ fn nothing_left_after_detach_or_failed_attach() {
             // A failing attach (the container already has an eth0, so the veth's peer cannot
             // be made) leaves nothing, not even the lease it took.
             let bad = Ns::new();
-            bad.sh("ip link add eth0 type dummy");
+            bad.sh("ip link add eth0 type veth peer name eth0p");
             let mut s = spec("bridge");
             s.publish = vec!["8100:80".parse().unwrap()];
             let p = nets.prepare("bad", &s, true).await.unwrap();
@@ -486,7 +486,7 @@ fn nothing_left_after_detach_or_failed_attach() {
             assert!(matches!("8080:70000".parse::<berth::network::PortSpec>(), Err(NetError::PortOutOfRange(_))));
             let over = CreateRequest { subnet4: Some(nets.list_networks()[0].subnet4), ..Default::default() };
             assert!(matches!(nets.create_network(&"dup".parse().unwrap(), &over).await, Err(NetError::SubnetOverlapsNetwork(..))));
-            sh("ip link add hostroute type dummy && ip addr add 10.200.0.1/16 dev hostroute && ip link set hostroute up");
+            sh("ip link add hostroute type veth peer name hostroute-p && ip addr add 10.200.0.1/16 dev hostroute && ip link set hostroute up");
             let clash = CreateRequest { subnet4: Some("10.200.5.0/24".parse().unwrap()), ..Default::default() };
             assert!(matches!(nets.create_network(&"clash".parse().unwrap(), &clash).await, Err(NetError::SubnetOverlapsRoute(..))));
             assert!(matches!(nets.prepare("u", &spec("nosuchnet"), true).await, Err(NetError::NoSuchNetwork(_))));
@@ -570,7 +570,7 @@ fn reconcile_after_kill_and_stable_leases() {
 fn macvlan_nic_move_host_and_container_modes() {
     in_fresh_netns("macvlan_nic_move_host_and_container_modes", || {
         let dir = tempfile::tempdir().unwrap();
-        sh("ip link add lan0 type dummy && ip link set lan0 up && ip link add nic0 type dummy");
+        sh("ip link add lan0 type veth peer name lan0p && ip link set lan0 up && ip link add nic0 type veth peer name nic0p");
         rt().block_on(async {
             let mut nets = Networks::open(config(dir.path())).await.unwrap();
             let m = Ns::new();

@@ -105,6 +105,8 @@ pub struct Attachment {
     pub rate: Option<Rate>,
     /// Host NICs moved in (`--network-interface`), by name; moved back on detach.
     pub moved: Vec<IfName>,
+    /// The ifb device shaping what the container sends (`--network-rate`), `bi-…`.
+    pub ifb: Option<IfName>,
 }
 
 struct Live {
@@ -562,6 +564,10 @@ impl Networks {
             forwards: plan.forwards.clone(),
             rate: plan.rate,
             moved: plan.interfaces.iter().map(|(n, _)| n.clone()).collect(),
+            ifb: match (&plan.host_if, plan.rate) {
+                (Some(h), Some(_)) => Some(format!("bi-{}", &h.as_str()[3..]).parse()?),
+                _ => None,
+            },
         };
         if !plan.mode.own_netns() {
             return Ok(att);
@@ -571,7 +577,7 @@ impl Networks {
             self.write_record(&att)?;
         }
         let mut made = Made::default();
-        match self.attach_inner(&plan, netns, &mut made).await {
+        match self.attach_inner(&plan, &att, netns, &mut made).await {
             Ok(()) => {}
             Err(e) => {
                 let undo = self.undo(&att, &made, Some(netns)).await;
@@ -615,7 +621,13 @@ impl Networks {
         Ok(att)
     }
 
-    async fn attach_inner(&mut self, plan: &Plan, netns: std::os::fd::BorrowedFd<'_>, made: &mut Made) -> Result<()> {
+    async fn attach_inner(
+        &mut self,
+        plan: &Plan,
+        att: &Attachment,
+        netns: std::os::fd::BorrowedFd<'_>,
+        made: &mut Made,
+    ) -> Result<()> {
         let master = match &plan.network {
             Some(def) => Some(self.ensure_up(&def.name).await?),
             None => None,
@@ -666,8 +678,11 @@ impl Networks {
                 cnl.add_default_route(IpAddr::V6(g6), eth0).await?;
             }
         }
-        if let (Some(rate), Some(i)) = (plan.rate, made.veth) {
-            self.host.shape(i, rate).await?;
+        if let (Some(rate), Some(i), Some(ifb)) = (plan.rate, made.veth, &att.ifb) {
+            made.ifb = true; // possibly half made: undo deletes it by name
+            self.host
+                .shape(i, ifb.as_str(), &format!("berth:{}", plan.container), rate)
+                .await?;
         }
         if !plan.forwards.is_empty() {
             nft::apply("publishing ports", &nft::elements_script(true, &plan.forwards))?;
@@ -694,6 +709,13 @@ impl Networks {
             match netns {
                 Some(ns) => note(self.move_back(ns, &made.moved).await),
                 None => {} // the netns is gone: physical NICs went back to the initial netns
+            }
+        }
+        if let (true, Some(ifb)) = (made.ifb || made.all, &att.ifb) {
+            match self.host.link_by_name(ifb.as_str()).await {
+                Ok(Some(l)) => note(self.host.del_link(l.index).await),
+                Ok(None) => {}
+                Err(e) => note(Err(e)),
             }
         }
         match made.veth {
@@ -746,6 +768,7 @@ impl Networks {
         let made = Made {
             all: true,
             veth: None,
+            ifb: true,
             forwards: true,
             moved: att.moved.clone(),
         };
@@ -871,6 +894,7 @@ impl Networks {
                 let made = Made {
                     all: true,
                     veth: None,
+                    ifb: true,
                     forwards: false,
                     moved: Vec::new(),
                 };
@@ -883,17 +907,20 @@ impl Networks {
                 report.detached.push(att.container.clone());
             }
         }
-        // Stray veths: berth's naming (vb- on a berth bridge) with no kept attachment. A
-        // `ve-` link is berth's only if its alias says so (nspawn uses the same prefix).
+        // Stray links: berth's naming (vb- on a berth bridge) with no kept attachment. A `ve-`
+        // or `bi-` link is berth's only if its alias says so (nspawn uses `ve-` too).
         let bridges: HashSet<u32> = self.up.values().map(|u| u.bridge_index).collect();
         let kept_ifs: HashSet<String> = self
             .attached
             .values()
-            .filter_map(|l| l.att.host_if.as_ref().map(|h| h.to_string()))
+            .flat_map(|l| [l.att.host_if.as_ref(), l.att.ifb.as_ref()])
+            .flatten()
+            .map(|h| h.to_string())
             .collect();
         for l in self.host.links().await? {
             let ours = (l.name.starts_with("vb-") && l.master.is_some_and(|m| bridges.contains(&m)))
-                || (l.name.starts_with("ve-") && l.alias.as_deref().is_some_and(|a| a.starts_with("berth:")));
+                || ((l.name.starts_with("ve-") || l.name.starts_with("bi-"))
+                    && l.alias.as_deref().is_some_and(|a| a.starts_with("berth:")));
             if ours && !kept_ifs.contains(&l.name) {
                 if let Err(e) = self.host.del_link(l.index).await {
                     first_err.get_or_insert(e);
@@ -945,6 +972,7 @@ struct Made {
     /// Undo by name whatever the attachment implies (detach, reconcile).
     all: bool,
     veth: Option<u32>,
+    ifb: bool,
     forwards: bool,
     moved: Vec<IfName>,
 }

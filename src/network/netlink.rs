@@ -403,12 +403,58 @@ impl Nl {
         Ok(out)
     }
 
-    /// Shape link `index` to `rate` in both directions: a token bucket filter as its root
-    /// qdisc (what the link sends: for a container's host-side veth, what the container
-    /// receives) and a policer on its ingress (what the container sends).
-    pub async fn shape(&self, index: u32, rate: Rate) -> Result<()> {
+    /// Shape link `index` (a container's host-side veth) to `rate` in both directions, all on
+    /// the host side where the container cannot undo it:
+    /// - what the link sends (the container receives): a token bucket filter as its root qdisc;
+    /// - what the link receives (the container sends): redirected on ingress (u32 match-all,
+    ///   mirred) to an ifb device `ifb_name` whose root is the same tbf. An ifb rather than an
+    ///   ingress policer because a policer drops instead of queueing (TCP collapses under it,
+    ///   worst with veth's 64 KiB GSO packets), and because the policer and matchall modules
+    ///   are often not built (they are not on the development kernels).
+    ///
+    /// Returns the ifb's index; the caller deletes it on detach (the veth's qdiscs go with
+    /// the veth).
+    pub async fn shape(&self, index: u32, ifb_name: &str, alias: &str, rate: Rate) -> Result<u32> {
+        self.tbf(index, rate).await?;
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
+            .name(ifb_name.to_string())
+            .up()
+            .build();
+        self.ack(|| format!("creating ifb {ifb_name}"), RouteNetlinkMessage::NewLink(msg), true)
+            .await?;
+        let ifb = self
+            .link_by_name(ifb_name)
+            .await?
+            .ok_or_else(|| NetError::NoSuchInterface(ifb_name.to_string()))?
+            .index;
+        self.set_alias(ifb, alias).await?;
+        self.tbf(ifb, rate).await?;
+        let ingress = tc_message(
+            tc_header(index, TcHandle { major: 0xffff, minor: 0 }, TcHandle::INGRESS),
+            vec![TcAttribute::Kind("ingress".into())],
+        );
+        self.ack(
+            || format!("adding the ingress qdisc to link {index}"),
+            RouteNetlinkMessage::NewQueueDiscipline(ingress),
+            true,
+        )
+        .await?;
+        let mut tf = self.handle.traffic_filter(index as i32);
+        tf.add()
+            .parent(0xffff_0000)
+            .protocol((libc::ETH_P_ALL as u16).to_be())
+            .redirect(ifb)
+            .map_err(|e| NetError::netlink("building the redirect filter", e))?
+            .execute()
+            .await
+            .map_err(|e| NetError::netlink(format!("redirecting ingress of link {index} to {ifb_name}"), e))?;
+        Ok(ifb)
+    }
+
+    /// tbf as the root qdisc of `index`: a burst of 20 ms at the rate (at least two full
+    /// frames; larger GSO packets are segmented by tbf), a queue of 50 ms.
+    async fn tbf(&self, index: u32, rate: Rate) -> Result<()> {
         let bps = rate.bytes_per_sec;
-        // tbf: a burst of 20 ms at the rate (at least two full frames), a queue of 50 ms.
         let burst = (bps / 50).max(3200) as u32;
         let limit = (bps / 20).max(16 * 1024) as u32 + burst;
         let mut parms = Vec::with_capacity(36);
@@ -416,7 +462,7 @@ impl Nl {
         parms.extend_from_slice(&[0u8; 12]); // peakrate: none
         parms.extend_from_slice(&limit.to_ne_bytes());
         parms.extend_from_slice(&ticks(burst as u64, bps).to_ne_bytes()); // buffer
-        parms.extend_from_slice(&0u32.to_ne_bytes()); // mtu (peak only)
+        parms.extend_from_slice(&0u32.to_ne_bytes()); // mtu (peak rate only)
         let tbf = tc_message(
             tc_header(index, TcHandle { major: 1, minor: 0 }, TcHandle::ROOT),
             vec![
@@ -428,62 +474,8 @@ impl Nl {
             ],
         );
         self.ack(|| format!("adding tbf to link {index}"), RouteNetlinkMessage::NewQueueDiscipline(tbf), true)
-            .await?;
-
-        let ingress = tc_message(
-            tc_header(index, TcHandle { major: 0xffff, minor: 0 }, TcHandle::INGRESS),
-            vec![TcAttribute::Kind("ingress".into())],
-        );
-        self.ack(
-            || format!("adding the ingress qdisc to link {index}"),
-            RouteNetlinkMessage::NewQueueDiscipline(ingress),
-            true,
-        )
-        .await?;
-
-        // police: the bucket must hold a whole GSO packet (veth passes 64 KiB super-packets),
-        // or none would ever conform; 100 ms at the rate otherwise.
-        let pburst = (bps / 10).max(70_000);
-        let mut police = Vec::with_capacity(56);
-        police.extend_from_slice(&0u32.to_ne_bytes()); // index
-        police.extend_from_slice(&2i32.to_ne_bytes()); // action: TC_POLICE_SHOT (drop)
-        police.extend_from_slice(&0u32.to_ne_bytes()); // limit
-        police.extend_from_slice(&ticks(pburst, bps).to_ne_bytes()); // burst
-        police.extend_from_slice(&0xffffu32.to_ne_bytes()); // mtu
-        police.extend_from_slice(&ratespec(bps as u32));
-        police.extend_from_slice(&[0u8; 12]); // peakrate
-        police.extend_from_slice(&[0u8; 12]); // refcnt, bindcnt, capab
-        // The kernel insists on a 1 KiB rate table with the ratespec (qdisc_get_rtab), though
-        // it computes from the ratespec alone since 3.7.
-        let act_opts = [nla(1, &police), nla(2, &[0u8; 1024])].concat(); // TCA_POLICE_TBF, _RATE
-        let act = [nla(1, b"police\0"), nla(2 | NLA_F_NESTED, &act_opts)].concat(); // TCA_ACT_KIND, _OPTIONS
-        let acts = nla(1 | NLA_F_NESTED, &act); // action #1
-        let mut filter = tc_message(
-            tc_header(index, TcHandle { major: 0, minor: 0 }, TcHandle { major: 0xffff, minor: 0 }),
-            vec![
-                TcAttribute::Kind("matchall".into()),
-                TcAttribute::Options(vec![TcOption::Other(DefaultNla::new(2 | NLA_F_NESTED, acts))]), // TCA_MATCHALL_ACT
-            ],
-        );
-        // priority 1, protocol ETH_P_ALL (big-endian in the low 16 bits).
-        filter.header.info = (1u32 << 16) | (libc::ETH_P_ALL as u16).to_be() as u32;
-        self.ack(|| format!("adding the ingress policer to link {index}"), RouteNetlinkMessage::NewTrafficFilter(filter), true)
             .await
     }
-}
-
-const NLA_F_NESTED: u16 = 1 << 15;
-
-fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut v = Vec::with_capacity((len + 3) & !3);
-    v.extend_from_slice(&(len as u16).to_ne_bytes());
-    v.extend_from_slice(&kind.to_ne_bytes());
-    v.extend_from_slice(payload);
-    while v.len() % 4 != 0 {
-        v.push(0);
-    }
-    v
 }
 
 /// `struct tc_ratespec` for `bps` bytes/s: cell_log 3 (required non-zero), link layer ethernet.
@@ -547,12 +539,6 @@ fn summary(m: &LinkMessage) -> LinkSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nla_encoding_pads_to_four() {
-        assert_eq!(nla(1, b"police\0"), [11, 0, 1, 0, b'p', b'o', b'l', b'i', b'c', b'e', 0, 0]);
-        assert_eq!(nla(2, &[]).len(), 4);
-    }
 
     #[test]
     fn ticks_are_64ns() {

@@ -19,8 +19,9 @@
 //! Loopback (`curl 127.0.0.1:8080` on the host): the output hook DNATs locally originated
 //! packets too; a packet from 127.0.0.1 may only leave through a device with `route_localnet`
 //! (set on berth's bridges only) and is masqueraded to the bridge address on its way out;
-//! the `input` chain drops packets from the bridges addressed to 127.0.0.0/8, the hole
-//! `route_localnet` would otherwise open (CVE-2020-8558). IPv6 has no such switch: `[::1]`
+//! the `input` chain drops packets from the bridges addressed to 127.0.0.0/8 that open a
+//! connection (replies to the host's own connections pass), the hole `route_localnet` would
+//! otherwise open (CVE-2020-8558). IPv6 has no such switch: `[::1]`
 //! cannot be DNATed to another host, so `[::1]:PORT` is not forwarded (documented limit).
 
 use std::fmt::Write as _;
@@ -152,7 +153,7 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
   }}
   chain input {{
     type filter hook input priority filter; policy accept;
-    iifname @bridges ip daddr 127.0.0.0/8 drop
+    iifname @bridges ip daddr 127.0.0.0/8 ct direction original drop
   }}
 }}
 "#,
