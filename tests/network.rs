@@ -32,10 +32,19 @@ fn in_fresh_netns(name: &str, body: impl FnOnce()) {
         body();
         return;
     }
-    assert!(nix::unistd::geteuid().is_root(), "the network tests need root (CI runs as root)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the network tests need root (CI runs as root)"
+    );
     for tool in ["ip", "nft", "unshare", "nsenter"] {
         assert!(
-            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().unwrap().success(),
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success(),
             "{tool} is missing: install iproute2, nftables, util-linux"
         );
     }
@@ -53,7 +62,11 @@ fn in_fresh_netns(name: &str, body: impl FnOnce()) {
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -71,7 +84,9 @@ impl Ns {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "ready");
         let fd = Arc::new(File::open(format!("/proc/{}/ns/net", child.id())).unwrap());
         Ns { child, fd }
@@ -86,7 +101,10 @@ impl Ns {
     }
 
     /// Run `f` on a thread inside this namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let fd = self.fd.clone();
         std::thread::spawn(move || {
             nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -127,7 +145,10 @@ fn fetch(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn config(dir: &std::path::Path) -> NetworksConfig {
@@ -141,8 +162,13 @@ fn config(dir: &std::path::Path) -> NetworksConfig {
 /// at .1 / ::1 and its default routes through it.
 fn uplink() -> Ns {
     let up = Ns::new();
-    sh(&format!("ip link add up0 type veth peer name eth0 netns {}", up.pid()));
-    sh("ip addr add 198.51.100.1/24 dev up0 && ip -6 addr add 2001:db8:1::1/64 dev up0 nodad && ip link set up0 up");
+    sh(&format!(
+        "ip link add up0 type veth peer name eth0 netns {}",
+        up.pid()
+    ));
+    sh(
+        "ip addr add 198.51.100.1/24 dev up0 && ip -6 addr add 2001:db8:1::1/64 dev up0 nodad && ip link set up0 up",
+    );
     sh("ip route add default via 198.51.100.2 && ip -6 route add default via 2001:db8:1::2");
     up.sh("ip link set lo up && ip link set eth0 up && ip addr add 198.51.100.2/24 dev eth0 && ip -6 addr add 2001:db8:1::2/64 dev eth0 nodad");
     up
@@ -158,13 +184,20 @@ fn spec(mode: &str) -> NetSpec {
 /// Links in the calling thread's netns whose name starts with `prefix` (`ip` shows a veth as
 /// `name@peer`; the peer part is not the name).
 fn count_links(prefix: &str) -> usize {
-    link_names().iter().filter(|n| n.starts_with(prefix)).count()
+    link_names()
+        .iter()
+        .filter(|n| n.starts_with(prefix))
+        .count()
 }
 
 fn link_names() -> Vec<String> {
     sh("ip -o link show")
         .lines()
-        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
         .collect()
 }
 
@@ -218,7 +251,12 @@ fn resolve(server: SocketAddr, name: &str, qtype: u16) -> Vec<IpAddr> {
     out
 }
 
-async fn plug(nets: &mut Networks, name: &str, spec: &NetSpec, ns: &Ns) -> berth::network::Result<berth::network::Attachment> {
+async fn plug(
+    nets: &mut Networks,
+    name: &str,
+    spec: &NetSpec,
+    ns: &Ns,
+) -> berth::network::Result<berth::network::Attachment> {
     let p = nets.prepare(name, spec, true).await?;
     nets.attach(p, ns.fd.as_fd()).await
 }
@@ -241,7 +279,10 @@ fn bridge_containers_by_address_and_name() {
             // The container sees eth0 with its address and a default route; lo is up.
             let addrs = a.sh("ip -o addr show dev eth0");
             assert!(addrs.contains(&aa.ip4.unwrap().to_string()), "{addrs}");
-            assert!(a.sh("ip route").contains(&format!("default via {}", aa.gateway4.unwrap())));
+            assert!(
+                a.sh("ip route")
+                    .contains(&format!("default via {}", aa.gateway4.unwrap()))
+            );
             assert!(a.sh("ip -o link show lo").contains("UP"));
             // a → b by IPv4 and by IPv6.
             let b4 = SocketAddr::new(IpAddr::V4(ab.ip4.unwrap()), 7000);
@@ -253,24 +294,38 @@ fn bridge_containers_by_address_and_name() {
             .await
             .unwrap();
             assert_eq!(srv.join().unwrap().ip(), IpAddr::V4(aa.ip4.unwrap()));
-            assert!(seen.starts_with(&aa.ip4.unwrap().to_string()), "no NAT between containers");
+            assert!(
+                seen.starts_with(&aa.ip4.unwrap().to_string()),
+                "no NAT between containers"
+            );
             let b6 = SocketAddr::new(IpAddr::V6(ab.ip6.unwrap()), 7001);
             let srv = serve_once(&b, b6);
             let h = a.run(move || fetch(b6).unwrap());
-            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
             assert_eq!(srv.join().unwrap().ip(), IpAddr::V6(aa.ip6.unwrap()));
             // a resolves b by name through the resolver on the gateway.
             let gw = SocketAddr::new(IpAddr::V4(aa.gateway4.unwrap()), 53);
             let h = a.run(move || {
-                (resolve(gw, "b", 1), resolve(gw, "B.berth", 28), resolve(gw, "nobody.berth", 1))
+                (
+                    resolve(gw, "b", 1),
+                    resolve(gw, "B.berth", 28),
+                    resolve(gw, "nobody.berth", 1),
+                )
             });
-            let (v4, v6, none) = tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
+            let (v4, v6, none) = tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
             assert_eq!(v4, vec![IpAddr::V4(ab.ip4.unwrap())]);
             assert_eq!(v6, vec![IpAddr::V6(ab.ip6.unwrap())]);
             assert!(none.is_empty());
             // The generated files point at the resolver and list the peer.
             let (hosts, hostname, resolv) = nets.container_files(&aa, "a");
-            assert!(hosts.contains(&format!("{}\tb b.berth", ab.ip4.unwrap())), "{hosts}");
+            assert!(
+                hosts.contains(&format!("{}\tb b.berth", ab.ip4.unwrap())),
+                "{hosts}"
+            );
             assert_eq!(hostname, "a\n");
             assert!(resolv.contains(&format!("nameserver {}", aa.gateway4.unwrap())));
             // A bridge start without ports made no forward.
@@ -313,18 +368,31 @@ fn nat_to_uplink_and_dns_relay() {
             let target: SocketAddr = "198.51.100.2:9000".parse().unwrap();
             let srv = serve_once(&up, target);
             let h = c.run(move || fetch(target).unwrap());
-            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
-            assert_eq!(srv.join().unwrap().ip(), "198.51.100.1".parse::<IpAddr>().unwrap(), "masqueraded to the host's address");
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                srv.join().unwrap().ip(),
+                "198.51.100.1".parse::<IpAddr>().unwrap(),
+                "masqueraded to the host's address"
+            );
             // IPv6 too (NAT66 from the ULA).
             let t6: SocketAddr = "[2001:db8:1::2]:9001".parse().unwrap();
             let srv = serve_once(&up, t6);
             let h = c.run(move || fetch(t6).unwrap());
-            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
-            assert_eq!(srv.join().unwrap().ip(), "2001:db8:1::1".parse::<IpAddr>().unwrap());
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                srv.join().unwrap().ip(),
+                "2001:db8:1::1".parse::<IpAddr>().unwrap()
+            );
             // Names that are not berth's are relayed to the upstream.
             let gw = SocketAddr::new(IpAddr::V4(att.gateway4.unwrap()), 53);
             let h = c.run(move || resolve(gw, "example.test", 1));
-            let got = tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
+            let got = tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
             assert_eq!(got, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
             nets.detach("c").await.unwrap();
         });
@@ -336,17 +404,31 @@ fn published_ports_from_client_loopback_and_ipv6() {
     in_fresh_netns("published_ports_from_client_loopback_and_ipv6", || {
         let dir = tempfile::tempdir().unwrap();
         let client = Ns::new();
-        sh(&format!("ip link add cl0 type veth peer name eth0 netns {}", client.pid()));
-        sh("ip addr add 203.0.113.1/24 dev cl0 && ip -6 addr add 2001:db8:2::1/64 dev cl0 nodad && ip link set cl0 up");
+        sh(&format!(
+            "ip link add cl0 type veth peer name eth0 netns {}",
+            client.pid()
+        ));
+        sh(
+            "ip addr add 203.0.113.1/24 dev cl0 && ip -6 addr add 2001:db8:2::1/64 dev cl0 nodad && ip link set cl0 up",
+        );
         client.sh("ip link set lo up && ip link set eth0 up && ip addr add 203.0.113.2/24 dev eth0 && ip -6 addr add 2001:db8:2::2/64 dev eth0 nodad");
         rt().block_on(async {
             let mut nets = Networks::open(config(dir.path())).await.unwrap();
             let c = Ns::new();
             let mut s = spec("bridge");
-            s.publish = vec!["8080:80".parse().unwrap(), "127.0.0.1:8081:81".parse().unwrap(), "90".parse().unwrap()];
+            s.publish = vec![
+                "8080:80".parse().unwrap(),
+                "127.0.0.1:8081:81".parse().unwrap(),
+                "90".parse().unwrap(),
+            ];
             let p = nets.prepare("web", &s, true).await.unwrap();
             let att = nets.attach(p, c.fd.as_fd()).await.unwrap();
-            let random = att.forwards.iter().find(|f| f.container_port == 90).unwrap().host_port;
+            let random = att
+                .forwards
+                .iter()
+                .find(|f| f.container_port == 90)
+                .unwrap()
+                .host_port;
             assert!(random > 1024);
             // v4 + v6 for 8080 and 90, v4 only for 127.0.0.1:8081.
             assert_eq!(att.forwards.len(), 5, "{:?}", att.forwards);
@@ -355,46 +437,79 @@ fn published_ports_from_client_loopback_and_ipv6() {
             // From another host.
             let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 80));
             let h = client.run(|| fetch("203.0.113.1:8080".parse().unwrap()).unwrap());
-            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
-            assert_eq!(srv.join().unwrap().ip(), "203.0.113.2".parse::<IpAddr>().unwrap(), "client address kept");
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                srv.join().unwrap().ip(),
+                "203.0.113.2".parse::<IpAddr>().unwrap(),
+                "client address kept"
+            );
             // Over IPv6.
             let srv = serve_once(&c, SocketAddr::new(IpAddr::V6(att.ip6.unwrap()), 80));
             let h = client.run(|| fetch("[2001:db8:2::1]:8080".parse().unwrap()).unwrap());
-            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
-            srv.join().unwrap();
-            // From the host's own loopback (the whole test process is in the host's netns).
-            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 81));
-            let got = tokio::task::spawn_blocking(|| fetch("127.0.0.1:8081".parse().unwrap()).unwrap()).await.unwrap();
-            assert!(!got.is_empty());
-            srv.join().unwrap();
-            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 80));
-            tokio::task::spawn_blocking(|| fetch("127.0.0.1:8080".parse().unwrap()).unwrap()).await.unwrap();
-            srv.join().unwrap();
-            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 90));
-            tokio::task::spawn_blocking(move || fetch(SocketAddr::new("203.0.113.1".parse().unwrap(), random)).unwrap())
+            tokio::task::spawn_blocking(move || h.join().unwrap())
                 .await
                 .unwrap();
             srv.join().unwrap();
+            // From the host's own loopback (the whole test process is in the host's netns).
+            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 81));
+            let got =
+                tokio::task::spawn_blocking(|| fetch("127.0.0.1:8081".parse().unwrap()).unwrap())
+                    .await
+                    .unwrap();
+            assert!(!got.is_empty());
+            srv.join().unwrap();
+            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 80));
+            tokio::task::spawn_blocking(|| fetch("127.0.0.1:8080".parse().unwrap()).unwrap())
+                .await
+                .unwrap();
+            srv.join().unwrap();
+            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 90));
+            tokio::task::spawn_blocking(move || {
+                fetch(SocketAddr::new("203.0.113.1".parse().unwrap(), random)).unwrap()
+            })
+            .await
+            .unwrap();
+            srv.join().unwrap();
             // Taken ports are refused with a clear error, and leave nothing behind.
-            let files_before = std::fs::read_dir(dir.path().join("state/leases/berth")).unwrap().count();
+            let files_before = std::fs::read_dir(dir.path().join("state/leases/berth"))
+                .unwrap()
+                .count();
             let d = Ns::new();
             let mut s2 = spec("bridge");
             s2.publish = vec!["8080:80".parse().unwrap()];
             match nets.prepare("other", &s2, true).await {
-                Err(NetError::PortTakenByContainer { port: 8080, container, .. }) => assert_eq!(container, "web"),
+                Err(NetError::PortTakenByContainer {
+                    port: 8080,
+                    container,
+                    ..
+                }) => assert_eq!(container, "web"),
                 other => panic!("{other:?}"),
             }
             let _host_listener = TcpListener::bind("0.0.0.0:9999").unwrap();
             s2.publish = vec!["9999:80".parse().unwrap()];
-            assert!(matches!(nets.prepare("other", &s2, true).await, Err(NetError::PortTakenByHost { port: 9999, .. })));
-            assert_eq!(std::fs::read_dir(dir.path().join("state/leases/berth")).unwrap().count(), files_before, "no lease left");
+            assert!(matches!(
+                nets.prepare("other", &s2, true).await,
+                Err(NetError::PortTakenByHost { port: 9999, .. })
+            ));
+            assert_eq!(
+                std::fs::read_dir(dir.path().join("state/leases/berth"))
+                    .unwrap()
+                    .count(),
+                files_before,
+                "no lease left"
+            );
             // The reserved port is held: a host program cannot take it.
             assert!(TcpListener::bind("0.0.0.0:8080").is_err());
             drop(d);
             assert_eq!(nets.attachment("web").unwrap().forwards.len(), 5);
             nets.detach("web").await.unwrap();
             assert_eq!(nft_elements(), 0);
-            assert!(TcpListener::bind("0.0.0.0:8080").is_ok(), "released on detach");
+            assert!(
+                TcpListener::bind("0.0.0.0:8080").is_ok(),
+                "released on detach"
+            );
         });
     });
 }
@@ -416,35 +531,61 @@ fn internal_network_cannot_reach_uplink() {
             let (x, y) = (Ns::new(), Ns::new());
             let ax = plug(&mut nets, "x", &spec("secret"), &x).await.unwrap();
             let ay = plug(&mut nets, "y", &spec("secret"), &y).await.unwrap();
-            let _listener = up.run(|| TcpListener::bind("198.51.100.2:9000").unwrap()).join().unwrap();
+            let _listener = up
+                .run(|| TcpListener::bind("198.51.100.2:9000").unwrap())
+                .join()
+                .unwrap();
             let h = x.run(|| fetch("198.51.100.2:9000".parse().unwrap()));
-            let r = tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
+            let r = tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
             assert!(r.is_err(), "internal network reached the uplink: {r:?}");
             // Containers on it still reach each other, and the resolver.
             let t = SocketAddr::new(IpAddr::V4(ay.ip4.unwrap()), 7000);
             let srv = serve_once(&y, t);
             let h = x.run(move || fetch(t).unwrap());
-            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
             srv.join().unwrap();
             let gw = SocketAddr::new(IpAddr::V4(ax.gateway4.unwrap()), 53);
             let h = x.run(move || resolve(gw, "y", 1));
-            assert_eq!(tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap(), vec![IpAddr::V4(ay.ip4.unwrap())]);
+            assert_eq!(
+                tokio::task::spawn_blocking(move || h.join().unwrap())
+                    .await
+                    .unwrap(),
+                vec![IpAddr::V4(ay.ip4.unwrap())]
+            );
             // A container on the default network cannot reach the internal one.
             let z = Ns::new();
             plug(&mut nets, "z", &spec("bridge"), &z).await.unwrap();
             let srv_addr = SocketAddr::new(IpAddr::V4(ay.ip4.unwrap()), 7002);
-            let _l = y.run(move || TcpListener::bind(srv_addr).unwrap()).join().unwrap();
+            let _l = y
+                .run(move || TcpListener::bind(srv_addr).unwrap())
+                .join()
+                .unwrap();
             let h = z.run(move || fetch(srv_addr));
-            assert!(tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap().is_err());
+            assert!(
+                tokio::task::spawn_blocking(move || h.join().unwrap())
+                    .await
+                    .unwrap()
+                    .is_err()
+            );
             // In use: refused; once released: removed, bridge gone.
-            assert!(matches!(nets.remove_network(&name).await, Err(NetError::NetworkInUse(_, 2))));
+            assert!(matches!(
+                nets.remove_network(&name).await,
+                Err(NetError::NetworkInUse(_, 2))
+            ));
             for c in ["x", "y"] {
                 nets.detach(c).await.unwrap();
                 nets.release(c).unwrap();
             }
             nets.remove_network(&name).await.unwrap();
             assert!(!has_link("berth1"));
-            assert!(matches!(nets.remove_network(&"berth".parse().unwrap()).await, Err(NetError::DefaultNetwork)));
+            assert!(matches!(
+                nets.remove_network(&"berth".parse().unwrap()).await,
+                Err(NetError::DefaultNetwork)
+            ));
         });
     });
 }
@@ -467,7 +608,7 @@ fn nothing_left_after_detach_or_failed_attach() {
                 let mut s = spec("bridge");
                 s.publish = vec![format!("{}:80", 8000 + i).parse().unwrap()];
                 s.rate = Some("10mbit".parse().unwrap());
-                plug(&mut nets, &format!("c{i}"), &s, &c).await.unwrap();
+                plug(&mut nets, &format!("c{i}"), &s, c).await.unwrap();
             }
             assert_eq!(count_links("vb-"), 3);
             assert_eq!(nft_elements(), 6);
@@ -541,12 +682,20 @@ fn reconcile_after_kill_and_stable_leases() {
             ip_gone = b.ip4;
         }
         // A veth berthd made but had no record of (killed in between), on berth's bridge.
-        sh("ip link add vb-stray type veth peer name vb-stray-p && ip link set vb-stray master berth0");
+        sh(
+            "ip link add vb-stray type veth peer name vb-stray-p && ip link set vb-stray master berth0",
+        );
         assert_eq!(count_links("vb-"), 4);
         rt().block_on(async {
             let mut nets = Networks::open(config(dir.path())).await.unwrap();
             let report = nets
-                .reconcile(vec![Running { name: "keep".into(), netns: None }], &["keep".into(), "gone".into()])
+                .reconcile(
+                    vec![Running {
+                        name: "keep".into(),
+                        netns: None,
+                    }],
+                    &["keep".into(), "gone".into()],
+                )
                 .await
                 .unwrap();
             assert_eq!(report.kept, vec!["keep"]);
@@ -554,11 +703,17 @@ fn reconcile_after_kill_and_stable_leases() {
             assert_eq!(report.swept_links, vec!["vb-stray"]);
             assert!(report.released.is_empty());
             assert_eq!(count_links("vb-"), 1, "only keep's veth is left");
-            assert_eq!(nft_elements(), 2, "keep's forwards (v4+v6) kept, gone's removed");
+            assert_eq!(
+                nft_elements(),
+                2,
+                "keep's forwards (v4+v6) kept, gone's removed"
+            );
             assert_eq!(nets.attachment("keep").unwrap().ip4, ip_keep);
             // keep still works through its forward after the restart.
             let srv = serve_once(&keep, SocketAddr::new(IpAddr::V4(ip_keep.unwrap()), 80));
-            tokio::task::spawn_blocking(|| fetch("127.0.0.1:8080".parse().unwrap()).unwrap()).await.unwrap();
+            tokio::task::spawn_blocking(|| fetch("127.0.0.1:8080".parse().unwrap()).unwrap())
+                .await
+                .unwrap();
             srv.join().unwrap();
             // gone restarts: same address as before.
             let again = plug(&mut nets, "gone", &spec("bridge"), &gone).await;
@@ -568,7 +723,13 @@ fn reconcile_after_kill_and_stable_leases() {
             nets.detach("gone").await.unwrap();
             // Removed while berthd was down: lease freed at reconcile.
             let report = nets
-                .reconcile(vec![Running { name: "keep".into(), netns: None }], &["keep".into()])
+                .reconcile(
+                    vec![Running {
+                        name: "keep".into(),
+                        netns: None,
+                    }],
+                    &["keep".into()],
+                )
                 .await
                 .unwrap();
             assert_eq!(report.released, vec!["gone"]);
@@ -583,11 +744,16 @@ fn reconcile_after_kill_and_stable_leases() {
 fn macvlan_nic_move_host_and_container_modes() {
     in_fresh_netns("macvlan_nic_move_host_and_container_modes", || {
         let dir = tempfile::tempdir().unwrap();
-        sh("ip link add lan0 type veth peer name lan0p && ip link set lan0 up && ip link add nic0 type veth peer name nic0p");
+        sh(
+            "ip link add lan0 type veth peer name lan0p && ip link set lan0 up && ip link add nic0 type veth peer name nic0p",
+        );
         rt().block_on(async {
             let mut nets = Networks::open(config(dir.path())).await.unwrap();
             let m = Ns::new();
-            let p = nets.prepare("m", &spec("macvlan:lan0"), true).await.unwrap();
+            let p = nets
+                .prepare("m", &spec("macvlan:lan0"), true)
+                .await
+                .unwrap();
             nets.attach(p, m.fd.as_fd()).await.unwrap();
             let l = m.sh("ip -d -o link show eth0");
             assert!(l.contains("macvlan") && l.contains("mode bridge"), "{l}");
@@ -602,7 +768,10 @@ fn macvlan_nic_move_host_and_container_modes() {
             assert!(n.sh("ip -o link show nic0").contains("UP"));
             nets.detach("n").await.unwrap();
             assert!(has_link("nic0"), "returned to the host");
-            assert!(n.sh("ip -o link show").lines().count() == 1, "only lo left inside");
+            assert!(
+                n.sh("ip -o link show").lines().count() == 1,
+                "only lo left inside"
+            );
             // host and container:NAME: nothing to make; the helper shares a netns.
             let p = nets.prepare("h", &spec("host"), false).await.unwrap();
             assert!(!p.own_netns());
@@ -613,7 +782,10 @@ fn macvlan_nic_move_host_and_container_modes() {
             let v = Ns::new();
             let att = plug(&mut nets, "v", &spec("veth"), &v).await.unwrap();
             assert_eq!(att.host_if.unwrap().as_str(), "ve-v");
-            assert!(sh("ip -o link show ve-v").contains("alias berth:v") || sh("ip -d link show ve-v").contains("alias berth:v"));
+            assert!(
+                sh("ip -o link show ve-v").contains("alias berth:v")
+                    || sh("ip -d link show ve-v").contains("alias berth:v")
+            );
             assert!(v.sh("ip -o link show eth0").contains("UP"));
             nets.detach("v").await.unwrap();
             assert_eq!(count_links("ve-"), 0);
@@ -676,7 +848,10 @@ fn network_rate_limits_both_directions() {
                 eprintln!("{what}: {n} bytes in {t:?} = {rate:.0} bytes/s (limit 125000)");
                 assert_eq!(n, BYTES);
                 assert!(rate < 125_000.0 * 1.4, "{what} not limited: {rate:.0} B/s");
-                assert!(rate > 125_000.0 * 0.4, "{what} far below the limit: {rate:.0} B/s");
+                assert!(
+                    rate > 125_000.0 * 0.4,
+                    "{what} far below the limit: {rate:.0} B/s"
+                );
             }
             nets.detach("slow").await.unwrap();
         });

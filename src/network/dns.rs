@@ -106,7 +106,11 @@ pub fn local_answer(q: &Query, buf: &[u8], table: &NameTable) -> Option<Vec<u8>>
         None if q.name == "berth" => ("", true),
         None => (q.name.as_str(), false),
     };
-    let found = if short.contains('.') { None } else { table.get(short) };
+    let found = if short.contains('.') {
+        None
+    } else {
+        table.get(short)
+    };
     let (rcode, answers): (u16, Vec<IpAddr>) = match found {
         Some(&(v4, v6)) if q.qclass == 1 || q.qclass == 255 => {
             let mut a = Vec::new();
@@ -192,7 +196,12 @@ impl Ids {
 /// Serve one network's resolver until the task is aborted. `listen` is bound to the gateway
 /// address port 53; `clients` are the network's subnets; `upstreams` the servers to relay to
 /// (port 53 unless given).
-pub async fn serve(listen: UdpSocket, clients: Vec<Cidr>, records: Records, upstreams: Vec<SocketAddr>) {
+pub async fn serve(
+    listen: UdpSocket,
+    clients: Vec<Cidr>,
+    records: Records,
+    upstreams: Vec<SocketAddr>,
+) {
     let relay4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await.ok();
     let relay6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok();
     let mut ids = Ids(seed() | 1);
@@ -216,8 +225,7 @@ pub async fn serve(listen: UdpSocket, clients: Vec<Cidr>, records: Records, upst
                     local_answer(&q, pkt, &table)
                 };
                 if let Some(ans) = local {
-                    // A lost answer is retried by the client.
-                    if listen.send_to(&ans, from).await.is_err() {}
+                    send_best_effort(&listen, &ans, from).await;
                     continue;
                 }
                 let relay = upstreams.get(next_upstream % upstreams.len().max(1)).copied();
@@ -228,11 +236,11 @@ pub async fn serve(listen: UdpSocket, clients: Vec<Cidr>, records: Records, upst
                     None => None,
                 };
                 let (Some(up), Some(sock)) = (relay, sock) else {
-                    if listen.send_to(&error_answer(&q, pkt, 2), from).await.is_err() {}
+                    send_best_effort(&listen, &error_answer(&q, pkt, 2), from).await;
                     continue;
                 };
                 if pending.len() >= MAX_INFLIGHT {
-                    if listen.send_to(&error_answer(&q, pkt, 2), from).await.is_err() {}
+                    send_best_effort(&listen, &error_answer(&q, pkt, 2), from).await;
                     continue;
                 }
                 let mut id = ids.next();
@@ -262,6 +270,14 @@ pub async fn serve(listen: UdpSocket, clients: Vec<Cidr>, records: Records, upst
     }
 }
 
+/// Send one datagram; a failure is not reported anywhere: UDP DNS clients retry (and a full
+/// socket buffer or a vanished client is all that can fail here).
+async fn send_best_effort(sock: &UdpSocket, pkt: &[u8], to: SocketAddr) {
+    if let Err(e) = sock.send_to(pkt, to).await {
+        tracing::debug!("resolver: answer to {to} lost: {e}, ignoring");
+    }
+}
+
 async fn recv_opt(sock: Option<&UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
     match sock {
         Some(s) => s.recv_from(buf).await.ok(),
@@ -269,7 +285,12 @@ async fn recv_opt(sock: Option<&UdpSocket>, buf: &mut [u8]) -> Option<(usize, So
     }
 }
 
-async fn relay_back(listen: &UdpSocket, pending: &mut HashMap<u16, Pending>, pkt: &mut [u8], from: SocketAddr) {
+async fn relay_back(
+    listen: &UdpSocket,
+    pending: &mut HashMap<u16, Pending>,
+    pkt: &mut [u8],
+    from: SocketAddr,
+) {
     if pkt.len() < 12 {
         return;
     }
@@ -280,7 +301,7 @@ async fn relay_back(listen: &UdpSocket, pending: &mut HashMap<u16, Pending>, pkt
     }
     let p = pending.remove(&id).expect("checked above");
     pkt[..2].copy_from_slice(&p.id.to_be_bytes());
-    if listen.send_to(pkt, p.client).await.is_err() {}
+    send_best_effort(listen, pkt, p.client).await;
 }
 
 #[cfg(test)]
@@ -303,7 +324,13 @@ mod tests {
 
     fn table() -> NameTable {
         let mut t = NameTable::new();
-        t.insert("web".into(), (Some(Ipv4Addr::new(10, 89, 0, 2)), Some("fd00::2".parse().unwrap())));
+        t.insert(
+            "web".into(),
+            (
+                Some(Ipv4Addr::new(10, 89, 0, 2)),
+                Some("fd00::2".parse().unwrap()),
+            ),
+        );
         t
     }
 
@@ -319,7 +346,10 @@ mod tests {
         assert_eq!(&a[a.len() - 4..], &[10, 89, 0, 2]);
         let q6 = query(1, "web", TYPE_AAAA);
         let a6 = local_answer(&parse_query(&q6).unwrap(), &q6, &table()).unwrap();
-        assert_eq!(&a6[a6.len() - 16..], &"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(
+            &a6[a6.len() - 16..],
+            &"fd00::2".parse::<Ipv6Addr>().unwrap().octets()
+        );
         let nx = query(2, "db.berth", TYPE_A);
         let ans = local_answer(&parse_query(&nx).unwrap(), &nx, &table()).unwrap();
         assert_eq!(ans[3] & 0xf, 3, "NXDOMAIN");
@@ -340,9 +370,15 @@ mod tests {
         q[12] = 0xc0; // compression pointer
         assert!(parse_query(&q).is_none());
         let q = query(1, "web", TYPE_A);
-        assert!(parse_query(&q[..q.len() - 1]).is_none(), "truncated question");
+        assert!(
+            parse_query(&q[..q.len() - 1]).is_none(),
+            "truncated question"
+        );
         let long = vec!["a".repeat(63); 5].join(".");
-        assert!(parse_query(&query(1, &long, TYPE_A)).is_none(), "name over 255");
+        assert!(
+            parse_query(&query(1, &long, TYPE_A)).is_none(),
+            "name over 255"
+        );
     }
 
     #[test]

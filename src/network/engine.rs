@@ -170,10 +170,13 @@ pub struct Networks {
     table_built: bool,
     attached: HashMap<String, Live>,
     /// (host port, proto) → (host address or any, container): O(1) conflict checks.
-    ports: HashMap<(u16, Proto), Vec<(Option<IpAddr>, String)>>,
+    ports: HashMap<(u16, Proto), Vec<PortUser>>,
     names: HashMap<NetName, Records>,
     upstreams: Vec<SocketAddr>,
 }
+
+/// Who publishes a host port: on which host address (or any), and which container.
+type PortUser = (Option<IpAddr>, String);
 
 fn host_ifname(prefix: &str, container: &str, salt: u32) -> IfName {
     let name = if container.len() <= 12 && salt == 0 {
@@ -211,7 +214,9 @@ impl Networks {
         fs::create_dir_all(&att_dir).map_err(|e| NetError::io("creating", &att_dir, e))?;
         let host = Nl::current()?;
         let p = "/proc/thread-self/ns/net";
-        let host_netns: OwnedFd = fs::File::open(p).map_err(|e| NetError::io("opening", p, e))?.into();
+        let host_netns: OwnedFd = fs::File::open(p)
+            .map_err(|e| NetError::io("opening", p, e))?
+            .into();
         let default: NetName = DEFAULT_NETWORK.parse()?;
         if store.get(&default).is_err() {
             let routes = host.main_routes(&[]).await?;
@@ -223,7 +228,11 @@ impl Networks {
         }
         let upstreams = match &cfg.upstreams {
             Some(u) => u.clone(),
-            None => files::host_upstreams().0.into_iter().map(|ip| SocketAddr::new(ip, 53)).collect(),
+            None => files::host_upstreams()
+                .0
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .collect(),
         };
         let names = store
             .defs()
@@ -246,7 +255,11 @@ impl Networks {
     // ------------------------------------------------------------------ networks
 
     /// `network create`. Refuses subnets overlapping another network or a host route.
-    pub async fn create_network(&mut self, name: &NetName, req: &CreateRequest) -> Result<NetworkDef> {
+    pub async fn create_network(
+        &mut self,
+        name: &NetName,
+        req: &CreateRequest,
+    ) -> Result<NetworkDef> {
         let skip: Vec<u32> = self.up.values().map(|u| u.bridge_index).collect();
         let routes = self.host.main_routes(&skip).await?;
         let def = self.store.create(name, req, &routes, random_u64())?;
@@ -266,7 +279,14 @@ impl Networks {
         let mut containers: Vec<_> = self
             .store
             .leases(name)
-            .map(|l| (l.container.clone(), l.ip4, l.ip6, self.attached.contains_key(&l.container)))
+            .map(|l| {
+                (
+                    l.container.clone(),
+                    l.ip4,
+                    l.ip6,
+                    self.attached.contains_key(&l.container),
+                )
+            })
             .collect();
         containers.sort();
         Ok(NetworkInfo {
@@ -325,7 +345,13 @@ impl Networks {
         } else {
             None
         };
-        self.up.insert(name.clone(), UpNet { bridge_index: index, dns });
+        self.up.insert(
+            name.clone(),
+            UpNet {
+                bridge_index: index,
+                dns,
+            },
+        );
         Ok(index)
     }
 
@@ -334,15 +360,30 @@ impl Networks {
         let sock = tokio::net::UdpSocket::bind(addr)
             .await
             .map_err(|e| NetError::io("binding the resolver on", addr.to_string(), e))?;
-        let clients: Vec<Cidr> = [Some(def.subnet4), def.subnet6].into_iter().flatten().collect();
+        let clients: Vec<Cidr> = [Some(def.subnet4), def.subnet6]
+            .into_iter()
+            .flatten()
+            .collect();
         let records = self.names.entry(def.name.clone()).or_default().clone();
-        Ok(tokio::spawn(dns::serve(sock, clients, records, self.upstreams.clone())))
+        Ok(tokio::spawn(dns::serve(
+            sock,
+            clients,
+            records,
+            self.upstreams.clone(),
+        )))
     }
 
     fn rebuild_table(&mut self) -> Result<()> {
         let defs: Vec<&NetworkDef> = self.store.defs().collect();
-        let fwds: Vec<Forward> = self.attached.values().flat_map(|l| l.att.forwards.iter().copied()).collect();
-        nft::apply("rebuilding table inet berth", &nft::full_script(&defs, &fwds))?;
+        let fwds: Vec<Forward> = self
+            .attached
+            .values()
+            .flat_map(|l| l.att.forwards.iter().copied())
+            .collect();
+        nft::apply(
+            "rebuilding table inet berth",
+            &nft::full_script(&defs, &fwds),
+        )?;
         self.table_built = true;
         Ok(())
     }
@@ -353,8 +394,14 @@ impl Networks {
     /// reserves host ports (checking berth's own forwards and the host's listeners), names the
     /// host interface, checks the interfaces exist. `user_namespace` is whether the container
     /// gets one (for the `host` check).
-    pub async fn prepare(&mut self, container: &str, spec: &NetSpec, user_namespace: bool) -> Result<Plan> {
-        crate::name::validate(container).map_err(|_| NetError::BadContainerName(container.to_string()))?;
+    pub async fn prepare(
+        &mut self,
+        container: &str,
+        spec: &NetSpec,
+        user_namespace: bool,
+    ) -> Result<Plan> {
+        crate::name::validate(container)
+            .map_err(|_| NetError::BadContainerName(container.to_string()))?;
         spec.check(user_namespace)?;
         if self.attached.contains_key(container) {
             return Err(NetError::AlreadyAttached(container.to_string()));
@@ -421,7 +468,13 @@ impl Networks {
             .expect("some salt is free")
     }
 
-    fn plan_ports(&self, plan: &mut Plan, spec: &NetSpec, def: &NetworkDef, lease: &Lease) -> Result<()> {
+    fn plan_ports(
+        &self,
+        plan: &mut Plan,
+        spec: &NetSpec,
+        def: &NetworkDef,
+        lease: &Lease,
+    ) -> Result<()> {
         let mut wanted: Vec<(Option<IpAddr>, Option<u16>, u16, Proto)> = Vec::new();
         for p in &spec.publish {
             for i in 0..p.container.len() as u16 {
@@ -439,7 +492,8 @@ impl Networks {
             {
                 return Err(NetError::NoIpv6(def.name.to_string()));
             }
-            let (port, res) = self.reserve(host_ip, host_port, proto, lease.ip6.is_some(), cport)?;
+            let (port, res) =
+                self.reserve(host_ip, host_port, proto, lease.ip6.is_some(), cport)?;
             if !mine.insert((port, proto)) && host_ip.is_none() {
                 return Err(NetError::PortTakenByContainer {
                     port,
@@ -581,7 +635,11 @@ impl Networks {
             Ok(()) => {}
             Err(e) => {
                 let undo = self.undo(&att, &made, Some(netns)).await;
-                let rec = if needs_record { self.remove_record(&att.container) } else { Ok(()) };
+                let rec = if needs_record {
+                    self.remove_record(&att.container)
+                } else {
+                    Ok(())
+                };
                 let lease = if plan.new_lease {
                     self.store.release(&plan.container).map(|_| ())
                 } else {
@@ -608,7 +666,11 @@ impl Networks {
         let keep_ns = if att.moved.is_empty() {
             None
         } else {
-            Some(netns.try_clone_to_owned().map_err(|e| NetError::io("duplicating", "netns fd", e))?)
+            Some(
+                netns
+                    .try_clone_to_owned()
+                    .map_err(|e| NetError::io("duplicating", "netns fd", e))?,
+            )
         };
         self.attached.insert(
             att.container.clone(),
@@ -637,7 +699,11 @@ impl Networks {
         let cnl = Nl::in_netns(netns);
         let host_side = async {
             match &plan.host_if {
-                Some(h) => self.host.add_veth(h.as_str(), master, "eth0", netns).await.map(Some),
+                Some(h) => self
+                    .host
+                    .add_veth(h.as_str(), master, "eth0", netns)
+                    .await
+                    .map(Some),
                 None => Ok(None),
             }
         };
@@ -648,7 +714,9 @@ impl Networks {
         let cnl = cnl?;
         host_index?;
         if let (NetworkMode::Veth, Some(i)) = (&plan.mode, made.veth) {
-            self.host.set_alias(i, &format!("berth:{}", plan.container)).await?;
+            self.host
+                .set_alias(i, &format!("berth:{}", plan.container))
+                .await?;
         }
         cnl.set_up(1).await?; // lo is ifindex 1 in every netns (LOOPBACK_IFINDEX)
         if let Some((_, parent)) = &plan.macvlan_parent {
@@ -671,8 +739,10 @@ impl Networks {
             None => None,
         };
         if let (Some(def), Some(lease), Some(eth0)) = (&plan.network, &plan.lease, eth0) {
-            cnl.add_address(eth0, IpAddr::V4(lease.ip4), def.subnet4.prefix()).await?;
-            cnl.add_default_route(IpAddr::V4(def.gateway4()), eth0).await?;
+            cnl.add_address(eth0, IpAddr::V4(lease.ip4), def.subnet4.prefix())
+                .await?;
+            cnl.add_default_route(IpAddr::V4(def.gateway4()), eth0)
+                .await?;
             if let (Some(ip6), Some(s6), Some(g6)) = (lease.ip6, def.subnet6, def.gateway6()) {
                 cnl.add_address(eth0, IpAddr::V6(ip6), s6.prefix()).await?;
                 cnl.add_default_route(IpAddr::V6(g6), eth0).await?;
@@ -685,7 +755,10 @@ impl Networks {
                 .await?;
         }
         if !plan.forwards.is_empty() {
-            nft::apply("publishing ports", &nft::elements_script(true, &plan.forwards))?;
+            nft::apply(
+                "publishing ports",
+                &nft::elements_script(true, &plan.forwards),
+            )?;
             made.forwards = true;
         }
         Ok(())
@@ -693,7 +766,12 @@ impl Networks {
 
     /// Undo what `made` says was made (or, with `Made::all`, everything the attachment
     /// implies). Keeps going after a failure and returns the first error.
-    async fn undo(&self, att: &Attachment, made: &Made, netns: Option<std::os::fd::BorrowedFd<'_>>) -> Result<()> {
+    async fn undo(
+        &self,
+        att: &Attachment,
+        made: &Made,
+        netns: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<()> {
         let mut first: Option<NetError> = None;
         let mut note = |r: Result<()>| {
             if let Err(e) = r
@@ -703,12 +781,15 @@ impl Networks {
             }
         };
         if made.forwards && !att.forwards.is_empty() {
-            note(nft::apply("withdrawing ports", &nft::elements_script(false, &att.forwards)));
+            note(nft::apply(
+                "withdrawing ports",
+                &nft::elements_script(false, &att.forwards),
+            ));
         }
         if !made.moved.is_empty() {
-            match netns {
-                Some(ns) => note(self.move_back(ns, &made.moved).await),
-                None => {} // the netns is gone: physical NICs went back to the initial netns
+            // Without the netns (gone) physical NICs already went back to the initial netns.
+            if let Some(ns) = netns {
+                note(self.move_back(ns, &made.moved).await);
             }
         }
         if let (true, Some(ifb)) = (made.ifb || made.all, &att.ifb) {
@@ -738,7 +819,8 @@ impl Networks {
         let cnl = Nl::in_netns(netns).await?;
         for n in names {
             if let Some(l) = cnl.link_by_name(n.as_str()).await? {
-                cnl.move_link(l.index, self.host_netns.as_fd(), false).await?;
+                cnl.move_link(l.index, self.host_netns.as_fd(), false)
+                    .await?;
             }
         }
         Ok(())
@@ -763,7 +845,9 @@ impl Networks {
         if let Some(net) = &att.network
             && let Some(r) = self.names.get(net)
         {
-            r.write().unwrap_or_else(|p| p.into_inner()).remove(&container.to_ascii_lowercase());
+            r.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&container.to_ascii_lowercase());
         }
         let made = Made {
             all: true,
@@ -772,7 +856,9 @@ impl Networks {
             forwards: true,
             moved: att.moved.clone(),
         };
-        let undone = self.undo(att, &made, live.netns.as_ref().map(|f| f.as_fd())).await;
+        let undone = self
+            .undo(att, &made, live.netns.as_ref().map(|f| f.as_fd()))
+            .await;
         let rec = self.remove_record(container);
         undone.and(rec)
     }
@@ -790,7 +876,11 @@ impl Networks {
     /// rx/tx of the container's interface, from the container's point of view (read on the
     /// host side of its veth, where received and sent swap).
     pub async fn stats(&self, container: &str) -> Result<Option<LinkStats>> {
-        let Some(h) = self.attached.get(container).and_then(|l| l.att.host_if.clone()) else {
+        let Some(h) = self
+            .attached
+            .get(container)
+            .and_then(|l| l.att.host_if.clone())
+        else {
             return Ok(None);
         };
         let Some(l) = self.host.link_by_name(h.as_str()).await? else {
@@ -823,7 +913,11 @@ impl Networks {
             (Some(gw), true) => files::resolv_conf(&[IpAddr::V4(gw)], &[]),
             _ => files::resolv_conf(&host_ns, &search),
         };
-        (files::hosts(hostname, &own, &peers), files::hostname(hostname), resolv)
+        (
+            files::hosts(hostname, &own, &peers),
+            files::hostname(hostname),
+            resolv,
+        )
     }
 
     // ------------------------------------------------------------------ reconcile
@@ -832,7 +926,11 @@ impl Networks {
     /// attachments of `running` containers, undo those of any other, delete stray berth veths,
     /// rebuild the nft table from what is kept, and free the leases of containers not in
     /// `existing` (removed while berthd was down).
-    pub async fn reconcile(&mut self, running: Vec<Running>, existing: &[String]) -> Result<ReconcileReport> {
+    pub async fn reconcile(
+        &mut self,
+        running: Vec<Running>,
+        existing: &[String],
+    ) -> Result<ReconcileReport> {
         let mut report = ReconcileReport {
             damaged_leases: self.store.damaged.clone(),
             ..Default::default()
@@ -843,13 +941,16 @@ impl Networks {
         for n in &defs {
             self.ensure_up(n).await?;
         }
-        let mut running: HashMap<String, Option<OwnedFd>> = running.into_iter().map(|r| (r.name, r.netns)).collect();
+        let mut running: HashMap<String, Option<OwnedFd>> =
+            running.into_iter().map(|r| (r.name, r.netns)).collect();
         let dir = self.cfg.run_dir.join("attachments");
         let mut records: Vec<Attachment> = Vec::new();
         for ent in fs::read_dir(&dir).map_err(|e| NetError::io("reading", &dir, e))? {
             let ent = ent.map_err(|e| NetError::io("reading", &dir, e))?;
             let p = ent.path();
-            if p.extension().is_some_and(|x| x == "json") && !ent.file_name().to_string_lossy().starts_with('.') {
+            if p.extension().is_some_and(|x| x == "json")
+                && !ent.file_name().to_string_lossy().starts_with('.')
+            {
                 match store::read_json::<Attachment>(&p) {
                     Ok(a) => records.push(a),
                     Err(NetError::Corrupt { .. }) => {
@@ -918,7 +1019,8 @@ impl Networks {
             .map(|h| h.to_string())
             .collect();
         for l in self.host.links().await? {
-            let ours = (l.name.starts_with("vb-") && l.master.is_some_and(|m| bridges.contains(&m)))
+            let ours = (l.name.starts_with("vb-")
+                && l.master.is_some_and(|m| bridges.contains(&m)))
                 || ((l.name.starts_with("ve-") || l.name.starts_with("bi-"))
                     && l.alias.as_deref().is_some_and(|a| a.starts_with("berth:")));
             if ours && !kept_ifs.contains(&l.name) {
@@ -945,12 +1047,20 @@ impl Networks {
     }
 
     fn write_record(&self, att: &Attachment) -> Result<()> {
-        let p = self.cfg.run_dir.join("attachments").join(format!("{}.json", att.container));
+        let p = self
+            .cfg
+            .run_dir
+            .join("attachments")
+            .join(format!("{}.json", att.container));
         store::write_atomic(&p, &serde_json::to_vec(att).expect("serialisable"), false)
     }
 
     fn remove_record(&self, container: &str) -> Result<()> {
-        let p = self.cfg.run_dir.join("attachments").join(format!("{container}.json"));
+        let p = self
+            .cfg
+            .run_dir
+            .join("attachments")
+            .join(format!("{container}.json"));
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -996,7 +1106,10 @@ mod tests {
     #[test]
     fn host_ifnames_are_short_predictable_and_distinct() {
         assert_eq!(host_ifname("vb-", "web", 0).as_str(), "vb-web");
-        assert_eq!(host_ifname("vb-", "abcdefghijkl", 0).as_str(), "vb-abcdefghijkl");
+        assert_eq!(
+            host_ifname("vb-", "abcdefghijkl", 0).as_str(),
+            "vb-abcdefghijkl"
+        );
         let a = host_ifname("vb-", "abcdefghijklm", 0);
         let b = host_ifname("vb-", "abcdefghijkln", 0);
         assert_eq!(a.as_str().len(), 15);

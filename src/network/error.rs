@@ -20,7 +20,9 @@ pub enum NetError {
     CidrHostBits { given: String, network: Cidr },
     #[error("subnet {0} is too small: at least 4 addresses (a /30 or a /126) are needed")]
     SubnetTooSmall(Cidr),
-    #[error("invalid network mode {0:?}: expected bridge, none, host, container:NAME, veth, macvlan:IFACE or a network name")]
+    #[error(
+        "invalid network mode {0:?}: expected bridge, none, host, container:NAME, veth, macvlan:IFACE or a network name"
+    )]
     BadMode(String),
     #[error("invalid port mapping {spec:?}: {why}")]
     BadPort { spec: String, why: String },
@@ -30,13 +32,17 @@ pub enum NetError {
     BadRate(String),
     #[error("invalid IP address {0:?}")]
     BadAddress(String),
-    #[error("invalid network name {0:?}: 1 to 32 characters from [A-Za-z0-9._-], starting with a letter or a digit")]
+    #[error(
+        "invalid network name {0:?}: 1 to 32 characters from [A-Za-z0-9._-], starting with a letter or a digit"
+    )]
     BadNetworkName(String),
     #[error("invalid interface name {0:?}: 1 to 15 bytes, no '/', ':' or whitespace")]
     BadInterfaceName(String),
     #[error("invalid container name {0:?}")]
     BadContainerName(String),
-    #[error("--network host with a user namespace is refused: the container's root would act on the host's network; ask for it explicitly")]
+    #[error(
+        "--network host with a user namespace is refused: the container's root would act on the host's network; ask for it explicitly"
+    )]
     HostWithUserns,
     #[error("{0}")]
     Unsupported(String),
@@ -56,7 +62,9 @@ pub enum NetError {
     SubnetOverlapsNetwork(Cidr, String, Cidr),
     #[error("subnet {0} overlaps the host route {1}")]
     SubnetOverlapsRoute(Cidr, Cidr),
-    #[error("no free subnet left in berth's pool (10.89.0.0/16 in /24s) that avoids the host's routes")]
+    #[error(
+        "no free subnet left in berth's pool (10.89.0.0/16 in /24s) that avoids the host's routes"
+    )]
     NoFreeSubnet,
     #[error("subnet {0} of network {1:?} is full")]
     SubnetFull(Cidr, String),
@@ -75,7 +83,11 @@ pub enum NetError {
         container: String,
     },
     #[error("host port {port}/{proto} is already in use on the host ({addr})")]
-    PortTakenByHost { port: u16, proto: Proto, addr: IpAddr },
+    PortTakenByHost {
+        port: u16,
+        proto: Proto,
+        addr: IpAddr,
+    },
     #[error("no free host port left for container port {0}/{1}")]
     NoFreePort(u16, Proto),
     #[error("{0} is not an address of this host, so nothing can be published on it")]

@@ -80,7 +80,10 @@ pub fn host_upstreams() -> (Vec<IpAddr>, Vec<String>) {
 
 /// Convenience for callers holding typed addresses.
 pub fn own_addrs(ip4: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> Vec<IpAddr> {
-    ip4.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)).collect()
+    ip4.map(IpAddr::V4)
+        .into_iter()
+        .chain(ip6.map(IpAddr::V6))
+        .collect()
 }
 
 #[cfg(test)]
@@ -92,7 +95,13 @@ mod tests {
         let (s, search) = parse_resolv_conf(
             "# x\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\nnameserver 2001:db8::53\nsearch a.example b.example\noptions edns0\n",
         );
-        assert_eq!(s, vec!["192.0.2.1".parse::<IpAddr>().unwrap(), "2001:db8::53".parse().unwrap()]);
+        assert_eq!(
+            s,
+            vec![
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::53".parse().unwrap()
+            ]
+        );
         assert_eq!(search, vec!["a.example", "b.example"]);
         let (s, _) = parse_resolv_conf("nameserver 127.0.0.53\n");
         assert!(s.is_empty());

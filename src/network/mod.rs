@@ -18,7 +18,9 @@ pub mod nft;
 pub mod store;
 pub mod types;
 
-pub use engine::{Attachment, NetworkInfo, Networks, NetworksConfig, Plan, ReconcileReport, Running};
+pub use engine::{
+    Attachment, NetworkInfo, Networks, NetworksConfig, Plan, ReconcileReport, Running,
+};
 pub use error::{NetError, Result};
 pub use nft::Forward;
 pub use store::{CreateRequest, Lease, NetworkDef};

@@ -18,7 +18,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures_util::TryStreamExt;
 use nix::sched::CloneFlags;
-use rtnetlink::packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_core::{
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -35,7 +37,10 @@ use super::types::{Cidr, Rate};
 
 /// `ENOENT`/`ENODEV` from the kernel: the object is already gone.
 fn is_gone(e: &NetError) -> bool {
-    matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH))
+    matches!(
+        e.errno(),
+        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH)
+    )
 }
 
 /// One rtnetlink connection, bound to one network namespace.
@@ -73,10 +78,11 @@ pub struct LinkStats {
 impl Nl {
     /// A connection in the calling thread's network namespace. Must run inside a tokio runtime.
     pub fn current() -> Result<Nl> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::NetlinkIo {
-            op: "opening a netlink socket".into(),
-            source,
-        })?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NetError::NetlinkIo {
+                op: "opening a netlink socket".into(),
+                source,
+            })?;
         Ok(Nl {
             handle,
             task: tokio::spawn(conn),
@@ -86,10 +92,12 @@ impl Nl {
     /// A connection in the network namespace `netns` (e.g. `/proc/PID/ns/net` of a container's
     /// PID 1), made from a throw-away thread so the runtime's threads never change namespace.
     pub async fn in_netns(netns: BorrowedFd<'_>) -> Result<Nl> {
-        let fd = netns.try_clone_to_owned().map_err(|source| NetError::NetlinkIo {
-            op: "duplicating the netns descriptor".into(),
-            source,
-        })?;
+        let fd = netns
+            .try_clone_to_owned()
+            .map_err(|source| NetError::NetlinkIo {
+                op: "duplicating the netns descriptor".into(),
+                source,
+            })?;
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -122,14 +130,21 @@ impl Nl {
     }
 
     /// Send one request that expects only an ACK.
-    async fn ack(&self, op: impl Fn() -> String, msg: RouteNetlinkMessage, create: bool) -> Result<()> {
+    async fn ack(
+        &self,
+        op: impl Fn() -> String,
+        msg: RouteNetlinkMessage,
+        create: bool,
+    ) -> Result<()> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
         if create {
             req.header.flags |= NLM_F_CREATE | NLM_F_EXCL;
         }
         let mut handle = self.handle.clone();
-        let mut resp = handle.request(req).map_err(|e| NetError::netlink(op(), e))?;
+        let mut resp = handle
+            .request(req)
+            .map_err(|e| NetError::netlink(op(), e))?;
         use futures_util::StreamExt;
         while let Some(m) = resp.next().await {
             if let NetlinkPayload::Error(err) = m.payload
@@ -142,7 +157,12 @@ impl Nl {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkSummary>> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(Some(m)) => Ok(Some(summary(&m))),
             Ok(None) => Ok(None),
@@ -194,12 +214,21 @@ impl Nl {
             Some(l) => l,
             None => {
                 let msg = LinkBridge::new(name).up().build();
-                match self.ack(|| format!("creating bridge {name}"), RouteNetlinkMessage::NewLink(msg), true).await {
+                match self
+                    .ack(
+                        || format!("creating bridge {name}"),
+                        RouteNetlinkMessage::NewLink(msg),
+                        true,
+                    )
+                    .await
+                {
                     Ok(()) => {}
                     Err(e) if e.errno() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(e),
                 }
-                self.link_by_name(name).await?.ok_or_else(|| NetError::NoSuchInterface(name.to_string()))?
+                self.link_by_name(name)
+                    .await?
+                    .ok_or_else(|| NetError::NoSuchInterface(name.to_string()))?
             }
         };
         if !link.up {
@@ -247,7 +276,9 @@ impl Nl {
     pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
         let mut req = self.handle.address().add(index, ip, prefix);
         if ip.is_ipv6() {
-            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         req.execute()
             .await
@@ -286,7 +317,13 @@ impl Nl {
 
     /// A veth pair: `host` in this namespace (enslaved to `master` if given, up) and `peer` in
     /// the namespace `netns` (down). One request. Returns the host side's index.
-    pub async fn add_veth(&self, host: &str, master: Option<u32>, peer: &str, netns: BorrowedFd<'_>) -> Result<u32> {
+    pub async fn add_veth(
+        &self,
+        host: &str,
+        master: Option<u32>,
+        peer: &str,
+        netns: BorrowedFd<'_>,
+    ) -> Result<u32> {
         // The peer cannot be brought up in the same request: veth_newlink() configures it
         // before linking the pair, so its open would fail with ENOTCONN. The caller brings it
         // up from inside the namespace.
@@ -301,8 +338,12 @@ impl Nl {
         if let Some(m) = master {
             b = b.controller(m);
         }
-        self.ack(|| format!("creating veth {host}"), RouteNetlinkMessage::NewLink(b.build()), true)
-            .await?;
+        self.ack(
+            || format!("creating veth {host}"),
+            RouteNetlinkMessage::NewLink(b.build()),
+            true,
+        )
+        .await?;
         self.link_by_name(host)
             .await?
             .map(|l| l.index)
@@ -314,12 +355,18 @@ impl Nl {
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
             .name(name.to_string())
             .link(parent)
-            .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(MacVlanMode::Bridge)]))
+            .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                MacVlanMode::Bridge,
+            )]))
             .setns_by_fd(netns.as_raw_fd())
             .up()
             .build();
-        self.ack(|| format!("creating macvlan {name} on link {parent}"), RouteNetlinkMessage::NewLink(msg), true)
-            .await
+        self.ack(
+            || format!("creating macvlan {name} on link {parent}"),
+            RouteNetlinkMessage::NewLink(msg),
+            true,
+        )
+        .await
     }
 
     /// Move link `index` of this namespace into `netns`, keeping its name, and bring it up
@@ -340,8 +387,14 @@ impl Nl {
     /// A default route via `gw` on link `oif`.
     pub async fn add_default_route(&self, gw: IpAddr, oif: u32) -> Result<()> {
         let msg = match gw {
-            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(g).output_interface(oif).build(),
-            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(g).output_interface(oif).build(),
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(g)
+                .output_interface(oif)
+                .build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(g)
+                .output_interface(oif)
+                .build(),
         };
         self.handle
             .route()
@@ -375,8 +428,12 @@ impl Nl {
                 let mut oif = None;
                 for a in &r.attributes {
                     match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
-                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                            dst = Some(IpAddr::V4(*a))
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                            dst = Some(IpAddr::V6(*a))
+                        }
                         RouteAttribute::Oif(i) => oif = Some(*i),
                         _ => {}
                     }
@@ -420,8 +477,12 @@ impl Nl {
             .name(ifb_name.to_string())
             .up()
             .build();
-        self.ack(|| format!("creating ifb {ifb_name}"), RouteNetlinkMessage::NewLink(msg), true)
-            .await?;
+        self.ack(
+            || format!("creating ifb {ifb_name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            true,
+        )
+        .await?;
         let ifb = self
             .link_by_name(ifb_name)
             .await?
@@ -430,7 +491,14 @@ impl Nl {
         self.set_alias(ifb, alias).await?;
         self.tbf(ifb, rate).await?;
         let ingress = tc_message(
-            tc_header(index, TcHandle { major: 0xffff, minor: 0 }, TcHandle::INGRESS),
+            tc_header(
+                index,
+                TcHandle {
+                    major: 0xffff,
+                    minor: 0,
+                },
+                TcHandle::INGRESS,
+            ),
             vec![TcAttribute::Kind("ingress".into())],
         );
         self.ack(
@@ -447,7 +515,12 @@ impl Nl {
             .map_err(|e| NetError::netlink("building the redirect filter", e))?
             .execute()
             .await
-            .map_err(|e| NetError::netlink(format!("redirecting ingress of link {index} to {ifb_name}"), e))?;
+            .map_err(|e| {
+                NetError::netlink(
+                    format!("redirecting ingress of link {index} to {ifb_name}"),
+                    e,
+                )
+            })?;
         Ok(ifb)
     }
 
@@ -473,8 +546,12 @@ impl Nl {
                 ]),
             ],
         );
-        self.ack(|| format!("adding tbf to link {index}"), RouteNetlinkMessage::NewQueueDiscipline(tbf), true)
-            .await
+        self.ack(
+            || format!("adding tbf to link {index}"),
+            RouteNetlinkMessage::NewQueueDiscipline(tbf),
+            true,
+        )
+        .await
     }
 }
 
@@ -493,6 +570,7 @@ fn ticks(bytes: u64, bps: u64) -> u32 {
     (ns >> 6).min(u32::MAX as u64) as u32
 }
 
+#[allow(clippy::field_reassign_with_default)] // TcMessage is non_exhaustive
 fn tc_message(header: TcHeader, attributes: Vec<TcAttribute>) -> TcMessage {
     let mut m = TcMessage::default();
     m.header = header;
@@ -500,6 +578,7 @@ fn tc_message(header: TcHeader, attributes: Vec<TcAttribute>) -> TcMessage {
     m
 }
 
+#[allow(clippy::field_reassign_with_default)] // TcHeader is non_exhaustive
 fn tc_header(index: u32, handle: TcHandle, parent: TcHandle) -> TcHeader {
     let mut h = TcHeader::default();
     h.family = AddressFamily::Unspec;

@@ -65,7 +65,12 @@ impl Forward {
     }
 
     fn element(&self) -> String {
-        format!("{} : {} . {}", self.key(), self.container_ip, self.container_port)
+        format!(
+            "{} : {} . {}",
+            self.key(),
+            self.container_ip,
+            self.container_port
+        )
     }
 }
 
@@ -82,7 +87,12 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
             format!(" elements = {{ {} }};", v.join(", "))
         }
     };
-    let bridges = elems(networks.iter().map(|n| format!("\"{}\"", n.bridge)).collect());
+    let bridges = elems(
+        networks
+            .iter()
+            .map(|n| format!("\"{}\"", n.bridge))
+            .collect(),
+    );
     let internal = elems(
         networks
             .iter()
@@ -93,7 +103,12 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
     // With br_netfilter loaded (docker loads it; its sysctls default to on in every netns),
     // traffic between two ports of one bridge passes the forward hook as bridge → bridge:
     // accepted first, before the isolation and internal drops.
-    let same = elems(networks.iter().map(|n| format!("\"{0}\" . \"{0}\"", n.bridge)).collect());
+    let same = elems(
+        networks
+            .iter()
+            .map(|n| format!("\"{0}\" . \"{0}\"", n.bridge))
+            .collect(),
+    );
     let masq4 = elems(
         networks
             .iter()
@@ -108,7 +123,15 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
             .filter_map(|n| n.subnet6.map(|c| c.to_string()))
             .collect(),
     );
-    let fwd = |m: &str| elems(forwards.iter().filter(|f| f.map() == m).map(|f| f.element()).collect());
+    let fwd = |m: &str| {
+        elems(
+            forwards
+                .iter()
+                .filter(|f| f.map() == m)
+                .map(|f| f.element())
+                .collect(),
+        )
+    };
     let _ = write!(
         s,
         r#"table inet {TABLE} {{
@@ -170,7 +193,12 @@ pub fn elements_script(add: bool, forwards: &[Forward]) -> String {
     let verb = if add { "add" } else { "delete" };
     let mut s = String::new();
     for f in forwards {
-        let _ = writeln!(s, "{verb} element inet {TABLE} {} {{ {} }}", f.map(), f.element());
+        let _ = writeln!(
+            s,
+            "{verb} element inet {TABLE} {} {{ {} }}",
+            f.map(),
+            f.element()
+        );
     }
     s
 }
@@ -245,7 +273,8 @@ fn parse_forwards(json: &[u8]) -> Result<Vec<Forward>> {
             _ => continue,
         };
         for e in map["elem"].as_array().cloned().unwrap_or_default() {
-            let (Some(k), Some(val)) = (e[0]["concat"].as_array(), e[1]["concat"].as_array()) else {
+            let (Some(k), Some(val)) = (e[0]["concat"].as_array(), e[1]["concat"].as_array())
+            else {
                 return Err(bad(format!("unexpected element {e}")));
             };
             let off = usize::from(with_ip);
@@ -299,7 +328,13 @@ mod tests {
 
     #[test]
     fn script_has_elements_per_network_and_forward() {
-        let a = net("berth", "berth0", "10.89.0.0/16", Some("fd00:1::/64"), false);
+        let a = net(
+            "berth",
+            "berth0",
+            "10.89.0.0/16",
+            Some("fd00:1::/64"),
+            false,
+        );
         let b = net("lan", "berth1", "10.100.0.0/24", None, true);
         let f = Forward {
             host_ip: None,
@@ -314,11 +349,20 @@ mod tests {
             ..f
         };
         let s = full_script(&[&a, &b], &[f, g]);
-        assert!(s.contains(r#"set bridges { type ifname; elements = { "berth0", "berth1" }; }"#), "{s}");
+        assert!(
+            s.contains(r#"set bridges { type ifname; elements = { "berth0", "berth1" }; }"#),
+            "{s}"
+        );
         assert!(s.contains(r#"set internal { type ifname; elements = { "berth1" }; }"#));
-        assert!(s.contains(r#"elements = { "berth0" . "berth0", "berth1" . "berth1" }"#), "{s}");
+        assert!(
+            s.contains(r#"elements = { "berth0" . "berth0", "berth1" . "berth1" }"#),
+            "{s}"
+        );
         assert!(s.contains("elements = { 10.89.0.0/16 }"));
-        assert!(!s.contains("10.100.0.0/24"), "internal networks are not masqueraded");
+        assert!(
+            !s.contains("10.100.0.0/24"),
+            "internal networks are not masqueraded"
+        );
         assert!(s.contains("elements = { fd00:1::/64 }"));
         assert!(s.contains("elements = { tcp . 8080 : 10.89.0.2 . 80 }"));
         assert!(s.contains("elements = { 127.0.0.1 . udp . 8080 : 10.89.0.2 . 80 }"));

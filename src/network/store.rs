@@ -22,8 +22,8 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::error::{NetError, Result};
 use super::types::{Cidr, DEFAULT_NETWORK, IfName, NetName};
@@ -118,15 +118,20 @@ impl Pool {
     /// a scan of a full /64 stays bounded.
     fn host_range(subnet: &Cidr) -> (u128, u128) {
         let size = subnet.size();
-        let last = if subnet.is_ipv4() { size - 2 } else { (size - 1).min(1 << 24) };
+        let last = if subnet.is_ipv4() {
+            size - 2
+        } else {
+            (size - 1).min(1 << 24)
+        };
         (2, last)
     }
 
     fn check_fixed(&self, ip: IpAddr, subnet: &Cidr, container: &str) -> Result<()> {
         let name = self.def.name.to_string();
-        let off = subnet
-            .offset(ip)
-            .ok_or(NetError::AddressNotInSubnet(ip, *subnet, name.clone()))?;
+        let off =
+            subnet
+                .offset(ip)
+                .ok_or(NetError::AddressNotInSubnet(ip, *subnet, name.clone()))?;
         let (lo, hi) = Pool::host_range(subnet);
         if off < lo || (subnet.is_ipv4() && off > hi) || off >= subnet.size() {
             return Err(NetError::AddressReserved(ip));
@@ -203,7 +208,9 @@ pub struct Store {
 /// stay clear of podman (10.88/16) and docker (172.17/16 and up).
 fn candidates(default: bool) -> Box<dyn Iterator<Item = Cidr>> {
     if default {
-        Box::new((89u8..=99).map(|b| Cidr::new(IpAddr::V4(Ipv4Addr::new(10, b, 0, 0)), 16).unwrap()))
+        Box::new(
+            (89u8..=99).map(|b| Cidr::new(IpAddr::V4(Ipv4Addr::new(10, b, 0, 0)), 16).unwrap()),
+        )
     } else {
         Box::new((100u8..=127).flat_map(|b| {
             (0u8..=255).map(move |c| Cidr::new(IpAddr::V4(Ipv4Addr::new(10, b, c, 0)), 24).unwrap())
@@ -256,7 +263,10 @@ impl Store {
     }
 
     pub fn leases(&self, name: &NetName) -> impl Iterator<Item = &Lease> {
-        self.pools.get(name).into_iter().flat_map(|p| p.leases.values())
+        self.pools
+            .get(name)
+            .into_iter()
+            .flat_map(|p| p.leases.values())
     }
 
     /// Define a network. `host_routes` are the host's routes (main table, not berth's own
@@ -277,7 +287,11 @@ impl Store {
             for p in pools.values() {
                 for other in [Some(p.def.subnet4), p.def.subnet6].into_iter().flatten() {
                     if other.overlaps(c) {
-                        return Err(NetError::SubnetOverlapsNetwork(*c, p.def.name.to_string(), other));
+                        return Err(NetError::SubnetOverlapsNetwork(
+                            *c,
+                            p.def.name.to_string(),
+                            other,
+                        ));
                     }
                 }
             }
@@ -291,7 +305,9 @@ impl Store {
         let subnet4 = match req.subnet4 {
             Some(c) => {
                 if !c.is_ipv4() {
-                    return Err(NetError::BadCidr(format!("{c} (--subnet takes IPv4; use --subnet6)")));
+                    return Err(NetError::BadCidr(format!(
+                        "{c} (--subnet takes IPv4; use --subnet6)"
+                    )));
                 }
                 if c.prefix() > 30 {
                     return Err(NetError::SubnetTooSmall(c));
@@ -524,16 +540,25 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Write `value` to `path` atomically: temporary file in the same directory, fsync, rename.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, &serde_json::to_vec_pretty(value).expect("serialisable"), true)
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(value).expect("serialisable"),
+        true,
+    )
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let mut f = fs::File::create(&tmp).map_err(|e| NetError::io("creating", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| NetError::io("writing", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| NetError::io("writing", &tmp, e))?;
     if durable {
-        f.sync_data().map_err(|e| NetError::io("syncing", &tmp, e))?;
+        f.sync_data()
+            .map_err(|e| NetError::io("syncing", &tmp, e))?;
     }
     drop(f);
     fs::rename(&tmp, path).map_err(|e| NetError::io("renaming", path, e))
@@ -556,33 +581,70 @@ mod tests {
     #[test]
     fn default_network_avoids_host_routes() {
         let (_d, mut s) = store();
-        let routes = ["10.89.0.0/16".parse().unwrap(), "0.0.0.0/0".parse().unwrap()];
-        let req = CreateRequest { ipv6: true, ..Default::default() };
-        let def = s.create(&n(DEFAULT_NETWORK), &req, &routes, 0x12_3456_789a).unwrap();
+        let routes = [
+            "10.89.0.0/16".parse().unwrap(),
+            "0.0.0.0/0".parse().unwrap(),
+        ];
+        let req = CreateRequest {
+            ipv6: true,
+            ..Default::default()
+        };
+        let def = s
+            .create(&n(DEFAULT_NETWORK), &req, &routes, 0x12_3456_789a)
+            .unwrap();
         assert_eq!(def.subnet4.to_string(), "10.90.0.0/16");
         assert_eq!(def.bridge.as_str(), "berth0");
         assert_eq!(def.gateway4(), Ipv4Addr::new(10, 90, 0, 1));
         assert_eq!(def.subnet6.unwrap().to_string(), "fd12:3456:789a::/64");
-        assert_eq!(def.gateway6().unwrap(), "fd12:3456:789a::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            def.gateway6().unwrap(),
+            "fd12:3456:789a::1".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]
     fn overlaps_and_duplicates_are_refused() {
         let (_d, mut s) = store();
-        let req = CreateRequest { subnet4: Some("10.50.0.0/24".parse().unwrap()), ..Default::default() };
+        let req = CreateRequest {
+            subnet4: Some("10.50.0.0/24".parse().unwrap()),
+            ..Default::default()
+        };
         s.create(&n("a"), &req, &[], 1).unwrap();
-        assert!(matches!(s.create(&n("a"), &req, &[], 1), Err(NetError::NetworkExists(_))));
-        let over = CreateRequest { subnet4: Some("10.50.0.0/16".parse().unwrap()), ..Default::default() };
-        assert!(matches!(s.create(&n("b"), &over, &[], 1), Err(NetError::SubnetOverlapsNetwork(..))));
+        assert!(matches!(
+            s.create(&n("a"), &req, &[], 1),
+            Err(NetError::NetworkExists(_))
+        ));
+        let over = CreateRequest {
+            subnet4: Some("10.50.0.0/16".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.create(&n("b"), &over, &[], 1),
+            Err(NetError::SubnetOverlapsNetwork(..))
+        ));
         let routes = ["10.60.0.0/20".parse().unwrap()];
-        let r = CreateRequest { subnet4: Some("10.60.1.0/24".parse().unwrap()), ..Default::default() };
-        assert!(matches!(s.create(&n("c"), &r, &routes, 1), Err(NetError::SubnetOverlapsRoute(..))));
-        let tiny = CreateRequest { subnet4: Some("10.70.0.0/31".parse().unwrap()), ..Default::default() };
-        assert!(matches!(s.create(&n("d"), &tiny, &[], 1), Err(NetError::SubnetTooSmall(_))));
+        let r = CreateRequest {
+            subnet4: Some("10.60.1.0/24".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.create(&n("c"), &r, &routes, 1),
+            Err(NetError::SubnetOverlapsRoute(..))
+        ));
+        let tiny = CreateRequest {
+            subnet4: Some("10.70.0.0/31".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.create(&n("d"), &tiny, &[], 1),
+            Err(NetError::SubnetTooSmall(_))
+        ));
         // Nothing was written for the refused ones.
         assert_eq!(s.defs().count(), 1);
         assert_eq!(json_files(&s.dir.join("defs")).unwrap().len(), 1);
-        let auto = s.create(&n("e"), &CreateRequest::default(), &[], 1).unwrap();
+        let auto = s
+            .create(&n("e"), &CreateRequest::default(), &[], 1)
+            .unwrap();
         assert_eq!(auto.subnet4.to_string(), "10.100.0.0/24");
         assert_eq!(auto.bridge.as_str(), "berth2");
     }
@@ -620,7 +682,9 @@ mod tests {
             s.lease(&n("a"), "c2", Some(Ipv4Addr::new(10, 51, 0, 2)), None),
             Err(NetError::AddressNotInSubnet(..))
         ));
-        let (l2, _) = s.lease(&n("a"), "c2", Some(Ipv4Addr::new(10, 50, 0, 6)), None).unwrap();
+        let (l2, _) = s
+            .lease(&n("a"), "c2", Some(Ipv4Addr::new(10, 50, 0, 6)), None)
+            .unwrap();
         assert_eq!(l2.ip4, Ipv4Addr::new(10, 50, 0, 6));
         // /29: hosts .2 .. .6 → 5 leases; c1 and c2 hold two.
         for c in ["c3", "c4", "c5"] {
@@ -628,21 +692,33 @@ mod tests {
         }
         match s.lease(&n("a"), "c6", None, None) {
             Err(NetError::SubnetFull(c, name)) => {
-                assert_eq!((c.to_string().as_str(), name.as_str()), ("10.50.0.0/29", "a"))
+                assert_eq!(
+                    (c.to_string().as_str(), name.as_str()),
+                    ("10.50.0.0/29", "a")
+                )
             }
             other => panic!("{other:?}"),
         }
         // Stable across a re-open.
         drop(s);
         let mut s = Store::open(d.path()).unwrap();
-        assert_eq!(s.lease(&n("a"), "c1", None, None).unwrap(), (l1.clone(), false));
+        assert_eq!(
+            s.lease(&n("a"), "c1", None, None).unwrap(),
+            (l1.clone(), false)
+        );
         assert_eq!(s.lease(&n("a"), "c2", None, None).unwrap().0, l2);
         // Released, its address is free again.
         assert_eq!(s.release("c1").unwrap(), vec![l1.clone()]);
         let (l6, _) = s.lease(&n("a"), "c6", None, None).unwrap();
         assert_eq!(l6.ip4, l1.ip4);
-        assert!(matches!(s.lease(&n("nope"), "x", None, None), Err(NetError::NoSuchNetwork(_))));
-        let v4only = CreateRequest { subnet4: Some("10.52.0.0/24".parse().unwrap()), ..Default::default() };
+        assert!(matches!(
+            s.lease(&n("nope"), "x", None, None),
+            Err(NetError::NoSuchNetwork(_))
+        ));
+        let v4only = CreateRequest {
+            subnet4: Some("10.52.0.0/24".parse().unwrap()),
+            ..Default::default()
+        };
         s.create(&n("b"), &v4only, &[], 7).unwrap();
         assert!(matches!(
             s.lease(&n("b"), "c1", None, Some("fd00::5".parse().unwrap())),
@@ -653,10 +729,20 @@ mod tests {
     #[test]
     fn allocation_is_cheap_on_a_big_subnet() {
         let (_d, mut s) = store();
-        s.create(&n(DEFAULT_NETWORK), &CreateRequest { ipv6: true, ..Default::default() }, &[], 3).unwrap();
+        s.create(
+            &n(DEFAULT_NETWORK),
+            &CreateRequest {
+                ipv6: true,
+                ..Default::default()
+            },
+            &[],
+            3,
+        )
+        .unwrap();
         let t = std::time::Instant::now();
         for i in 0..500 {
-            s.lease(&n(DEFAULT_NETWORK), &format!("c{i}"), None, None).unwrap();
+            s.lease(&n(DEFAULT_NETWORK), &format!("c{i}"), None, None)
+                .unwrap();
         }
         // 500 leases, each one small file: O(1) each, so well under a second.
         assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
@@ -668,7 +754,8 @@ mod tests {
     #[test]
     fn remove_forgets_definition_and_leases() {
         let (d, mut s) = store();
-        s.create(&n("a"), &CreateRequest::default(), &[], 1).unwrap();
+        s.create(&n("a"), &CreateRequest::default(), &[], 1)
+            .unwrap();
         s.lease(&n("a"), "c1", None, None).unwrap();
         std::fs::write(d.path().join("leases/a/broken.json"), b"").unwrap();
         let s2 = Store::open(d.path()).unwrap();

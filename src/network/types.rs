@@ -230,7 +230,8 @@ impl FromStr for IfName {
             && s.len() <= 15
             && s != "."
             && s != ".."
-            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
         if ok {
             Ok(IfName(s.to_string()))
         } else {
@@ -432,7 +433,9 @@ impl FromStr for PortSpec {
             let ip: Ipv6Addr = ip
                 .parse()
                 .map_err(|_| bad(&format!("{ip:?} is not an IPv6 address")))?;
-            let r = r.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?;
+            let r = r
+                .strip_prefix(':')
+                .ok_or_else(|| bad("expected ':' after ']'"))?;
             (Some(IpAddr::V6(ip)), r)
         } else {
             let parts: Vec<&str> = rest.split(':').collect();
@@ -554,9 +557,9 @@ impl FromStr for Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bits = self.bytes_per_sec * 8;
-        if bits % 1_000_000 == 0 {
+        if bits.is_multiple_of(1_000_000) {
             write!(f, "{}mbit", bits / 1_000_000)
-        } else if bits % 1000 == 0 {
+        } else if bits.is_multiple_of(1000) {
             write!(f, "{}kbit", bits / 1000)
         } else {
             write!(f, "{bits}bit")
@@ -620,14 +623,17 @@ impl NetSpec {
                 self.mode
             )));
         }
-        if self.rate.is_some() && !matches!(self.mode, NetworkMode::Bridge(_) | NetworkMode::Veth)
-        {
+        if self.rate.is_some() && !matches!(self.mode, NetworkMode::Bridge(_) | NetworkMode::Veth) {
             return Err(NetError::Unsupported(
                 "--network-rate shapes the host side of a veth: use a bridge or veth network"
                     .into(),
             ));
         }
-        let n: usize = self.publish.iter().map(|p| p.container.len()).sum::<usize>()
+        let n: usize = self
+            .publish
+            .iter()
+            .map(|p| p.container.len())
+            .sum::<usize>()
             + self.publish_all.len();
         if n > MAX_PORTS {
             return Err(NetError::TooManyPorts(n));
@@ -662,9 +668,19 @@ mod tests {
     #[test]
     fn cidr_rejects_bad_input() {
         for s in [
-            "", "10.0.0.0", "10.0.0.0/", "10.0.0.0/33", "10.0.0/8", "x/8", "::/129", "10.0.0.0/+8",
+            "",
+            "10.0.0.0",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x/8",
+            "::/129",
+            "10.0.0.0/+8",
         ] {
-            assert!(matches!(s.parse::<Cidr>(), Err(NetError::BadCidr(_))), "{s}");
+            assert!(
+                matches!(s.parse::<Cidr>(), Err(NetError::BadCidr(_))),
+                "{s}"
+            );
         }
         match "10.89.0.5/24".parse::<Cidr>() {
             Err(NetError::CidrHostBits { network, .. }) => {
@@ -676,7 +692,10 @@ mod tests {
 
     #[test]
     fn modes() {
-        assert_eq!("bridge".parse::<NetworkMode>().unwrap(), NetworkMode::default());
+        assert_eq!(
+            "bridge".parse::<NetworkMode>().unwrap(),
+            NetworkMode::default()
+        );
         assert_eq!(
             "bridge:lan".parse::<NetworkMode>().unwrap(),
             NetworkMode::Bridge("lan".parse().unwrap())
@@ -696,10 +715,25 @@ mod tests {
             "macvlan:eth0".parse::<NetworkMode>().unwrap(),
             NetworkMode::Macvlan("eth0".parse().unwrap())
         );
-        for bad in ["", "slirp4netns:x", "container:", "container:../x", "macvlan:a/b", "bridge:"] {
+        for bad in [
+            "",
+            "slirp4netns:x",
+            "container:",
+            "container:../x",
+            "macvlan:a/b",
+            "bridge:",
+        ] {
             assert!(bad.parse::<NetworkMode>().is_err(), "{bad}");
         }
-        for m in ["bridge", "bridge:lan", "none", "host", "veth", "container:c", "macvlan:eth0"] {
+        for m in [
+            "bridge",
+            "bridge:lan",
+            "none",
+            "host",
+            "veth",
+            "container:c",
+            "macvlan:eth0",
+        ] {
             assert_eq!(m.parse::<NetworkMode>().unwrap().to_string(), m);
         }
     }
@@ -711,7 +745,10 @@ mod tests {
     #[test]
     fn port_forms() {
         let x = p("8080:80");
-        assert_eq!((x.host_ip, x.host.unwrap().first, x.container.first), (None, 8080, 80));
+        assert_eq!(
+            (x.host_ip, x.host.unwrap().first, x.container.first),
+            (None, 8080, 80)
+        );
         assert_eq!(x.proto, Proto::Tcp);
         let x = p("80");
         assert_eq!((x.host, x.container.first), (None, 80));
@@ -723,9 +760,22 @@ mod tests {
         let x = p("[::1]:8080:80");
         assert_eq!(x.host_ip, Some("::1".parse().unwrap()));
         let x = p("8000-8010:9000-9010/udp");
-        assert_eq!(x.host.unwrap(), PortRange { first: 8000, last: 8010 });
+        assert_eq!(
+            x.host.unwrap(),
+            PortRange {
+                first: 8000,
+                last: 8010
+            }
+        );
         assert_eq!(x.container.len(), 11);
-        for s in ["8080:80", "80/udp", "127.0.0.1:8080:80/udp", "[::1]:8080:80", "1-3:4-6", "1.2.3.4::80"] {
+        for s in [
+            "8080:80",
+            "80/udp",
+            "127.0.0.1:8080:80/udp",
+            "[::1]:8080:80",
+            "1-3:4-6",
+            "1.2.3.4::80",
+        ] {
             let shown = p(s).to_string();
             assert_eq!(p(&shown), p(s), "{s} -> {shown}");
         }
@@ -733,16 +783,38 @@ mod tests {
 
     #[test]
     fn port_errors() {
-        assert!(matches!("70000:80".parse::<PortSpec>(), Err(NetError::PortOutOfRange(_))));
-        assert!(matches!("80:65536".parse::<PortSpec>(), Err(NetError::PortOutOfRange(_))));
-        assert!(matches!("0:80".parse::<PortSpec>(), Err(NetError::PortOutOfRange(_))));
+        assert!(matches!(
+            "70000:80".parse::<PortSpec>(),
+            Err(NetError::PortOutOfRange(_))
+        ));
+        assert!(matches!(
+            "80:65536".parse::<PortSpec>(),
+            Err(NetError::PortOutOfRange(_))
+        ));
+        assert!(matches!(
+            "0:80".parse::<PortSpec>(),
+            Err(NetError::PortOutOfRange(_))
+        ));
         for bad in [
-            "", "a:80", "80/sctp", "1-3:4-5", "5-3:5-3", "::1:80:80", "[::1:80:80", "1.2.3:80:80",
-            "1.2.3.4:80", "224.0.0.1:80:80", "80:", ":80:80:80",
+            "",
+            "a:80",
+            "80/sctp",
+            "1-3:4-5",
+            "5-3:5-3",
+            "::1:80:80",
+            "[::1:80:80",
+            "1.2.3:80:80",
+            "1.2.3.4:80",
+            "224.0.0.1:80:80",
+            "80:",
+            ":80:80:80",
         ] {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad:?} accepted");
         }
-        assert!(matches!("1-2000:1-2000".parse::<PortSpec>(), Err(NetError::TooManyPorts(2000))));
+        assert!(matches!(
+            "1-2000:1-2000".parse::<PortSpec>(),
+            Err(NetError::TooManyPorts(2000))
+        ));
     }
 
     #[test]
@@ -788,7 +860,10 @@ mod tests {
             publish: vec![p("80")],
             ..NetSpec::default()
         };
-        assert!(matches!(ports_on_none.check(false), Err(NetError::Unsupported(_))));
+        assert!(matches!(
+            ports_on_none.check(false),
+            Err(NetError::Unsupported(_))
+        ));
         let rate_on_host = NetSpec {
             mode: NetworkMode::Host,
             rate: Some("1mbit".parse().unwrap()),
