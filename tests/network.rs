@@ -53,7 +53,7 @@ fn in_fresh_netns(name: &str, body: impl FnOnce()) {
         .arg("--net")
         .arg("--")
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
         .env("BERTH_NETTEST_INNER", name)
         .status()
         .unwrap();
@@ -885,6 +885,21 @@ fn attach_timing() {
             nets.detach("c0").await.unwrap();
             let none = p50(&mut nets, &nss, "none").await;
             let bridge = p50(&mut nets, &nss, "bridge").await;
+            // With one published port: the nft change (one `nft -f -`) and the reservation.
+            let mut v = Vec::new();
+            for (i, ns) in nss.iter().enumerate().take(20) {
+                let name = format!("p{i}");
+                let mut s = spec("bridge");
+                s.publish = vec!["8080:80".parse().unwrap()];
+                let t = Instant::now();
+                plug(&mut nets, &name, &s, ns).await.unwrap();
+                v.push(t.elapsed());
+                nets.detach(&name).await.unwrap();
+                nets.release(&name).unwrap();
+            }
+            v.sort();
+            let ported = v[10];
+            eprintln!("attach p50 with one published port: {ported:?} (nft change ≈ {:?})", ported.saturating_sub(bridge));
             let t = Instant::now();
             for (i, ns) in nss.iter().enumerate() {
                 let name = format!("c{i}");
@@ -900,5 +915,48 @@ fn attach_timing() {
             }
             assert_eq!(count_links("vb-"), 0);
         });
+    });
+}
+
+fn iperf3(server: &Ns, client: &Ns, addr: &str) -> f64 {
+    let mut srv = Command::new("nsenter")
+        .args(["-t", &server.pid().to_string(), "-n", "--", "iperf3", "-s", "-1", "-B", addr])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.sh(&format!("iperf3 -c {addr} -t 5 -J"));
+    srv.wait().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+}
+
+/// Benchmark, not a test (needs iperf3): container-to-container throughput over the bridge
+/// against two namespaces joined by a plain veth pair. Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn iperf3_bridge_vs_plain_veth() {
+    in_fresh_netns("iperf3_bridge_vs_plain_veth", || {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, q) = (Ns::new(), Ns::new());
+        sh(&format!("ip link add pv0 netns {} type veth peer name pv1 netns {}", p.pid(), q.pid()));
+        p.sh("ip link set lo up && ip link set pv0 up && ip addr add 192.0.2.1/24 dev pv0");
+        q.sh("ip link set lo up && ip link set pv1 up && ip addr add 192.0.2.2/24 dev pv1");
+        let plain = iperf3(&q, &p, "192.0.2.2");
+        let bridged = rt().block_on(async {
+            let mut nets = Networks::open(config(dir.path())).await.unwrap();
+            let (a, b) = (Ns::new(), Ns::new());
+            plug(&mut nets, "a", &spec("bridge"), &a).await.unwrap();
+            let ab = plug(&mut nets, "b", &spec("bridge"), &b).await.unwrap();
+            let ip = ab.ip4.unwrap().to_string();
+            tokio::task::spawn_blocking(move || iperf3(&b, &a, &ip)).await.unwrap()
+        });
+        eprintln!(
+            "iperf3: plain veth {:.2} Gbit/s, berth bridge {:.2} Gbit/s ({:.0}%)",
+            plain / 1e9,
+            bridged / 1e9,
+            100.0 * bridged / plain
+        );
+        assert!(bridged > 0.5 * plain);
     });
 }
