@@ -53,7 +53,13 @@ fn in_fresh_netns(name: &str, body: impl FnOnce()) {
         .arg("--net")
         .arg("--")
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env("BERTH_NETTEST_INNER", name)
         .status()
         .unwrap();
@@ -472,6 +478,55 @@ fn published_ports_from_client_loopback_and_ipv6() {
             .await
             .unwrap();
             srv.join().unwrap();
+            // Hairpin: another container on the bridge reaches web through the published port
+            // on the host's address (the gateway), masqueraded so the reply comes back the same way.
+            let peer = Ns::new();
+            plug(&mut nets, "peer", &spec("bridge"), &peer)
+                .await
+                .unwrap();
+            let srv = serve_once(&c, SocketAddr::new(IpAddr::V4(ip4), 80));
+            let gw = att.gateway4.unwrap();
+            let h = peer.run(move || fetch(SocketAddr::new(IpAddr::V4(gw), 8080)).unwrap());
+            tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+            srv.join().unwrap();
+            nets.detach("peer").await.unwrap();
+            // UDP.
+            let mut su = spec("bridge");
+            su.publish = vec!["5353:53/udp".parse().unwrap()];
+            let dnsy = Ns::new();
+            let au = plug(&mut nets, "dnsy", &su, &dnsy).await.unwrap();
+            let uaddr = SocketAddr::new(IpAddr::V4(au.ip4.unwrap()), 53);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let echo = dnsy.run(move || {
+                let s = UdpSocket::bind(uaddr).unwrap();
+                tx.send(()).unwrap();
+                let mut b = [0u8; 64];
+                let (n, from) = s.recv_from(&mut b).unwrap();
+                s.send_to(&b[..n], from).unwrap();
+                from
+            });
+            rx.recv().unwrap();
+            let h = client.run(|| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                s.send_to(b"ping", "203.0.113.1:5353").unwrap();
+                let mut b = [0u8; 64];
+                let n = s.recv(&mut b).unwrap();
+                b[..n].to_vec()
+            });
+            assert_eq!(
+                tokio::task::spawn_blocking(move || h.join().unwrap())
+                    .await
+                    .unwrap(),
+                b"ping"
+            );
+            assert_eq!(
+                echo.join().unwrap().ip(),
+                "203.0.113.2".parse::<IpAddr>().unwrap()
+            );
+            nets.detach("dnsy").await.unwrap();
             // Taken ports are refused with a clear error, and leave nothing behind.
             let files_before = std::fs::read_dir(dir.path().join("state/leases/berth"))
                 .unwrap()
@@ -702,6 +757,11 @@ fn reconcile_after_kill_and_stable_leases() {
             assert_eq!(report.detached, vec!["gone"]);
             assert_eq!(report.swept_links, vec!["vb-stray"]);
             assert!(report.released.is_empty());
+            assert!(report.unreserved.is_empty(), "{:?}", report.unreserved);
+            assert!(
+                TcpListener::bind("0.0.0.0:8080").is_err(),
+                "keep's port is held again"
+            );
             assert_eq!(count_links("vb-"), 1, "only keep's veth is left");
             assert_eq!(
                 nft_elements(),
@@ -920,7 +980,17 @@ fn attach_timing() {
 
 fn iperf3(server: &Ns, client: &Ns, addr: &str) -> f64 {
     let mut srv = Command::new("nsenter")
-        .args(["-t", &server.pid().to_string(), "-n", "--", "iperf3", "-s", "-1", "-B", addr])
+        .args([
+            "-t",
+            &server.pid().to_string(),
+            "-n",
+            "--",
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            addr,
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -928,7 +998,9 @@ fn iperf3(server: &Ns, client: &Ns, addr: &str) -> f64 {
     let out = client.sh(&format!("iperf3 -c {addr} -t 5 -J"));
     srv.wait().unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
 }
 
 /// Benchmark, not a test (needs iperf3): container-to-container throughput over the bridge
@@ -939,7 +1011,11 @@ fn iperf3_bridge_vs_plain_veth() {
     in_fresh_netns("iperf3_bridge_vs_plain_veth", || {
         let dir = tempfile::tempdir().unwrap();
         let (p, q) = (Ns::new(), Ns::new());
-        sh(&format!("ip link add pv0 netns {} type veth peer name pv1 netns {}", p.pid(), q.pid()));
+        sh(&format!(
+            "ip link add pv0 netns {} type veth peer name pv1 netns {}",
+            p.pid(),
+            q.pid()
+        ));
         p.sh("ip link set lo up && ip link set pv0 up && ip addr add 192.0.2.1/24 dev pv0");
         q.sh("ip link set lo up && ip link set pv1 up && ip addr add 192.0.2.2/24 dev pv1");
         let plain = iperf3(&q, &p, "192.0.2.2");
@@ -949,7 +1025,9 @@ fn iperf3_bridge_vs_plain_veth() {
             plug(&mut nets, "a", &spec("bridge"), &a).await.unwrap();
             let ab = plug(&mut nets, "b", &spec("bridge"), &b).await.unwrap();
             let ip = ab.ip4.unwrap().to_string();
-            tokio::task::spawn_blocking(move || iperf3(&b, &a, &ip)).await.unwrap()
+            tokio::task::spawn_blocking(move || iperf3(&b, &a, &ip))
+                .await
+                .unwrap()
         });
         eprintln!(
             "iperf3: plain veth {:.2} Gbit/s, berth bridge {:.2} Gbit/s ({:.0}%)",

@@ -147,6 +147,9 @@ pub struct ReconcileReport {
     pub swept_links: Vec<String>,
     pub released: Vec<String>,
     pub damaged_leases: Vec<PathBuf>,
+    /// Kept forwards whose host port could not be held again (a host program bound it while
+    /// berthd was down): "container: error".
+    pub unreserved: Vec<String>,
 }
 
 /// `network inspect`.
@@ -340,8 +343,17 @@ impl Networks {
         if !self.table_built {
             self.rebuild_table()?;
         }
+        // A host resolver already bound to the wildcard port 53 (named, a dnsmasq without
+        // bind-interfaces) would take the gateway's port too: then the network runs without
+        // the embedded resolver and containers get the host's upstream servers instead.
         let dns = if self.cfg.dns {
-            Some(self.start_dns(&def).await?)
+            match self.start_dns(&def).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("network {}: no embedded resolver: {e}, ignoring", def.name);
+                    None
+                }
+            }
         } else {
             None
         };
@@ -909,7 +921,12 @@ impl Networks {
         }
         peers.sort();
         let (host_ns, search) = files::host_upstreams();
-        let resolv = match (att.gateway4, self.cfg.dns) {
+        let resolver = att
+            .network
+            .as_ref()
+            .and_then(|n| self.up.get(n))
+            .is_some_and(|u| u.dns.is_some());
+        let resolv = match (att.gateway4, resolver) {
             (Some(gw), true) => files::resolv_conf(&[IpAddr::V4(gw)], &[]),
             _ => files::resolv_conf(&host_ns, &search),
         };
@@ -967,6 +984,25 @@ impl Networks {
                 continue;
             }
             if let Some(ns) = running.remove(&att.container) {
+                // Hold its host ports again (the sockets died with the old berthd); a port a
+                // host program took meanwhile is reported, the forward itself stays.
+                let mut reservations = Vec::new();
+                for f in &att.forwards {
+                    let dual = att.ip6.is_some() && f.host_ip.is_none();
+                    if f.container_ip.is_ipv6() && dual {
+                        continue; // the dual-stack socket of the IPv4 forward holds it
+                    }
+                    match self.reserve(
+                        f.host_ip,
+                        Some(f.host_port),
+                        f.proto,
+                        dual,
+                        f.container_port,
+                    ) {
+                        Ok((_, r)) => reservations.push(r),
+                        Err(e) => report.unreserved.push(format!("{}: {e}", att.container)),
+                    }
+                }
                 for f in &att.forwards {
                     self.ports
                         .entry((f.host_port, f.proto))
@@ -987,7 +1023,7 @@ impl Networks {
                     Live {
                         att,
                         netns: ns,
-                        _reservations: Vec::new(),
+                        _reservations: reservations,
                     },
                 );
             } else {
