@@ -911,8 +911,15 @@ impl Networks {
     /// this attachment (berthd writes them unless the image or a bind mount provides them).
     pub fn container_files(&self, att: &Attachment, hostname: &str) -> (String, String, String) {
         let own = files::own_addrs(att.ip4, att.ip6);
+        let resolver = att
+            .network
+            .as_ref()
+            .and_then(|n| self.up.get(n))
+            .is_some_and(|u| u.dns.is_some());
+        // With the resolver, peers are found by name live; listing them here would make each
+        // start cost more as more containers run, and the list would go stale.
         let mut peers: Vec<(String, IpAddr)> = Vec::new();
-        if let Some(net) = &att.network {
+        if let (Some(net), false) = (&att.network, resolver) {
             for l in self.store.leases(net) {
                 if l.container != att.container && self.attached.contains_key(&l.container) {
                     peers.push((l.container.clone(), IpAddr::V4(l.ip4)));
@@ -921,11 +928,6 @@ impl Networks {
         }
         peers.sort();
         let (host_ns, search) = files::host_upstreams();
-        let resolver = att
-            .network
-            .as_ref()
-            .and_then(|n| self.up.get(n))
-            .is_some_and(|u| u.dns.is_some());
         let resolv = match (att.gateway4, resolver) {
             (Some(gw), true) => files::resolv_conf(&[IpAddr::V4(gw)], &[]),
             _ => files::resolv_conf(&host_ns, &search),
@@ -952,12 +954,6 @@ impl Networks {
             damaged_leases: self.store.damaged.clone(),
             ..Default::default()
         };
-        let defs: Vec<NetName> = self.store.defs().map(|d| d.name.clone()).collect();
-        // The table first, so ensure_up does not rebuild it once per network.
-        self.rebuild_table()?;
-        for n in &defs {
-            self.ensure_up(n).await?;
-        }
         let mut running: HashMap<String, Option<OwnedFd>> =
             running.into_iter().map(|r| (r.name, r.netns)).collect();
         let dir = self.cfg.run_dir.join("attachments");
@@ -978,6 +974,7 @@ impl Networks {
             }
         }
         let mut first_err: Option<NetError> = None;
+        let mut dead = Vec::new();
         for att in records {
             if self.attached.contains_key(&att.container) {
                 report.kept.push(att.container.clone());
@@ -1027,22 +1024,31 @@ impl Networks {
                     },
                 );
             } else {
-                // Its forwards vanish with the table rebuild below; the veth goes here.
-                let made = Made {
-                    all: true,
-                    veth: None,
-                    ifb: true,
-                    forwards: false,
-                    moved: Vec::new(),
-                };
-                if let Err(e) = self.undo(&att, &made, None).await {
-                    first_err.get_or_insert(e);
-                }
-                if let Err(e) = self.remove_record(&att.container) {
-                    first_err.get_or_insert(e);
-                }
-                report.detached.push(att.container.clone());
+                dead.push(att);
             }
+        }
+        // One atomic rebuild of the table with the kept forwards only: running containers'
+        // ports never stop working, dead ones' vanish. Then the bridges and resolvers.
+        self.rebuild_table()?;
+        let defs: Vec<NetName> = self.store.defs().map(|d| d.name.clone()).collect();
+        for n in &defs {
+            self.ensure_up(n).await?;
+        }
+        for att in dead {
+            let made = Made {
+                all: true,
+                veth: None,
+                ifb: true,
+                forwards: false,
+                moved: Vec::new(),
+            };
+            if let Err(e) = self.undo(&att, &made, None).await {
+                first_err.get_or_insert(e);
+            }
+            if let Err(e) = self.remove_record(&att.container) {
+                first_err.get_or_insert(e);
+            }
+            report.detached.push(att.container.clone());
         }
         // Stray links: berth's naming (vb- on a berth bridge) with no kept attachment. A `ve-`
         // or `bi-` link is berth's only if its alias says so (nspawn uses `ve-` too).
@@ -1066,7 +1072,6 @@ impl Networks {
                 report.swept_links.push(l.name);
             }
         }
-        self.rebuild_table()?;
         let existing: HashSet<&str> = existing.iter().map(String::as_str).collect();
         for holder in self.store.lease_holders() {
             if !existing.contains(holder.as_str()) && !self.attached.contains_key(&holder) {
