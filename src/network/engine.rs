@@ -24,6 +24,7 @@ use super::error::{NetError, Result};
 use super::files;
 use super::netlink::{LinkStats, Nl};
 use super::nft::{self, Forward};
+use super::nftnl;
 use super::store::{self, CreateRequest, Lease, NetworkDef, Store};
 use super::types::{Cidr, DEFAULT_NETWORK, IfName, NetName, NetSpec, NetworkMode, Proto, Rate};
 
@@ -767,10 +768,7 @@ impl Networks {
                 .await?;
         }
         if !plan.forwards.is_empty() {
-            nft::apply(
-                "publishing ports",
-                &nft::elements_script(true, &plan.forwards),
-            )?;
+            nftnl::apply(true, &plan.forwards)?;
             made.forwards = true;
         }
         Ok(())
@@ -793,10 +791,7 @@ impl Networks {
             }
         };
         if made.forwards && !att.forwards.is_empty() {
-            note(nft::apply(
-                "withdrawing ports",
-                &nft::elements_script(false, &att.forwards),
-            ));
+            note(withdraw(&att.forwards));
         }
         if !made.moved.is_empty() {
             // Without the netns (gone) physical NICs already went back to the initial netns.
@@ -1115,6 +1110,23 @@ impl Networks {
             .get(network)
             .map(|r| r.read().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default()
+    }
+}
+
+/// Remove a container's forwards: one batch; if some element is already gone (the batch is
+/// all-or-nothing), element by element, a missing one counting as removed.
+fn withdraw(forwards: &[Forward]) -> Result<()> {
+    match nftnl::apply(false, forwards) {
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            for f in forwards {
+                match nftnl::apply(false, std::slice::from_ref(f)) {
+                    Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                    other => other?,
+                }
+            }
+            Ok(())
+        }
+        other => other,
     }
 }
 

@@ -114,6 +114,8 @@ pub enum NetError {
     },
     #[error("entering the container's network namespace: {0}")]
     Setns(#[source] nix::Error),
+    #[error("nftables: {op}: {}", std::io::Error::from_raw_os_error(*errno))]
+    NftBatch { op: &'static str, errno: i32 },
     #[error("nft: {op}: {detail}")]
     Nft { op: String, detail: String },
     #[error("{op} {path}: {source}")]
@@ -156,6 +158,7 @@ impl NetError {
                 source: rtnetlink::Error::NetlinkError(msg),
                 ..
             } => msg.code.map(|c| -c.get()),
+            NetError::NftBatch { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -169,6 +172,7 @@ impl NetError {
                 | NetError::NetlinkIo { .. }
                 | NetError::Setns(_)
                 | NetError::Nft { .. }
+                | NetError::NftBatch { .. }
                 | NetError::Io { .. }
                 | NetError::Corrupt { .. }
                 | NetError::Cleanup(..)

@@ -3,7 +3,8 @@
 //! - [`types`]: typed input parsed once (`Cidr`, `NetworkMode`, `PortSpec`, `Rate`, names).
 //! - [`store`]: network definitions and IPAM leases, persisted as JSON.
 //! - [`netlink`]: links, addresses, routes, shaping through rtnetlink.
-//! - [`nft`]: berth's own nftables table `inet berth` (NAT, published ports, isolation).
+//! - [`nft`]: berth's own nftables table `inet berth` (NAT, published ports, isolation);
+//!   [`nftnl`]: the per-container element changes as one nfnetlink batch.
 //! - [`dns`]: the embedded resolver on each bridge's gateway.
 //! - [`files`]: the container's `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
 //! - [`engine`]: [`Networks`], the API berthd calls: `prepare` → `attach` → `detach` →
@@ -15,6 +16,7 @@ pub mod error;
 pub mod files;
 pub mod netlink;
 pub mod nft;
+pub mod nftnl;
 pub mod store;
 pub mod types;
 
