@@ -267,6 +267,31 @@ async fn plug(
     nets.attach(p, ns.fd.as_fd()).await
 }
 
+/// The same over TCP (2-byte length prefix): the first A/AAAA address of the answer.
+fn resolve_tcp(server: SocketAddr, name: &str) -> Option<IpAddr> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+    s.write_all(&q).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut a = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut a).unwrap();
+    assert_eq!(&a[..2], &[0x12, 0x34]);
+    if u16::from_be_bytes([a[6], a[7]]) == 0 {
+        return None;
+    }
+    let tail = &a[a.len() - 4..];
+    Some(IpAddr::from(<[u8; 4]>::try_from(tail).unwrap()))
+}
+
 // ---------------------------------------------------------------- tests
 
 #[test]
@@ -326,6 +351,11 @@ fn bridge_containers_by_address_and_name() {
             assert_eq!(v4, vec![IpAddr::V4(ab.ip4.unwrap())]);
             assert_eq!(v6, vec![IpAddr::V6(ab.ip6.unwrap())]);
             assert!(none.is_empty());
+            let h = a.run(move || resolve_tcp(gw, "b"));
+            let tcp = tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(tcp, Some(IpAddr::V4(ab.ip4.unwrap())), "over TCP too");
             // The generated files point at the resolver (which knows the peers by name).
             let (hosts, hostname, resolv) = nets.container_files(&aa, "a");
             assert!(
@@ -367,6 +397,24 @@ fn nat_to_uplink_and_dns_relay() {
             }
         });
         rx.recv().unwrap();
+        // ... and over TCP with 192.0.2.8.
+        let (tx, rx) = std::sync::mpsc::channel();
+        up.run(move || {
+            let l = TcpListener::bind("198.51.100.2:53").unwrap();
+            tx.send(()).unwrap();
+            while let Ok((mut c, _)) = l.accept() {
+                let mut len = [0u8; 2];
+                c.read_exact(&mut len).unwrap();
+                let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                c.read_exact(&mut q).unwrap();
+                q[2] |= 0x80;
+                q[7] = 1;
+                q.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 9, 0, 4, 192, 0, 2, 8]);
+                c.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+                c.write_all(&q).unwrap();
+            }
+        });
+        rx.recv().unwrap();
         rt().block_on(async {
             let mut nets = Networks::open(config(dir.path())).await.unwrap();
             let c = Ns::new();
@@ -401,6 +449,15 @@ fn nat_to_uplink_and_dns_relay() {
                 .await
                 .unwrap();
             assert_eq!(got, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+            let h = c.run(move || resolve_tcp(gw, "example.test"));
+            let got = tokio::task::spawn_blocking(move || h.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                got,
+                Some("192.0.2.8".parse::<IpAddr>().unwrap()),
+                "relayed over TCP"
+            );
             nets.detach("c").await.unwrap();
         });
     });

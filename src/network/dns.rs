@@ -12,19 +12,24 @@
 //! relayed queries are remembered (beyond that a query gets `SERVFAIL`), each forgotten after
 //! [`RELAY_TIMEOUT`]; datagrams are at most 4096 bytes. Only clients inside the network's
 //! subnets are answered, so the gateway address is not an open resolver for other links.
-//! TCP is not served (answers come from a small table; relayed ones that are truncated make
-//! the client retry over TCP and fail — a documented limit).
+//! TCP (for answers too big for a datagram: the client retries over TCP after a truncated
+//! one) is served on the same address: at most [`MAX_TCP`] connections at once, each closed
+//! after [`TCP_IDLE`] and carrying messages of at most 64 KiB; relayed queries go to the
+//! upstream over TCP as well.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::types::Cidr;
 
 pub const MAX_INFLIGHT: usize = 512;
+pub const MAX_TCP: usize = 64;
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
 pub const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DATAGRAM: usize = 4096;
 const TTL: u32 = 10;
@@ -268,6 +273,104 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Serve DNS over TCP on `listen` until the task is aborted.
+pub async fn serve_tcp(
+    listen: TcpListener,
+    clients: Vec<Cidr>,
+    records: Records,
+    upstreams: Vec<SocketAddr>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
+    loop {
+        let Ok((conn, from)) = listen.accept().await else {
+            continue;
+        };
+        if !clients.iter().any(|c| c.contains(from.ip())) {
+            continue;
+        }
+        // Full: the connection is dropped, the client falls back or retries.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (records, upstreams) = (records.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(TCP_IDLE, tcp_session(conn, records, upstreams)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("resolver: TCP client {from}: {e}, ignoring"),
+                Err(_) => tracing::debug!("resolver: TCP client {from} idle, closed"),
+            }
+        });
+    }
+}
+
+async fn read_msg(conn: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match conn.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    conn.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+async fn write_msg(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("answer over 64 KiB"))?;
+    conn.write_all(&len.to_be_bytes()).await?;
+    conn.write_all(msg).await
+}
+
+async fn tcp_session(
+    mut conn: TcpStream,
+    records: Records,
+    upstreams: Vec<SocketAddr>,
+) -> std::io::Result<()> {
+    while let Some(msg) = read_msg(&mut conn).await? {
+        let Some(q) = parse_query(&msg) else {
+            return Ok(());
+        };
+        let local = {
+            let table = records.read().unwrap_or_else(|p| p.into_inner());
+            local_answer(&q, &msg, &table)
+        };
+        let answer = match local {
+            Some(a) => a,
+            None => match relay_tcp(&msg, &upstreams).await {
+                Ok(a) if a.len() >= 2 => {
+                    let mut a = a;
+                    a[..2].copy_from_slice(&q.id.to_be_bytes());
+                    a
+                }
+                _ => error_answer(&q, &msg, 2),
+            },
+        };
+        write_msg(&mut conn, &answer).await?;
+    }
+    Ok(())
+}
+
+/// Ask the upstreams in turn over TCP; the first answer wins.
+async fn relay_tcp(msg: &[u8], upstreams: &[SocketAddr]) -> std::io::Result<Vec<u8>> {
+    let mut last = std::io::Error::other("no upstream resolver");
+    for up in upstreams {
+        let attempt = async {
+            let mut c = TcpStream::connect(up).await?;
+            write_msg(&mut c, msg).await?;
+            read_msg(&mut c)
+                .await?
+                .ok_or_else(|| std::io::Error::other("upstream closed"))
+        };
+        match tokio::time::timeout(RELAY_TIMEOUT, attempt).await {
+            Ok(Ok(a)) => return Ok(a),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::other(format!("{up} timed out")),
+        }
+    }
+    Err(last)
 }
 
 /// Send one datagram; a failure is not reported anywhere: UDP DNS clients retry (and a full

@@ -370,20 +370,24 @@ impl Networks {
 
     async fn start_dns(&mut self, def: &NetworkDef) -> Result<JoinHandle<()>> {
         let addr = SocketAddr::new(IpAddr::V4(def.gateway4()), 53);
-        let sock = tokio::net::UdpSocket::bind(addr)
+        let udp = tokio::net::UdpSocket::bind(addr)
             .await
             .map_err(|e| NetError::io("binding the resolver on", addr.to_string(), e))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| NetError::io("binding the resolver (TCP) on", addr.to_string(), e))?;
         let clients: Vec<Cidr> = [Some(def.subnet4), def.subnet6]
             .into_iter()
             .flatten()
             .collect();
         let records = self.names.entry(def.name.clone()).or_default().clone();
-        Ok(tokio::spawn(dns::serve(
-            sock,
-            clients,
-            records,
-            self.upstreams.clone(),
-        )))
+        let up = self.upstreams.clone();
+        Ok(tokio::spawn(async move {
+            tokio::join!(
+                dns::serve(udp, clients.clone(), records.clone(), up.clone()),
+                dns::serve_tcp(tcp, clients, records, up),
+            );
+        }))
     }
 
     fn rebuild_table(&mut self) -> Result<()> {
