@@ -1017,6 +1017,28 @@ fn attach_timing() {
             }
             v.sort();
             let ported = v[10];
+            // The element change alone: nfnetlink batch vs `nft -f -`.
+            let f = berth::network::Forward {
+                host_ip: None,
+                host_port: 9090,
+                proto: berth::network::Proto::Tcp,
+                container_ip: "10.89.0.200".parse().unwrap(),
+                container_port: 80,
+            };
+            let (mut batch, mut binary) = (Vec::new(), Vec::new());
+            for _ in 0..30 {
+                let t = Instant::now();
+                berth::network::nftnl::apply(true, &[f]).unwrap();
+                batch.push(t.elapsed());
+                berth::network::nftnl::apply(false, &[f]).unwrap();
+                let t = Instant::now();
+                berth::network::nft::apply("bench", &berth::network::nft::elements_script(true, &[f])).unwrap();
+                binary.push(t.elapsed());
+                berth::network::nftnl::apply(false, &[f]).unwrap();
+            }
+            batch.sort();
+            binary.sort();
+            eprintln!("one element add, p50: nfnetlink batch {:?}, nft -f - {:?}", batch[15], binary[15]);
             eprintln!("attach p50 with one published port: {ported:?} (nft change ≈ {:?})", ported.saturating_sub(bridge));
             let t = Instant::now();
             for (i, ns) in nss.iter().enumerate() {
