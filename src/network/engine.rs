@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::dns::{self, NameTable, Records};
 use super::error::{NetError, Result};
 use super::files;
-use super::netlink::{LinkStats, Nl};
+use super::netlink::{self, LinkStats, Nl};
 use super::nft::{self, Forward};
 use super::nftnl;
 use super::store::{self, CreateRequest, Lease, NetworkDef, Store};
@@ -335,7 +335,14 @@ impl Networks {
         if let (Some(g), Some(s)) = (def.gateway6(), def.subnet6) {
             addrs.push((IpAddr::V6(g), s.prefix()));
         }
-        let index = self.host.ensure_bridge(def.bridge.as_str(), &addrs).await?;
+        let index = self
+            .host
+            .ensure_bridge(
+                def.bridge.as_str(),
+                &addrs,
+                netlink::mac_for(def.gateway4()),
+            )
+            .await?;
         sysctl("net/ipv4/ip_forward", "1")?;
         sysctl(&format!("net/ipv4/conf/{}/route_localnet", def.bridge), "1")?;
         if def.subnet6.is_some() {
@@ -718,7 +725,13 @@ impl Networks {
             match &plan.host_if {
                 Some(h) => self
                     .host
-                    .add_veth(h.as_str(), master, "eth0", netns)
+                    .add_veth(
+                        h.as_str(),
+                        master,
+                        "eth0",
+                        plan.lease.as_ref().map(|l| netlink::mac_for(l.ip4)),
+                        netns,
+                    )
                     .await
                     .map(Some),
                 None => Ok(None),

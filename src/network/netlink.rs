@@ -35,6 +35,14 @@ use tokio::task::JoinHandle;
 use super::error::{NetError, Result};
 use super::types::{Cidr, Rate};
 
+/// A locally administered unicast MAC derived from an IPv4 address (02:62:a.b.c.d, "b" for
+/// berth): a container keeps its MAC with its address across restarts, so its peers' ARP
+/// entries stay right, as docker does.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x62, o[0], o[1], o[2], o[3]]
+}
+
 /// `ENOENT`/`ENODEV` from the kernel: the object is already gone.
 fn is_gone(e: &NetError) -> bool {
     matches!(
@@ -209,11 +217,20 @@ impl Nl {
 
     /// Create the bridge `name` if missing, bring it up, and add the addresses it lacks.
     /// Returns its index. STP stays off (the default), so a new port forwards at once.
-    pub async fn ensure_bridge(&self, name: &str, addrs: &[(IpAddr, u8)]) -> Result<u32> {
+    ///
+    /// The bridge gets the fixed MAC `mac`: without one it takes the lowest MAC of its ports,
+    /// which changes as containers come and go and leaves stale ARP entries for the gateway
+    /// in every container.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        addrs: &[(IpAddr, u8)],
+        mac: [u8; 6],
+    ) -> Result<u32> {
         let link = match self.link_by_name(name).await? {
             Some(l) => l,
             None => {
-                let msg = LinkBridge::new(name).up().build();
+                let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
                 match self
                     .ack(
                         || format!("creating bridge {name}"),
@@ -322,15 +339,19 @@ impl Nl {
         host: &str,
         master: Option<u32>,
         peer: &str,
+        peer_mac: Option<[u8; 6]>,
         netns: BorrowedFd<'_>,
     ) -> Result<u32> {
         // The peer cannot be brought up in the same request: veth_newlink() configures it
         // before linking the pair, so its open would fail with ENOTCONN. The caller brings it
         // up from inside the namespace.
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer_b = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
-            .setns_by_fd(netns.as_raw_fd())
-            .build();
+            .setns_by_fd(netns.as_raw_fd());
+        if let Some(mac) = peer_mac {
+            peer_b = peer_b.address(mac.to_vec());
+        }
+        let peer_msg = peer_b.build();
         let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
@@ -618,6 +639,14 @@ fn summary(m: &LinkMessage) -> LinkSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_are_local_unicast_and_follow_the_address() {
+        let m = mac_for(Ipv4Addr::new(10, 89, 0, 2));
+        assert_eq!(m, [0x02, 0x62, 10, 89, 0, 2]);
+        assert_eq!(m[0] & 0x01, 0, "unicast");
+        assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+    }
 
     #[test]
     fn ticks_are_64ns() {
