@@ -748,7 +748,6 @@ impl Networks {
                 .set_alias(i, &format!("berth:{}", plan.container))
                 .await?;
         }
-        cnl.set_up(1).await?; // lo is ifindex 1 in every netns (LOOPBACK_IFINDEX)
         if let Some((_, parent)) = &plan.macvlan_parent {
             self.host.add_macvlan(*parent, "eth0", netns).await?;
         }
@@ -756,27 +755,46 @@ impl Networks {
             self.host.move_link(*index, netns, true).await?;
             made.moved.push(name.clone());
         }
-        let eth0 = match made.veth {
-            Some(_) => {
-                let i = cnl
-                    .link_by_name("eth0")
-                    .await?
-                    .ok_or_else(|| NetError::NoSuchInterface("eth0 (container)".into()))?
-                    .index;
-                cnl.set_up(i).await?;
-                Some(i)
+        // Inside the container: lo up while eth0 is looked up; then eth0 up, addresses and
+        // routes queued together. The kernel handles one socket's requests in order, so the
+        // routes find their addresses; the answers come back as one round trip, not five.
+        let lo = cnl.set_up(1); // lo is ifindex 1 in every netns (LOOPBACK_IFINDEX)
+        let lookup = async {
+            match made.veth {
+                Some(_) => cnl.link_by_name("eth0").await.map(|l| l.map(|l| l.index)),
+                None => Ok(None),
             }
-            None => None,
         };
-        if let (Some(def), Some(lease), Some(eth0)) = (&plan.network, &plan.lease, eth0) {
-            cnl.add_address(eth0, IpAddr::V4(lease.ip4), def.subnet4.prefix())
-                .await?;
-            cnl.add_default_route(IpAddr::V4(def.gateway4()), eth0)
-                .await?;
-            if let (Some(ip6), Some(s6), Some(g6)) = (lease.ip6, def.subnet6, def.gateway6()) {
-                cnl.add_address(eth0, IpAddr::V6(ip6), s6.prefix()).await?;
-                cnl.add_default_route(IpAddr::V6(g6), eth0).await?;
+        let (lo, eth0) = tokio::join!(lo, lookup);
+        lo?;
+        let eth0 = match (made.veth, eth0?) {
+            (Some(_), None) => return Err(NetError::NoSuchInterface("eth0 (container)".into())),
+            (_, e) => e,
+        };
+        if let Some(eth0) = eth0 {
+            type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+            let mut steps: Vec<Step<'_>> = vec![Box::pin(cnl.set_up(eth0))];
+            if let (Some(def), Some(lease)) = (&plan.network, &plan.lease) {
+                steps.push(Box::pin(cnl.add_address(
+                    eth0,
+                    IpAddr::V4(lease.ip4),
+                    def.subnet4.prefix(),
+                )));
+                if let (Some(ip6), Some(s6)) = (lease.ip6, def.subnet6) {
+                    steps.push(Box::pin(cnl.add_address(
+                        eth0,
+                        IpAddr::V6(ip6),
+                        s6.prefix(),
+                    )));
+                }
+                steps.push(Box::pin(
+                    cnl.add_default_route(IpAddr::V4(def.gateway4()), eth0),
+                ));
+                if let (Some(_), Some(g6)) = (lease.ip6, def.gateway6()) {
+                    steps.push(Box::pin(cnl.add_default_route(IpAddr::V6(g6), eth0)));
+                }
             }
+            futures_util::future::try_join_all(steps).await?;
         }
         if let (Some(rate), Some(i), Some(ifb)) = (plan.rate, made.veth, &att.ifb) {
             made.ifb = true; // possibly half made: undo deletes it by name
