@@ -25,7 +25,6 @@
 //! otherwise open (CVE-2020-8558). IPv6 has no such switch: `[::1]`
 //! cannot be DNATed to another host, so `[::1]:PORT` is not forwarded (documented limit).
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -80,7 +79,9 @@ impl Forward {
 /// atomic (no moment without NAT) and works whether or not it existed.
 pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "add table inet {TABLE}\ndelete table inet {TABLE}");
+    s.push_str(&format!(
+        "add table inet {TABLE}\ndelete table inet {TABLE}\n"
+    ));
     let elems = |v: Vec<String>| {
         if v.is_empty() {
             String::new()
@@ -133,8 +134,7 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
                 .collect(),
         )
     };
-    let _ = write!(
-        s,
+    s.push_str(&format!(
         r#"table inet {TABLE} {{
   comment "berth: managed by berthd, rebuilt at its start; do not edit"
   set bridges {{ type ifname;{bridges} }}
@@ -185,7 +185,7 @@ pub fn full_script(networks: &[&NetworkDef], forwards: &[Forward]) -> String {
         fwd4h = fwd("fwd4h"),
         fwd6 = fwd("fwd6"),
         fwd6h = fwd("fwd6h"),
-    );
+    ));
     s
 }
 
@@ -194,12 +194,12 @@ pub fn elements_script(add: bool, forwards: &[Forward]) -> String {
     let verb = if add { "add" } else { "delete" };
     let mut s = String::new();
     for f in forwards {
-        let _ = writeln!(
-            s,
+        s.push_str(&format!(
             "{verb} element inet {TABLE} {} {{ {} }}",
             f.map(),
             f.element()
-        );
+        ));
+        s.push('\n');
     }
     s
 }
