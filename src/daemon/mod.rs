@@ -5,6 +5,7 @@ mod error;
 mod images;
 mod lifecycle;
 mod limits;
+mod network;
 mod notify;
 mod reaper;
 mod recovery;
@@ -139,7 +140,9 @@ async fn serve(
         .map_err(DaemonError::Security)?;
     let registry = Registry::new(conn.clone(), systemd, layout, helper, images, security);
     registry.import_shipped().await;
+    registry.open_network().await;
     registry.recover(stored).await;
+    registry.reconcile_network().await;
     registry.export_images().await;
     let server = conn.object_server();
     server

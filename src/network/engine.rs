@@ -772,7 +772,8 @@ impl Networks {
             (_, e) => e,
         };
         if let Some(eth0) = eth0 {
-            type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+            type Step<'a> =
+                std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
             let mut steps: Vec<Step<'_>> = vec![Box::pin(cnl.set_up(eth0))];
             if let (Some(def), Some(lease)) = (&plan.network, &plan.lease) {
                 steps.push(Box::pin(cnl.add_address(
