@@ -81,9 +81,7 @@ impl From<dbus::Error> for CliError {
     fn from(e: dbus::Error) -> Self {
         use dbus::Error as E;
         let (exit, msg) = match e {
-            E::NoSuchContainer(m) | E::NoSuchImage(m) | E::NoSuchNetwork(m) => {
-                (Exit::NotFound, m)
-            }
+            E::NoSuchContainer(m) | E::NoSuchImage(m) | E::NoSuchNetwork(m) => (Exit::NotFound, m),
             E::InvalidArgument(m) => (Exit::InvalidArgument, m),
             E::InvalidState(m) => (Exit::InvalidState, m),
             E::AlreadyExists(m) => (Exit::AlreadyExists, m),

@@ -154,7 +154,14 @@ pub async fn run(a: NetworkArgs) -> CliResult {
                 })
                 .collect();
             output::print_lines(output::table(
-                &["NAME", "BRIDGE", "SUBNET", "SUBNET6", "INTERNAL", "CONTAINERS"],
+                &[
+                    "NAME",
+                    "BRIDGE",
+                    "SUBNET",
+                    "SUBNET6",
+                    "INTERNAL",
+                    "CONTAINERS",
+                ],
                 &rows,
             ));
         }
@@ -181,7 +188,10 @@ pub async fn run(a: NetworkArgs) -> CliResult {
                     " Container: {} {}{}{}",
                     c.name,
                     c.ipv4,
-                    c.ipv6.as_deref().map(|i| format!(" {i}")).unwrap_or_default(),
+                    c.ipv6
+                        .as_deref()
+                        .map(|i| format!(" {i}"))
+                        .unwrap_or_default(),
                     if c.running { "" } else { " (stopped)" }
                 ));
             }

@@ -172,8 +172,7 @@ impl Registry {
         let mut net = engine.lock().await;
         match net.reconcile(running, &existing).await {
             Ok(r) => {
-                if !r.detached.is_empty() || !r.swept_links.is_empty() || !r.released.is_empty()
-                {
+                if !r.detached.is_empty() || !r.swept_links.is_empty() || !r.released.is_empty() {
                     info!(
                         "network: kept {:?}, cleaned up after {:?}, removed links {:?}, freed the leases of {:?}",
                         r.kept, r.detached, r.swept_links, r.released
@@ -183,7 +182,10 @@ impl Registry {
                     warn!("network: cannot hold a published port again ({u}), ignoring");
                 }
                 for d in &r.damaged_leases {
-                    warn!("network: damaged lease file {} skipped, ignoring", d.display());
+                    warn!(
+                        "network: damaged lease file {} skipped, ignoring",
+                        d.display()
+                    );
                 }
             }
             Err(e) => warn!("network: reconciling after the restart failed: {e}, ignoring"),
@@ -262,7 +264,9 @@ impl Registry {
         let mut ns = spec.network.clone();
         if spec.definition.network.publish_all {
             let (ports, skipped) = crate::spec::network::exposed_ports(
-                image.map(|i| i.exposed_ports.as_slice()).unwrap_or_default(),
+                image
+                    .map(|i| i.exposed_ports.as_slice())
+                    .unwrap_or_default(),
             );
             if !skipped.is_empty() {
                 warn!("{name}: the image's EXPOSE {skipped:?} cannot be published, ignoring");
@@ -439,9 +443,7 @@ fn view(engine: &Networks, att: &Attachment) -> NetView {
     NetView::of(
         att,
         def.as_ref().map(|d| d.def.subnet4.prefix()),
-        def.as_ref()
-            .and_then(|d| d.def.subnet6)
-            .map(|s| s.prefix()),
+        def.as_ref().and_then(|d| d.def.subnet6).map(|s| s.prefix()),
     )
 }
 
@@ -535,7 +537,11 @@ mod tests {
             own: true,
             ..Default::default()
         };
-        net_shape_plan(&mut plan, &own, std::path::Path::new("/run/berth/containers/web"));
+        net_shape_plan(
+            &mut plan,
+            &own,
+            std::path::Path::new("/run/berth/containers/web"),
+        );
         assert!(plan.namespaces.net && !plan.namespaces.join_net);
         assert!(plan.mounts.iter().any(|m| matches!(m,
             crate::mount::MountOp::BindFile { path, .. } if path == "etc/resolv.conf")));
@@ -546,7 +552,12 @@ mod tests {
         };
         net_shape_plan(&mut plan, &joined, std::path::Path::new("/x"));
         assert!(!plan.namespaces.net && plan.namespaces.join_net);
-        assert!(!plan.namespaces.at_clone().contains(nix::sched::CloneFlags::CLONE_NEWNET));
+        assert!(
+            !plan
+                .namespaces
+                .at_clone()
+                .contains(nix::sched::CloneFlags::CLONE_NEWNET)
+        );
         assert!(plan.mounts.iter().any(|m| matches!(m,
             crate::mount::MountOp::BindHost { path, .. } if path == "sys")));
         let w = tempfile::tempdir().unwrap();

@@ -227,7 +227,8 @@ mod tests {
             impostors: vec!["etc/hosts".into()],
             ..Default::default()
         };
-        sys.failing_open.push(("etc/resolv.conf".into(), Errno::ELOOP));
+        sys.failing_open
+            .push(("etc/resolv.conf".into(), Errno::ELOOP));
         operations(&mut sys, &String::new(), &ops).unwrap();
         assert!(!sys.calls.iter().any(|c| c.contains("/etc/hosts")));
         assert!(!sys.calls.iter().any(|c| c.contains("/etc/resolv.conf")));
@@ -241,7 +242,10 @@ mod tests {
             ..Default::default()
         };
         operations(&mut sys, &String::new(), &ops[..1]).unwrap();
-        assert!(sys.calls.contains(&"bind //run/c/hosts /etc/hosts rec=false".to_string()));
+        assert!(
+            sys.calls
+                .contains(&"bind //run/c/hosts /etc/hosts rec=false".to_string())
+        );
     }
 
     #[test]

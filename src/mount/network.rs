@@ -79,11 +79,17 @@ mod tests {
         );
         assert_eq!(ops.len(), std.len() - 1);
         // Without a user namespace the container mounts its own sysfs.
-        assert!(ops.iter().any(|o| matches!(o, MountOp::Fs { fstype, .. } if fstype == "sysfs")));
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, MountOp::Fs { fstype, .. } if fstype == "sysfs"))
+        );
         let mut ops = std.clone();
         shared_netns(&mut ops, true, Path::new("/run/berth/scratch"));
         let at = |ops: &[MountOp], f: &dyn Fn(&MountOp) -> bool| ops.iter().position(f).unwrap();
-        let sys = at(&ops, &|o| matches!(o, MountOp::BindHost { path, .. } if path == "sys"));
+        let sys = at(
+            &ops,
+            &|o| matches!(o, MountOp::BindHost { path, .. } if path == "sys"),
+        );
         assert_eq!(
             ops[sys],
             MountOp::BindHost {
@@ -92,9 +98,18 @@ mod tests {
             }
         );
         // Where the fresh sysfs was: before the cgroup mount and the sysfs masks.
-        let cg = at(&ops, &|o| matches!(o, MountOp::Fs { target, .. } if target == "sys/fs/cgroup"));
-        let fw = at(&ops, &|o| matches!(o, MountOp::Mask { path } if path == "sys/firmware"));
+        let cg = at(
+            &ops,
+            &|o| matches!(o, MountOp::Fs { target, .. } if target == "sys/fs/cgroup"),
+        );
+        let fw = at(
+            &ops,
+            &|o| matches!(o, MountOp::Mask { path } if path == "sys/firmware"),
+        );
         assert!(sys < cg && sys < fw);
-        assert!(!ops.iter().any(|o| matches!(o, MountOp::Fs { fstype, .. } if fstype == "sysfs")));
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, MountOp::Fs { fstype, .. } if fstype == "sysfs"))
+        );
     }
 }

@@ -93,9 +93,7 @@ pub fn check(
         .map(|i| i.parse().map_err(|e| bad("--network-interface", e)))
         .collect::<Result<Vec<_>, _>>()?;
     let rate = limits.of_key("network-rate").find_map(|l| match l {
-        Limit::NetworkRate(r) => Some(Rate {
-            bytes_per_sec: r.0,
-        }),
+        Limit::NetworkRate(r) => Some(Rate { bytes_per_sec: r.0 }),
         _ => None,
     });
     let spec = NetSpec {
@@ -121,18 +119,29 @@ pub fn check(
     if s.publish_all && !matches!(spec.mode, NetworkMode::Bridge(_)) {
         return Err(bad(
             "--publish-all",
-            format!("publishing ports needs a bridge network, not --network {}", spec.mode),
+            format!(
+                "publishing ports needs a bridge network, not --network {}",
+                spec.mode
+            ),
         ));
     }
-    spec.check(user_namespace).map_err(|e| bad("--network", e))?;
+    if spec.mode == NetworkMode::Host && user_namespace && !s.host_userns {
+        // The engine refuses it too; here the user learns which flag decides.
+        return Err(bad(
+            "--network",
+            "host with a user namespace is refused (the container's root would hold no \
+             privilege over the host's network, yet see and use all of it): add \
+             --userns=host, or --network-host-userns to ask for it explicitly",
+        ));
+    }
+    spec.check(user_namespace)
+        .map_err(|e| bad("--network", e))?;
     Ok(spec)
 }
 
 /// The image's EXPOSE entries (`80/tcp`, `53/udp`, `8080`) as ports to publish with `-P`;
 /// entries berth cannot publish (`sctp`, ranges, junk) are returned separately for a warning.
-pub fn exposed_ports(
-    exposed: &[String],
-) -> (Vec<(u16, crate::network::Proto)>, Vec<String>) {
+pub fn exposed_ports(exposed: &[String]) -> (Vec<(u16, crate::network::Proto)>, Vec<String>) {
     use crate::network::Proto;
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
@@ -243,7 +252,11 @@ mod tests {
             mode: Some("host".into()),
             ..Default::default()
         };
-        assert!(check(&n, &Limits::default(), true).is_err());
+        let e = check(&n, &Limits::default(), true).unwrap_err().to_string();
+        assert!(
+            e.contains("--network-host-userns") && e.contains("--userns=host"),
+            "{e}"
+        );
         assert!(check(&n, &Limits::default(), false).is_ok());
         n.host_userns = true;
         assert!(check(&n, &Limits::default(), true).is_ok());
