@@ -204,15 +204,24 @@ fn bad_input_is_refused_cleanly() {
         ("berthctl remove nosuch".into(), 3),
         ("berthctl remove busy1".into(), 5),
         ("berthctl start busy1".into(), 5),
-        ("berthctl create --name x1 -p Bogus=1".into(), 4),
-        ("berthctl create --name x1 -p MemoryMax=-1".into(), 4),
+        ("berthctl create --name x1 --property Bogus=1".into(), 4),
         (
-            "berthctl create --name x1 -p TasksMax=99999999999999999999".into(),
+            "berthctl create --name x1 --property MemoryMax=-1".into(),
             4,
         ),
-        ("berthctl create --name x1 -p CPUQuota=abc".into(), 4),
+        (
+            "berthctl create --name x1 --property TasksMax=99999999999999999999".into(),
+            4,
+        ),
+        (
+            "berthctl create --name x1 --property CPUQuota=abc".into(),
+            4,
+        ),
         ("berthctl kill -s NOPE busy1".into(), 4),
-        ("berthctl run --name x1 -p Bogus=1 -- true".into(), 125),
+        (
+            "berthctl run --name x1 --property Bogus=1 -- true".into(),
+            125,
+        ),
     ];
     for (cmd, want) in cases {
         let o = sh(&cmd);
