@@ -23,9 +23,10 @@ fn payload_gets_its_own_namespaces_hostname_and_dev() {
         ok("berthctl run --rm --name hn2 --hostname other -- hostname"),
         "other"
     );
-    // Only loopback, and it is up.
+    // With --network none only loopback, and it is up (the default, a bridge network, is
+    // tests/network-integration.rs's).
     let links = ok(
-        "berthctl run --rm -- /bin/sh -c 'ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags'",
+        "berthctl run --rm --network none -- /bin/sh -c 'ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags'",
     );
     assert!(links.starts_with("lo\n"), "{links}");
     assert!(links.ends_with("0x9"), "lo is not up: {links}");

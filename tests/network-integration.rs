@@ -448,7 +448,7 @@ print(\"%d %.2f\" % (n, time.monotonic()-t))' > /tmp/{who}.rate 2>&1 &"
         // Upload (container → host) first, then a receiver that answers with the count of
         // what it read (so the sender knows it all arrived).
         ok(&format!(
-            "berthctl run -d --name {name} {flags} -- sh -c 'head -c {N} /dev/zero | nc -w 5 10.89.0.1 7100; exec nc -l -p 7200 -e wc -c'"
+            "berthctl run -d --name {name} {flags} -- sh -c 'head -c {N} /dev/zero | nc -w 5 10.89.0.1 7100; nc -l -p 7200 -e wc -c; exec sleep 1000'"
         ));
         wait_until("the upload", || {
             ok(&format!("cat /tmp/{name}.rate")).contains(' ')
@@ -478,6 +478,15 @@ print(\"%s %.2f\" % (n.decode().strip(), time.monotonic()-t))'"
             "{name}: the container read {count} bytes"
         );
         let down: f64 = secs.parse().unwrap();
+        // stats counts what crossed the container's interfaces: N bytes each way at least.
+        let st: serde_json::Value =
+            serde_json::from_str(&ok(&format!("berthctl stats --no-stream -o json {name}")))
+                .unwrap();
+        let (rx, tx) = (
+            st[0]["net_rx_bytes"].as_u64().unwrap(),
+            st[0]["net_tx_bytes"].as_u64().unwrap(),
+        );
+        assert!(rx >= N as u64 && tx >= N as u64, "{name}: rx {rx}, tx {tx}");
         ok(&format!(
             "berthctl stop {name} >/dev/null 2>&1; berthctl rm {name}"
         ));
