@@ -500,3 +500,44 @@ print(\"%s %.2f\" % (n.decode().strip(), time.monotonic()-t))'"
     assert!(up0 < 1.0 && down0 < 2.0, "unshaped: {up0} s, {down0} s");
     assert!(!veths().contains("bi-"), "{}", veths());
 }
+
+#[test]
+fn publish_all_publishes_the_images_expose_ports_on_free_host_ports() {
+    // The OCI fixture, with EXPOSE 80/tcp and 53/udp added to its config.
+    let fix = std::env::var("BERTH_FIXTURES").expect("BERTH_FIXTURES (tests/run-integration.sh)");
+    ok(&format!(
+        "rm -rf /root/nt-expose && cp -a {fix}/oci /root/nt-expose \
+         && python3 - <<'PY' && berthctl image import-oci -q /root/nt-expose nt-expose\n\
+import hashlib, json, os\n\
+d = '/root/nt-expose'\n\
+def blob(h): return os.path.join(d, 'blobs', 'sha256', h.split(':')[1])\n\
+def put(b): h = hashlib.sha256(b).hexdigest(); open(blob('sha256:' + h), 'wb').write(b); return 'sha256:' + h, len(b)\n\
+idx = json.load(open(os.path.join(d, 'index.json')))\n\
+m = json.load(open(blob(idx['manifests'][0]['digest'])))\n\
+c = json.load(open(blob(m['config']['digest'])))\n\
+c.setdefault('config', {{}})['ExposedPorts'] = {{'80/tcp': {{}}, '53/udp': {{}}}}\n\
+m['config']['digest'], m['config']['size'] = put(json.dumps(c).encode())\n\
+idx['manifests'][0]['digest'], idx['manifests'][0]['size'] = put(json.dumps(m).encode())\n\
+json.dump(idx, open(os.path.join(d, 'index.json'), 'w'))\n\
+PY"
+    ));
+    ok("berthctl run -d --name nt100 --image nt-expose -P -- /bin/busybox httpd -f -p 80 -h /etc");
+    let j: serde_json::Value = serde_json::from_str(&ok("berthctl port nt100 -o json")).unwrap();
+    let ports = j.as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{j}");
+    let tcp = ports.iter().find(|p| p["protocol"] == "tcp").unwrap();
+    assert_eq!(tcp["container_port"], 80);
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["protocol"] == "udp" && p["container_port"] == 53)
+    );
+    let hp = tcp["host_port"].as_u64().unwrap();
+    assert!(hp > 1024, "{j}");
+    // The chosen port is the container's.
+    wait_for_http(
+        &format!("http://127.0.0.1:{hp}/passwd"),
+        &ok("berthctl run --rm --image nt-expose --network none -- cat /etc/passwd"),
+    );
+    ok("berthctl stop nt100 && berthctl rm nt100 && berthctl image rm nt-expose");
+}
