@@ -541,3 +541,68 @@ PY"
     );
     ok("berthctl stop nt100 && berthctl rm nt100 && berthctl image rm nt-expose");
 }
+
+#[test]
+fn a_berthd_killed_in_the_middle_of_starts_leaves_only_what_running_containers_have() {
+    // Six starts at once, berthd killed while they run: wherever each one was, after the
+    // restart every veth and forward belongs to a running container, and every lease to a
+    // defined one.
+    ok(
+        "for i in 1 2 3 4 5 6; do (berthctl run -d --name ntk$i -p 84$i$i:80 -- sleep 1000 >/dev/null 2>&1 &); done; sleep 0.15",
+    );
+    ok("systemctl kill -s KILL berthd");
+    wait_until("berthd to die", || {
+        code("systemctl is-active -q berthd") != 0
+    });
+    ok("sleep 0.5; systemctl start berthd");
+    let list: serde_json::Value = serde_json::from_str(&ok("berthctl list -a -o json")).unwrap();
+    let ours: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(n, _)| n.starts_with("ntk"))
+        .collect();
+    let running: Vec<&str> = ours
+        .iter()
+        .filter(|(_, s)| s == "running")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut want: Vec<String> = running.iter().map(|n| format!("vb-{n}")).collect();
+    want.sort();
+    let have: Vec<String> = veths()
+        .split_whitespace()
+        .filter(|v| v.starts_with("vb-ntk"))
+        .map(String::from)
+        .collect();
+    assert_eq!(have, want, "containers: {ours:?}");
+    let f = forwards();
+    for i in 1..=6 {
+        let port = format!("tcp . 84{i}{i} : ");
+        let up = running.contains(&format!("ntk{i}").as_str());
+        assert_eq!(f.contains(&port), up, "ntk{i} ({ours:?}): {f}");
+    }
+    for l in leases().split_whitespace() {
+        let n = l.trim_end_matches(".json");
+        if n.starts_with("ntk") {
+            assert!(
+                ours.iter().any(|(o, _)| o == n),
+                "lease of {n}, containers {ours:?}"
+            );
+        }
+    }
+    for (n, s) in &ours {
+        if s == "running" {
+            ok(&format!("berthctl stop {n}"));
+        }
+        ok(&format!("berthctl rm {n}"));
+    }
+    // A start berthd did not get to record leaves its scope behind (not the network's part).
+    ok("systemctl stop 'berth-ntk*.scope' || true");
+    assert!(!veths().contains("vb-ntk"), "{}", veths());
+}
