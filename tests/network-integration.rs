@@ -408,6 +408,25 @@ fn user_defined_networks_are_managed_over_the_bus_and_internal_ones_stay_inside(
             err(&o)
         );
     }
+    // The refusals made nothing: no bridge, no definition.
+    assert_eq!(
+        ok("berthctl network ls -o json | grep -c '\"name\"'"),
+        ok("ls /var/lib/berth/networks/defs | wc -l")
+    );
+    assert!(!ok("ls /var/lib/berth/networks/defs").contains("ntnet2"));
+    // A full subnet is a clear error at start, and the refused start leaves nothing.
+    ok("berthctl network create ntful --subnet 10.124.9.0/30");
+    ok("berthctl run -d --name nt82 --network ntful -- sleep 1000");
+    let before = (veths(), forwards(), leases());
+    let o = sh("berthctl run --rm --name nt83 --network ntful -- true");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        err(&o).contains("subnet 10.124.9.0/30 of network \"ntful\" is full"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!((veths(), forwards(), leases()), before);
+    ok("berthctl stop nt82 && berthctl rm nt82 && berthctl network rm ntful");
     // On the internal network: a subnet address, the neighbour by name, no uplink.
     web("nt80", "--network ntnet");
     let addr = ip4("nt80");
