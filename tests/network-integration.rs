@@ -292,6 +292,7 @@ fn a_failed_start_leaves_no_veth_forward_or_lease() {
         ("-p 70000:80", "out of range"),
         ("--ip 10.89.0.300", "--ip"),
         ("--network none -p 80", "bridge network"),
+        ("-p [::1]:8352:80", "[::1] is not supported"),
         (
             "--network container:nt52",
             "container:NAME names the container itself",

@@ -94,7 +94,7 @@ pub struct NetworkOpts {
     #[arg(long, value_name = "MODE", help_heading = "Network")]
     pub network: Option<String>,
     /// Publish a port: [HOSTIP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp], ranges as 8000-8010:80-90,
-    /// IPv6 host addresses in brackets ([::1]:8080:80). Repeatable.
+    /// IPv6 host addresses in brackets ([2001:db8::5]:8080:80; not [::1]). Repeatable.
     #[arg(
         long = "publish",
         short = 'p',

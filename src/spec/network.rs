@@ -86,7 +86,23 @@ pub fn check(
         .publish
         .iter()
         .map(|p| p.parse().map_err(|e| bad("--publish", e)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<crate::network::PortSpec>, _>>()?;
+    if let Some(p) = publish
+        .iter()
+        .zip(&s.publish)
+        .find(|(p, _)| p.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback()))
+    {
+        // Linux does not route ::1 out of the host's loopback (there is no route_localnet
+        // for IPv6), so such a forward would be accepted and never answer.
+        return Err(bad(
+            "--publish",
+            format!(
+                "{}: publishing on [::1] is not supported (IPv6 has no route_localnet); use \
+                 127.0.0.1 or no host address",
+                p.1
+            ),
+        ));
+    }
     let interfaces = s
         .interfaces
         .iter()
@@ -208,6 +224,13 @@ mod tests {
                     ..Default::default()
                 },
                 "out of range",
+            ),
+            (
+                NetworkSettings {
+                    publish: vec!["[::1]:8080:80".into()],
+                    ..Default::default()
+                },
+                "[::1]",
             ),
             (
                 NetworkSettings {
