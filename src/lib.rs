@@ -23,4 +23,6 @@ pub mod spawn;
 pub mod spec;
 pub mod sys;
 pub mod systemd;
+#[cfg(test)]
+pub(crate) mod testbus;
 pub mod userns;

@@ -345,11 +345,12 @@ impl Registry {
                 })
         };
         let root = {
-            let maps = plan.security.id_maps.clone();
+            // Owned copies for the blocking thread (the plan is a few kB).
+            let p = plan.clone();
             let src = root_source.clone();
             async move {
                 let _t = Timer::new(name, "ID maps and root");
-                tokio::task::spawn_blocking(move || make_root(pid, maps.as_ref(), &src))
+                tokio::task::spawn_blocking(move || make_root(pid, &p, &src))
                     .await
                     .map_err(|e| Error::Failed(format!("making the root: {e}")))?
             }
@@ -364,10 +365,14 @@ impl Registry {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(abort(e).await),
         };
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
-        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &[root.as_fd()]).await {
+        let (root, nodes) = root;
+        let mut fds = vec![root.as_fd()];
+        fds.extend(nodes.as_ref().map(|n| n.as_fd()));
+        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &fds).await {
             return Err(abort(e.into()).await);
         }
-        drop(root);
+        drop(fds);
+        drop((root, nodes));
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
             Ok((FromHelper::Started, _)) => Ok(Launched {
                 pid,
@@ -401,24 +406,34 @@ impl Registry {
 /// The ID maps of the leader (written by berthd, root in the initial user namespace, as
 /// only it may for a range of its choosing), then the container's root as a detached overlay
 /// on layers idmapped through the leader's user namespace.
+/// The leader's ID maps written, the root it attaches, and the device nodes it binds (made
+/// for a user namespace, owned by the container's root; see [`crate::mount::nodes`]).
 fn make_root(
     pid: i32,
-    id_maps: Option<&crate::userns::IdMaps>,
+    plan: &plan::Plan,
     src: &crate::mount::RootSource,
-) -> Result<OwnedFd> {
-    let userns = match id_maps {
+) -> Result<(OwnedFd, Option<OwnedFd>)> {
+    let (userns, nodes) = match &plan.security.id_maps {
         Some(maps) => {
             crate::userns::write_maps(nix::unistd::Pid::from_raw(pid), &maps.uid, &maps.gid)
                 .map_err(|e| Error::io(format!("write the ID maps of {pid}"), e))?;
-            Some(
-                super::security::userns_of(pid)
-                    .map_err(|e| Error::io("open the container's user namespace", e))?,
+            let host_root = |m: &[crate::userns::IdMap]| {
+                m.iter().find(|m| m.inside == 0).map_or(0, |m| m.outside)
+            };
+            let nodes = crate::mount::nodes::make(
+                &plan.mounts,
+                (host_root(&maps.uid), host_root(&maps.gid)),
             )
+            .map_err(|e| Error::Failed(format!("cannot give the container its devices: {e}")))?;
+            let userns = super::security::userns_of(pid)
+                .map_err(|e| Error::io("open the container's user namespace", e))?;
+            (Some(userns), nodes)
         }
-        None => None,
+        None => (None, None),
     };
-    crate::mount::root::build(src, userns.as_ref().map(|u| u.as_fd()))
-        .map_err(|e| Error::Failed(format!("cannot make the container's root: {e}")))
+    let root = crate::mount::root::build(src, userns.as_ref().map(|u| u.as_fd()))
+        .map_err(|e| Error::Failed(format!("cannot make the container's root: {e}")))?;
+    Ok((root, nodes))
 }
 
 /// berthd's own hard limit of a resource: a container never gets more.

@@ -133,11 +133,15 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
     if nix::sys::prctl::set_pdeathsig(None).is_err() {
         std::process::exit(1);
     }
-    let root = match protocol::recv::<ToHelper>(sock.as_fd()) {
-        Ok((ToHelper::Release, mut fds)) if fds.len() == 1 => fds.remove(0),
+    // The root, then the device mount when berthd made one.
+    let (root, nodes) = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok((ToHelper::Release, mut fds)) if (1..=2).contains(&fds.len()) => {
+            let nodes = (fds.len() == 2).then(|| fds.remove(1));
+            (fds.remove(0), nodes)
+        }
         _ => std::process::exit(1),
     };
-    match leader(&mut sys, plan, payload, root, fds) {
+    match leader(&mut sys, plan, payload, root, nodes, fds) {
         Ok((pid, status_fd, devnull)) => {
             if protocol::send(sock.as_fd(), &FromHelper::Started, &[]).is_err() {
                 // berthd went away before it learnt that the payload runs; a restarted
@@ -207,7 +211,12 @@ pub fn before_clone<S: Syscalls>(sys: &mut S, plan: &Plan) -> StepResult<()> {
 /// The leader's steps before the payload: root of its user namespace, in the scope's cgroup
 /// namespace, with the root attached, the plan's mounts made, pivoted into, named, limited,
 /// with a session keyring of its own.
-pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan, root: BorrowedFd<'_>) -> StepResult<()> {
+pub fn prepare<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    root: BorrowedFd<'_>,
+    nodes: Option<BorrowedFd<'_>>,
+) -> StepResult<()> {
     sys.unshare(plan.namespaces.in_scope())
         .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
     // Only in a network namespace of its own (berthd brings it up too, at the attach): the
@@ -233,11 +242,23 @@ pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan, root: BorrowedFd<'_>) -> S
             format!("open {}", plan.root.target.display()),
         )
     })?;
+    // berthd's device mount, attached in this (the leader's own) mount namespace so that its
+    // nodes can be bound from it; it goes with the old root at the pivot.
+    let nodes = match nodes {
+        Some(fd) => {
+            let at = plan.root.scratch.join("dev");
+            let what = || format!("attach the device nodes on {}", at.display());
+            sys.attach(fd, &at).map_err(|e| (Step::Mount, e, what()))?;
+            Some(sys.open_dir(&at).map_err(|e| (Step::Mount, e, what()))?)
+        }
+        None => None,
+    };
     if plan.namespaces.user {
         sys.become_root()
             .map_err(|e| (Step::Userns, e, "become root of the user namespace".into()))?;
     }
-    mount::apply::operations(sys, &root, &plan.mounts).map_err(|(e, m)| (Step::Mount, e, m))?;
+    mount::apply::operations(sys, &root, nodes.as_ref(), &plan.mounts)
+        .map_err(|(e, m)| (Step::Mount, e, m))?;
     sys.pivot_root(&root)
         .map_err(|e| (Step::Pivot, e, "pivot_root".into()))?;
     sys.sethostname(&plan.hostname)
@@ -257,10 +278,12 @@ fn leader(
     plan: &Plan,
     mut payload: init::Payload,
     root: OwnedFd,
+    nodes: Option<OwnedFd>,
     fds: Vec<OwnedFd>,
 ) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd)> {
-    prepare(sys, plan, root.as_fd())?;
+    prepare(sys, plan, root.as_fd(), nodes.as_ref().map(|n| n.as_fd()))?;
     drop(root);
+    drop(nodes);
     // After the pivot, so that names mean what the image's /etc/passwd says.
     let ids = match &plan.process.user {
         Some(spec) => Some(user::resolve(spec).map_err(|m| (Step::User, Errno::EINVAL, m))?),
@@ -338,7 +361,7 @@ mod tests {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder::default();
         let root = devnull();
-        prepare(&mut sys, &plan, root.as_fd()).unwrap();
+        prepare(&mut sys, &plan, root.as_fd(), None).unwrap();
         let order = [
             "unshare CLONE_NEWCGROUP",
             "loopback-up",
@@ -383,8 +406,38 @@ mod tests {
         assert!(sys.calls.is_empty());
         // The leader leaves a loopback it does not own alone.
         let mut sys = Recorder::default();
-        prepare(&mut sys, &plan, ns.as_fd()).unwrap();
+        prepare(&mut sys, &plan, ns.as_fd(), None).unwrap();
         assert!(!sys.calls.iter().any(|c| c == "loopback-up"));
+    }
+
+    #[test]
+    fn device_nodes_from_berthd_are_attached_before_root_and_bound_after_dev() {
+        let mut plan = crate::plan::tests::sample();
+        plan.mounts.push(crate::mount::MountOp::Node {
+            path: "dev/fuse".into(),
+            node: "0".into(),
+            source: "/dev/fuse".into(),
+            block: false,
+            major: 10,
+            minor: 229,
+        });
+        let mut sys = Recorder::default();
+        let (root, nodes) = (devnull(), devnull());
+        prepare(&mut sys, &plan, root.as_fd(), Some(nodes.as_fd())).unwrap();
+        let order = [
+            "attach /var/lib/berth/containers/web/root",
+            "attach /run/berth/scratch/dev",
+            "become-root",
+            "mount tmpfs /dev ",
+            "bind /0 /dev/fuse",
+            "pivot-root",
+        ];
+        let pos: Vec<usize> = order.iter().map(|c| sys.pos(c)).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:#?}", sys.calls);
+        // Without the mount, a Node is an error, never a host bind.
+        let mut sys = Recorder::default();
+        let (_, _, what) = prepare(&mut sys, &plan, root.as_fd(), None).unwrap_err();
+        assert!(what.contains("no device mount"), "{what}");
     }
 
     #[test]
@@ -395,7 +448,7 @@ mod tests {
             ..Default::default()
         };
         let root = devnull();
-        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd()).unwrap_err();
+        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), None).unwrap_err();
         assert_eq!((step, errno), (Step::Mount, Errno::EPERM));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot-root")));
     }

@@ -15,10 +15,16 @@ fn ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> MountResult<T> {
     r.map_err(|e| (e, what()))
 }
 
-/// The plan's operations, in order, inside the opened root.
-pub fn operations<S: Syscalls>(sys: &mut S, root: &S::Fd, ops: &[MountOp]) -> MountResult<()> {
+/// The plan's operations, in order, inside the opened root; `nodes` is the device mount
+/// berthd made (see [`super::nodes`]), when the plan has [`MountOp::Node`]s.
+pub fn operations<S: Syscalls>(
+    sys: &mut S,
+    root: &S::Fd,
+    nodes: Option<&S::Fd>,
+    ops: &[MountOp],
+) -> MountResult<()> {
     for op in ops {
-        apply(sys, root, op)?;
+        apply(sys, root, nodes, op)?;
     }
     Ok(())
 }
@@ -47,7 +53,12 @@ fn host_device<S: Syscalls>(
 }
 
 /// Apply one operation inside the root.
-pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResult<()> {
+pub fn apply<S: Syscalls>(
+    sys: &mut S,
+    root: &S::Fd,
+    nodes: Option<&S::Fd>,
+    op: &MountOp,
+) -> MountResult<()> {
     match op {
         MountOp::Fs {
             fstype,
@@ -82,6 +93,23 @@ pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResul
             let target = ctx(sys.file_in(root, path), || format!("create /{path}"))?;
             ctx(sys.bind(&src, &target, false), || {
                 format!("bind {source} on /{path}")
+            })
+        }
+        MountOp::Node {
+            path, node, source, ..
+        } => {
+            let Some(nodes) = nodes else {
+                return Err((
+                    Errno::EINVAL,
+                    format!("no device mount from berthd for {source}"),
+                ));
+            };
+            let src = ctx(sys.open_in(nodes, node), || {
+                format!("open berthd's copy of {source}")
+            })?;
+            let target = ctx(sys.file_in(root, path), || format!("create /{path}"))?;
+            ctx(sys.bind(&src, &target, false), || {
+                format!("bind berthd's copy of {source} on /{path}")
             })
         }
         MountOp::Keep { path } => {
@@ -193,7 +221,7 @@ mod tests {
             missing: vec!["proc/scsi".into()],
             ..Default::default()
         };
-        operations(&mut sys, &String::new(), &plan.mounts).unwrap();
+        operations(&mut sys, &String::new(), None, &plan.mounts).unwrap();
         assert!(sys.pos("mount proc /proc") < sys.pos("bind /proc/sys /proc/sys rec=true"));
         assert!(sys.pos("bind /proc/sys") < sys.pos("remount /proc/sys MS_RDONLY"));
         // Files are hidden under the host's null device, directories under an empty
@@ -229,7 +257,7 @@ mod tests {
         };
         sys.failing_open
             .push(("etc/resolv.conf".into(), Errno::ELOOP));
-        operations(&mut sys, &String::new(), &ops).unwrap();
+        operations(&mut sys, &String::new(), None, &ops).unwrap();
         assert!(!sys.calls.iter().any(|c| c.contains("/etc/hosts")));
         assert!(!sys.calls.iter().any(|c| c.contains("/etc/resolv.conf")));
         assert!(
@@ -241,7 +269,7 @@ mod tests {
             missing: vec!["etc/hosts".into()],
             ..Default::default()
         };
-        operations(&mut sys, &String::new(), &ops[..1]).unwrap();
+        operations(&mut sys, &String::new(), None, &ops[..1]).unwrap();
         assert!(
             sys.calls
                 .contains(&"bind //run/c/hosts /etc/hosts rec=false".to_string())
@@ -255,7 +283,7 @@ mod tests {
             path: "sys".into(),
         };
         let mut sys = Recorder::default();
-        apply(&mut sys, &String::new(), &op).unwrap();
+        apply(&mut sys, &String::new(), None, &op).unwrap();
         assert_eq!(
             sys.calls,
             [
@@ -272,7 +300,7 @@ mod tests {
             failing: vec!["bind"],
             ..Default::default()
         };
-        let (errno, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        let (errno, what) = operations(&mut sys, &String::new(), None, &plan.mounts).unwrap_err();
         assert_eq!(errno, Errno::EPERM);
         assert!(
             what.starts_with("bind /proc/sys/net") || what.starts_with("mask "),
@@ -287,7 +315,7 @@ mod tests {
             impostors: vec!["/dev/null".into()],
             ..Default::default()
         };
-        let (errno, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        let (errno, what) = operations(&mut sys, &String::new(), None, &plan.mounts).unwrap_err();
         assert_eq!(errno, Errno::EINVAL);
         assert!(what.contains("/dev/null is not the device 1:3"), "{what}");
         assert!(!sys.calls.iter().any(|c| c.starts_with("bind //dev/null")));
@@ -296,7 +324,7 @@ mod tests {
             impostors: vec!["/run/berth/scratch/empty".into()],
             ..Default::default()
         };
-        let (_, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        let (_, what) = operations(&mut sys, &String::new(), None, &plan.mounts).unwrap_err();
         assert!(what.contains("is not an empty file"), "{what}");
     }
 }

@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn a_shared_netns_keeps_no_writable_net_sysctls_and_binds_sysfs_in_a_userns() {
-        let std = super::super::operations(&[], None);
+        let std = super::super::operations(&[], None, true);
         let mut ops = std.clone();
         shared_netns(&mut ops, false, Path::new("/run/berth/scratch"));
         assert!(
