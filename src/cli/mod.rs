@@ -5,7 +5,9 @@
 mod image;
 mod kill;
 mod list;
+mod network;
 mod output;
+mod port;
 mod remove;
 mod run;
 mod set;
@@ -79,7 +81,7 @@ impl From<dbus::Error> for CliError {
     fn from(e: dbus::Error) -> Self {
         use dbus::Error as E;
         let (exit, msg) = match e {
-            E::NoSuchContainer(m) | E::NoSuchImage(m) => (Exit::NotFound, m),
+            E::NoSuchContainer(m) | E::NoSuchImage(m) | E::NoSuchNetwork(m) => (Exit::NotFound, m),
             E::InvalidArgument(m) => (Exit::InvalidArgument, m),
             E::InvalidState(m) => (Exit::InvalidState, m),
             E::AlreadyExists(m) => (Exit::AlreadyExists, m),
@@ -179,6 +181,10 @@ pub enum Command {
     Image(image::ImageArgs),
     /// List images (same as `image list`).
     Images(image::ListArgs),
+    /// Manage networks: create, ls, inspect, rm.
+    Network(network::NetworkArgs),
+    /// List a container's published ports.
+    Port(port::PortArgs),
     /// Write a container's root file system (its changes over its image) as a tarball.
     Export {
         name: String,
@@ -234,6 +240,8 @@ pub fn main() -> u8 {
             Command::Stats(a) => stats::run(a).await,
             Command::Image(a) => image::run(a).await,
             Command::Images(a) => image::list(a).await,
+            Command::Network(a) => network::run(a).await,
+            Command::Port(a) => port::run(a).await,
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;

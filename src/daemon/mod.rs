@@ -6,6 +6,7 @@ mod failpoint;
 mod images;
 mod lifecycle;
 mod limits;
+mod network;
 mod notify;
 mod quarantine;
 mod reaper;
@@ -152,7 +153,9 @@ async fn serve(
     let registry = Registry::new(conn.clone(), systemd, layout, helper, images, security);
     registry.watch_callers().await;
     registry.import_shipped().await;
+    registry.open_network().await;
     registry.recover(stored).await;
+    registry.reconcile_network().await;
     registry.export_images().await;
     let server = conn.object_server();
     let backend: Arc<dyn crate::dbus::Backend> = registry.clone();

@@ -147,6 +147,9 @@ impl Broken {
             oom_kills: 0,
             last_oom_at: 0,
             security: Default::default(),
+            network: String::new(),
+            addresses: Vec::new(),
+            ports: Vec::new(),
             object_path: path(name),
         }
     }

@@ -78,6 +78,8 @@ pub struct Entry {
     pub oom_seen: Option<u64>,
     /// How it is confined, as `Security` shows it.
     pub security: BTreeMap<String, String>,
+    /// Its addresses and published ports while it runs.
+    pub net: super::network::NetView,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -101,6 +103,7 @@ impl Entry {
             last_oom_at: 0,
             oom_seen: Some(0),
             security: BTreeMap::new(),
+            net: Default::default(),
             published: None,
         }
     }
@@ -121,6 +124,9 @@ impl Entry {
             oom_kills: self.oom_kills,
             last_oom_at: self.last_oom_at,
             security: self.security.clone().into_iter().collect(),
+            network: self.spec.network.mode.to_string(),
+            addresses: self.net.addresses.clone(),
+            ports: self.net.ports.clone(),
             object_path: path(name),
         }
     }
@@ -179,6 +185,8 @@ pub struct Registry {
     /// The helper binary, as a sealed memfd: every helper and container PID 1 runs from it,
     /// so no container can ever reach the host's file.
     pub(super) helper_image: Option<std::os::fd::OwnedFd>,
+    /// The network engine, opened once at start ([`Registry::open_network`]).
+    pub(super) network: super::network::NetSlot,
 }
 
 impl Registry {
@@ -216,6 +224,7 @@ impl Registry {
             selinux: security.selinux,
             seccomp: crate::seccomp::Cache::new(),
             helper_image: security.helper_image,
+            network: Default::default(),
         })
     }
 
@@ -357,6 +366,12 @@ pub fn changed_properties<'a>(
     }
     if a.last_oom_at != b.last_oom_at {
         m.insert("LastOOMAt", Variant::from(b.last_oom_at));
+    }
+    if a.addresses != b.addresses {
+        m.insert("Addresses", Variant::from(b.addresses.clone()));
+    }
+    if a.ports != b.ports {
+        m.insert("Ports", Variant::from(b.ports.clone()));
     }
     m
 }

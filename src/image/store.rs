@@ -65,6 +65,9 @@ pub struct ImageConfig {
     pub user: Option<String>,
     pub stop_signal: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The image's EXPOSE entries (`80/tcp`), published on free host ports by `run -P`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 /// One image name, as stored in `images/<name>.json`. The JSON is a stable format.
@@ -277,6 +280,7 @@ fn image_config(cfg: &ImageConfiguration) -> ImageConfig {
         user: c.user().clone().filter(|s| !s.is_empty()),
         stop_signal: c.stop_signal().clone().filter(|s| !s.is_empty()),
         labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
+        exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
     }
 }
 

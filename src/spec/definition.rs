@@ -49,6 +49,12 @@ pub struct Definition {
     /// How the container is confined (user namespace, capabilities, seccomp, label, rlimits).
     #[serde(default, skip_serializing_if = "Security::is_default")]
     pub security: Security,
+    /// How the container is networked (mode, published ports, addresses, interfaces).
+    #[serde(
+        default,
+        skip_serializing_if = "super::network::NetworkSettings::is_default"
+    )]
+    pub network: super::network::NetworkSettings,
     /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

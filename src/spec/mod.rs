@@ -7,6 +7,7 @@
 
 pub mod definition;
 pub mod limits;
+pub mod network;
 pub mod props;
 pub mod security;
 pub mod ulimit;
@@ -141,6 +142,8 @@ pub enum SpecError {
     TooManyProperties,
     #[error(transparent)]
     Security(#[from] security::SecurityError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkSpecError),
 }
 
 /// Where a container's root comes from.
@@ -166,6 +169,8 @@ pub struct ContainerSpec {
     pub limits: Limits,
     pub properties: Vec<RawProperty>,
     pub security: security::SecuritySpec,
+    /// How it is networked (the image's EXPOSE ports are added at start for `-P`).
+    pub network: crate::network::NetSpec,
 }
 
 impl ContainerSpec {
@@ -214,6 +219,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         .map(|(k, v)| props::parse(k, v, facts))
         .collect::<Result<_, _>>()?;
     let security = security::check(&def.security, facts)?;
+    let network = network::check(&def.network, &limits, security.userns.request().is_some())?;
     Ok(ContainerSpec {
         definition: def.clone(),
         root,
@@ -224,6 +230,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         limits,
         properties,
         security,
+        network,
     })
 }
 
