@@ -12,6 +12,7 @@ pub mod helper;
 pub mod image;
 pub mod mount;
 pub mod name;
+pub mod network;
 pub mod ns;
 pub mod plan;
 pub mod polkit;

@@ -19,6 +19,12 @@ pub struct Namespaces {
     pub uts: bool,
     pub ipc: bool,
     pub net: bool,
+    /// Instead of a network namespace of its own, the leader joins one berthd hands over with
+    /// the plan (`--network container:NAME`): the helper `setns(2)`s into it before the
+    /// clone, while it is still root of the initial user namespace (the leader, root only of
+    /// its own user namespace, may not enter a namespace another user namespace owns).
+    #[serde(default)]
+    pub join_net: bool,
     pub pid: bool,
     pub cgroup: bool,
 }
@@ -32,6 +38,7 @@ impl Namespaces {
             uts: true,
             ipc: true,
             net: true,
+            join_net: false,
             pid: true,
             cgroup: true,
         }

@@ -7,8 +7,11 @@
 //! 2. helper → berthd, [`FromHelper::Forked`]: the namespaces exist and the leader (PID 1 of
 //!    the new PID namespace) waits at the barrier; the message carries the leader's pidfd.
 //!    The helper process then exits.
-//! 3. berthd → leader, [`ToHelper::Release`]: the scope holds the leader (and, as the plan
-//!    grows, ID maps are written and the network is plugged); go on.
+//!    With `--network container:NAME` a sixth descriptor comes last: the network namespace the
+//!    helper joins before it clones the leader.
+//! 3. berthd → leader, [`ToHelper::Release`]: the scope holds the leader, its ID maps are
+//!    written, its root is made (the message carries it) and its network is plugged (veth,
+//!    addresses, routes, forwards, and the generated /etc files); go on.
 //! 4. leader → berthd, [`FromHelper::Started`] once the payload has exec'd, or
 //!    [`FromHelper::Failed`] at any step before that.
 
@@ -28,6 +31,12 @@ pub const MAX_PLAN: u64 = 8 << 20;
 /// Descriptors that travel with the plan, in this order: the plan memfd, stdin, stdout,
 /// stderr, the exit-status memfd.
 pub const PLAN_FDS: usize = 5;
+/// The descriptors a plan travels with: [`PLAN_FDS`], and the network namespace to join last
+/// when the plan says so (`--network container:NAME`).
+pub fn plan_fds(plan: &Plan) -> usize {
+    PLAN_FDS + usize::from(plan.namespaces.join_net)
+}
+
 /// The most descriptors any message carries.
 const MAX_FDS: usize = 8;
 

@@ -230,10 +230,6 @@ fn exit_codes_are_the_readmes() {
     assert_eq!(code("berthctl --no-such-flag"), 2);
     assert_eq!(code("berthctl stop cl-never-made"), 3);
     assert_eq!(code("berthctl create --name 'bad name'"), 4);
-    // podman's -p HOST:CONTAINER is not berth's -p KEY=VALUE: refused with a hint.
-    let o = sh("berthctl create --name cl-pub -p 8080:80 default");
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
-    assert!(err(&o).contains("--property"), "{}", err(&o));
     // Refused by polkit: one line naming the action.
     let o = sh("su -s /bin/sh nobody -c 'berthctl create --name cl-pk'");
     assert_eq!(o.status.code(), Some(7), "{}", err(&o));

@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 need=(systemd dbus dbus-bin util-linux bsdutils mount iproute2 busybox-static python3 libglib2.0-bin make gcc
       docker-registry skopeo umoci apache2-utils podman python3-dbus python3-gi
       polkitd libc6-dev libcap2-bin tmux
-      selinux-policy-dev checkpolicy semodule-utils setools bzip2)
+      selinux-policy-dev checkpolicy semodule-utils setools bzip2 nftables iperf3)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

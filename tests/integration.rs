@@ -23,9 +23,10 @@ fn payload_gets_its_own_namespaces_hostname_and_dev() {
         ok("berthctl run --rm --name hn2 --hostname other -- hostname"),
         "other"
     );
-    // Only loopback, and it is up.
+    // With --network none only loopback, and it is up (the default, a bridge network, is
+    // tests/network-integration.rs's).
     let links = ok(
-        "berthctl run --rm -- /bin/sh -c 'ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags'",
+        "berthctl run --rm --network none -- /bin/sh -c 'ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags'",
     );
     assert!(links.starts_with("lo\n"), "{links}");
     assert!(links.ends_with("0x9"), "lo is not up: {links}");
@@ -204,15 +205,24 @@ fn bad_input_is_refused_cleanly() {
         ("berthctl remove nosuch".into(), 3),
         ("berthctl remove busy1".into(), 5),
         ("berthctl start busy1".into(), 5),
-        ("berthctl create --name x1 -p Bogus=1".into(), 4),
-        ("berthctl create --name x1 -p MemoryMax=-1".into(), 4),
+        ("berthctl create --name x1 --property Bogus=1".into(), 4),
         (
-            "berthctl create --name x1 -p TasksMax=99999999999999999999".into(),
+            "berthctl create --name x1 --property MemoryMax=-1".into(),
             4,
         ),
-        ("berthctl create --name x1 -p CPUQuota=abc".into(), 4),
+        (
+            "berthctl create --name x1 --property TasksMax=99999999999999999999".into(),
+            4,
+        ),
+        (
+            "berthctl create --name x1 --property CPUQuota=abc".into(),
+            4,
+        ),
         ("berthctl kill -s NOPE busy1".into(), 4),
-        ("berthctl run --name x1 -p Bogus=1 -- true".into(), 125),
+        (
+            "berthctl run --name x1 --property Bogus=1 -- true".into(),
+            125,
+        ),
     ];
     for (cmd, want) in cases {
         let o = sh(&cmd);

@@ -257,6 +257,9 @@ mod tests {
             security: Default::default(),
             labels: [("tier".to_string(), "front\x1b[31m".to_string())].into(),
             image_id: format!("sha256:{}", "ab".repeat(32)),
+            network: "bridge".into(),
+            addresses: vec![],
+            ports: vec![],
             object_path: zbus::OwnedObjectPath::try_from("/x").unwrap(),
         }
     }

@@ -7,7 +7,9 @@ mod format;
 mod image;
 mod kill;
 mod list;
+mod network;
 mod output;
+mod port;
 mod remove;
 mod run;
 mod set;
@@ -82,7 +84,7 @@ impl From<dbus::Error> for CliError {
     fn from(e: dbus::Error) -> Self {
         use dbus::Error as E;
         let (exit, msg) = match e {
-            E::NoSuchContainer(m) | E::NoSuchImage(m) => (Exit::NotFound, m),
+            E::NoSuchContainer(m) | E::NoSuchImage(m) | E::NoSuchNetwork(m) => (Exit::NotFound, m),
             E::InvalidArgument(m) => (Exit::InvalidArgument, m),
             E::InvalidState(m) => (Exit::InvalidState, m),
             E::AlreadyExists(m) => (Exit::AlreadyExists, m),
@@ -276,6 +278,10 @@ pub enum Command {
     Image(image::ImageArgs),
     /// List images (same as `image list`).
     Images(image::ListArgs),
+    /// Manage networks: create, ls, inspect, rm.
+    Network(network::NetworkArgs),
+    /// List a container's published ports.
+    Port(port::PortArgs),
     /// Write a container's root file system (its changes over its image) as a tarball.
     Export {
         name: String,
@@ -384,6 +390,8 @@ pub fn main() -> u8 {
             Command::Rmi { names, force } => image::remove(names, force).await,
             Command::Complete { what } => verbs::complete(what).await,
             Command::Generate { dir } => docs::generate(&dir),
+            Command::Network(a) => network::run(a).await,
+            Command::Port(a) => port::run(a).await,
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;

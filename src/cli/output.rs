@@ -32,6 +32,35 @@ pub struct ContainerView {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The stored image's ID, null for a directory.
     pub image_id: Option<String>,
+    /// `--network` mode: bridge, bridge:NAME, none, host, container:NAME, veth, macvlan:IFACE.
+    pub network: String,
+    /// Its addresses with prefix length while it runs.
+    pub addresses: Vec<String>,
+    /// Its published ports while it runs.
+    pub ports: Vec<PortView>,
+}
+
+/// One published port in `--output json` (`berthctl port`, `status`, `list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortView {
+    /// The host address it is published on; null for all of the host's addresses.
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+    /// tcp or udp
+    pub protocol: String,
+}
+
+impl PortView {
+    /// podman's form: `80/tcp -> 0.0.0.0:8080`.
+    pub fn line(&self) -> String {
+        let host = match self.host_ip.as_deref() {
+            None => format!("0.0.0.0:{}", self.host_port),
+            Some(ip) if ip.contains(':') => format!("[{ip}]:{}", self.host_port),
+            Some(ip) => format!("{ip}:{}", self.host_port),
+        };
+        format!("{}/{} -> {host}", self.container_port, self.protocol)
+    }
 }
 
 impl From<ContainerInfo> for ContainerView {
@@ -52,6 +81,18 @@ impl From<ContainerInfo> for ContainerView {
             security: i.security.into_iter().collect(),
             labels: i.labels.into_iter().collect(),
             image_id: (!i.image_id.is_empty()).then_some(i.image_id),
+            network: i.network,
+            addresses: i.addresses,
+            ports: i
+                .ports
+                .into_iter()
+                .map(|(ip, hp, cp, proto)| PortView {
+                    host_ip: (!ip.is_empty()).then_some(ip),
+                    host_port: hp,
+                    container_port: cp,
+                    protocol: proto,
+                })
+                .collect(),
         }
     }
 }
@@ -267,9 +308,21 @@ mod tests {
             security: Default::default(),
             labels: Default::default(),
             image_id: String::new(),
+            network: "bridge".into(),
+            addresses: vec!["10.89.0.2/16".into()],
+            ports: vec![
+                (String::new(), 8080, 80, "tcp".into()),
+                ("::1".into(), 53, 53, "udp".into()),
+            ],
             object_path: zbus::OwnedObjectPath::try_from("/org/berth/berth1/container/a").unwrap(),
         };
-        let v = serde_json::to_value(ContainerView::from(info)).unwrap();
+        let view = ContainerView::from(info);
+        assert_eq!(view.ports[0].line(), "80/tcp -> 0.0.0.0:8080");
+        assert_eq!(view.ports[1].line(), "53/udp -> [::1]:53");
+        let v = serde_json::to_value(view).unwrap();
+        assert_eq!(v["ports"][0]["host_ip"], serde_json::Value::Null);
+        assert_eq!(v["addresses"][0], "10.89.0.2/16");
+        assert_eq!(v["network"], "bridge");
         assert_eq!(v["leader"], serde_json::Value::Null);
         assert_eq!(v["exit_status"], serde_json::Value::Null);
         assert_eq!(v["state"], "created");

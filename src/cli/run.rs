@@ -45,9 +45,11 @@ pub struct ContainerOpts {
     pub security: SecurityOpts,
     #[command(flatten)]
     pub resources: ResourceOpts,
+    #[command(flatten)]
+    pub network: NetworkOpts,
     /// Raw scope property KEY=VALUE, as systemd-run takes them (MemoryLow, IOReadIOPSMax,
-    /// DeviceAllow, RuntimeMaxSec, …; see README). Repeatable.
-    #[arg(long = "property", short = 'p', value_name = "KEY=VALUE")]
+    /// DeviceAllow, RuntimeMaxSec, …; see README). Repeatable. (-p is --publish.)
+    #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
     /// A label KEY=VALUE, shown by ps and inspect and matched by ps --filter label=. Repeatable.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
@@ -134,6 +136,46 @@ pub struct SecurityOpts {
     /// no-new-privileges. Repeatable.
     #[arg(long = "security-opt", value_name = "OPT", help_heading = "Security")]
     pub security_opt: Vec<String>,
+}
+
+/// How the container is networked (the `[network]` table of its definition).
+#[derive(Debug, Args)]
+pub struct NetworkOpts {
+    /// bridge (default: the network "berth" on bridge berth0, with NAT), none (loopback
+    /// only), host, container:NAME, veth, macvlan:IFACE, or a network made with `berthctl
+    /// network create`.
+    #[arg(long, value_name = "MODE", help_heading = "Network")]
+    pub network: Option<String>,
+    /// Publish a port: [HOSTIP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp], ranges as 8000-8010:80-90,
+    /// IPv6 host addresses in brackets ([2001:db8::5]:8080:80; not [::1]). Repeatable.
+    #[arg(
+        long = "publish",
+        short = 'p',
+        value_name = "[HOSTIP:][HOSTPORT:]PORT[/PROTO]",
+        help_heading = "Network"
+    )]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port.
+    #[arg(long = "publish-all", short = 'P', help_heading = "Network")]
+    pub publish_all: bool,
+    /// The container's IPv4 address on its bridge network (default: a free one, kept).
+    #[arg(long = "ip", value_name = "ADDRESS", help_heading = "Network")]
+    pub ip: Option<String>,
+    /// The container's IPv6 address on its bridge network.
+    #[arg(long = "ip6", value_name = "ADDRESS", help_heading = "Network")]
+    pub ip6: Option<String>,
+    /// Move a host network interface into the container while it runs (it returns to the
+    /// host when the container stops). Repeatable.
+    #[arg(
+        long = "network-interface",
+        value_name = "IFACE",
+        help_heading = "Network"
+    )]
+    pub interfaces: Vec<String>,
+    /// Allow --network host together with a user namespace (see README: the container's
+    /// root then has no privilege over the host's network and cannot bind ports below 1024).
+    #[arg(long = "network-host-userns", help_heading = "Network")]
+    pub host_userns: bool,
 }
 
 /// Resource limits and devices: one flag per key of [`limits::KEYS`] (the keys of
@@ -308,6 +350,28 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     if sec.no_new_privileges {
         m.insert("NoNewPrivileges", variant(true)?);
     }
+    let n = &o.network;
+    if let Some(mode) = &n.network {
+        m.insert("Network", variant(mode.as_str())?);
+    }
+    if !n.publish.is_empty() {
+        m.insert("Publish", variant(n.publish.clone())?);
+    }
+    if n.publish_all {
+        m.insert("PublishAll", variant(true)?);
+    }
+    if let Some(ip) = &n.ip {
+        m.insert("IPAddress", variant(ip.as_str())?);
+    }
+    if let Some(ip) = &n.ip6 {
+        m.insert("IPv6Address", variant(ip.as_str())?);
+    }
+    if !n.interfaces.is_empty() {
+        m.insert("NetworkInterfaces", variant(n.interfaces.clone())?);
+    }
+    if n.host_userns {
+        m.insert("HostNetworkUserNamespace", variant(true)?);
+    }
     let resources = o.resources.pairs();
     if !resources.is_empty() {
         m.insert("Resources", variant(resources)?);
@@ -315,15 +379,6 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     if !o.properties.is_empty() {
         let mut props = HashMap::new();
         for p in &o.properties {
-            if looks_like_publish(p) {
-                return Err(CliError::new(
-                    Exit::InvalidArgument,
-                    format!(
-                        "-p {p}: berth's -p is --property KEY=VALUE (a scope property); \
-                         publishing ports (podman's -p HOST:CONTAINER) is not supported"
-                    ),
-                ));
-            }
             let (k, v) = crate::spec::props::split_assignment(p)
                 .map_err(|e| CliError::new(Exit::InvalidArgument, e.to_string()))?;
             props.insert(k.to_string(), v.to_string());
@@ -331,21 +386,6 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
         m.insert("Properties", variant(props)?);
     }
     Ok(m)
-}
-
-/// Whether a `-p` word is podman's `--publish` (`8080:80`, `127.0.0.1:80:80/tcp`, `80`)
-/// rather than a property: digits, dots, colons and a protocol suffix, no `=`.
-fn looks_like_publish(word: &str) -> bool {
-    let ports = word
-        .strip_suffix("/tcp")
-        .or_else(|| word.strip_suffix("/udp"))
-        .or_else(|| word.strip_suffix("/sctp"))
-        .unwrap_or(word);
-    !ports.is_empty()
-        && ports.starts_with(|c: char| c.is_ascii_digit())
-        && ports
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == ':' || c == '.' || c == '-')
 }
 
 async fn define(proxy: &ManagerProxy<'_>, o: &ContainerOpts) -> CliResult<String> {
@@ -464,22 +504,6 @@ mod tests {
         let argv = super::mark_command_only(argv);
         let t = T::try_parse_from(argv.into_iter().skip(1)).unwrap();
         t.opts.image_and_command()
-    }
-
-    #[test]
-    fn podman_publish_words_are_told_apart_from_properties() {
-        for w in [
-            "8080:80",
-            "127.0.0.1:8080:80/tcp",
-            "80",
-            "53:53/udp",
-            "8000-8010:80",
-        ] {
-            assert!(super::looks_like_publish(w), "{w}");
-        }
-        for w in ["MemoryMax=1G", "CPUQuota=50%", "", "TasksMax=10"] {
-            assert!(!super::looks_like_publish(w), "{w}");
-        }
     }
 
     #[test]

@@ -33,6 +33,24 @@ fn plain(v: &OwnedVariant) -> String {
     if let Ok(n) = i32::try_from(v) {
         return n.to_string();
     }
+    if let Ok(l) = Vec::<String>::try_from(v.clone()) {
+        return l.join(" ");
+    }
+    if let Ok(ports) = Vec::<(String, u16, u16, String)>::try_from(v.clone()) {
+        return ports
+            .into_iter()
+            .map(|(ip, hp, cp, proto)| {
+                output::PortView {
+                    host_ip: (!ip.is_empty()).then_some(ip),
+                    host_port: hp,
+                    container_port: cp,
+                    protocol: proto,
+                }
+                .line()
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
     if let Ok(m) = std::collections::HashMap::<String, String>::try_from(v.clone()) {
         let mut kv: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         kv.sort();

@@ -62,6 +62,15 @@ pub async fn run(a: StatusArgs) -> CliResult {
             .collect();
         lines.push(format!("    Limits: {}", r.join(" ")));
     }
+    let mut net = view.network.clone();
+    if !view.addresses.is_empty() {
+        net.push_str(&format!(" {}", view.addresses.join(" ")));
+    }
+    lines.push(format!("   Network: {net}"));
+    if !view.ports.is_empty() {
+        let p: Vec<String> = view.ports.iter().map(|p| p.line()).collect();
+        lines.push(format!("     Ports: {}", p.join(", ")));
+    }
     if !view.security.is_empty() {
         let s: Vec<String> = view
             .security

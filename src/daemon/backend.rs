@@ -16,6 +16,7 @@ use crate::dbus::{self, Action, Caller, ContainerInfo, Options, Result};
 use crate::image;
 use crate::polkit;
 use crate::spec::definition::Security;
+use crate::spec::network::NetworkSettings;
 use crate::spec::{Definition, Resources};
 
 /// How many callers' uids are remembered.
@@ -41,6 +42,13 @@ const CREATE_OPTIONS: &[&str] = &[
     "Ulimits",
     "SecurityOpt",
     "Labels",
+    "Network",
+    "Publish",
+    "PublishAll",
+    "IPAddress",
+    "IPv6Address",
+    "NetworkInterfaces",
+    "HostNetworkUserNamespace",
 ];
 
 /// Options of StartContainer.
@@ -91,6 +99,15 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
             security_opt: o.take("SecurityOpt")?.unwrap_or_default(),
         },
         image_id: None,
+        network: NetworkSettings {
+            mode: o.take("Network")?,
+            publish: o.take("Publish")?.unwrap_or_default(),
+            publish_all: o.take("PublishAll")?.unwrap_or(false),
+            ip: o.take("IPAddress")?,
+            ip6: o.take("IPv6Address")?,
+            interfaces: o.take("NetworkInterfaces")?.unwrap_or_default(),
+            host_userns: o.take("HostNetworkUserNamespace")?.unwrap_or(false),
+        },
         created_at: store::now_usec(),
     })
 }
@@ -464,4 +481,81 @@ impl dbus::Backend for Registry {
     fn info(&self, name: &str) -> Option<ContainerInfo> {
         Registry::info(self, name)
     }
+    fn create_network(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let (net, req) = network_request(&name, options)?;
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "network-create",
+                ("network", &name),
+            )
+            .await?;
+            bus(Registry::create_network(self, &net, &req).await)
+        })
+    }
+    fn remove_network(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let net = network_name(&name)?;
+            self.authorize(
+                &caller,
+                Action::ManageContainers,
+                "network-remove",
+                ("network", &name),
+            )
+            .await?;
+            bus(Registry::remove_network(self, &net).await)
+        })
+    }
+    fn list_networks(&self) -> BoxFuture<'_, Result<Vec<dbus::NetworkInfo>>> {
+        Box::pin(async move { bus(Registry::list_networks(self).await) })
+    }
+    fn network_info(&self, name: String) -> BoxFuture<'_, Result<dbus::NetworkInfo>> {
+        Box::pin(async move {
+            let net = network_name(&name)?;
+            bus(Registry::network_info(self, &net).await)
+        })
+    }
+}
+
+/// Options of CreateNetwork.
+const NETWORK_OPTIONS: &[&str] = &["Subnet", "IPv6", "Subnet6", "Internal"];
+
+fn network_name(name: &str) -> Result<crate::network::NetName> {
+    name.parse()
+        .map_err(|e: crate::network::NetError| dbus::Error::InvalidArgument(e.to_string()))
+}
+
+/// What a CreateNetwork call asks for, parsed.
+fn network_request(
+    name: &str,
+    options: Options,
+) -> Result<(crate::network::NetName, crate::network::CreateRequest)> {
+    let mut o = options.check(NETWORK_OPTIONS)?;
+    let cidr = |s: Option<String>| -> Result<Option<crate::network::Cidr>> {
+        s.map(|s| {
+            s.parse()
+                .map_err(|e: crate::network::NetError| dbus::Error::InvalidArgument(e.to_string()))
+        })
+        .transpose()
+    };
+    let subnet4 = cidr(o.take("Subnet")?)?;
+    let subnet6 = cidr(o.take("Subnet6")?)?;
+    if subnet4.is_some_and(|c| !c.is_ipv4()) || subnet6.is_some_and(|c| c.is_ipv4()) {
+        return Err(dbus::Error::InvalidArgument(
+            "Subnet is an IPv4 CIDR and Subnet6 an IPv6 one".into(),
+        ));
+    }
+    let req = crate::network::CreateRequest {
+        subnet4,
+        ipv6: o.take("IPv6")?.unwrap_or(false) || subnet6.is_some(),
+        subnet6,
+        internal: o.take("Internal")?.unwrap_or(false),
+    };
+    Ok((network_name(name)?, req))
 }

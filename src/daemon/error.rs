@@ -56,6 +56,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Failed(String),
+    /// The network engine refused (bad input, a conflict) or failed.
+    #[error(transparent)]
+    Network(crate::network::NetError),
     /// Already a bus error (image flows).
     #[error(transparent)]
     Bus(dbus::Error),
@@ -118,6 +121,12 @@ impl From<Error> for dbus::Error {
             Error::Helper {
                 step: Step::User, ..
             } => dbus::Error::InvalidArgument(msg),
+            Error::Network(n) => match n {
+                crate::network::NetError::NoSuchNetwork(_) => dbus::Error::NoSuchNetwork(msg),
+                crate::network::NetError::NetworkExists(_) => dbus::Error::AlreadyExists(msg),
+                n if n.is_user_error() => dbus::Error::InvalidArgument(msg),
+                _ => dbus::Error::Failed(msg),
+            },
             Error::Bus(b) => b,
             Error::Systemd { .. }
             | Error::Spawn(_)

@@ -81,6 +81,7 @@ impl Registry {
         // A profile that does not compile (too long for the kernel) is refused now; the
         // program stays in the cache for the first start.
         self.seccomp_program(&spec)?;
+        self.net_check_create(&spec).await?;
         {
             let mut entries = self.entries.lock().unwrap();
             if entries.contains_key(&name) || self.broken.lock().unwrap().contains_key(&name) {
@@ -430,6 +431,7 @@ impl Registry {
         {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
+        self.net_release(name).await;
         removed.map_err(|e| {
             Error::io(
                 format!("container {name:?} is removed, but its files could not all be deleted"),

@@ -229,6 +229,12 @@ impl Registry {
                         "devices can only be given when the container is created".into(),
                     ));
                 }
+                if k.kind == limits::Kind::Rate {
+                    // The shaping is made with the veth at start; it is not a scope property.
+                    return Err(Error::InvalidArgument(
+                        "network-rate can only be given when the container is created".into(),
+                    ));
+                }
                 res.set(key, value)?;
                 def.resources.set(key, value)?;
                 if !keys.iter().any(|x| x.name == k.name) {
@@ -369,11 +375,14 @@ impl Registry {
                     let e = entries
                         .get(&n)
                         .ok_or_else(|| Error::NoSuchContainer(n.clone()))?;
+                    // With the host's network namespace, its counters are the host's, not the
+                    // container's: report none.
+                    let own_net = e.spec.network.mode != crate::network::NetworkMode::Host;
                     Ok((
                         n,
                         e.state.as_str().to_string(),
                         e.cgroup.clone(),
-                        e.leader,
+                        e.leader.filter(|_| own_net),
                         e.oom_kills,
                     ))
                 })

@@ -7,6 +7,7 @@ mod failpoint;
 mod images;
 mod lifecycle;
 mod limits;
+mod network;
 mod notify;
 mod ops;
 mod quarantine;
@@ -155,7 +156,9 @@ async fn serve(
     let registry = Registry::new(conn.clone(), systemd, layout, helper, images, security);
     registry.watch_callers().await;
     registry.import_shipped().await;
+    registry.open_network().await;
     registry.recover(stored).await;
+    registry.reconcile_network().await;
     registry.export_images().await;
     registry.apply_declared_at_start().await;
     let server = conn.object_server();

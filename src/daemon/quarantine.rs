@@ -149,6 +149,9 @@ impl Broken {
             security: Default::default(),
             labels: Default::default(),
             image_id: String::new(),
+            network: String::new(),
+            addresses: Vec::new(),
+            ports: Vec::new(),
             object_path: path(name),
         }
     }

@@ -94,6 +94,7 @@ impl Registry {
             warn!("cannot drop the exit descriptor of {name}: {e}, ignoring");
         }
         self.cpu_samples.lock().unwrap().remove(name);
+        self.net_detach(name).await;
         let Ok((tx, auto_remove)) = self.with(name, |e| {
             e.state = State::Exited;
             e.leader = None;

@@ -90,12 +90,14 @@ impl Registry {
         self.publish(&name).await;
         self.record_start_intent(&name);
         super::failpoint::hit("start:after-intent");
-        match self.launch(&spec, stdio).await {
+        let mut net = super::network::NetStart::default();
+        match self.launch(&spec, stdio, &mut net).await {
             Ok(l) => {
                 self.started(&name, l).await;
                 Ok(())
             }
             Err(err) => {
+                self.net_start_failed(&name, net).await;
                 self.start_failed(&name, previous, &err).await;
                 Err(err)
             }
@@ -186,7 +188,12 @@ impl Registry {
         self.publish(name).await;
     }
 
-    async fn launch(&self, spec: &ContainerSpec, stdio: Stdio) -> Result<Launched> {
+    async fn launch(
+        &self,
+        spec: &ContainerSpec,
+        stdio: Stdio,
+        net: &mut super::network::NetStart,
+    ) -> Result<Launched> {
         let name = spec.name();
         let (plan, root_source, stop_signal, fds) = {
             let _t = Timer::new(name, "plan");
@@ -232,8 +239,11 @@ impl Registry {
                 seccomp: self.seccomp_program(spec)?,
                 hard_limits: hard_limit,
             };
-            let (plan, root_source) =
+            let (mut plan, root_source) =
                 plan::build(spec, &root.lowers, root.config.as_ref(), &dirs, decided)?;
+            self.net_prepare(spec, root.config.as_ref(), net).await?;
+            let files = super::network::files_dir(&self.layout, name);
+            super::network::net_shape_plan(&mut plan, net, &files);
             (plan, root_source, stop_signal, fds)
         };
         let memfd = nix::sys::memfd::memfd_create(
@@ -250,13 +260,15 @@ impl Registry {
         };
         let (pid, pidfd, sock) = {
             let _t = Timer::new(name, "namespaces (sync #1-#2)");
-            let fds = [
+            let mut fds = vec![
                 plan_fd.as_fd(),
                 fds[0].as_fd(),
                 fds[1].as_fd(),
                 fds[2].as_fd(),
                 memfd.as_fd(),
             ];
+            // `--network container:NAME`: the namespace the helper joins, last.
+            fds.extend(net.join.as_ref().map(|f| f.as_fd()));
             if let Err(err) = helper.send(&ToHelper::Plan, &fds).await {
                 helper.kill().await;
                 return Err(err.into());
@@ -314,8 +326,9 @@ impl Registry {
             }
             reason
         };
-        // The scope job runs in systemd while berthd writes the ID maps and makes the root:
-        // the two cost the start only once.
+        // The scope job runs in systemd while berthd writes the ID maps and makes the root (on
+        // a blocking thread) and plugs the network in (netlink, on this one): the three cost
+        // the start only once.
         let scope = async {
             let _t = Timer::new(name, "scope");
             let props = systemd::scope_properties(&format!("berth container {name}"), pid as u32)
@@ -330,14 +343,25 @@ impl Registry {
                     source,
                 })
         };
-        let root = async {
-            let _t = Timer::new(name, "ID maps and root");
-            make_root(pid, &plan, &root_source)
+        let root = {
+            // Owned copies for the blocking thread (the plan is a few kB).
+            let p = plan.clone();
+            let src = root_source.clone();
+            async move {
+                let _t = Timer::new(name, "ID maps and root");
+                tokio::task::spawn_blocking(move || make_root(pid, &p, &src))
+                    .await
+                    .map_err(|e| Error::Failed(format!("making the root: {e}")))?
+            }
         };
-        let (scoped, root) = tokio::join!(scope, root);
-        let root = match (scoped, root) {
-            (Ok(()), Ok(root)) => root,
-            (Err(e), _) | (_, Err(e)) => return Err(abort(e).await),
+        let attach = async {
+            let _t = Timer::new(name, "network");
+            self.net_attach(spec, pid, net).await
+        };
+        let (scoped, root, attached) = tokio::join!(scope, root, attach);
+        let root = match (scoped, root, attached) {
+            (Ok(()), Ok(root), Ok(())) => root,
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(abort(e).await),
         };
         super::failpoint::hit("start:after-scope");
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");

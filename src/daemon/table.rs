@@ -80,6 +80,8 @@ pub struct Entry {
     pub security: BTreeMap<String, String>,
     /// Frozen by `pause` (systemd's freezer) while running.
     pub paused: bool,
+    /// Its addresses and published ports while it runs.
+    pub net: super::network::NetView,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -104,6 +106,7 @@ impl Entry {
             oom_seen: Some(0),
             security: BTreeMap::new(),
             paused: false,
+            net: Default::default(),
             published: None,
         }
     }
@@ -134,6 +137,9 @@ impl Entry {
                 .image_id
                 .map(|d| d.to_string())
                 .unwrap_or_default(),
+            network: self.spec.network.mode.to_string(),
+            addresses: self.net.addresses.clone(),
+            ports: self.net.ports.clone(),
             object_path: path(name),
         }
     }
@@ -192,6 +198,8 @@ pub struct Registry {
     /// The helper binary, as a sealed memfd: every helper and container PID 1 runs from it,
     /// so no container can ever reach the host's file.
     pub(super) helper_image: Option<std::os::fd::OwnedFd>,
+    /// The network engine, opened once at start ([`Registry::open_network`]).
+    pub(super) network: super::network::NetSlot,
 }
 
 impl Registry {
@@ -229,6 +237,7 @@ impl Registry {
             selinux: security.selinux,
             seccomp: crate::seccomp::Cache::new(),
             helper_image: security.helper_image,
+            network: Default::default(),
         })
     }
 
@@ -370,6 +379,12 @@ pub fn changed_properties<'a>(
     }
     if a.last_oom_at != b.last_oom_at {
         m.insert("LastOOMAt", Variant::from(b.last_oom_at));
+    }
+    if a.addresses != b.addresses {
+        m.insert("Addresses", Variant::from(b.addresses.clone()));
+    }
+    if a.ports != b.ports {
+        m.insert("Ports", Variant::from(b.ports.clone()));
     }
     m
 }

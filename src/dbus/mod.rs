@@ -41,6 +41,8 @@ pub enum Error {
     NoSuchContainer(String),
     /// No image has that name.
     NoSuchImage(String),
+    /// No network has that name.
+    NoSuchNetwork(String),
     /// An argument is malformed or out of range.
     InvalidArgument(String),
     /// A container with that name exists.
@@ -94,7 +96,33 @@ pub struct ContainerInfo {
     /// The ID of the stored image it runs (`sha256:…`); empty for a directory or a shipped
     /// directory image.
     pub image_id: String,
+    /// The network mode: bridge, bridge:NAME, none, host, container:NAME, veth,
+    /// macvlan:IFACE.
+    pub network: String,
+    /// Its addresses with their prefix (`10.89.0.2/16`, `fd…::2/64`) while it runs.
+    pub addresses: Vec<String>,
+    /// Published ports while it runs: (host address, empty for all; host port; container
+    /// port; tcp or udp).
+    pub ports: Vec<(String, u16, u16, String)>,
     pub object_path: OwnedObjectPath,
+}
+
+/// One network, as `ListNetworks` and `GetNetwork` return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct NetworkInfo {
+    pub name: String,
+    /// The host bridge (`berth0` for the default network `berth`).
+    pub bridge: String,
+    pub subnet: String,
+    /// Empty without IPv6.
+    pub subnet6: String,
+    /// The bridge's addresses, the containers' default routes and resolver.
+    pub gateway: String,
+    pub gateway6: String,
+    /// No NAT and no traffic beyond the bridge.
+    pub internal: bool,
+    /// Containers holding an address on it: (name, IPv4, IPv6 or empty, running now).
+    pub containers: Vec<(String, String, String, bool)>,
 }
 
 /// One image, as `ListImages` returns it.
@@ -240,6 +268,15 @@ pub trait Backend: ImageOps + ContainerOps + Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<()>>;
     fn list(&self) -> Vec<ContainerInfo>;
     fn info(&self, name: &str) -> Option<ContainerInfo>;
+    fn create_network(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<()>>;
+    fn remove_network(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>>;
+    fn list_networks(&self) -> BoxFuture<'_, Result<Vec<NetworkInfo>>>;
+    fn network_info(&self, name: String) -> BoxFuture<'_, Result<NetworkInfo>>;
 }
 
 /// Whether the sender of `hdr` is root; a property read without a header (the ObjectManager's
@@ -771,6 +808,51 @@ impl Manager {
             .ok_or_else(|| Error::NoSuchContainer(format!("no container named {name:?}")))
     }
 
+    /// Define a bridge network containers join by its name (the Network option of
+    /// CreateContainer). Options: Subnet
+    /// (s, IPv4 CIDR; default: the first free /24 of 10.89.0.0/16 avoiding the host's routes),
+    /// IPv6 (b, add an IPv6 subnet, a ULA /64 unless Subnet6 is given), Subnet6 (s), Internal
+    /// (b, no NAT and no traffic beyond the bridge). Overlapping subnets are refused.
+    async fn create_network(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        options: Options,
+    ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
+        live(&self.backend)?
+            .create_network(Caller::of(&hdr)?, name, options)
+            .await
+    }
+
+    /// Remove a network; refused for the default network and while containers hold
+    /// addresses on it.
+    async fn remove_network(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
+        live(&self.backend)?
+            .remove_network(Caller::of(&hdr)?, name)
+            .await
+    }
+
+    /// All networks (the default one, `berth`, always).
+    async fn list_networks(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<Held<Vec<NetworkInfo>>> {
+        let call = enter(&self.backend, &hdr, "").await?;
+        call.hold(live(&self.backend)?.list_networks().await?)
+    }
+
+    /// One network.
+    async fn get_network(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<NetworkInfo> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
+        live(&self.backend)?.network_info(name).await
+    }
+
     /// A container was defined.
     #[zbus(signal)]
     pub async fn container_new(
@@ -974,6 +1056,26 @@ impl Container {
     #[zbus(property(emits_changed_signal = "const"), name = "ImageID")]
     fn image_id(&self) -> zbus::fdo::Result<String> {
         Ok(self.get()?.image_id)
+    }
+
+    /// Its network mode: bridge, bridge:NAME, none, host, container:NAME, veth or
+    /// macvlan:IFACE.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn network(&self) -> zbus::fdo::Result<String> {
+        Ok(self.get()?.network)
+    }
+
+    /// Its addresses with their prefix length while it runs; empty otherwise.
+    #[zbus(property)]
+    fn addresses(&self) -> zbus::fdo::Result<Vec<String>> {
+        Ok(self.get()?.addresses)
+    }
+
+    /// Its published ports while it runs: (host address, empty for all; host port;
+    /// container port; tcp or udp).
+    #[zbus(property)]
+    fn ports(&self) -> zbus::fdo::Result<Vec<(String, u16, u16, String)>> {
+        Ok(self.get()?.ports)
     }
 }
 

@@ -50,6 +50,7 @@ fn wanted(name: &str) -> Result<()> {
         Some("CannotExecute") => Err(Error::CannotExecute("m".into())),
         Some("PermissionDenied") => Err(Error::PermissionDenied("m".into())),
         Some("LimitExceeded") => Err(Error::LimitExceeded("m".into())),
+        Some("NoSuchNetwork") => Err(Error::NoSuchNetwork("m".into())),
         Some(_) => Err(Error::Failed("m".into())),
     }
 }
@@ -76,6 +77,9 @@ impl Fake {
             security: [("userns".to_string(), "host".to_string())].into(),
             labels: [("tier".to_string(), "web".to_string())].into(),
             image_id: "sha256:00".into(),
+            network: "bridge".into(),
+            addresses: vec!["10.89.0.2/16".into()],
+            ports: vec![(String::new(), 8080, 80, "tcp".into())],
             object_path: cpath(name),
         }
     }
@@ -305,6 +309,98 @@ impl Backend for Fake {
     fn info(&self, name: &str) -> Option<ContainerInfo> {
         (name == "web").then(|| Fake::info(name))
     }
+    fn create_network(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        let keys: Vec<String> = options.0.iter().map(|(k, _)| k.clone()).collect();
+        Box::pin(async move {
+            denied?;
+            self.call(format!("network-create {name} {keys:?}"));
+            wanted(&name)
+        })
+    }
+    fn remove_network(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("network-remove {name}"));
+            wanted(&name)
+        })
+    }
+    fn list_networks(&self) -> BoxFuture<'_, Result<Vec<NetworkInfo>>> {
+        Box::pin(async move { Ok(vec![Fake::network("berth")]) })
+    }
+    fn network_info(&self, name: String) -> BoxFuture<'_, Result<NetworkInfo>> {
+        Box::pin(async move { wanted(&name).map(|_| Fake::network(&name)) })
+    }
+}
+
+impl Fake {
+    fn network(name: &str) -> NetworkInfo {
+        NetworkInfo {
+            name: name.into(),
+            bridge: "berth0".into(),
+            subnet: "10.89.0.0/16".into(),
+            subnet6: String::new(),
+            gateway: "10.89.0.1".into(),
+            gateway6: String::new(),
+            internal: false,
+            containers: vec![("web".into(), "10.89.0.2".into(), String::new(), true)],
+        }
+    }
+}
+
+#[test]
+fn network_methods_are_authorized_then_delegated_and_reads_are_open() {
+    timeout(async {
+        let s = serve().await;
+        let m = &s.manager;
+        let yes = OwnedVariant::try_from(zbus::Variant::from(true)).unwrap();
+        m.create_network("n1".into(), opts(&[("Internal", yes)]))
+            .await
+            .unwrap();
+        m.remove_network("n1".into()).await.unwrap();
+        assert_eq!(
+            s.calls(),
+            [
+                "authorize ManageContainers",
+                "network-create n1 [\"Internal\"]",
+                "authorize ManageContainers",
+                "network-remove n1",
+            ]
+        );
+        assert_eq!(
+            m.list_networks().await.unwrap().into_inner(),
+            [Fake::network("berth")]
+        );
+        assert_eq!(m.get_network("n2".into()).await.unwrap().name, "n2");
+        assert_eq!(
+            error_name(m.get_network("e-NoSuchNetwork".into()).await),
+            "org.berth.berth1.Error.NoSuchNetwork"
+        );
+        *s.fake().deny.lock().unwrap() = true;
+        assert_eq!(
+            error_name(m.create_network("n1".into(), Options::default()).await),
+            "org.berth.berth1.Error.PermissionDenied"
+        );
+        assert!(s.calls().iter().all(|c| c.starts_with("authorize")));
+        // The container's network properties.
+        let c = ContainerProxy::builder(&s.client)
+            .path(crate::name::container_path("web"))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(c.network().await.unwrap(), "bridge");
+        assert_eq!(c.addresses().await.unwrap(), ["10.89.0.2/16"]);
+        assert_eq!(
+            c.ports().await.unwrap(),
+            [(String::new(), 8080, 80, "tcp".to_string())]
+        );
+    });
 }
 
 impl ImageOps for Fake {
@@ -1003,7 +1099,9 @@ fn sample_args(method: &'static str) -> Option<zbus::Message> {
         "SetResources" => m(&|b| b.build(&("a", vec![("memory", "1G")], true))),
         "GetStats" => m(&|b| b.build(&(vec!["web"],))),
         "WatchStats" => m(&|b| b.build(&(1_000_000u64,))),
-        "UnwatchStats" | "ListImages" | "ListContainers" => m(&|b| b.build(&())),
+        "UnwatchStats" | "ListImages" | "ListContainers" | "ListNetworks" => m(&|b| b.build(&())),
+        "CreateNetwork" => m(&|b| b.build(&("n", &o))),
+        "RemoveNetwork" | "GetNetwork" => m(&|b| b.build(&("n",))),
         "GetImage" => m(&|b| b.build(&("default",))),
         "GetContainer" | "WaitContainer" => m(&|b| b.build(&("web",))),
         "ImportImage" => m(&|b| b.build(&("oci", "/x.tar", "i", &o))),
@@ -1048,7 +1146,9 @@ fn with_extra(method: &'static str) -> zbus::Message {
         "SetResources" => m(&|b| b.build(&("a", vec![("memory", "1G")], true, x))),
         "GetStats" => m(&|b| b.build(&(vec!["web"], x))),
         "WatchStats" => m(&|b| b.build(&(1_000_000u64, x))),
-        "UnwatchStats" | "ListImages" | "ListContainers" => m(&|b| b.build(&(x,))),
+        "UnwatchStats" | "ListImages" | "ListContainers" | "ListNetworks" => m(&|b| b.build(&(x,))),
+        "CreateNetwork" => m(&|b| b.build(&("n", &o, x))),
+        "RemoveNetwork" | "GetNetwork" => m(&|b| b.build(&("n", x))),
         "GetImage" => m(&|b| b.build(&("default", x))),
         "GetContainer" | "WaitContainer" => m(&|b| b.build(&("web", x))),
         "ImportImage" => m(&|b| b.build(&("oci", "/x.tar", "i", &o, x))),
@@ -1099,7 +1199,7 @@ fn every_method_refuses_an_argument_too_many_and_takes_the_right_ones() {
     timeout(async {
         let s = serve().await;
         let methods = published_methods();
-        assert_eq!(methods.len(), 35, "{methods:?}");
+        assert_eq!(methods.len(), 39, "{methods:?}");
         for &method in &methods {
             let ok = sample_args(method).unwrap_or_else(|| panic!("no sample for {method}"));
             let r = raw_call(&s.client, ok).await;

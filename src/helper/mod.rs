@@ -67,8 +67,20 @@ pub fn main() -> ! {
         if msg != ToHelper::Plan {
             return Err(protocol::ProtocolError::Closed);
         }
-        protocol::expect_fds(&fds, PLAN_FDS)?;
+        if fds.is_empty() {
+            return Err(protocol::ProtocolError::Fds {
+                got: 0,
+                want: PLAN_FDS,
+            });
+        }
         let plan = protocol::read_plan(fds.remove(0))?;
+        let want = protocol::plan_fds(&plan);
+        if fds.len() + 1 != want {
+            return Err(protocol::ProtocolError::Fds {
+                got: fds.len() + 1,
+                want,
+            });
+        }
         Ok((plan, fds))
     });
     let (plan, fds) = match plan {
@@ -85,11 +97,19 @@ pub fn main() -> ! {
     run(sock, &plan, fds)
 }
 
-fn run(sock: OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> ! {
+fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
     let mut sys = Real;
+    // The network namespace to join comes last, after the exit-status memfd.
+    let netns = if plan.namespaces.join_net {
+        fds.pop()
+    } else {
+        None
+    };
     let cloned = init::Payload::from_plan(&plan.process)
         .map_err(|m| (Step::Exec, Errno::EINVAL, m))
         .and_then(|payload| {
+            join_network(&mut sys, plan, netns.as_ref().map(|f| f.as_fd()))?;
+            drop(netns);
             before_clone(&mut sys, plan)?;
             let c = sys::process::clone3_single_threaded(plan.namespaces.at_clone())
                 .map_err(|e| (Step::Namespaces, e, "clone3 into new namespaces".into()))?;
@@ -134,6 +154,33 @@ fn run(sock: OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> ! {
     }
 }
 
+/// `--network container:NAME`: join the other container's network namespace first, while the
+/// helper is still root of the initial user namespace (the leader could not: entering a
+/// namespace needs CAP_SYS_ADMIN over the user namespace that owns it, setns(2)), and before
+/// [`before_clone`] mounts the scratch sysfs, so that sysfs shows that namespace's devices.
+/// The leader is then cloned without CLONE_NEWNET and inherits it.
+pub fn join_network<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    netns: Option<BorrowedFd<'_>>,
+) -> StepResult<()> {
+    match (plan.namespaces.join_net, netns) {
+        (false, None) => Ok(()),
+        (true, Some(fd)) => sys.setns_net(fd).map_err(|e| {
+            (
+                Step::Namespaces,
+                e,
+                "join the network namespace of the container it shares".into(),
+            )
+        }),
+        _ => Err((
+            Step::Protocol,
+            Errno::EINVAL,
+            "sync #1 (plan): the network namespace to join is missing".into(),
+        )),
+    }
+}
+
 /// The helper's own steps before it clones the leader: a private mount namespace of its own
 /// (the leader's is copied from it), and — when the leader gets a user namespace — fresh,
 /// uncovered proc and sysfs mounts in the plan's scratch directory. The kernel lets a user
@@ -172,8 +219,12 @@ pub fn prepare<S: Syscalls>(
 ) -> StepResult<()> {
     sys.unshare(plan.namespaces.in_scope())
         .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
-    sys.loopback_up()
-        .map_err(|e| (Step::Namespaces, e, "bring up loopback".into()))?;
+    // Only in a network namespace of its own (berthd brings it up too, at the attach): the
+    // host's or another container's loopback is not the container's to touch.
+    if plan.namespaces.net {
+        sys.loopback_up()
+            .map_err(|e| (Step::Namespaces, e, "bring up loopback".into()))?;
+    }
     // Still with the host's root as file owner (uid 0 of the initial namespace), which may
     // walk berthd's root-only directories to the mount point; the user namespace's root,
     // next, may not.
@@ -333,6 +384,30 @@ mod tests {
         ];
         let pos: Vec<usize> = order.iter().map(|c| sys.pos(c)).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:#?}", sys.calls);
+    }
+
+    #[test]
+    fn a_shared_network_namespace_is_joined_before_the_scratch_sysfs_and_not_touched() {
+        let mut plan = crate::plan::tests::sample();
+        plan.namespaces.net = false;
+        plan.namespaces.join_net = true;
+        let mut sys = Recorder::default();
+        let ns = devnull();
+        join_network(&mut sys, &plan, Some(ns.as_fd())).unwrap();
+        before_clone(&mut sys, &plan).unwrap();
+        assert!(sys.pos("setns-net") < sys.pos("mount-host sysfs"));
+        assert!(sys.pos("setns-net") < sys.pos("unshare CLONE_NEWNS"));
+        // The plan and the descriptors must agree.
+        let mut sys = Recorder::default();
+        let (step, errno, _) = join_network(&mut sys, &plan, None).unwrap_err();
+        assert_eq!((step, errno), (Step::Protocol, Errno::EINVAL));
+        plan.namespaces.join_net = false;
+        join_network(&mut sys, &plan, None).unwrap();
+        assert!(sys.calls.is_empty());
+        // The leader leaves a loopback it does not own alone.
+        let mut sys = Recorder::default();
+        prepare(&mut sys, &plan, ns.as_fd(), None).unwrap();
+        assert!(!sys.calls.iter().any(|c| c == "loopback-up"));
     }
 
     #[test]

@@ -162,6 +162,49 @@ pub fn apply<S: Syscalls>(
                 format!("mask /{path} read-only")
             })
         }
+        MountOp::BindFile { source, path } => {
+            // What the root has there decides: nothing, or an empty file (a mount point an
+            // image build left), is covered; anything else is the image's own. A symlink on
+            // the way (an /etc that is a link) also means the image arranged it itself.
+            match sys.open_in(root, path) {
+                Err(Errno::ENOENT) => {}
+                Err(Errno::ELOOP) | Err(Errno::ENOTDIR) | Err(Errno::EXDEV) => return Ok(()),
+                Err(e) => return Err((e, format!("open /{path}"))),
+                Ok(fd) => {
+                    if !ctx(sys.is_empty_file(&fd), || format!("stat /{path}"))? {
+                        return Ok(());
+                    }
+                }
+            }
+            let src = ctx(sys.open_host(std::path::Path::new(source)), || {
+                format!("open {source}")
+            })?;
+            let target = ctx(sys.file_in(root, path), || format!("create /{path}"))?;
+            ctx(sys.bind(&src, &target, false), || {
+                format!("bind {source} on /{path}")
+            })?;
+            let fd = ctx(sys.open_in(root, path), || format!("open /{path}"))?;
+            let flags =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            ctx(sys.remount_bind(&fd, flags), || {
+                format!("remount /{path} read-only")
+            })
+        }
+        MountOp::BindHost { source, path } => {
+            let src = ctx(sys.open_host(std::path::Path::new(source)), || {
+                format!("open {source}")
+            })?;
+            let target = ctx(sys.ensure_dir(root, path), || format!("create /{path}"))?;
+            ctx(sys.bind(&src, &target, false), || {
+                format!("bind {source} on /{path}")
+            })?;
+            let fd = ctx(sys.open_in(root, path), || format!("open /{path}"))?;
+            let flags =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            ctx(sys.remount_bind(&fd, flags), || {
+                format!("remount /{path} read-only")
+            })
+        }
     }
 }
 
@@ -200,6 +243,54 @@ mod tests {
         assert!(sys.pos("mount tmpfs /dev ") < sys.pos("bind //dev/null /dev/null"));
         assert!(sys.pos("mount devpts /dev/pts") < sys.pos("symlink /dev/ptmx -> pts/ptmx"));
         assert!(!sys.calls.iter().any(|c| c.starts_with("mknod")));
+    }
+
+    #[test]
+    fn generated_files_cover_only_what_the_image_does_not_supply() {
+        let mut ops = Vec::new();
+        crate::mount::network::files(&mut ops, std::path::Path::new("/run/c"));
+        // The image ships a real /etc/hosts and a symlinked /etc/resolv.conf; /etc/hostname
+        // is an empty mount point.
+        let mut sys = Recorder {
+            impostors: vec!["etc/hosts".into()],
+            ..Default::default()
+        };
+        sys.failing_open
+            .push(("etc/resolv.conf".into(), Errno::ELOOP));
+        operations(&mut sys, &String::new(), None, &ops).unwrap();
+        assert!(!sys.calls.iter().any(|c| c.contains("/etc/hosts")));
+        assert!(!sys.calls.iter().any(|c| c.contains("/etc/resolv.conf")));
+        assert!(
+            sys.pos("bind //run/c/hostname /etc/hostname rec=false")
+                < sys.pos("remount /etc/hostname MS_RDONLY")
+        );
+        // A missing file is made and covered.
+        let mut sys = Recorder {
+            missing: vec!["etc/hosts".into()],
+            ..Default::default()
+        };
+        operations(&mut sys, &String::new(), None, &ops[..1]).unwrap();
+        assert!(
+            sys.calls
+                .contains(&"bind //run/c/hosts /etc/hosts rec=false".to_string())
+        );
+    }
+
+    #[test]
+    fn a_host_directory_is_bound_read_only() {
+        let op = MountOp::BindHost {
+            source: "/run/berth/scratch/sys".into(),
+            path: "sys".into(),
+        };
+        let mut sys = Recorder::default();
+        apply(&mut sys, &String::new(), None, &op).unwrap();
+        assert_eq!(
+            sys.calls,
+            [
+                "bind //run/berth/scratch/sys /sys rec=false",
+                "remount /sys MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC"
+            ]
+        );
     }
 
     #[test]

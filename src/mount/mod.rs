@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod idmap;
+pub mod network;
 pub mod nodes;
 pub mod root;
 
@@ -67,6 +68,16 @@ pub enum MountOp {
     /// one), or a directory under an empty read-only tmpfs; a missing path is skipped, any
     /// other failure fails the start.
     Mask { path: String },
+    /// Bind the host file `source` (berthd's, in the container's runtime directory) read-only
+    /// onto the file `path`, unless the root supplies its own: only a missing path or an
+    /// empty regular file is covered; a non-empty file, a symlink or a directory there is the
+    /// image's (or a bind mount's) and stays. `/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf` ([`network`]).
+    BindFile { source: String, path: String },
+    /// Bind the host directory `source` read-only onto `path` (the helper's fresh sysfs in
+    /// the scratch directory, for a container whose network namespace another user namespace
+    /// owns; see [`network`]).
+    BindHost { source: String, path: String },
 }
 
 /// The container's root: the detached overlay berthd made, attached at `target` (an empty
@@ -328,6 +339,7 @@ mod tests {
                 MountOp::ReadOnly { path } | MountOp::Mask { path } | MountOp::Keep { path } => {
                     path
                 }
+                MountOp::BindFile { path, .. } | MountOp::BindHost { path, .. } => path,
             };
             assert!(
                 !p.starts_with('/') && !p.split('/').any(|c| c == ".."),

@@ -58,6 +58,12 @@ pub struct Definition {
     /// matched by `ps --filter label=`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// How the container is networked (mode, published ports, addresses, interfaces).
+    #[serde(
+        default,
+        skip_serializing_if = "super::network::NetworkSettings::is_default"
+    )]
+    pub network: super::network::NetworkSettings,
     /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

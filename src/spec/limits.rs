@@ -32,7 +32,7 @@ pub enum Kind {
     DeviceRate,
     /// A device node and permissions: `/dev/fuse:rw`.
     Device,
-    /// A network rate: `10M` (bytes per second).
+    /// A network rate in tc units: `1mbit`, `2mbps` (stored as bytes per second).
     Rate,
 }
 
@@ -178,8 +178,8 @@ pub const KEYS: &[Key] = &[
         kind: Kind::Rate,
         list: false,
         unified_only: false,
-        expected: "a rate like 10M (bytes per second)",
-        help: "Network bandwidth limit (needs a network interface)",
+        expected: "a rate in tc units like 1mbit, 500kbit or 2mbps",
+        help: "Bandwidth of the container's veth, both directions, in tc units (1mbit, 2mbps; bridge and veth networks)",
     },
 ];
 
@@ -217,8 +217,6 @@ pub enum LimitError {
          systemd would accept it and apply nothing"
     )]
     NeedsUnified(String),
-    #[error("network-rate needs a network interface, and this container has none")]
-    NoNetwork,
 }
 
 /// Resource settings as users wrote them (what a definition stores): key → values, keys from
@@ -512,8 +510,8 @@ pub fn parse(k: &'static Key, value: &str, facts: &dyn HostFacts) -> Result<Limi
         }
         "devices" => Limit::Device(device(value, facts).map_err(|e| bad(&e))?),
         "network-rate" => {
-            size(value).map_err(bad)?;
-            return Err(LimitError::NoNetwork);
+            let r: crate::network::Rate = value.parse().map_err(|_| bad(""))?;
+            Limit::NetworkRate(Rate(r.bytes_per_sec))
         }
         _ => return Err(LimitError::Unknown(k.name.into())),
     })
@@ -704,9 +702,16 @@ mod tests {
             r.set("bogus", "1"),
             Err(LimitError::Unknown("bogus".into()))
         );
+        // Rates are in tc's units (the network engine shapes with them).
+        assert!(
+            checked(&[("network-rate", "10M")])
+                .unwrap_err()
+                .to_string()
+                .contains("network-rate")
+        );
         assert_eq!(
-            checked(&[("network-rate", "10M")]),
-            Err(LimitError::NoNetwork)
+            checked(&[("network-rate", "1mbit")]).unwrap().0,
+            [Limit::NetworkRate(Rate(125_000))]
         );
     }
 

@@ -8,6 +8,7 @@
 pub mod declared;
 pub mod definition;
 pub mod limits;
+pub mod network;
 pub mod props;
 pub mod security;
 pub mod ulimit;
@@ -150,6 +151,8 @@ pub enum SpecError {
     TooManyProperties,
     #[error(transparent)]
     Security(#[from] security::SecurityError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkSpecError),
 }
 
 /// Where a container's root comes from.
@@ -177,6 +180,8 @@ pub struct ContainerSpec {
     pub security: security::SecuritySpec,
     /// The stored image the container was created on (see [`Definition::image_id`]).
     pub image_id: Option<crate::image::Digest>,
+    /// How it is networked (the image's EXPOSE ports are added at start for `-P`).
+    pub network: crate::network::NetSpec,
 }
 
 impl ContainerSpec {
@@ -235,6 +240,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         (_, Some(id)) => return Err(SpecError::ImageId(id.clone())),
         (_, None) => None,
     };
+    let network = network::check(&def.network, &limits, security.userns.request().is_some())?;
     Ok(ContainerSpec {
         definition: def.clone(),
         root,
@@ -246,6 +252,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         properties,
         security,
         image_id,
+        network,
     })
 }
 

@@ -33,6 +33,8 @@ pub trait Syscalls {
     type Fd;
 
     fn unshare(&mut self, flags: CloneFlags) -> nix::Result<()>;
+    /// Join the network namespace `netns` (`--network container:NAME`, before the clone).
+    fn setns_net(&mut self, netns: BorrowedFd<'_>) -> nix::Result<()>;
     /// Make every mount of this mount namespace private (mounts below must not propagate back
     /// to the host's shared mounts).
     fn make_rprivate(&mut self) -> nix::Result<()>;
@@ -145,6 +147,10 @@ impl Syscalls for Real {
 
     fn unshare(&mut self, flags: CloneFlags) -> nix::Result<()> {
         nix::sched::unshare(flags)
+    }
+
+    fn setns_net(&mut self, netns: BorrowedFd<'_>) -> nix::Result<()> {
+        nix::sched::setns(netns, CloneFlags::CLONE_NEWNET)
     }
 
     fn make_rprivate(&mut self) -> nix::Result<()> {
@@ -430,6 +436,8 @@ pub mod fake {
         pub failing: Vec<&'static str>,
         /// Host paths that are not the device they should be.
         pub impostors: Vec<String>,
+        /// Paths whose `open_in` fails with this errno.
+        pub failing_open: Vec<(String, Errno)>,
     }
 
     /// `MsFlags(MS_RDONLY | MS_NOSUID)` → `MS_RDONLY|MS_NOSUID`.
@@ -475,6 +483,9 @@ pub mod fake {
         fn unshare(&mut self, flags: CloneFlags) -> nix::Result<()> {
             self.log(format!("unshare {}", self::flags(flags)))
         }
+        fn setns_net(&mut self, _netns: BorrowedFd<'_>) -> nix::Result<()> {
+            self.log("setns-net".into())
+        }
         fn make_rprivate(&mut self) -> nix::Result<()> {
             self.log("make-rprivate /".into())
         }
@@ -486,6 +497,9 @@ pub mod fake {
         }
         fn open_in(&mut self, root: &String, rel: &str) -> nix::Result<String> {
             let p = join(root, rel);
+            if let Some((_, e)) = self.failing_open.iter().find(|(f, _)| *f == p) {
+                return Err(*e);
+            }
             if self.missing.contains(&p) {
                 Err(Errno::ENOENT)
             } else {
@@ -548,7 +562,10 @@ pub mod fake {
             Ok(!self.impostors.contains(fd))
         }
         fn file_in(&mut self, root: &String, rel: &str) -> nix::Result<String> {
-            Ok(join(root, rel))
+            // The file exists from now on.
+            let p = join(root, rel);
+            self.missing.retain(|m| *m != p);
+            Ok(p)
         }
         fn symlink_in(&mut self, root: &String, rel: &str, target: &str) -> nix::Result<()> {
             self.log(format!("symlink /{} -> {target}", join(root, rel)))
