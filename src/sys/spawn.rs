@@ -229,7 +229,21 @@ mod tests {
         let inherited = inheritable_here();
         let s = spawn_passing_fd(Path::new("/bin/sleep"), "sleep", &["60"], w.as_fd(), n).unwrap();
         wait_exec(s.pid);
-        assert_eq!(passed(s.pid, &inherited), [0, 1, 2, n]);
+        let got = passed(s.pid, &inherited);
+        assert!(got.starts_with(&[0, 1, 2]) && got.contains(&n), "{got:?}");
+        let link =
+            |pid: String, fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(link(s.pid.to_string(), n), link("self".into(), n));
+        // Nothing else of ours: the pipe's other end stayed behind.
+        let other = link("self".into(), _r.as_raw_fd());
+        let leaked = got
+            .iter()
+            .filter(|fd| **fd != n && **fd > 2)
+            .filter(|fd| {
+                std::fs::read_link(format!("/proc/{}/fd/{fd}", s.pid)).ok() == Some(other.clone())
+            })
+            .count();
+        assert_eq!(leaked, 0);
         kill_and_reap(&s);
     }
 
