@@ -61,7 +61,8 @@ for f in /run/berth/containers/* /run/berth/containers/.[!.]*; do
     b=$(basename "$f")
     case $b in
     *.json) is_in "${b%.json}" "$all" || echo "orphan runtime record $f" ;;
-    *) echo "stray file $f" ;;
+    # A container's generated /etc files (hosts, hostname, resolv.conf).
+    *) [ -d "$f" ] && is_in "$b" "$all" || echo "stray file $f" ;;
     esac
 done
 
