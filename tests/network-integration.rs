@@ -411,7 +411,9 @@ fn user_defined_networks_are_managed_over_the_bus_and_internal_ones_stay_inside(
     }
     // The refusals made nothing: no bridge, no definition.
     assert_eq!(
-        ok("berthctl network ls -o json | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))'"),
+        ok(
+            "berthctl network ls -o json | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))'"
+        ),
         ok("ls /var/lib/berth/networks/defs | wc -l")
     );
     assert!(!ok("ls /var/lib/berth/networks/defs").contains("ntnet2"));
