@@ -5,10 +5,12 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod copy;
 pub mod daemon;
 pub mod dbus;
 pub mod helper;
 pub mod image;
+pub mod journal;
 pub mod mount;
 pub mod name;
 pub mod ns;
