@@ -16,6 +16,7 @@ pub mod name;
 pub mod ns;
 pub mod plan;
 pub mod protocol;
+pub mod pty;
 pub mod spawn;
 pub mod spec;
 pub mod sys;
