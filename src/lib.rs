@@ -21,3 +21,4 @@ pub mod spawn;
 pub mod spec;
 pub mod sys;
 pub mod systemd;
+pub mod volume;
