@@ -401,6 +401,37 @@ mod tests {
     }
 
     #[test]
+    fn a_line_reaches_the_journal_within_milliseconds() {
+        let fake = FakeJournal::new();
+        let (rd, wr) = log_pipe().unwrap();
+        let path = fake.path();
+        let relay_thread = std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut j = JournalSocket::connect(path).unwrap();
+                let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
+                relay(rd, &mut j, &tags, watch::channel(false).1)
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut w = std::fs::File::from(wr);
+        let mut buf = Vec::new();
+        let mut worst = Duration::ZERO;
+        for i in 0..20 {
+            std::thread::sleep(Duration::from_millis(5));
+            let at = Instant::now();
+            writeln!(w, "line {i}").unwrap();
+            let e = fields(&fake.recv(&mut buf));
+            worst = worst.max(at.elapsed());
+            assert_eq!(e["MESSAGE"], format!("line {i}").as_bytes());
+        }
+        drop(w);
+        relay_thread.join().unwrap();
+        assert!(worst < Duration::from_millis(100), "{worst:?}");
+        eprintln!("relay latency: worst {worst:?} of 20 lines");
+    }
+
+    #[test]
     fn store_names() {
         assert_eq!(fdstore_name("web", Stream::Stdout), "log-web-out");
         assert_eq!(fdstore_name("web", Stream::Stderr), "log-web-err");
