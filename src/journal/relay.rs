@@ -432,6 +432,51 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_journal_blocks_the_writer_and_loses_nothing() {
+        let fake = FakeJournal::new();
+        let (rd, wr) = log_pipe().unwrap();
+        let lines = 100_000;
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut w = std::io::BufWriter::new(std::fs::File::from(wr));
+                // 10 MB: far more than the pipe (1 MiB) and the socket hold.
+                for i in 0..lines {
+                    writeln!(w, "{i:>99}").unwrap();
+                }
+                drop(w);
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let path = fake.path();
+        let relay_thread = std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut j = JournalSocket::connect(path).unwrap();
+                let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
+                relay(rd, &mut j, &tags, watch::channel(false).1)
+                    .await
+                    .unwrap()
+            })
+        });
+        // Nobody reads the journal socket: the socket, then the pipe fill up, and the writer
+        // (the container) waits.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!done.load(Ordering::SeqCst), "the writer was held back");
+        let mut buf = Vec::new();
+        for i in 0..lines {
+            let e = fields(&fake.recv(&mut buf));
+            assert_eq!(e["MESSAGE"], format!("{i:>99}").as_bytes());
+        }
+        writer.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        match relay_thread.join().unwrap() {
+            RelayEnd::Eof(stats) => assert_eq!(stats.entries, lines as u64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn store_names() {
         assert_eq!(fdstore_name("web", Stream::Stdout), "log-web-out");
         assert_eq!(fdstore_name("web", Stream::Stderr), "log-web-err");
