@@ -224,6 +224,24 @@ pub(crate) mod tests {
             FakeJournal { dir, sock }
         }
 
+        /// A fake journal whose socket queues `qlen` datagrams, as journald's does on a
+        /// systemd host (systemd's sysctl.d sets `net.unix.max_dgram_qlen=512`; this machine
+        /// has the kernel's 10). The sysctl is per network namespace and read when the socket
+        /// is made, so the socket is made in a thread that entered a network namespace of its
+        /// own: nothing of the machine changes.
+        pub fn with_queue(qlen: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("socket");
+            let sock = std::thread::spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                std::fs::write("/proc/sys/net/unix/max_dgram_qlen", qlen.to_string()).unwrap();
+                StdDatagram::bind(&path).unwrap()
+            })
+            .join()
+            .unwrap();
+            FakeJournal { dir, sock }
+        }
+
         pub fn path(&self) -> PathBuf {
             self.dir.path().join("socket")
         }
