@@ -5,6 +5,7 @@
 //! integers or `errno`. [`syscall`] is the seam the helper's steps go through.
 
 pub mod process;
+pub mod pty;
 pub mod syscall;
 
 pub mod mount_api;
