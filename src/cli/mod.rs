@@ -79,7 +79,9 @@ impl From<dbus::Error> for CliError {
     fn from(e: dbus::Error) -> Self {
         use dbus::Error as E;
         let (exit, msg) = match e {
-            E::NoSuchContainer(m) | E::NoSuchImage(m) => (Exit::NotFound, m),
+            E::NoSuchContainer(m) | E::NoSuchImage(m) | E::NoSuchVolume(m) | E::NoSuchExec(m) => {
+                (Exit::NotFound, m)
+            }
             E::InvalidArgument(m) => (Exit::InvalidArgument, m),
             E::InvalidState(m) => (Exit::InvalidState, m),
             E::AlreadyExists(m) => (Exit::AlreadyExists, m),

@@ -143,6 +143,22 @@ pub enum CopyError {
 }
 
 impl CopyError {
+    /// The errno closest to this error, for callers that speak errno (the helper's steps).
+    pub fn errno(&self) -> nix::errno::Errno {
+        use nix::errno::Errno;
+        match self {
+            CopyError::NotFound { .. } => Errno::ENOENT,
+            CopyError::InvalidPath { .. } | CopyError::Refused { .. } => Errno::EINVAL,
+            CopyError::LimitExceeded(_) => Errno::EFBIG,
+            CopyError::Malformed(_) => Errno::EPROTO,
+            CopyError::Io { source, .. }
+            | CopyError::Stream(source)
+            | CopyError::Root { source, .. } => {
+                Errno::from_raw(source.raw_os_error().unwrap_or(libc::EIO))
+            }
+        }
+    }
+
     pub(crate) fn io(what: &'static str, path: &[u8], e: impl Into<std::io::Error>) -> Self {
         CopyError::Io {
             what,

@@ -277,6 +277,7 @@ impl Registry {
     /// name right after never has its new directory deleted by this removal.
     pub(super) async fn remove_entry(&self, name: &str) -> Result<()> {
         let dir = self.layout.container_dir(name);
+        let anonymous = self.anonymous_volumes(name);
         let trash = self
             .layout
             .containers()
@@ -321,6 +322,7 @@ impl Registry {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
         self.release_allocations(name);
+        self.remove_anonymous(name, anonymous);
         removed
             .map_err(|e| Error::io(format!("container {name:?} is removed, but its files"), e))?;
         info!("removed container {name}");

@@ -1,10 +1,15 @@
 //! berthd: serves `org.berth.berth1` on the system bus and runs containers.
 
 mod backend;
+mod bus_work;
+mod copy;
 mod error;
+mod exec;
 mod images;
 mod lifecycle;
 mod limits;
+mod logs;
+mod mounts;
 mod notify;
 mod reaper;
 mod recovery;
@@ -185,6 +190,7 @@ async fn serve(
         tracing::warn!("cannot tell the service manager that berthd stops: {e}, ignoring");
     }
     info!("stopping; containers keep running in their scopes");
+    registry.stop_relays().await;
     drop(registry);
     Ok(())
 }

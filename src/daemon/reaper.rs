@@ -61,8 +61,10 @@ impl Registry {
             warn!("cannot drop the exit descriptor of {name}: {e}, ignoring");
         }
         self.cpu_samples.lock().unwrap().remove(name);
+        self.logs_leader_gone(name);
         let Ok((tx, auto_remove, rt)) = self.with(name, |e| {
             e.state = State::Exited;
+            e.exec_base = None;
             e.leader = None;
             e.pidfd = None;
             e.exit_status = status;
@@ -81,6 +83,9 @@ impl Registry {
             return;
         };
         info!("container {name} exited with status {status}");
+        if self.with(name, |e| e.spec.ephemeral).unwrap_or(false) {
+            self.discard_ephemeral(name);
+        }
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
             warn!("cannot record exit of {name}: {e}, ignoring");
         }

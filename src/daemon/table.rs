@@ -74,6 +74,8 @@ pub struct Entry {
     pub last_oom_at: u64,
     /// How it is confined, as `Security` shows it.
     pub security: BTreeMap<String, String>,
+    /// What execs into the running container start from (its start's plan).
+    pub exec_base: Option<Arc<crate::plan::exec::ExecBase>>,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -96,6 +98,7 @@ impl Entry {
             oom_kills: 0,
             last_oom_at: 0,
             security: BTreeMap::new(),
+            exec_base: None,
             published: None,
         }
     }
@@ -168,6 +171,10 @@ pub struct Registry {
     /// The helper binary, as a sealed memfd: every helper and container PID 1 runs from it,
     /// so no container can ever reach the host's file.
     pub(super) helper_image: Option<std::os::fd::OwnedFd>,
+    /// The log relays of running (and lately exited) containers.
+    pub(super) relays: super::logs::Relays,
+    /// Commands started with exec.
+    pub(super) execs: super::exec::Execs,
 }
 
 impl Registry {
@@ -202,6 +209,8 @@ impl Registry {
             selinux: security.selinux,
             seccomp: crate::seccomp::Cache::new(),
             helper_image: security.helper_image,
+            relays: Default::default(),
+            execs: Default::default(),
         })
     }
 

@@ -44,6 +44,8 @@ pub struct Payload {
     no_new_privs: bool,
     label: Option<String>,
     seccomp: Option<Vec<libc::sock_filter>>,
+    /// The standard stream (0–2) that is a terminal to become the controlling terminal.
+    ctty: Option<usize>,
 }
 
 fn cs(s: &str) -> Result<CString, String> {
@@ -61,7 +63,14 @@ impl Payload {
             no_new_privs: false,
             label: None,
             seccomp: None,
+            ctty: p.terminal.iter().position(|t| *t),
         })
+    }
+
+    /// Run `argv` instead of the plan's (a login shell, found once the user is known).
+    pub fn set_argv(&mut self, argv: &[String]) -> Result<(), String> {
+        self.argv = argv.iter().map(|s| cs(s)).collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     /// Run as `ids`; when the plan says so (`home`), `HOME` is the user's passwd home
@@ -180,6 +189,10 @@ pub fn exec_steps<S: Syscalls>(sys: &mut S, payload: &Payload) -> (Step, Errno) 
     let r = (|| -> Result<(), (Step, Errno)> {
         let at = |step| move |e| (step, e);
         sys.setsid().map_err(at(Step::Exec))?;
+        if let Some(stdio) = payload.ctty {
+            sys.set_controlling_terminal(stdio)
+                .map_err(at(Step::Terminal))?;
+        }
         if let Some(ids) = &payload.ids {
             // A uid change away from 0 clears the permitted set unless KEEPCAPS: keep it for
             // the capability step, which sets exactly what the payload keeps.
@@ -359,6 +372,20 @@ mod tests {
         );
         assert!(!sys.calls.iter().any(|c| c == "no-new-privs"));
         assert!(sys.pos("caps ") < sys.pos("seccomp "));
+    }
+
+    #[test]
+    fn a_terminal_becomes_the_controlling_terminal_right_after_setsid() {
+        let full = crate::plan::tests::sample();
+        let mut plan = full.process;
+        plan.terminal = [false, true, true];
+        let p = Payload::from_plan(&plan).unwrap();
+        let mut sys = Recorder::default();
+        exec_steps(&mut sys, &p);
+        assert_eq!(sys.calls[..2], ["setsid", "controlling-terminal 1"]);
+        let mut sys = Recorder::default();
+        exec_steps(&mut sys, &payload());
+        assert!(!sys.calls.iter().any(|c| c.starts_with("controlling")));
     }
 
     #[test]

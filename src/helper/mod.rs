@@ -17,7 +17,10 @@
 //! 3. The leader stays as the container's PID 1 ([`init::supervise`]) with no capability but
 //!    CAP_KILL (to pass signals on to a payload of another uid).
 
+pub mod bind;
+pub mod exec;
 mod init;
+mod terminal;
 pub mod user;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -63,11 +66,32 @@ pub fn main() -> ! {
     ) {
         die("the protocol socket", e);
     }
-    let plan = protocol::recv::<ToHelper>(sock.as_fd()).and_then(|(msg, mut fds)| {
-        if msg != ToHelper::Plan {
-            return Err(protocol::ProtocolError::Closed);
-        }
-        protocol::expect_fds(&fds, PLAN_FDS)?;
+    let (msg, fds) = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok(m) => m,
+        Err(e) => fail(
+            &sock,
+            (
+                Step::Protocol,
+                Errno::EPROTO,
+                format!("sync #1 (plan): {e}"),
+            ),
+        ),
+    };
+    match msg {
+        ToHelper::Plan => {}
+        ToHelper::Exec => exec::run(sock, fds),
+        ToHelper::Bind => bind::run(sock, fds),
+        ToHelper::Release => fail(
+            &sock,
+            (
+                Step::Protocol,
+                Errno::EPROTO,
+                "sync #1 (plan): a release before the plan".into(),
+            ),
+        ),
+    }
+    let plan = protocol::expect_fds(&fds, PLAN_FDS).and_then(|()| {
+        let mut fds = fds;
         let plan = protocol::read_plan(fds.remove(0))?;
         Ok((plan, fds))
     });
@@ -113,13 +137,20 @@ fn run(sock: OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> ! {
     if nix::sys::prctl::set_pdeathsig(None).is_err() {
         std::process::exit(1);
     }
-    let root = match protocol::recv::<ToHelper>(sock.as_fd()) {
-        Ok((ToHelper::Release, mut fds)) if fds.len() == 1 => fds.remove(0),
+    let (root, sources) = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok((ToHelper::Release, mut fds)) if !fds.is_empty() => {
+            let root = fds.remove(0);
+            (root, fds)
+        }
         _ => std::process::exit(1),
     };
-    match leader(&mut sys, plan, payload, root, fds) {
-        Ok((pid, status_fd, devnull)) => {
-            if protocol::send(sock.as_fd(), &FromHelper::Started, &[]).is_err() {
+    match leader(&mut sys, plan, payload, root, &sources, fds) {
+        Ok((pid, status_fd, devnull, master)) => {
+            drop(sources);
+            let passed: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
+            let sent = protocol::send(sock.as_fd(), &FromHelper::Started, &passed);
+            drop(master);
+            if sent.is_err() {
                 // berthd went away before it learnt that the payload runs; a restarted
                 // berthd adopts the container from its records or not at all. PID 1 goes on
                 // either way.
@@ -160,7 +191,12 @@ pub fn before_clone<S: Syscalls>(sys: &mut S, plan: &Plan) -> StepResult<()> {
 /// The leader's steps before the payload: root of its user namespace, in the scope's cgroup
 /// namespace, with the root attached, the plan's mounts made, pivoted into, named, limited,
 /// with a session keyring of its own.
-pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan, root: BorrowedFd<'_>) -> StepResult<()> {
+pub fn prepare<S: Syscalls>(
+    sys: &mut S,
+    plan: &Plan,
+    root: BorrowedFd<'_>,
+    sources: &[S::Fd],
+) -> StepResult<()> {
     sys.unshare(plan.namespaces.in_scope())
         .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
     sys.loopback_up()
@@ -186,7 +222,8 @@ pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan, root: BorrowedFd<'_>) -> S
         sys.become_root()
             .map_err(|e| (Step::Userns, e, "become root of the user namespace".into()))?;
     }
-    mount::apply::operations(sys, &root, &plan.mounts).map_err(|(e, m)| (Step::Mount, e, m))?;
+    mount::apply::operations_with(sys, &root, &plan.mounts, sources)
+        .map_err(|(e, m)| (Step::Mount, e, m))?;
     sys.pivot_root(&root)
         .map_err(|e| (Step::Pivot, e, "pivot_root".into()))?;
     sys.sethostname(&plan.hostname)
@@ -200,15 +237,19 @@ pub fn prepare<S: Syscalls>(sys: &mut S, plan: &Plan, root: BorrowedFd<'_>) -> S
     Ok(())
 }
 
-/// Everything the leader does after the barrier, up to the payload's exec.
+/// Everything the leader does after the barrier, up to the payload's exec. Returns the
+/// payload's PID, the exit-status memfd, the container's /dev/null for PID 1, and the
+/// terminal's master when the plan asked for a terminal.
+#[allow(clippy::type_complexity)]
 fn leader(
     sys: &mut Real,
     plan: &Plan,
     mut payload: init::Payload,
     root: OwnedFd,
+    sources: &[OwnedFd],
     fds: Vec<OwnedFd>,
-) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd)> {
-    prepare(sys, plan, root.as_fd())?;
+) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd, Option<OwnedFd>)> {
+    prepare(sys, plan, root.as_fd(), sources)?;
     drop(root);
     // After the pivot, so that names mean what the image's /etc/passwd says.
     let ids = match &plan.process.user {
@@ -216,7 +257,7 @@ fn leader(
         None => None,
     };
     payload
-        .set_user(ids, plan.process.home.as_deref(), &plan.security)
+        .set_user(ids.clone(), plan.process.home.as_deref(), &plan.security)
         .map_err(|m| (Step::User, Errno::EINVAL, m))?;
     let devnull = nix::fcntl::open(
         "/dev/null",
@@ -227,7 +268,16 @@ fn leader(
     let [i, o, e, status]: [OwnedFd; 4] = fds
         .try_into()
         .map_err(|_| (Step::Protocol, Errno::EINVAL, "descriptors".to_string()))?;
-    let pid = init::start_payload(&payload, [i, o, e]).map_err(|(step, errno)| {
+    let (stdio, master) = if plan.process.terminal.iter().any(|t| *t) {
+        let uid = ids.as_ref().map_or(0, |i| i.uid);
+        let gid = ids.as_ref().map_or(0, |i| i.gid);
+        let pty = terminal::allocate(uid, gid)?;
+        let stdio = terminal::stdio(&pty.slave, plan.process.terminal, [i, o, e])?;
+        (stdio, Some(pty.master))
+    } else {
+        ([i, o, e], None)
+    };
+    let pid = init::start_payload(&payload, stdio).map_err(|(step, errno)| {
         let what = match step {
             Step::Exec => format!("cannot execute {:?}", plan.process.argv[0]),
             step => format!(
@@ -237,11 +287,11 @@ fn leader(
         };
         (step, errno, format!("{what}: {}", errno.desc()))
     })?;
-    Ok((pid, status, devnull))
+    Ok((pid, status, devnull, master))
 }
 
 /// Tell berthd which step failed, and exit.
-fn fail(sock: &OwnedFd, (step, errno, message): (Step, Errno, String)) -> ! {
+pub(crate) fn fail(sock: &OwnedFd, (step, errno, message): (Step, Errno, String)) -> ! {
     let failed = FromHelper::Failed {
         step,
         errno: errno as i32,
@@ -287,7 +337,7 @@ mod tests {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder::default();
         let root = devnull();
-        prepare(&mut sys, &plan, root.as_fd()).unwrap();
+        prepare(&mut sys, &plan, root.as_fd(), &[]).unwrap();
         let order = [
             "unshare CLONE_NEWCGROUP",
             "loopback-up",
@@ -320,7 +370,7 @@ mod tests {
             ..Default::default()
         };
         let root = devnull();
-        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd()).unwrap_err();
+        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), &[]).unwrap_err();
         assert_eq!((step, errno), (Step::Mount, Errno::EPERM));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot-root")));
     }

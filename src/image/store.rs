@@ -65,6 +65,10 @@ pub struct ImageConfig {
     pub user: Option<String>,
     pub stop_signal: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The image's `VOLUME` paths: each becomes an anonymous volume of a container that does
+    /// not mount something else there (as podman does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 /// One image name, as stored in `images/<name>.json`. The JSON is a stable format.
@@ -277,6 +281,7 @@ fn image_config(cfg: &ImageConfiguration) -> ImageConfig {
         user: c.user().clone().filter(|s| !s.is_empty()),
         stop_signal: c.stop_signal().clone().filter(|s| !s.is_empty()),
         labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
+        volumes: c.volumes().clone().unwrap_or_default(),
     }
 }
 

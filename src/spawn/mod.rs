@@ -89,6 +89,14 @@ impl Helper {
         sock
     }
 
+    /// Wait until the helper process has exited (it does right after its last message): then
+    /// what it forked is berthd's child.
+    pub async fn finish(mut self) {
+        if let Err(e) = self.child.wait().await {
+            tracing::warn!("cannot reap berth-helper: {e}, ignoring");
+        }
+    }
+
     /// Kill the helper process (not the leader) and reap it.
     pub async fn kill(mut self) {
         if let Err(e) = self.child.kill().await {
