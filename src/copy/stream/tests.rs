@@ -532,8 +532,15 @@ fn a_symlink_swapped_during_copies_never_reaches_outside_the_root() {
     std::fs::write(src.join("inner/file"), "payload").unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Shared so that the copy loop runs until the race really ran, however busy the machine.
+    let swapped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let swapper = {
-        let (rootdir, canary, stop) = (rootdir.clone(), canary.clone(), stop.clone());
+        let (rootdir, canary, stop, swapped) = (
+            rootdir.clone(),
+            canary.clone(),
+            stop.clone(),
+            swapped.clone(),
+        );
         std::thread::spawn(move || {
             let targets = [
                 canary.clone(),
@@ -549,6 +556,7 @@ fn a_symlink_swapped_during_copies_never_reaches_outside_the_root() {
                     std::fs::remove_file(&a).unwrap();
                     std::fs::rename(&real, &a).unwrap();
                     swaps += 1;
+                    swapped.store(swaps, Ordering::Relaxed);
                     // Leave copies a window in which the path is real.
                     std::thread::sleep(std::time::Duration::from_micros(20));
                 }
@@ -568,7 +576,12 @@ fn a_symlink_swapped_during_copies_never_reaches_outside_the_root() {
     let root = Root::open(&rootdir).unwrap();
     let (payload, _) = encode(&Root::Host, src.to_str().unwrap(), &Limits::default()).unwrap();
     let (mut ok_in, mut ok_out) = (0, 0);
-    for _ in 0..2000 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut rounds = 0;
+    while rounds < 2000
+        || (swapped.load(Ordering::Relaxed) <= 100 && std::time::Instant::now() < deadline)
+    {
+        rounds += 1;
         if receive(
             &payload[..],
             |d| root.resolve_dest("/a/b", d),
