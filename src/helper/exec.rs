@@ -84,6 +84,9 @@ fn exec(plan: &ExecPlan, mut fds: Vec<OwnedFd>) -> StepResult<(i32, OwnedFd, Opt
     let leader = fds.remove(0);
     let mut payload =
         init::Payload::from_plan(&plan.process).map_err(|m| (Step::Exec, Errno::EINVAL, m))?;
+    // Before the container's /proc replaces ours (see OwnTasks).
+    let tasks = crate::sys::OwnTasks::open()
+        .map_err(|e| (Step::Fork, e, "open /proc/self/task".to_string()))?;
     enter(&mut sys, plan, leader.as_fd())?;
     drop(leader);
     // From here on the root, /etc/passwd and /dev are the container's.
@@ -116,14 +119,14 @@ fn exec(plan: &ExecPlan, mut fds: Vec<OwnedFd>) -> StepResult<(i32, OwnedFd, Opt
         .try_into()
         .map_err(|_| (Step::Protocol, Errno::EINVAL, "stdio".to_string()))?;
     let (stdio, master) = if plan.process.terminal.iter().any(|t| *t) {
-        let pty = terminal::allocate(uid, gid)?;
+        let pty = terminal::allocate(uid, gid, plan.process.window)?;
         let stdio = terminal::stdio(&pty.slave, plan.process.terminal, given)?;
         (stdio, Some(pty.master))
     } else {
         (given, None)
     };
     let argv0 = plan.process.argv.first().cloned().unwrap_or_default();
-    let pid = init::start_payload(&payload, stdio).map_err(|(step, errno)| {
+    let pid = init::start_payload(&payload, stdio, Some(&tasks)).map_err(|(step, errno)| {
         let what = match step {
             Step::Exec => format!("cannot execute {argv0:?}"),
             step => format!("the {step:?} step before executing {argv0:?}"),

@@ -129,14 +129,23 @@ impl Payload {
 /// Start the payload as a child of this PID 1. Returns its PID once it has exec'd, or the
 /// errno of the failed exec. All signals are blocked in PID 1 from here on; the child unblocks
 /// them before exec.
-pub fn start_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Result<Pid, (Step, Errno)> {
+/// `tasks`: this process's thread list when `/proc` is not its own (an exec helper).
+pub fn start_payload(
+    payload: &Payload,
+    stdio: [OwnedFd; 3],
+    tasks: Option<&crate::sys::OwnTasks>,
+) -> Result<Pid, (Step, Errno)> {
     let early = |e| (Step::Exec, e);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None).map_err(early)?;
     nix::sys::prctl::set_dumpable(false).map_err(early)?;
     // A close-on-exec pipe tells the parent whether exec worked: EOF means it did; else it
     // carries the failed step and errno.
     let (rd, wr) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(early)?;
-    match fork_single_threaded().map_err(|e| (Step::Fork, e))? {
+    let forked = match tasks {
+        Some(t) => crate::sys::fork_single_threaded_in(t),
+        None => fork_single_threaded(),
+    };
+    match forked.map_err(|e| (Step::Fork, e))? {
         Forked::Child => {
             drop(rd);
             let (step, errno) = exec_payload(&mut crate::sys::syscall::Real, payload, stdio);

@@ -271,13 +271,13 @@ fn leader(
     let (stdio, master) = if plan.process.terminal.iter().any(|t| *t) {
         let uid = ids.as_ref().map_or(0, |i| i.uid);
         let gid = ids.as_ref().map_or(0, |i| i.gid);
-        let pty = terminal::allocate(uid, gid)?;
+        let pty = terminal::allocate(uid, gid, plan.process.window)?;
         let stdio = terminal::stdio(&pty.slave, plan.process.terminal, [i, o, e])?;
         (stdio, Some(pty.master))
     } else {
         ([i, o, e], None)
     };
-    let pid = init::start_payload(&payload, stdio).map_err(|(step, errno)| {
+    let pid = init::start_payload(&payload, stdio, None).map_err(|(step, errno)| {
         let what = match step {
             Step::Exec => format!("cannot execute {:?}", plan.process.argv[0]),
             step => format!(
