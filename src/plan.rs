@@ -70,6 +70,10 @@ pub struct ProcessPlan {
     /// terminal.
     #[serde(default)]
     pub terminal: [bool; 3],
+    /// The terminal's size (rows, columns) before the payload runs, so that its first look
+    /// at the size is the caller's; `None`: the kernel's 0×0 until the caller sets one.
+    #[serde(default)]
+    pub window: Option<(u16, u16)>,
 }
 
 /// What berthd decided for the plan besides the spec: the ID range, the label, the compiled
@@ -187,6 +191,7 @@ pub fn build(
             home,
             rlimits,
             terminal: [false; 3],
+            window: None,
         },
         security: SecurityPlan {
             id_maps: decided.id_maps,

@@ -18,6 +18,7 @@ pub(super) const START_OPTIONS: &[&str] = &[
     "StandardOutput",
     "StandardError",
     "EndWithCaller",
+    "TerminalSize",
 ];
 
 /// Options of Exec.
@@ -31,6 +32,7 @@ const EXEC_OPTIONS: &[&str] = &[
     "StandardOutput",
     "StandardError",
     "Terminal",
+    "TerminalSize",
     "EndWithCaller",
 ];
 
@@ -60,10 +62,12 @@ pub(super) fn start_options(
     let mut o = options.check(START_OPTIONS)?;
     let fds = take_stdio(&mut o)?;
     let end = o.take::<bool>("EndWithCaller")?.unwrap_or(false);
+    let window = o.take::<(u16, u16)>("TerminalSize")?;
     Ok((
         Stdio(fds),
         StartExtras {
             terminal,
+            window,
             caller: end.then(|| caller.sender.clone()),
         },
     ))
@@ -109,8 +113,11 @@ impl Registry {
             o.take("Shell")?.unwrap_or(false),
         )
         .map_err(invalid)?;
+        let mut req = req;
         let terminal = o.take("Terminal")?.unwrap_or(false);
+        let window = o.take::<(u16, u16)>("TerminalSize")?;
         let end = o.take::<bool>("EndWithCaller")?.unwrap_or(false);
+        req.window = window.filter(|_| terminal);
         self.known_container(&name)?;
         self.authorize(&caller, Action::Shell, "exec", ("container", &name))
             .await?;

@@ -33,6 +33,8 @@ pub struct Stdio(pub [Option<OwnedFd>; 3]);
 pub struct StartExtras {
     /// A terminal of the container's own on every stream the starter did not pass.
     pub terminal: bool,
+    /// The terminal's first size (rows, columns).
+    pub window: Option<(u16, u16)>,
     /// Hang the container up when this bus name leaves (a foreground `run`).
     pub caller: Option<String>,
 }
@@ -120,7 +122,10 @@ impl Registry {
             }),
         })??;
         self.publish(&name).await;
-        match self.launch(&spec, stdio, extras.terminal).await {
+        match self
+            .launch(&spec, stdio, extras.terminal, extras.window)
+            .await
+        {
             Ok(mut l) => {
                 let master = l.master.take();
                 self.started(&name, l).await;
@@ -268,7 +273,13 @@ impl Registry {
         })
     }
 
-    async fn launch(&self, spec: &ContainerSpec, stdio: Stdio, terminal: bool) -> Result<Launched> {
+    async fn launch(
+        &self,
+        spec: &ContainerSpec,
+        stdio: Stdio,
+        terminal: bool,
+        window: Option<(u16, u16)>,
+    ) -> Result<Launched> {
         let name = spec.name();
         let (plan, root_source, stop_signal, fds, logs, sources, exec_base) = {
             let _t = Timer::new(name, "plan");
@@ -295,6 +306,7 @@ impl Registry {
             ));
             let (fds, logs, slots) = super::logs::start_stdio(spec, stdio, terminal)?;
             plan.process.terminal = slots;
+            plan.process.window = window.filter(|_| terminal);
             let (mounts, sources) = self.mount_sources(spec, config.as_ref())?;
             let dirs_of: Vec<bool> = sources.iter().map(|s| s.dir).collect();
             let context = self

@@ -27,7 +27,8 @@ fn failed(e: crate::pty::PtyError) -> (Step, Errno, String) {
 /// In the container's root (after the pivot, or after joining its mount namespace): a new
 /// terminal of its devpts, owned by `uid` and the container's `tty` group (else `gid`), mode
 /// 0620. `/dev/pts` is opened beneath `/` without following any symlink.
-pub fn allocate(uid: u32, gid: u32) -> StepResult<crate::pty::Pty> {
+/// `window`: its size (rows, columns) before anyone reads it.
+pub fn allocate(uid: u32, gid: u32, window: Option<(u16, u16)>) -> StepResult<crate::pty::Pty> {
     let err = |what: &'static str| move |e: Errno| (Step::Terminal, e, what.to_string());
     let root = nix::fcntl::open(
         "/",
@@ -50,6 +51,18 @@ pub fn allocate(uid: u32, gid: u32) -> StepResult<crate::pty::Pty> {
     let pty = crate::pty::open_in(pts.as_fd()).map_err(failed)?;
     let group = super::user::tty_gid().unwrap_or(gid);
     crate::pty::give_to(pty.slave.as_fd(), uid, group).map_err(failed)?;
+    if let Some((rows, cols)) = window {
+        crate::sys::pty::set_window_size(
+            pty.master.as_fd(),
+            crate::sys::pty::WindowSize {
+                rows,
+                cols,
+                xpixel: 0,
+                ypixel: 0,
+            },
+        )
+        .map_err(err("set the terminal's size"))?;
+    }
     Ok(pty)
 }
 

@@ -44,6 +44,8 @@ pub struct ExecRequest {
     /// Which of stdin, stdout, stderr the caller passed (the others: the container's
     /// /dev/null, unless the terminal).
     pub passed: [bool; 3],
+    /// The terminal's first size (rows, columns).
+    pub window: Option<(u16, u16)>,
 }
 
 impl ExecRequest {
@@ -190,6 +192,7 @@ impl ExecBase {
                 home,
                 rlimits: self.process.rlimits.clone(),
                 terminal: req.terminal,
+                window: req.window,
             },
             security: self.security.clone(),
             passed: req.passed,
