@@ -2,9 +2,13 @@
 //! through the proxies generated from [`crate::dbus`], renders tables or JSON. One file per
 //! verb; exit codes in [`Exit`].
 
+mod attach;
+mod cp;
+mod exec;
 mod image;
 mod kill;
 mod list;
+mod logs;
 mod output;
 mod remove;
 mod run;
@@ -14,6 +18,7 @@ mod start;
 mod stats;
 mod status;
 mod stop;
+mod volume;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -181,6 +186,16 @@ pub enum Command {
     Image(image::ImageArgs),
     /// List images (same as `image list`).
     Images(image::ListArgs),
+    /// Run a command in a running container (its namespaces, cgroup, user and confinement).
+    Exec(exec::ExecArgs),
+    /// An interactive shell in a running container (the user's shell, else /bin/sh).
+    Shell(exec::ShellArgs),
+    /// Show a container's output from the journal.
+    Logs(logs::LogsArgs),
+    /// Copy files and directories into or out of a running container.
+    Cp(cp::CpArgs),
+    /// Manage named volumes: create, ls, rm, inspect.
+    Volume(volume::VolumeArgs),
     /// Write a container's root file system (its changes over its image) as a tarball.
     Export {
         name: String,
@@ -236,6 +251,11 @@ pub fn main() -> u8 {
             Command::Stats(a) => stats::run(a).await,
             Command::Image(a) => image::run(a).await,
             Command::Images(a) => image::list(a).await,
+            Command::Exec(a) => exec::exec(a).await,
+            Command::Shell(a) => exec::shell(a).await,
+            Command::Logs(a) => logs::run(a).await,
+            Command::Cp(a) => cp::run(a).await,
+            Command::Volume(a) => volume::run(a).await,
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;
