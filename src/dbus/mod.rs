@@ -377,7 +377,7 @@ impl Manager {
         live(&self.backend)?
             .start_terminal(Caller::of(&hdr)?, name, options)
             .await
-            .map(|fd| zbus::OwnedFd::from(fd))
+            .map(zbus::OwnedFd::from)
     }
 
     /// Make a named volume under /var/lib/berth/volumes. Options: Labels (a{ss}). Returns its
