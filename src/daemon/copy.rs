@@ -32,6 +32,31 @@ fn copy_error(e: CopyError) -> Error {
     }
 }
 
+/// The file the caller's descriptor names, opened in berthd's mount namespace: by the path
+/// the kernel reports for it, without following a final symlink, and only if it is the very
+/// same inode (the caller proved it may reach that file; a path that now names another file
+/// is refused).
+fn same_file_here(theirs: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let refused = || Error::InvalidArgument("the bind source is not visible to berthd".into());
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", theirs.as_raw_fd()))
+        .map_err(|e| Error::io("resolve the bind source", e))?;
+    let here = nix::fcntl::open(
+        &path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|_| refused())?;
+    let (a, b) = (
+        nix::sys::stat::fstat(theirs).map_err(|_| refused())?,
+        nix::sys::stat::fstat(here.as_fd()).map_err(|_| refused())?,
+    );
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return Err(refused());
+    }
+    Ok(here)
+}
+
 impl Registry {
     /// The leader and the ID map of a running container.
     fn running_root(&self, name: &str) -> Result<(i32, std::sync::Arc<OwnedFd>, IdMap)> {
@@ -127,8 +152,17 @@ impl Registry {
         idmap: bool,
     ) -> Result<()> {
         let (leader, pidfd, map) = self.running_root(name)?;
-        let mount = mount_api::open_tree_clone_fd(source.as_fd(), true)
-            .map_err(|e| Error::InvalidArgument(format!("the bind source: {}", e.desc())))?;
+        let mount = match mount_api::open_tree_clone_fd(source.as_fd(), true) {
+            // The source is a mount of the caller's mount namespace, not of berthd's own
+            // (berthd.service's Protect* settings give it one): clone the same file as berthd
+            // sees it.
+            Err(nix::errno::Errno::EINVAL) => {
+                let here = same_file_here(source.as_fd())?;
+                mount_api::open_tree_clone_fd(here.as_fd(), true)
+            }
+            r => r,
+        }
+        .map_err(|e| Error::InvalidArgument(format!("the bind source: {}", e.desc())))?;
         drop(source);
         let mut set = MountAttrFlags::NOSUID | MountAttrFlags::NODEV;
         if read_only {
