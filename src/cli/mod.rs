@@ -3,6 +3,7 @@
 //! verb; exit codes in [`Exit`].
 
 mod attach;
+mod bind;
 mod cp;
 mod exec;
 mod image;
@@ -194,6 +195,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Copy files and directories into or out of a running container.
     Cp(cp::CpArgs),
+    /// Mount a host file or directory into a running container.
+    Bind(bind::BindArgs),
     /// Manage named volumes: create, ls, rm, inspect.
     Volume(volume::VolumeArgs),
     /// Write a container's root file system (its changes over its image) as a tarball.
@@ -256,6 +259,7 @@ pub fn main() -> u8 {
             Command::Logs(a) => logs::run(a).await,
             Command::Cp(a) => cp::run(a).await,
             Command::Volume(a) => volume::run(a).await,
+            Command::Bind(a) => bind::run(a).await,
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;
