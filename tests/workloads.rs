@@ -423,3 +423,113 @@ fn cp_copies_files_and_trees_in_and_out_confined_to_the_container() {
     assert_eq!(code("berthctl cp /tmp/wl-cp/missing wl-cp:/tmp/"), 3);
     assert_eq!(code("berthctl cp /tmp/wl-cp/f /tmp/elsewhere"), 4);
 }
+
+/// What the tmux pane shows now.
+fn pane() -> String {
+    ok("tmux -L wl capture-pane -p -t wl")
+}
+
+fn type_keys(keys: &str) {
+    ok(&format!("tmux -L wl send-keys -t wl {keys}"));
+}
+
+fn wait_pane(what: &str) {
+    wait_until(&format!("{what:?} on the terminal"), || {
+        pane().contains(what)
+    });
+}
+
+#[test]
+fn an_interactive_shell_in_a_real_terminal_has_job_control_resizes_and_restores_the_terminal() {
+    sh("tmux -L wl kill-server >/dev/null 2>&1; berthctl rm -f wl-tty >/dev/null 2>&1");
+    ok("tmux -L wl new-session -d -s wl -x 80 -y 24 /bin/sh");
+    type_keys("'berthctl run --rm -it --name wl-tty -- /bin/sh' Enter");
+    wait_pane("/ #");
+    type_keys("'tty; stty size' Enter");
+    wait_pane("/dev/pts/0");
+    wait_pane("24 80");
+    // A resize reaches the container's terminal (SIGWINCH, then TIOCSWINSZ on the master).
+    ok("tmux -L wl resize-window -t wl -x 120 -y 40");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    type_keys("'clear; stty size' Enter");
+    wait_pane("40 120");
+    // Ctrl-C interrupts the shell's job, not the container.
+    type_keys("'clear; sleep 100' Enter");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    type_keys("C-c");
+    type_keys("'echo after-$((20+1))' Enter");
+    wait_pane("after-21");
+    assert_eq!(prop("wl-tty", "State"), "running");
+    // Ctrl-Z stops it; the shell's job control shows it, `fg` takes it back.
+    type_keys("'clear; sleep 100' Enter");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    type_keys("C-z");
+    wait_pane("Stopped");
+    type_keys("'fg' Enter");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    type_keys("C-c");
+    type_keys("'clear; jobs; echo back-$((30+1))' Enter");
+    wait_pane("back-31");
+    assert!(!pane().contains("Stopped"), "{}", pane());
+    // Leaving the shell ends the container (--rm: removed) and gives the terminal back as it
+    // was: canonical mode and echo on again.
+    type_keys("'exit' Enter");
+    wait_until("wl-tty removed", || {
+        code("berthctl status wl-tty >/dev/null 2>&1") != 0
+    });
+    type_keys(
+        "'clear; stty -a | tr \" \" \"\\n\" | grep -x -e -icanon -e icanon -e -echo -e echo' Enter",
+    );
+    wait_pane("icanon");
+    let p = pane();
+    assert!(p.lines().any(|l| l.trim() == "icanon"), "{p}");
+    assert!(p.lines().any(|l| l.trim() == "echo"), "{p}");
+    sh("tmux -L wl kill-server");
+}
+
+#[test]
+fn bind_mounts_a_host_directory_into_a_running_container_confined_to_its_root() {
+    let c = Running::start("wl-live", "", "exec /bin/sleep 1000");
+    ok(
+        "rm -rf /tmp/wl-live-src /tmp/wl-live-canary && mkdir /tmp/wl-live-src /tmp/wl-live-canary && echo live > /tmp/wl-live-src/f",
+    );
+    ok("berthctl bind --mkdir --read-only wl-live /tmp/wl-live-src /mnt/live");
+    assert_eq!(
+        ok(
+            "berthctl exec wl-live -- /bin/sh -c 'cat /mnt/live/f; touch /mnt/live/x 2>/dev/null && echo rw || echo ro'"
+        ),
+        "live\nro"
+    );
+    // A mount point that is a symlink to a host path is resolved inside the container.
+    ok("berthctl exec wl-live -- /bin/ln -s /tmp/wl-live-canary /escape");
+    sh("berthctl bind wl-live /tmp/wl-live-src /escape");
+    assert_eq!(ok("ls -A /tmp/wl-live-canary | wc -l"), "0");
+    assert_eq!(
+        ok("grep -c wl-live-canary /proc/self/mountinfo || true"),
+        "0"
+    );
+    // Missing host path, relative target, a stopped container.
+    assert_eq!(code("berthctl bind wl-live /no/such/path /x"), 3);
+    assert_eq!(code("berthctl bind wl-live /tmp/wl-live-src relative"), 4);
+    drop(c);
+}
+
+/// Not an assertion on speed (debug builds, a shared machine): the p50 of `exec /bin/true`
+/// beside `nsenter` into the same container, printed for the report.
+#[test]
+fn exec_latency_beside_nsenter() {
+    let c = Running::start("wl-bench", "", "exec /bin/sleep 1000");
+    let leader = c.leader();
+    let p50 = |cmd: &str| -> f64 {
+        let out = ok(&format!(
+            "for i in $(seq 21); do s=$(date +%s%N); {cmd} >/dev/null; e=$(date +%s%N); echo $(( (e-s)/1000 )); done | sort -n | sed -n 11p"
+        ));
+        out.parse::<f64>().unwrap() / 1000.0
+    };
+    let exec = p50("berthctl exec wl-bench -- /bin/true");
+    let nsenter = p50(&format!("nsenter -t {leader} -a /bin/true"));
+    println!(
+        "exec /bin/true p50 {exec:.1} ms, nsenter -a p50 {nsenter:.1} ms, ratio {:.1}",
+        exec / nsenter
+    );
+}
