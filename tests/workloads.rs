@@ -533,3 +533,32 @@ fn exec_latency_beside_nsenter() {
         exec / nsenter
     );
 }
+
+/// More lines than journald lets one unit send by default (10000 per 30 s, scaled by free
+/// space: about 35000 here), counted back in order: berthd.service's rate limit is lifted
+/// and the relay drops nothing.
+#[test]
+fn a_burst_of_lines_is_all_in_the_journal_in_order() {
+    let name = fresh("wl-burst");
+    ok(&format!(
+        "berthctl run -d --rm --name {name} -- /bin/seq 1 60000"
+    ));
+    let count = || {
+        out(&sh(&format!(
+            "journalctl CONTAINER_NAME={name} _UID=0 -o cat --no-pager | wc -l"
+        )))
+        .parse::<u32>()
+        .unwrap_or(0)
+    };
+    let t = std::time::Instant::now();
+    while count() < 60000 && t.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert_eq!(count(), 60000);
+    assert_eq!(
+        ok(&format!(
+            "berthctl logs {name} | awk 'NR != $1 {{ print \"gap at \" NR; exit }}'"
+        )),
+        ""
+    );
+}
