@@ -562,3 +562,36 @@ fn a_burst_of_lines_is_all_in_the_journal_in_order() {
         ""
     );
 }
+
+#[test]
+fn a_killed_berthctl_exec_hangs_its_command_up() {
+    let _c = Running::start("wl-hup", "", "exec /bin/sleep 1000");
+    ok("berthctl exec wl-hup -- /bin/sleep 997 </dev/null >/dev/null 2>&1 & echo $! > /tmp/wl-hup.pid");
+    let running = || {
+        scope_procs("wl-hup").into_iter().any(|p| {
+            out(&sh(&format!("tr '\\0' ' ' < /proc/{p}/cmdline 2>/dev/null"))).contains("sleep 997")
+        })
+    };
+    wait_until("the exec'd sleep", running);
+    ok("kill -9 $(cat /tmp/wl-hup.pid)");
+    wait_until("the exec'd sleep hung up", || !running());
+    assert_eq!(prop("wl-hup", "State"), "running", "only the command ends");
+}
+
+#[test]
+fn log_driver_none_sends_nothing_to_the_journal() {
+    let name = fresh("wl-quiet");
+    ok(&format!(
+        "berthctl run -d --rm --log-driver none --name {name} -- /bin/echo not-logged"
+    ));
+    wait_until("it exited", || {
+        code(&format!("berthctl status {name} >/dev/null 2>&1")) != 0
+    });
+    assert_eq!(
+        ok(&format!(
+            "journalctl CONTAINER_NAME={name} -o cat --no-pager | wc -l"
+        )),
+        "0"
+    );
+    assert_ne!(code("berthctl run --rm --log-driver syslog -- /bin/true"), 0);
+}
