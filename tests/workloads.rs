@@ -566,10 +566,15 @@ fn a_burst_of_lines_is_all_in_the_journal_in_order() {
 #[test]
 fn a_killed_berthctl_exec_hangs_its_command_up() {
     let _c = Running::start("wl-hup", "", "exec /bin/sleep 1000");
-    ok("berthctl exec wl-hup -- /bin/sleep 997 </dev/null >/dev/null 2>&1 & echo $! > /tmp/wl-hup.pid");
+    ok(
+        "berthctl exec wl-hup -- /bin/sleep 997 </dev/null >/dev/null 2>&1 & echo $! > /tmp/wl-hup.pid",
+    );
     let running = || {
         scope_procs("wl-hup").into_iter().any(|p| {
-            out(&sh(&format!("tr '\\0' ' ' < /proc/{p}/cmdline 2>/dev/null"))).contains("sleep 997")
+            out(&sh(&format!(
+                "tr '\\0' ' ' < /proc/{p}/cmdline 2>/dev/null"
+            )))
+            .contains("sleep 997")
         })
     };
     wait_until("the exec'd sleep", running);
@@ -593,5 +598,8 @@ fn log_driver_none_sends_nothing_to_the_journal() {
         )),
         "0"
     );
-    assert_ne!(code("berthctl run --rm --log-driver syslog -- /bin/true"), 0);
+    assert_ne!(
+        code("berthctl run --rm --log-driver syslog -- /bin/true"),
+        0
+    );
 }
