@@ -5,7 +5,7 @@
 //! Why a relay of native entries from berthd (and not the journal's stream socket handed to
 //! the payload): the stream protocol carries no fields of ours (`CONTAINER_NAME=`), and
 //! journald rate-limits a stream by the sender's unit — the container's scope, which cannot
-//! raise `LogRateLimitBurst=` — while berthd.service sets `LogRateLimitIntervalSec=0`. Entries
+//! raise `LogRateLimitBurst=` — while berthd.service lifts its own limit. Entries
 //! name the leader with `OBJECT_PID=` (which journald honours from root and turns into
 //! `OBJECT_SYSTEMD_UNIT=berth-NAME.scope`, so `journalctl -u` finds them), then the unit once
 //! the leader is gone.

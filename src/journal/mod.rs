@@ -11,7 +11,8 @@
 //! stream protocol carries no fields of our own (no `CONTAINER_NAME=`), and journald
 //! rate-limits a stream by its sender's unit — the container's scope, which cannot raise
 //! `LogRateLimitBurst=` (measured: a burst of 200000 lines kept 35000). Native entries from
-//! berthd are limited by *berthd's* unit instead, which sets `LogRateLimitIntervalSec=0`.
+//! berthd are limited by *berthd's* unit instead, which lifts the limit (units/berthd.service:
+//! a 1 s interval with a burst of 10^8, since systemd 252 does not pass a zero interval on).
 //!
 //! Reading back ([`read`]) runs `journalctl -o json` with a match on the container's name and
 //! `_UID=0`, and parses its output.
