@@ -55,7 +55,12 @@ pub async fn container(
     name: &str,
 ) -> CliResult<ContainerProxy<'static>> {
     let path = manager.get_container(name.to_string()).await?;
-    Ok(ContainerProxy::builder(conn).path(path).build().await?)
+    // Only methods are called: no GetAll and no PropertiesChanged match on the way.
+    Ok(ContainerProxy::builder(conn)
+        .path(path)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?)
 }
 
 /// What an exec runs; everything else comes from the container's payload.
