@@ -603,3 +603,34 @@ fn log_driver_none_sends_nothing_to_the_journal() {
         0
     );
 }
+
+#[test]
+fn ephemeral_containers_start_from_the_image_and_anonymous_volumes_go_with_their_container() {
+    sh("berthctl rm -f wl-eph >/dev/null 2>&1");
+    ok("berthctl create --name wl-eph --ephemeral -v /cache -- /bin/sleep 1000");
+    ok("berthctl start wl-eph");
+    ok("berthctl exec wl-eph -- /bin/sh -c 'echo x > /written; echo y > /cache/kept'");
+    let anon = ok("berthctl volume ls -o json");
+    let vols: serde_json::Value = serde_json::from_str(&anon).unwrap();
+    let mine: Vec<&serde_json::Value> = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["anonymous"] == true && v["users"].to_string().contains("wl-eph"))
+        .collect();
+    assert_eq!(mine.len(), 1, "{anon}");
+    let vol = mine[0]["name"].as_str().unwrap().to_string();
+    ok("berthctl stop wl-eph");
+    ok("berthctl start wl-eph");
+    assert_eq!(
+        ok(
+            "berthctl exec wl-eph -- /bin/sh -c 'test -e /written && echo kept || echo gone; cat /cache/kept'"
+        ),
+        "gone\ny"
+    );
+    ok("berthctl rm -f wl-eph");
+    assert!(
+        !ok("berthctl volume ls").contains(&vol),
+        "{vol} outlived its container"
+    );
+}
