@@ -13,7 +13,7 @@ PROFILE    ?= release
 # cargo's dev profile builds into debug/.
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale lint
 
 all: build
 
@@ -97,3 +97,8 @@ bench-images: build
 # and berthd's CPU time per GetStats.
 bench-stats: build
 	tests/bench/stats.sh
+
+# Start latency with 0, 500 and 1000 detached containers running, beside systemd-run --scope
+# (machine.slice and system.slice) at the same points; berthd's per-step timings from its journal.
+bench-scale: build
+	tests/bench/scale.sh

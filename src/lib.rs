@@ -25,5 +25,7 @@ pub mod spawn;
 pub mod spec;
 pub mod sys;
 pub mod systemd;
+#[cfg(test)]
+pub(crate) mod testbus;
 pub mod userns;
 pub mod volume;

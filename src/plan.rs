@@ -176,7 +176,7 @@ pub fn build(
         name: spec.name().into(),
         namespaces: Namespaces::container(decided.id_maps.is_some()),
         root,
-        mounts: mount::operations(&devices, file_label.as_deref()),
+        mounts: mount::operations(&devices, file_label.as_deref(), decided.id_maps.is_some()),
         hostname: spec.hostname.clone(),
         process: ProcessPlan {
             argv: spec.argv(image),
@@ -265,8 +265,10 @@ pub(crate) mod tests {
         assert_eq!(p.process.user, Some(UserSpec::parse("www").unwrap()));
         // The user's passwd home, looked up after the pivot, else "/".
         assert_eq!(p.process.home.as_deref(), Some("/"));
-        assert!(p.mounts.contains(&MountOp::Device {
+        // In its user namespace the device is a node berthd makes, not the host's node.
+        assert!(p.mounts.contains(&MountOp::Node {
             path: "dev/fuse".into(),
+            node: "0".into(),
             source: "/dev/fuse".into(),
             block: false,
             major: 10,

@@ -118,6 +118,7 @@ async fn serve(
         layout.run.join("containers"),
         scratch.join("proc"),
         scratch.join("sys"),
+        scratch.join("dev"),
     ] {
         std::fs::create_dir_all(&dir).map_err(|source| DaemonError::Dir {
             path: dir.clone(),

@@ -435,13 +435,17 @@ impl Registry {
             (Err(e), _) | (_, Err(e)) => return Err(abort(e).await),
         };
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
+        // Sync #3: the root, the device mount when berthd made one, then the detached mounts
+        // of the plan's `Attach` operations (the helper knows from the plan which are there).
+        let (root, nodes) = root;
         let mut release = vec![root.as_fd()];
+        release.extend(nodes.as_ref().map(|n| n.as_fd()));
         release.extend(sources.iter().map(|s| s.fd.as_fd()));
         if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &release).await {
             return Err(abort(e.into()).await);
         }
         drop(release);
-        drop(root);
+        drop((root, nodes));
         drop(sources);
         let want_master = plan.process.terminal.iter().any(|t| *t);
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
@@ -482,20 +486,34 @@ impl Registry {
 /// The ID maps of the leader (written by berthd, root in the initial user namespace, as
 /// only it may for a range of its choosing), then the container's root as a detached overlay
 /// on layers idmapped through the leader's user namespace.
-fn make_root(pid: i32, plan: &plan::Plan, src: &crate::mount::RootSource) -> Result<OwnedFd> {
-    let userns = match &plan.security.id_maps {
+/// The leader's ID maps written, the root it attaches, and the device nodes it binds (made
+/// for a user namespace, owned by the container's root; see [`crate::mount::nodes`]).
+fn make_root(
+    pid: i32,
+    plan: &plan::Plan,
+    src: &crate::mount::RootSource,
+) -> Result<(OwnedFd, Option<OwnedFd>)> {
+    let (userns, nodes) = match &plan.security.id_maps {
         Some(maps) => {
             crate::userns::write_maps(nix::unistd::Pid::from_raw(pid), &maps.uid, &maps.gid)
                 .map_err(|e| Error::io(format!("write the ID maps of {pid}"), e))?;
-            Some(
-                super::security::userns_of(pid)
-                    .map_err(|e| Error::io("open the container's user namespace", e))?,
+            let host_root = |m: &[crate::userns::IdMap]| {
+                m.iter().find(|m| m.inside == 0).map_or(0, |m| m.outside)
+            };
+            let nodes = crate::mount::nodes::make(
+                &plan.mounts,
+                (host_root(&maps.uid), host_root(&maps.gid)),
             )
+            .map_err(|e| Error::Failed(format!("cannot give the container its devices: {e}")))?;
+            let userns = super::security::userns_of(pid)
+                .map_err(|e| Error::io("open the container's user namespace", e))?;
+            (Some(userns), nodes)
         }
-        None => None,
+        None => (None, None),
     };
-    crate::mount::root::build(src, userns.as_ref().map(|u| u.as_fd()))
-        .map_err(|e| Error::Failed(format!("cannot make the container's root: {e}")))
+    let root = crate::mount::root::build(src, userns.as_ref().map(|u| u.as_fd()))
+        .map_err(|e| Error::Failed(format!("cannot make the container's root: {e}")))?;
+    Ok((root, nodes))
 }
 
 /// berthd's own hard limit of a resource: a container never gets more.

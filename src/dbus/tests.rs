@@ -2,7 +2,7 @@
 //! signal, served over a private dbus-daemon with a fake [`Backend`].
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,64 +12,7 @@ use zbus::{OwnedObjectPath, OwnedVariant};
 
 use super::*;
 
-/// A private bus: a dbus-daemon with a permissive policy, killed on drop.
-struct Bus {
-    daemon: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
-}
-
-fn bus() -> Bus {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("bus.conf");
-    let sock = dir.path().join("bus");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>"#,
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let mut daemon = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dbus-daemon (package dbus-daemon) is needed for the bus tests");
-    // It prints its address once it listens.
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("unix:"), "dbus-daemon said {line:?}");
-    Bus {
-        daemon,
-        address: line.trim().to_string(),
-        _dir: dir,
-    }
-}
+use crate::testbus::{Bus, bus};
 
 /// Records every call; refuses what the test asks it to.
 #[derive(Default)]

@@ -137,14 +137,22 @@ fn run(sock: OwnedFd, plan: &Plan, fds: Vec<OwnedFd>) -> ! {
     if nix::sys::prctl::set_pdeathsig(None).is_err() {
         std::process::exit(1);
     }
-    let (root, sources) = match protocol::recv::<ToHelper>(sock.as_fd()) {
-        Ok((ToHelper::Release, mut fds)) if !fds.is_empty() => {
+    // The root, the device mount when berthd made one (the plan has device nodes to bind),
+    // then the detached mounts of the plan's `Attach` operations.
+    let has_nodes = plan.security.id_maps.is_some()
+        && plan
+            .mounts
+            .iter()
+            .any(|m| matches!(m, mount::MountOp::Node { .. }));
+    let (root, nodes, sources) = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok((ToHelper::Release, mut fds)) if fds.len() > usize::from(has_nodes) => {
             let root = fds.remove(0);
-            (root, fds)
+            let nodes = has_nodes.then(|| fds.remove(0));
+            (root, nodes, fds)
         }
         _ => std::process::exit(1),
     };
-    match leader(&mut sys, plan, payload, root, &sources, fds) {
+    match leader(&mut sys, plan, payload, root, nodes, &sources, fds) {
         Ok((pid, status_fd, devnull, master)) => {
             drop(sources);
             let passed: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
@@ -195,6 +203,7 @@ pub fn prepare<S: Syscalls>(
     sys: &mut S,
     plan: &Plan,
     root: BorrowedFd<'_>,
+    nodes: Option<BorrowedFd<'_>>,
     sources: &[S::Fd],
 ) -> StepResult<()> {
     sys.unshare(plan.namespaces.in_scope())
@@ -218,11 +227,22 @@ pub fn prepare<S: Syscalls>(
             format!("open {}", plan.root.target.display()),
         )
     })?;
+    // berthd's device mount, attached in this (the leader's own) mount namespace so that its
+    // nodes can be bound from it; it goes with the old root at the pivot.
+    let nodes = match nodes {
+        Some(fd) => {
+            let at = plan.root.scratch.join("dev");
+            let what = || format!("attach the device nodes on {}", at.display());
+            sys.attach(fd, &at).map_err(|e| (Step::Mount, e, what()))?;
+            Some(sys.open_dir(&at).map_err(|e| (Step::Mount, e, what()))?)
+        }
+        None => None,
+    };
     if plan.namespaces.user {
         sys.become_root()
             .map_err(|e| (Step::Userns, e, "become root of the user namespace".into()))?;
     }
-    mount::apply::operations_with(sys, &root, &plan.mounts, sources)
+    mount::apply::operations_with(sys, &root, nodes.as_ref(), &plan.mounts, sources)
         .map_err(|(e, m)| (Step::Mount, e, m))?;
     sys.pivot_root(&root)
         .map_err(|e| (Step::Pivot, e, "pivot_root".into()))?;
@@ -246,11 +266,19 @@ fn leader(
     plan: &Plan,
     mut payload: init::Payload,
     root: OwnedFd,
+    nodes: Option<OwnedFd>,
     sources: &[OwnedFd],
     fds: Vec<OwnedFd>,
 ) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd, Option<OwnedFd>)> {
-    prepare(sys, plan, root.as_fd(), sources)?;
+    prepare(
+        sys,
+        plan,
+        root.as_fd(),
+        nodes.as_ref().map(|n| n.as_fd()),
+        sources,
+    )?;
     drop(root);
+    drop(nodes);
     // After the pivot, so that names mean what the image's /etc/passwd says.
     let ids = match &plan.process.user {
         Some(spec) => Some(user::resolve(spec).map_err(|m| (Step::User, Errno::EINVAL, m))?),
@@ -337,7 +365,7 @@ mod tests {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder::default();
         let root = devnull();
-        prepare(&mut sys, &plan, root.as_fd(), &[]).unwrap();
+        prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap();
         let order = [
             "unshare CLONE_NEWCGROUP",
             "loopback-up",
@@ -363,6 +391,36 @@ mod tests {
     }
 
     #[test]
+    fn device_nodes_from_berthd_are_attached_before_root_and_bound_after_dev() {
+        let mut plan = crate::plan::tests::sample();
+        plan.mounts.push(crate::mount::MountOp::Node {
+            path: "dev/fuse".into(),
+            node: "0".into(),
+            source: "/dev/fuse".into(),
+            block: false,
+            major: 10,
+            minor: 229,
+        });
+        let mut sys = Recorder::default();
+        let (root, nodes) = (devnull(), devnull());
+        prepare(&mut sys, &plan, root.as_fd(), Some(nodes.as_fd()), &[]).unwrap();
+        let order = [
+            "attach /var/lib/berth/containers/web/root",
+            "attach /run/berth/scratch/dev",
+            "become-root",
+            "mount tmpfs /dev ",
+            "bind /0 /dev/fuse",
+            "pivot-root",
+        ];
+        let pos: Vec<usize> = order.iter().map(|c| sys.pos(c)).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:#?}", sys.calls);
+        // Without the mount, a Node is an error, never a host bind.
+        let mut sys = Recorder::default();
+        let (_, _, what) = prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap_err();
+        assert!(what.contains("no device mount"), "{what}");
+    }
+
+    #[test]
     fn a_failed_mount_stops_before_the_pivot() {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder {
@@ -370,7 +428,7 @@ mod tests {
             ..Default::default()
         };
         let root = devnull();
-        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), &[]).unwrap_err();
+        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap_err();
         assert_eq!((step, errno), (Step::Mount, Errno::EPERM));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot-root")));
     }

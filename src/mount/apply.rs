@@ -15,16 +15,23 @@ fn ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> MountResult<T> {
     r.map_err(|e| (e, what()))
 }
 
-/// The plan's operations, in order, inside the opened root.
-pub fn operations<S: Syscalls>(sys: &mut S, root: &S::Fd, ops: &[MountOp]) -> MountResult<()> {
-    operations_with(sys, root, ops, &[])
+/// The plan's operations, in order, inside the opened root; `nodes` is the device mount
+/// berthd made (see [`super::nodes`]), when the plan has [`MountOp::Node`]s.
+pub fn operations<S: Syscalls>(
+    sys: &mut S,
+    root: &S::Fd,
+    nodes: Option<&S::Fd>,
+    ops: &[MountOp],
+) -> MountResult<()> {
+    operations_with(sys, root, nodes, ops, &[])
 }
 
-/// The plan's operations, in order, inside the opened root, with `sources` the detached mounts
-/// its `Attach` operations name by index.
+/// [`operations`], with `sources` the detached mounts the plan's `Attach` operations name by
+/// index.
 pub fn operations_with<S: Syscalls>(
     sys: &mut S,
     root: &S::Fd,
+    nodes: Option<&S::Fd>,
     ops: &[MountOp],
     sources: &[S::Fd],
 ) -> MountResult<()> {
@@ -48,7 +55,7 @@ pub fn operations_with<S: Syscalls>(
                     format!("mount on /{target}")
                 })?;
             }
-            op => apply(sys, root, op)?,
+            op => apply(sys, root, nodes, op)?,
         }
     }
     Ok(())
@@ -78,7 +85,12 @@ fn host_device<S: Syscalls>(
 }
 
 /// Apply one operation inside the root.
-pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResult<()> {
+pub fn apply<S: Syscalls>(
+    sys: &mut S,
+    root: &S::Fd,
+    nodes: Option<&S::Fd>,
+    op: &MountOp,
+) -> MountResult<()> {
     match op {
         MountOp::Fs {
             fstype,
@@ -113,6 +125,23 @@ pub fn apply<S: Syscalls>(sys: &mut S, root: &S::Fd, op: &MountOp) -> MountResul
             let target = ctx(sys.file_in(root, path), || format!("create /{path}"))?;
             ctx(sys.bind(&src, &target, false), || {
                 format!("bind {source} on /{path}")
+            })
+        }
+        MountOp::Node {
+            path, node, source, ..
+        } => {
+            let Some(nodes) = nodes else {
+                return Err((
+                    Errno::EINVAL,
+                    format!("no device mount from berthd for {source}"),
+                ));
+            };
+            let src = ctx(sys.open_in(nodes, node), || {
+                format!("open berthd's copy of {source}")
+            })?;
+            let target = ctx(sys.file_in(root, path), || format!("create /{path}"))?;
+            ctx(sys.bind(&src, &target, false), || {
+                format!("bind berthd's copy of {source} on /{path}")
             })
         }
         MountOp::Keep { path } => {
@@ -206,7 +235,7 @@ mod tests {
             missing: vec!["proc/scsi".into()],
             ..Default::default()
         };
-        operations(&mut sys, &String::new(), &plan.mounts).unwrap();
+        operations(&mut sys, &String::new(), None, &plan.mounts).unwrap();
         assert!(sys.pos("mount proc /proc") < sys.pos("bind /proc/sys /proc/sys rec=true"));
         assert!(sys.pos("bind /proc/sys") < sys.pos("remount /proc/sys MS_RDONLY"));
         // Files are hidden under the host's null device, directories under an empty
@@ -246,7 +275,7 @@ mod tests {
             MountOp::RootReadOnly,
         ];
         let mut sys = Recorder::default();
-        operations_with(&mut sys, &String::new(), &ops, &["vol0".to_string()]).unwrap();
+        operations_with(&mut sys, &String::new(), None, &ops, &["vol0".to_string()]).unwrap();
         assert_eq!(
             sys.calls,
             [
@@ -259,7 +288,7 @@ mod tests {
         );
         // A source that did not come is an error, not a skipped mount.
         let mut sys = Recorder::default();
-        let (errno, _) = operations_with(&mut sys, &String::new(), &ops, &[]).unwrap_err();
+        let (errno, _) = operations_with(&mut sys, &String::new(), None, &ops, &[]).unwrap_err();
         assert_eq!(errno, Errno::EINVAL);
         assert!(sys.calls.is_empty());
     }
@@ -271,7 +300,7 @@ mod tests {
             failing: vec!["bind"],
             ..Default::default()
         };
-        let (errno, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        let (errno, what) = operations(&mut sys, &String::new(), None, &plan.mounts).unwrap_err();
         assert_eq!(errno, Errno::EPERM);
         assert!(
             what.starts_with("bind /proc/sys/net") || what.starts_with("mask "),
@@ -286,7 +315,7 @@ mod tests {
             impostors: vec!["/dev/null".into()],
             ..Default::default()
         };
-        let (errno, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        let (errno, what) = operations(&mut sys, &String::new(), None, &plan.mounts).unwrap_err();
         assert_eq!(errno, Errno::EINVAL);
         assert!(what.contains("/dev/null is not the device 1:3"), "{what}");
         assert!(!sys.calls.iter().any(|c| c.starts_with("bind //dev/null")));
@@ -295,7 +324,7 @@ mod tests {
             impostors: vec!["/run/berth/scratch/empty".into()],
             ..Default::default()
         };
-        let (_, what) = operations(&mut sys, &String::new(), &plan.mounts).unwrap_err();
+        let (_, what) = operations(&mut sys, &String::new(), None, &plan.mounts).unwrap_err();
         assert!(what.contains("is not an empty file"), "{what}");
     }
 }

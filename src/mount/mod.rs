@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod idmap;
+pub mod nodes;
 pub mod root;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,18 @@ pub enum MountOp {
     /// device policy has no `m`.
     Device {
         path: String,
+        source: String,
+        block: bool,
+        major: u64,
+        minor: u64,
+    },
+    /// Bind the node `node` of the device mount berthd made for this container
+    /// ([`nodes::make`]: a copy of the host's device `source`, owned by the container's root)
+    /// onto `path`. What `--device` becomes in a user namespace, where a bound host node would
+    /// keep an owner the container cannot see.
+    Node {
+        path: String,
+        node: String,
         source: String,
         block: bool,
         major: u64,
@@ -209,8 +222,10 @@ fn with_context(data: &str, context: Option<&str>) -> String {
 
 /// The API filesystems, /dev, masks and read-only paths every container gets, then its extra
 /// devices, in the order they are applied. `context` labels the tmpfs, devpts and mqueue
-/// mounts (never proc or sysfs, which have labels of their own).
-pub fn operations(devices: &[&Device], context: Option<&str>) -> Vec<MountOp> {
+/// mounts (never proc or sysfs, which have labels of their own). In a user namespace
+/// (`userns`) the extra devices are nodes berthd makes ([`MountOp::Node`]); the defaults
+/// (null, zero, full, random, urandom, tty: mode 0666 on every host) are bound from the host.
+pub fn operations(devices: &[&Device], context: Option<&str>, userns: bool) -> Vec<MountOp> {
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let ctx = |data: &str| Some(with_context(data, context)).filter(|d| !d.is_empty());
     let mut ops = vec![
@@ -276,12 +291,28 @@ pub fn operations(devices: &[&Device], context: Option<&str>) -> Vec<MountOp> {
         flags: (MsFlags::MS_NOSUID | MsFlags::MS_NODEV).bits(),
         data: ctx("mode=755"),
     });
-    ops.extend(devices.iter().map(|d| MountOp::Device {
-        path: d.path.trim_start_matches('/').into(),
-        source: d.path.clone(),
-        block: d.block,
-        major: d.major,
-        minor: d.minor,
+    ops.extend(devices.iter().enumerate().map(|(i, d)| {
+        let path = d.path.trim_start_matches('/').into();
+        let source = d.path.clone();
+        let (block, major, minor) = (d.block, d.major, d.minor);
+        if userns {
+            MountOp::Node {
+                path,
+                node: i.to_string(),
+                source,
+                block,
+                major,
+                minor,
+            }
+        } else {
+            MountOp::Device {
+                path,
+                source,
+                block,
+                major,
+                minor,
+            }
+        }
     }));
     ops
 }
@@ -412,7 +443,7 @@ mod tests {
 
     #[test]
     fn operations_are_relative_and_ordered() {
-        let ops = operations(&[], None);
+        let ops = operations(&[], None, false);
         let pos = |pred: &dyn Fn(&MountOp) -> bool| ops.iter().position(pred).unwrap();
         let dev = pos(&|o| matches!(o, MountOp::Fs { target, .. } if target == "dev"));
         let null = pos(&|o| matches!(o, MountOp::Device { path, .. } if path == "dev/null"));
@@ -429,7 +460,9 @@ mod tests {
         for op in &ops {
             let p = match op {
                 MountOp::Fs { target, .. } => target,
-                MountOp::Device { path, .. } | MountOp::Symlink { path, .. } => path,
+                MountOp::Device { path, .. }
+                | MountOp::Node { path, .. }
+                | MountOp::Symlink { path, .. } => path,
                 MountOp::ReadOnly { path } | MountOp::Mask { path } | MountOp::Keep { path } => {
                     path
                 }
@@ -457,7 +490,7 @@ mod tests {
             major: 10,
             minor: 200,
         };
-        let ops = operations(&[&tun], None);
+        let ops = operations(&[&tun], None, false);
         assert_eq!(
             ops.last(),
             Some(&MountOp::Device {
@@ -468,11 +501,27 @@ mod tests {
                 minor: 200
             })
         );
+        // In a user namespace: a node berthd makes, the first of the device mount.
+        assert_eq!(
+            operations(&[&tun], None, true).last(),
+            Some(&MountOp::Node {
+                path: "dev/net/tun".into(),
+                node: "0".into(),
+                source: "/dev/net/tun".into(),
+                block: false,
+                major: 10,
+                minor: 200
+            })
+        );
     }
 
     #[test]
     fn labels_go_on_tmpfs_devpts_and_mqueue_only() {
-        let ops = operations(&[], Some("system_u:object_r:container_file_t:s0:c1,c2"));
+        let ops = operations(
+            &[],
+            Some("system_u:object_r:container_file_t:s0:c1,c2"),
+            false,
+        );
         for op in &ops {
             if let MountOp::Fs { fstype, data, .. } = op {
                 let labelled = data.as_deref().is_some_and(|d| {

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use serde::Serialize;
 use thiserror::Error;
@@ -27,20 +28,21 @@ pub enum SpawnError {
     Timeout(Duration),
 }
 
-/// A running helper (and, after `Forked`, the leader that inherited its socket).
+/// A running helper (and, after `Forked`, the leader that inherited its socket). The helper is
+/// berthd's child, watched and reaped through a pidfd (not tokio's SIGCHLD-driven child table).
 pub struct Helper {
     sock: AsyncFd<OwnedFd>,
-    child: tokio::process::Child,
+    pidfd: OwnedFd,
 }
 
 impl Helper {
-    /// Exec the helper binary.
     /// Exec the helper: from `image`, its sealed in-memory copy, when there is one (the
     /// child execs `/proc/self/fd/N`, which names the memfd: it stays open until the exec,
-    /// being close-on-exec), else from the file at `path`.
+    /// being close-on-exec), else from the file at `path`. With `posix_spawn` (see
+    /// [`crate::sys::spawn`]): berthd's page tables are not copied, so the cost does not grow
+    /// with berthd's memory.
     pub fn spawn(path: &Path, image: Option<&OwnedFd>) -> Result<Helper, SpawnError> {
         use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
         let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)
             .map_err(SpawnError::Socket)?;
@@ -50,19 +52,22 @@ impl Helper {
             Some(fd) => std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
             None => path.to_path_buf(),
         };
-        let mut cmd = std::process::Command::new(program);
-        cmd.arg0("berth-helper");
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
-        crate::sys::command_pass_fd(&mut cmd, theirs, crate::helper::SOCKET_FD);
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(false);
-        let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        let child = crate::sys::spawn::spawn_passing_fd(
+            &program,
+            "berth-helper",
+            &[],
+            theirs.as_fd(),
+            crate::helper::SOCKET_FD,
+        )
+        .map_err(|e| SpawnError::Exec {
             path: path.display().to_string(),
-            source,
+            source: e.into(),
         })?;
         let sock = crate::sys::async_fd(ours).map_err(io_err)?;
-        Ok(Helper { sock, child })
+        Ok(Helper {
+            sock,
+            pidfd: child.pidfd,
+        })
     }
 
     pub async fn send<T: Serialize>(
@@ -80,27 +85,51 @@ impl Helper {
 
     /// Reap the helper process itself (it exits right after `Forked`) in the background.
     pub fn reap_in_background(self) -> AsyncFd<OwnedFd> {
-        let Helper { sock, mut child } = self;
-        tokio::spawn(async move {
-            if let Err(e) = child.wait().await {
-                tracing::warn!("cannot reap berth-helper: {e}, ignoring");
-            }
-        });
+        let Helper { sock, pidfd } = self;
+        tokio::spawn(reap(pidfd));
         sock
     }
 
     /// Wait until the helper process has exited (it does right after its last message): then
     /// what it forked is berthd's child.
-    pub async fn finish(mut self) {
-        if let Err(e) = self.child.wait().await {
-            tracing::warn!("cannot reap berth-helper: {e}, ignoring");
-        }
+    pub async fn finish(self) {
+        reap(self.pidfd).await
     }
 
-    /// Kill the helper process (not the leader) and reap it.
-    pub async fn kill(mut self) {
-        if let Err(e) = self.child.kill().await {
-            tracing::warn!("cannot kill berth-helper: {e}, ignoring");
+    /// Kill the helper process (not the leader) and wait until it is reaped.
+    pub async fn kill(self) {
+        match crate::sys::pidfd_send_signal(self.pidfd.as_fd(), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("cannot kill berth-helper: {e}, ignoring"),
+        }
+        reap(self.pidfd).await
+    }
+}
+
+/// Wait until our child behind `pidfd` has exited (its pidfd polls readable) and reap it.
+async fn reap(pidfd: OwnedFd) {
+    let watch = match crate::sys::async_fd(pidfd) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch berth-helper: {e}, ignoring");
+            return;
+        }
+    };
+    loop {
+        match crate::sys::pidfd_try_reap(watch.get_ref().as_fd()) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("cannot reap berth-helper: {e}, ignoring");
+                return;
+            }
+        }
+        match watch.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(e) => {
+                tracing::warn!("cannot wait for berth-helper: {e}, ignoring");
+                return;
+            }
         }
     }
 }

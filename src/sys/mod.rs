@@ -6,6 +6,7 @@
 
 pub mod process;
 pub mod pty;
+pub mod spawn;
 pub mod syscall;
 
 pub mod mount_api;
@@ -14,7 +15,6 @@ pub mod userns;
 pub mod caps;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Command;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -178,31 +178,6 @@ fn fork_if_single(threads: usize) -> nix::Result<Forked> {
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
-    }
-}
-
-/// Arrange for `fd` to appear as descriptor `target` in the program `cmd` executes, and nowhere
-/// else: the descriptor stays close-on-exec in this (multi-threaded) process, so a concurrent
-/// spawn cannot inherit it.
-pub fn command_pass_fd(cmd: &mut Command, fd: OwnedFd, target: RawFd) {
-    use std::os::unix::process::CommandExt;
-    let raw = fd.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec in the child and only calls dup2/fcntl,
-    // which are async-signal-safe and allocate nothing. `fd` is moved into the closure, so it
-    // stays open in the parent until the Command is dropped.
-    unsafe {
-        cmd.pre_exec(move || {
-            let _keep = &fd;
-            if raw == target {
-                let flags = libc::fcntl(raw, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(raw, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

@@ -32,7 +32,7 @@ pub trait SystemdManager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn unref_unit(&self, name: &str) -> zbus::Result<()>;
+    fn get_job(&self, id: u32) -> zbus::Result<OwnedObjectPath>;
     fn set_unit_properties(
         &self,
         name: &str,
@@ -66,6 +66,15 @@ pub enum SystemdError {
 
 /// How long a unit job may take.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a job still waited for is looked up, in case its JobRemoved was lost.
+const JOB_POLL: Duration = Duration::from_secs(2);
+
+/// What the unit of a job is when the job has done its work.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Active,
+    Inactive,
+}
 
 /// A systemd client with one shared `JobRemoved` watcher.
 #[derive(Clone)]
@@ -144,14 +153,22 @@ impl Systemd {
         Ok(Systemd { proxy, jobs })
     }
 
-    /// Wait for `job`, which a call counted by `_call` made.
+    /// Wait for `job`, which a call counted by `_call` made, to reach `want`.
+    ///
+    /// The result normally comes with `JobRemoved`. systemd sends it to the job's client even
+    /// unsubscribed, but a signal is lost if systemd's own bus connection drops and comes back
+    /// (sd-bus closes it when, for one, an AddMatch of systemd's fails). So while waiting,
+    /// every [`JOB_POLL`] berthd asks whether the job still exists; once it is gone without a
+    /// signal, the unit's state says how it ended. A start never fails because a signal was
+    /// lost, and a job that really hangs still ends at [`JOB_TIMEOUT`].
     async fn wait_job(
         &self,
         unit: &str,
         job: OwnedObjectPath,
+        want: Want,
         _call: InFlight,
     ) -> Result<(), SystemdError> {
-        let rx = {
+        let mut rx = {
             let mut jobs = self.jobs.lock().unwrap();
             if let Some((result, _)) = jobs.finished.remove(&job) {
                 return check(unit, result);
@@ -160,13 +177,79 @@ impl Systemd {
             jobs.waiting.insert(job.clone(), tx);
             rx
         };
-        match tokio::time::timeout(JOB_TIMEOUT, rx).await {
-            Ok(Ok(result)) => check(unit, result),
-            _ => {
-                self.jobs.lock().unwrap().waiting.remove(&job);
-                Err(SystemdError::Timeout { unit: unit.into() })
+        let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+        loop {
+            let poll_at = (tokio::time::Instant::now() + JOB_POLL).min(deadline);
+            match tokio::time::timeout_at(poll_at, &mut rx).await {
+                Ok(Ok(result)) => return check(unit, result),
+                // The watcher task is gone (the connection closed): ask systemd instead.
+                Ok(Err(_)) => {}
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    self.jobs.lock().unwrap().waiting.remove(&job);
+                    return Err(SystemdError::Timeout { unit: unit.into() });
+                }
+                Err(_) => {}
             }
+            if self.job_exists(&job).await {
+                if tokio::time::Instant::now() >= deadline {
+                    self.jobs.lock().unwrap().waiting.remove(&job);
+                    return Err(SystemdError::Timeout { unit: unit.into() });
+                }
+                continue;
+            }
+            self.jobs.lock().unwrap().waiting.remove(&job);
+            // The signal may have come in between.
+            if let Ok(result) = rx.try_recv() {
+                return check(unit, result);
+            }
+            let state = self.active_state(unit).await;
+            tracing::warn!(
+                "systemd job {job} for {unit} ended without a JobRemoved signal; {unit} is {}, ignoring",
+                state.as_deref().unwrap_or("gone")
+            );
+            return match (want, state.as_deref()) {
+                (Want::Active, Some("active")) => Ok(()),
+                (Want::Inactive, None | Some("inactive") | Some("failed")) => Ok(()),
+                (_, state) => Err(SystemdError::Job {
+                    unit: unit.into(),
+                    result: format!(
+                        "unknown (no JobRemoved; the unit is {})",
+                        state.unwrap_or("gone")
+                    ),
+                }),
+            };
         }
+    }
+
+    /// Whether systemd still has the job (`false` only when it says there is no such job).
+    async fn job_exists(&self, job: &OwnedObjectPath) -> bool {
+        let Some(id) = job_id(job) else { return true };
+        match self.proxy.get_job(id).await {
+            Ok(_) => true,
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchJob" =>
+            {
+                false
+            }
+            // systemd is off the bus for a moment, or busy: keep waiting.
+            Err(_) => true,
+        }
+    }
+
+    /// A unit's `ActiveState`, `None` when systemd does not know the unit.
+    async fn active_state(&self, unit: &str) -> Option<String> {
+        let path = self.proxy.get_unit(unit).await.ok()?;
+        let props = zbus::fdo::PropertiesProxy::builder(self.proxy.inner().connection())
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .ok()?;
+        let iface =
+            zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
+        let v = props.get(iface, "ActiveState").await.ok()?;
+        String::try_from(v).ok()
     }
 
     /// Start a transient scope and wait for its job: only `done` is success.
@@ -185,29 +268,21 @@ impl Systemd {
                 unit: unit.into(),
                 source,
             })?;
-        self.wait_job(unit, job, call).await
+        self.wait_job(unit, job, Want::Active, call).await
     }
 
-    /// Stop a unit, wait until it is stopped, and drop the reference `AddRef=yes` took, so
-    /// that systemd collects it. A unit that is already gone is fine.
+    /// Stop a unit and wait until it is stopped. A unit that is already gone is fine.
     pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
         let call = InFlight::new(&self.jobs);
-        let stopped = match self.proxy.stop_unit(unit, "replace").await {
-            Ok(job) => self.wait_job(unit, job, call).await,
-            Err(e) if is_no_such_unit(&e) => return Ok(()),
+        match self.proxy.stop_unit(unit, "replace").await {
+            Ok(job) => self.wait_job(unit, job, Want::Inactive, call).await,
+            Err(e) if is_no_such_unit(&e) => Ok(()),
             Err(source) => Err(SystemdError::Call {
                 call: "StopUnit",
                 unit: unit.into(),
                 source,
             }),
-        };
-        match self.proxy.unref_unit(unit).await {
-            Err(e) if !is_no_such_unit(&e) && !is_not_referenced(&e) => {
-                tracing::warn!("cannot drop the reference on {unit}: {e}, ignoring")
-            }
-            _ => {}
         }
-        stopped
     }
 
     /// Send a signal to the processes of a unit (`whom`: main, control or all).
@@ -262,8 +337,9 @@ fn is_no_such_unit(e: &zbus::Error) -> bool {
         || name.as_str() == "org.freedesktop.systemd1.LoadFailed")
 }
 
-fn is_not_referenced(e: &zbus::Error) -> bool {
-    matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == "org.freedesktop.systemd1.NotReferenced")
+/// The number at the end of a job's object path (`/org/freedesktop/systemd1/job/N`).
+fn job_id(job: &OwnedObjectPath) -> Option<u32> {
+    job.as_str().rsplit('/').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -296,5 +372,152 @@ mod tests {
         assert!(jobs.lock().unwrap().finished.contains_key(&path(2)));
         drop(call);
         assert_eq!(jobs.lock().unwrap().in_flight, 0);
+    }
+
+    use crate::testbus::bus;
+
+    #[derive(Debug, zbus::DBusError)]
+    #[zbus(prefix = "org.freedesktop.systemd1")]
+    enum FakeError {
+        #[zbus(error)]
+        ZBus(zbus::Error),
+        NoSuchJob(String),
+    }
+
+    /// How the fake systemd ends the job of a StartTransientUnit.
+    #[derive(Clone)]
+    enum Ending {
+        /// Sends JobRemoved with this result.
+        Signal(&'static str),
+        /// Forgets the job without a signal (as when systemd's bus connection dropped); the
+        /// unit is then in this state.
+        Lost(&'static str),
+    }
+
+    struct FakeSystemd {
+        conn: zbus::Connection,
+        ending: Ending,
+    }
+
+    const JOB: &str = "/org/freedesktop/systemd1/job/7";
+    const UNIT: &str = "/org/freedesktop/systemd1/unit/berth_2dweb_2escope";
+
+    #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+    impl FakeSystemd {
+        fn subscribe(&self) {}
+        fn start_transient_unit(
+            &self,
+            name: String,
+            _mode: String,
+            _properties: Vec<(String, zbus::OwnedVariant)>,
+            _aux: Vec<(String, Vec<(String, zbus::OwnedVariant)>)>,
+        ) -> OwnedObjectPath {
+            if let Ending::Signal(result) = self.ending {
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let job = OwnedObjectPath::try_from(JOB).unwrap();
+                    conn.emit_signal(
+                        None::<()>,
+                        "/org/freedesktop/systemd1",
+                        "org.freedesktop.systemd1.Manager",
+                        "JobRemoved",
+                        &(7u32, job, name, result),
+                    )
+                    .await
+                    .unwrap();
+                });
+            }
+            OwnedObjectPath::try_from(JOB).unwrap()
+        }
+        fn get_job(&self, id: u32) -> std::result::Result<OwnedObjectPath, FakeError> {
+            match self.ending {
+                Ending::Lost(_) => Err(FakeError::NoSuchJob(format!("no job {id}"))),
+                Ending::Signal(_) => Ok(OwnedObjectPath::try_from(JOB).unwrap()),
+            }
+        }
+        fn get_unit(&self, _name: String) -> OwnedObjectPath {
+            OwnedObjectPath::try_from(UNIT).unwrap()
+        }
+    }
+
+    struct FakeUnit(&'static str);
+
+    #[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+    impl FakeUnit {
+        #[zbus(property)]
+        fn active_state(&self) -> String {
+            self.0.into()
+        }
+    }
+
+    /// Start `berth-web.scope` against a fake systemd that ends the job as told; the result
+    /// and how long it took.
+    fn start_with(ending: Ending) -> (Result<(), SystemdError>, Duration) {
+        let bus = bus();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                let server = zbus::connection::Builder::address(bus.address.as_str())
+                    .build()
+                    .await
+                    .unwrap();
+                let state = match ending {
+                    Ending::Lost(s) => s,
+                    Ending::Signal(_) => "active",
+                };
+                let os = server.object_server();
+                let fake = FakeSystemd {
+                    conn: server.clone(),
+                    ending,
+                };
+                os.at("/org/freedesktop/systemd1", fake).await.unwrap();
+                os.at(UNIT, FakeUnit(state)).await.unwrap();
+                server
+                    .request_name("org.freedesktop.systemd1")
+                    .await
+                    .unwrap();
+                let client = zbus::connection::Builder::address(bus.address.as_str())
+                    .build()
+                    .await
+                    .unwrap();
+                let systemd = Systemd::new(&client).await.unwrap();
+                let at = Instant::now();
+                let r = systemd
+                    .start_scope("berth-web.scope", &scope_properties("web", 1))
+                    .await;
+                (r, at.elapsed())
+            })
+            .await
+            .expect("the scope start did not end")
+        })
+    }
+
+    #[test]
+    fn a_scope_start_ends_with_its_job_removed_signal() {
+        let (r, took) = start_with(Ending::Signal("done"));
+        r.unwrap();
+        assert!(took < JOB_POLL, "took {took:?}");
+        let (r, _) = start_with(Ending::Signal("failed"));
+        assert!(
+            matches!(&r, Err(SystemdError::Job { result, .. }) if result == "failed"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_job_removed_signal_does_not_fail_the_start() {
+        let (r, took) = start_with(Ending::Lost("active"));
+        r.unwrap();
+        assert!(took >= JOB_POLL && took < JOB_TIMEOUT, "took {took:?}");
+        // Lost, and the scope did not come up: a failure, said as such, not a timeout.
+        let (r, _) = start_with(Ending::Lost("failed"));
+        assert!(
+            matches!(&r, Err(SystemdError::Job { result, .. }) if result.contains("failed")),
+            "{r:?}"
+        );
     }
 }

@@ -87,16 +87,24 @@ impl UnitProperties {
 }
 
 /// The properties of a container's scope: in `machine.slice`, delegated, collected when it
-/// ends (also when failed), referenced by berthd while it starts it, with accounting on so that
-/// every controller's files exist for stats (on hybrid hosts systemd only creates a unit's v1
-/// cgroups for the controllers it needs). The leader's PID is added with `PIDs`.
+/// ends (also when failed), with accounting on so that every controller's files exist for stats
+/// (on hybrid hosts systemd only creates a unit's v1 cgroups for the controllers it needs). The
+/// leader's PID is added with `PIDs`.
+///
+/// Not `AddRef=yes`: systemd keeps such a reference by watching the caller's bus name, with one
+/// `NameOwnerChanged` match rule on its own bus connection per referenced unit. dbus-daemon
+/// allows a connection 512 match rules (`max_match_rules_per_connection` on the system bus), so
+/// the ~508th running container made systemd's AddMatch fail; sd-bus then drops systemd's bus
+/// connection, and the JobRemoved of the scope being started was lost ("did not finish within
+/// 30s"), and with it berthd's Subscribe. berthd does not need the reference: it waits for the
+/// scope's job, stops the scope itself when the leader exits, and a scope collected earlier
+/// (its processes gone) is fine to it.
 pub fn scope_properties(description: &str, leader: u32) -> UnitProperties {
     UnitProperties::default()
         .string("Description", description)
         .string("Slice", "machine.slice")
         .boolean("Delegate", true)
         .string("CollectMode", "inactive-or-failed")
-        .boolean("AddRef", true)
         .boolean("CPUAccounting", true)
         .boolean("MemoryAccounting", true)
         .boolean("TasksAccounting", true)
@@ -205,7 +213,6 @@ mod tests {
                 "Slice",
                 "Delegate",
                 "CollectMode",
-                "AddRef",
                 "CPUAccounting",
                 "MemoryAccounting",
                 "TasksAccounting",
