@@ -118,6 +118,13 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// A caller left the bus: its name is never used again.
+    fn forget(&self, sender: &str) {
+        self.uids.lock().unwrap().remove(sender);
+    }
+}
+
 impl polkit::Authority for Authorizer {
     async fn caller_uid(&self, sender: &str) -> std::result::Result<u32, String> {
         if let Some(uid) = self.uids.lock().unwrap().get(sender) {
@@ -163,8 +170,12 @@ impl Registry {
         .map_err(|d| dbus::Error::PermissionDenied(d.to_string()))
     }
 
+    /// Is there a container of that name (a broken one too: the flow then says what it may
+    /// do with it)?
     fn known(&self, name: &str) -> Result<()> {
-        if self.entries.lock().unwrap().contains_key(name) {
+        if self.entries.lock().unwrap().contains_key(name)
+            || self.broken.lock().unwrap().contains_key(name)
+        {
             Ok(())
         } else {
             Err(dbus::Error::NoSuchContainer(format!(
@@ -174,11 +185,56 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Follow callers leaving the bus: their waiting calls end, their uid is forgotten.
+    pub async fn watch_callers(&self) {
+        let proxy = match zbus::fdo::DBusProxy::new(&self.conn).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot watch callers leaving the bus: {e}, ignoring");
+                return;
+            }
+        };
+        let mut left = match proxy.receive_name_owner_changed().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch callers leaving the bus: {e}, ignoring");
+                return;
+            }
+        };
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(sig) = left.next().await {
+                let Ok(args) = sig.args() else { continue };
+                if args.new_owner.is_some() || !args.name.starts_with(':') {
+                    continue;
+                }
+                let Some(me) = me.upgrade() else { return };
+                me.admission.left(args.name.as_str());
+                me.authorizer.forget(args.name.as_str());
+            }
+        });
+    }
+}
+
 fn bus<T>(r: std::result::Result<T, Error>) -> Result<T> {
     r.map_err(Into::into)
 }
 
 impl dbus::Backend for Registry {
+    fn admit(&self, sender: String) -> BoxFuture<'_, Result<dbus::Permit>> {
+        Box::pin(async move {
+            use polkit::Authority;
+            let permit = self.admission.admit(&sender)?;
+            let uid = self
+                .authorizer
+                .caller_uid(&sender)
+                .await
+                .map_err(|e| dbus::Error::PermissionDenied(format!("who is calling: {e}")))?;
+            permit.for_uid(uid)
+        })
+    }
     fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             use polkit::Authority;

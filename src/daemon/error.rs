@@ -22,6 +22,9 @@ pub enum Error {
     },
     #[error("{0}")]
     InvalidArgument(String),
+    /// The container is in quarantine: its definition cannot be used.
+    #[error("container {name:?} is broken ({reason}); only remove works on it")]
+    Broken { name: String, reason: String },
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
@@ -98,7 +101,7 @@ impl From<Error> for dbus::Error {
             Error::NoSuchContainer(_) => dbus::Error::NoSuchContainer(msg),
             Error::NoSuchImage(_) => dbus::Error::NoSuchImage(msg),
             Error::AlreadyExists(_) => dbus::Error::AlreadyExists(msg),
-            Error::InvalidState { .. } => dbus::Error::InvalidState(msg),
+            Error::InvalidState { .. } | Error::Broken { .. } => dbus::Error::InvalidState(msg),
             Error::InvalidArgument(_) | Error::Spec(_) | Error::Limit(_) | Error::Plan(_) => {
                 dbus::Error::InvalidArgument(msg)
             }

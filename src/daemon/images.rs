@@ -248,7 +248,11 @@ impl Registry {
             }
         };
         let (r, ()) = tokio::join!(job, relay);
-        r.map_err(|e| Error::Failed(format!("image operation failed: {e}")))?
+        let r = r.map_err(|e| Error::Failed(format!("image operation failed: {e}")))?;
+        drop(_op);
+        let full = matches!(&r, Err(e) if super::space::is_storage_full(&e.to_string()));
+        self.after_operation(full).await;
+        r
     }
 
     async fn announce(&self, rec: &ImageRecord) -> OwnedObjectPath {

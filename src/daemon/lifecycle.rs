@@ -22,6 +22,35 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prefix of a removed container's directory while it is being deleted.
 pub const TRASH_PREFIX: &str = ".removed-";
+/// Prefix of a container's directory while `create` fills it; renamed to the name when
+/// complete, so that a crash never leaves a half-made container behind.
+pub const STAGING_PREFIX: &str = ".creating-";
+
+/// Delete a directory tree, and say so if anything is left. `remove_dir_all` never follows
+/// symlinks, but a tree that changes under it (a directory swapped for a symlink by a process
+/// still writing into it) makes it fail midway, sometimes with NotFound for an inner entry:
+/// that is not "already gone", so the tree itself is checked, and the removal retried.
+pub fn remove_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    remove_tree_with(dir, |d| std::fs::remove_dir_all(d))
+}
+
+fn remove_tree_with(
+    dir: &std::path::Path,
+    remove: impl Fn(&std::path::Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut last = None;
+    for _ in 0..3 {
+        match remove(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the tree is still there")))
+}
 
 impl Registry {
     /// What `RootDirectory` shows for a spec.
@@ -44,7 +73,7 @@ impl Registry {
         self.seccomp_program(&spec)?;
         {
             let mut entries = self.entries.lock().unwrap();
-            if entries.contains_key(&name) {
+            if entries.contains_key(&name) || self.broken.lock().unwrap().contains_key(&name) {
                 return Err(Error::AlreadyExists(name));
             }
             if entries.len() >= MAX_CONTAINERS {
@@ -66,14 +95,10 @@ impl Registry {
             }
             if let Err(e) = self.write_container_dir(&spec.definition, range) {
                 self.release_allocations(&name);
-                let dir = self.layout.container_dir(&name);
-                if e.kind() != std::io::ErrorKind::AlreadyExists
-                    && let Err(rm) = std::fs::remove_dir_all(&dir)
-                {
-                    warn!(
-                        "cannot remove {} after a failed create: {rm}, ignoring",
-                        dir.display()
-                    );
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    // Not ours: a directory no container of the table owns (left by hand, or
+                    // by a removal that could not move it aside).
+                    return Err(Error::AlreadyExists(name));
                 }
                 return Err(Error::io(
                     format!("cannot write the definition of {name:?}"),
@@ -94,19 +119,53 @@ impl Registry {
         Ok(path(&name))
     }
 
+    /// Make the container's directory whole (layer directories and definition) under a
+    /// staging name, then give it its name in one `rename`: a crash or a full disk never leaves
+    /// a directory without its definition. Whatever fails is removed at once.
     fn write_container_dir(
         &self,
         def: &Definition,
         range: Option<crate::userns::IdRange>,
     ) -> std::io::Result<()> {
         let dir = self.layout.container_dir(&def.name);
-        std::fs::create_dir(&dir)?;
-        let dirs = ContainerDirs::under(&dir);
-        for d in [&dirs.upper, &dirs.work, &dirs.root] {
-            std::fs::create_dir(d)?;
+        let staging = self.layout.containers().join(format!(
+            "{STAGING_PREFIX}{}-{}",
+            def.name,
+            store::now_usec()
+        ));
+        let made = (|| {
+            std::fs::create_dir(&staging)?;
+            let dirs = ContainerDirs::under(&staging);
+            for d in [&dirs.upper, &dirs.work, &dirs.root] {
+                std::fs::create_dir(d)?;
+            }
+            super::security::own_upper(&dirs.upper, range)?;
+            let text = toml::to_string(def).map_err(std::io::Error::other)?;
+            store::write_atomic(&staging.join("container.toml"), text.as_bytes())?;
+            super::failpoint::hit("create:after-staging");
+            match nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &staging,
+                nix::fcntl::AT_FDCWD,
+                &dir,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => Ok(()),
+                Err(nix::errno::Errno::EEXIST) | Err(nix::errno::Errno::ENOTEMPTY) => Err(
+                    std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the directory exists"),
+                ),
+                Err(e) => Err(e.into()),
+            }
+        })();
+        if made.is_err()
+            && let Err(e) = remove_tree(&staging)
+        {
+            warn!(
+                "cannot remove {} after a failed create: {e}, ignoring",
+                staging.display()
+            );
         }
-        super::security::own_upper(&dirs.upper, range)?;
-        store::save_definition(&self.layout, def)
+        made
     }
 
     /// A running container's pidfd and exit watch; moves it to `next` if given.
@@ -150,6 +209,7 @@ impl Registry {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => warn!("cannot send {sig} to {name}: {e}, killing it"),
         }
+        super::failpoint::hit("stop:after-signal");
         if tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
             .await
             .is_err()
@@ -220,6 +280,12 @@ impl Registry {
                     .ok_or(Error::NoSuchContainer(name));
             };
             match e.state {
+                State::Exited if e.exit_status < 0 => {
+                    return Err(Error::Failed(format!(
+                        "container {name:?} exited, but {}",
+                        e.last_error
+                    )));
+                }
                 State::Exited => return Ok(e.exit_status),
                 State::Created => {
                     return Err(Error::InvalidState {
@@ -231,14 +297,26 @@ impl Registry {
                 _ => e.exited.subscribe(),
             }
         };
-        let v = rx
+        let status = rx
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::Failed("berthd is shutting down".into()))?;
-        Ok(v.unwrap_or(-1))
+            .map_err(|_| Error::Failed("berthd is shutting down".into()))?
+            .unwrap_or(-1);
+        if status < 0 {
+            let why = self
+                .with(&name, |e| e.last_error.clone())
+                .unwrap_or_else(|_| "its exit status is unknown".into());
+            return Err(Error::Failed(format!(
+                "container {name:?} exited, but {why}"
+            )));
+        }
+        Ok(status)
     }
 
     pub(super) async fn remove(&self, name: String, force: bool) -> Result<()> {
+        if self.broken(&name).is_some() {
+            return self.remove_broken(&name, force).await;
+        }
         let state = self.with(&name, |e| e.state)?;
         match state {
             State::Created | State::Exited => {}
@@ -274,7 +352,9 @@ impl Registry {
 
     /// Forget a container and delete its files. The directory is first renamed out of the
     /// way (atomically, under the table's lock), so that a container created with the same
-    /// name right after never has its new directory deleted by this removal.
+    /// name right after never has its new directory deleted by this removal. Only a container
+    /// that is created or exited at that moment is removed: one that a concurrent start made
+    /// live keeps its directory.
     pub(super) async fn remove_entry(&self, name: &str) -> Result<()> {
         let dir = self.layout.container_dir(name);
         let anonymous = self.anonymous_volumes(name);
@@ -284,10 +364,19 @@ impl Registry {
             .join(format!("{TRASH_PREFIX}{name}-{}", store::now_usec()));
         let victim = {
             let mut entries = self.entries.lock().unwrap();
-            if entries.remove(name).is_none() {
-                return Err(Error::NoSuchContainer(name.into()));
+            match entries.get(name).map(|e| e.state) {
+                None => return Err(Error::NoSuchContainer(name.into())),
+                Some(State::Created | State::Exited) => {}
+                Some(s) => {
+                    return Err(Error::InvalidState {
+                        name: name.into(),
+                        state: s.as_str(),
+                        hint: "; it was started again meanwhile",
+                    });
+                }
             }
-            match std::fs::rename(&dir, &trash) {
+            entries.remove(name);
+            let victim = match std::fs::rename(&dir, &trash) {
                 Ok(()) => trash,
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -298,8 +387,14 @@ impl Registry {
                     }
                     dir
                 }
-            }
+            };
+            // Under the table's lock, so that a create of the same name right after allocates
+            // anew and this removal never frees what that new container holds; after the
+            // rename, so that a crash before it keeps the range the layer's files belong to.
+            self.release_allocations(name);
+            victim
         };
+        super::failpoint::hit("remove:after-rename");
         let rt = self.layout.runtime(name);
         let removed = tokio::task::spawn_blocking(move || {
             match std::fs::remove_file(&rt) {
@@ -307,11 +402,7 @@ impl Registry {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            match std::fs::remove_dir_all(&victim) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            }
+            remove_tree(&victim)
         })
         .await
         .map_err(|e| Error::Failed(format!("removal of {name:?}: {e}")))?;
@@ -321,11 +412,46 @@ impl Registry {
         {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
-        self.release_allocations(name);
         self.remove_anonymous(name, anonymous);
-        removed
-            .map_err(|e| Error::io(format!("container {name:?} is removed, but its files"), e))?;
+        removed.map_err(|e| {
+            Error::io(
+                format!("container {name:?} is removed, but its files could not all be deleted"),
+                e,
+            )
+        })?;
         info!("removed container {name}");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_left_behind_is_reported_even_when_the_error_says_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join(".removed-x-1");
+        std::fs::create_dir_all(tree.join("upper/a")).unwrap();
+        // What a tree changing under the removal looks like: an inner entry vanished
+        // (NotFound), the tree is still there.
+        let vanished = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = remove_tree_with(&tree, |_| Err(vanished())).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(tree.exists());
+        // A retry that gets through is success.
+        let tries = std::cell::Cell::new(0);
+        remove_tree_with(&tree, |d| {
+            tries.set(tries.get() + 1);
+            if tries.get() == 1 {
+                Err(vanished())
+            } else {
+                std::fs::remove_dir_all(d)
+            }
+        })
+        .unwrap();
+        assert!(!tree.exists());
+        // Already gone is success.
+        remove_tree(&tree).unwrap();
     }
 }

@@ -39,20 +39,20 @@ impl Registry {
             }
             Err(e) => warn!("cannot check delegation of {name}'s cgroup: {e}, ignoring"),
         }
-        let (exited, kills, at) = {
+        let (exited, kills, at, seen) = {
             let mut entries = self.entries.lock().unwrap();
             let Some(e) = entries.get_mut(name) else {
                 return;
             };
             e.cgroup = Some(cg.clone());
-            (e.exited.subscribe(), e.oom_kills, e.last_oom_at)
+            (e.exited.subscribe(), e.oom_kills, e.last_oom_at, e.oom_seen)
         };
         // A start writes a fresh runtime record; the kills of earlier runs go on counting.
         if kills > 0 {
-            self.persist_oom(name, kills, at);
+            self.persist_oom(name, kills, at, seen.unwrap_or(0));
         }
         if let Some(w) = cg.oom_watch() {
-            tokio::spawn(self.arc().watch_oom(name.to_string(), cg, w, exited));
+            tokio::spawn(self.arc().watch_oom(name.to_string(), cg, w, exited, seen));
         }
     }
 
@@ -65,14 +65,29 @@ impl Registry {
     ///   payload, the container ends and systemd removes the cgroup within milliseconds, so
     ///   the counter is polled briefly; if the cgroup vanishes first, the event counts as one
     ///   kill (with `oom_kill_disable=0`, which berth never changes, the killer always kills).
+    ///
+    /// `seen` is the cgroup's counter as last counted (0 for a new run). On re-adoption the
+    /// kernel's counter may be ahead of it: those kills happened while berthd was away, and are
+    /// counted at once. `None` (a record of an older berth) takes the counter as it is now.
     async fn watch_oom(
         self: std::sync::Arc<Self>,
         name: String,
         cg: Cgroup,
         w: OomWatch,
         mut exited: tokio::sync::watch::Receiver<Option<i32>>,
+        seen: Option<u64>,
     ) {
-        let mut seen = cg.oom_kills().ok().flatten().unwrap_or(0);
+        let now = cg.oom_kills().ok().flatten();
+        let mut seen = seen.or(now).unwrap_or(0);
+        if let Some(now) = now
+            && now > seen
+        {
+            info!(
+                "container {name}: {} OOM kill(s) happened while berthd was away",
+                now - seen
+            );
+            self.record_oom(&name, &mut seen, now).await;
+        }
         let source = match oom_event_source(&w) {
             Ok(s) => s,
             Err(e) => {
@@ -145,9 +160,10 @@ impl Registry {
             };
             e.oom_kills += new;
             e.last_oom_at = at;
+            e.oom_seen = Some(now);
             e.oom_kills
         };
-        self.persist_oom(name, total, at);
+        self.persist_oom(name, total, at, now);
         warn!("container {name}: {new} process(es) killed for lack of memory ({total} so far)");
         self.publish(name).await;
         if let Some(em) = self.manager_emitter()
@@ -160,7 +176,7 @@ impl Registry {
     /// Keep the OOM counters in the runtime record, so that a berthd restart keeps them.
     /// Only while it runs, under the entries lock: `on_exit` marks the entry exited before it
     /// writes its own record (with the counters), which must not be overwritten by this one.
-    fn persist_oom(&self, name: &str, kills: u64, at: u64) {
+    fn persist_oom(&self, name: &str, kills: u64, at: u64, seen: u64) {
         let entries = self.entries.lock().unwrap();
         if entries.get(name).map(|e| e.state) != Some(State::Running) {
             return;
@@ -170,6 +186,7 @@ impl Registry {
         };
         rt.oom_kills = kills;
         rt.last_oom_at = at;
+        rt.oom_seen = Some(seen);
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
             warn!("cannot record OOM kills of {name}: {e}, ignoring");
         }

@@ -5,15 +5,19 @@ mod bus_work;
 mod copy;
 mod error;
 mod exec;
+mod failpoint;
 mod images;
 mod lifecycle;
 mod limits;
 mod logs;
 mod mounts;
 mod notify;
+mod quarantine;
 mod reaper;
+mod reconcile;
 mod recovery;
 mod security;
+mod space;
 mod start;
 mod store;
 mod table;
@@ -48,6 +52,11 @@ pub enum DaemonError {
     Images(crate::image::StoreError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The bus went away (`systemctl restart dbus`): berthd cannot serve on a new bus with the
+    /// old connection, so it exits with an error and systemd starts it again
+    /// (`Restart=on-failure`), which re-adopts the containers.
+    #[error("lost the system bus; exiting so that systemd restarts berthd on the new one")]
+    BusLost,
     #[error(transparent)]
     Security(security::OpenError),
 }
@@ -97,6 +106,7 @@ pub fn run() -> Result<(), DaemonError> {
     // Before any thread exists: take the descriptors systemd kept for us.
     let stored = notify::take_listen_fds();
     init_logging();
+    failpoint::init();
     // Leaders are re-parented to us when their helper exits, so we can reap them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot become a child subreaper: {e}, ignoring");
@@ -139,23 +149,30 @@ async fn serve(
         .await
         .map_err(DaemonError::Systemd)?;
     let images = crate::image::Store::open(&layout.lib).map_err(DaemonError::Images)?;
+    check_images(&images);
     let helper = helper_path();
     let security = security::open(&conn, &layout.lib, &helper)
         .await
         .map_err(DaemonError::Security)?;
     let registry = Registry::new(conn.clone(), systemd, layout, helper, images, security);
+    registry.watch_callers().await;
     registry.import_shipped().await;
     registry.recover(stored).await;
     registry.export_images().await;
     let server = conn.object_server();
+    let backend: Arc<dyn crate::dbus::Backend> = registry.clone();
     server
-        .at(crate::dbus::MANAGER_PATH, zbus::fdo::ObjectManager)
+        .at(
+            crate::dbus::MANAGER_PATH,
+            crate::dbus::ObjectManager {
+                backend: Arc::downgrade(&backend),
+            },
+        )
         .await
         .map_err(|source| DaemonError::Serve {
             what: "ObjectManager",
             source,
         })?;
-    let backend: Arc<dyn crate::dbus::Backend> = registry.clone();
     server
         .at(
             crate::dbus::MANAGER_PATH,
@@ -183,9 +200,13 @@ async fn serve(
     info!("serving {} on the system bus", crate::dbus::BUS_NAME);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Runtime)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let lost = tokio::select! {
+        _ = term.recv() => false,
+        _ = tokio::signal::ctrl_c() => false,
+        _ = conn.closed() => true,
+    };
+    if lost {
+        return Err(DaemonError::BusLost);
     }
     if let Err(e) = notify::notify("STOPPING=1", &[]) {
         tracing::warn!("cannot tell the service manager that berthd stops: {e}, ignoring");
@@ -194,6 +215,24 @@ async fn serve(
     registry.stop_relays().await;
     drop(registry);
     Ok(())
+}
+
+/// Say which image records cannot be read (they are skipped, never deleted), and delete what
+/// an import or pull interrupted by a crash left in the store.
+fn check_images(images: &crate::image::Store) {
+    let (_, bad) = images.list_checked();
+    for (name, e) in &bad {
+        tracing::warn!(
+            "image record {name} cannot be read ({e}); skipping it, and deleting no layer while it is there"
+        );
+    }
+    match images.reclaim() {
+        Ok(0) => {}
+        Ok(n) => info!(
+            "deleted {n} blobs and layers that no image references (left by an interrupted import or pull)"
+        ),
+        Err(e) => tracing::warn!("cannot clean the image store: {e}, ignoring"),
+    }
 }
 
 /// The empty, read-only file masked paths are replaced by: made anew, so that nothing written

@@ -47,13 +47,46 @@ impl Registry {
         let status = memfd
             .as_ref()
             .and_then(read_status)
-            .or(reaped.map(sys::ExitInfo::as_status))
-            .unwrap_or(-1);
-        self.on_exit(&name, status).await;
+            .or(reaped.map(sys::ExitInfo::as_status));
+        if status.is_none() {
+            // Neither PID 1 wrote it (killed, or no exit descriptor) nor is the leader our child
+            // (a re-adopted one): say so rather than make one up.
+            warn!("container {name} exited, and its exit status is unknown");
+            if self
+                .with(&name, |e| {
+                    e.last_error = "its exit status is unknown: its PID 1 left no status, and it was re-adopted after a restart of berthd".into();
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        self.on_exit(&name, status.unwrap_or(-1)).await;
     }
 
+    /// Record an exit. The order is what makes a crash at any point harmless: the exit record
+    /// is written first (while the status is known), then the scope is stopped (a restarted
+    /// berthd stops a scope that outlived a record saying "exited"), then the exit descriptor
+    /// is dropped from the store (a restarted berthd that still finds it reads the same
+    /// status), and only then does the container show as exited (so that a start right after
+    /// never finds the old scope).
     pub(super) async fn on_exit(&self, name: &str, status: i32) {
         let unit = name::scope_unit(name);
+        let record = self.with(name, |e| Runtime {
+            running: false,
+            started_at: e.started_at,
+            exit_status: status,
+            oom_kills: e.oom_kills,
+            last_oom_at: e.last_oom_at,
+            last_error: e.last_error.clone(),
+            ..Default::default()
+        });
+        if let Ok(rt) = &record
+            && let Err(e) = store::save_runtime(&self.layout, name, rt)
+        {
+            warn!("cannot record exit of {name}: {e}, ignoring");
+        }
+        super::failpoint::hit("exit:after-record");
         if let Err(e) = self.systemd.stop_unit(&unit).await {
             warn!("cannot stop {unit}: {e}, ignoring");
         }
@@ -62,32 +95,22 @@ impl Registry {
         }
         self.cpu_samples.lock().unwrap().remove(name);
         self.logs_leader_gone(name);
-        let Ok((tx, auto_remove, rt)) = self.with(name, |e| {
+        let Ok((tx, auto_remove)) = self.with(name, |e| {
             e.state = State::Exited;
             e.exec_base = None;
             e.leader = None;
             e.pidfd = None;
             e.exit_status = status;
             e.cgroup = None;
+            e.oom_seen = Some(0);
             e.resources = e.spec.definition.resources.clone();
-            let rt = Runtime {
-                running: false,
-                started_at: e.started_at,
-                exit_status: status,
-                oom_kills: e.oom_kills,
-                last_oom_at: e.last_oom_at,
-                ..Default::default()
-            };
-            (e.exited.clone(), e.spec.definition.auto_remove, rt)
+            (e.exited.clone(), e.spec.definition.auto_remove)
         }) else {
             return;
         };
         info!("container {name} exited with status {status}");
         if self.with(name, |e| e.spec.ephemeral).unwrap_or(false) {
             self.discard_ephemeral(name);
-        }
-        if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
-            warn!("cannot record exit of {name}: {e}, ignoring");
         }
         self.publish(name).await;
         if auto_remove {

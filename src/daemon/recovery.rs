@@ -1,6 +1,10 @@
 //! Recovery: rebuild the container table from disk and systemd after a (re)start of berthd,
 //! re-adopting running containers (their leader's start time must match the record, against
-//! PID reuse) and recording the exit of those that ended while berthd was away.
+//! PID reuse) and recording the exit of those that ended while berthd was away. What cannot be
+//! read is never deleted: a container whose definition is unusable goes to quarantine
+//! (`quarantine`), a runtime record that is damaged is re-derived from systemd, and a start that
+//! a crash interrupted is undone (`reconcile`, which then makes systemd and `/run/berth` agree
+//! with the table).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -8,18 +12,18 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::lifecycle::TRASH_PREFIX;
+use super::lifecycle::{STAGING_PREFIX, TRASH_PREFIX};
 use super::notify;
+use super::quarantine;
 use super::reaper::read_status;
 use super::start::fdname;
 use super::store::{self, Runtime};
 use super::table::{Entry, Registry, State};
 use crate::name;
-use crate::spec;
 use crate::sys;
 
 /// What recovery found for one container.
-enum Found {
+pub(super) enum Found {
     /// Its leader still runs: watch it.
     Running {
         pidfd: Arc<OwnedFd>,
@@ -28,13 +32,20 @@ enum Found {
     },
     /// It exited while berthd was away: record that.
     ExitedMeanwhile,
+    /// A start was in progress when berthd died: undo it.
+    Interrupted,
     /// Nothing to do.
     Settled,
 }
 
+/// Why a container's exit status can be unknown after a restart.
+const LOST_FD_STORE: &str = "its exit status is unknown: it exited while berthd was stopped, and systemd drops berthd's file descriptor store (which held the status) when berthd stops or fails";
+
 impl Registry {
     /// Rebuild the registry from disk and systemd, re-adopting running containers.
     pub async fn recover(&self, mut stored: HashMap<String, OwnedFd>) {
+        // systemd hands the store back after a crash or a restart, not after a stop.
+        let store_lost = stored.is_empty();
         let dir = match std::fs::read_dir(self.layout.containers()) {
             Ok(d) => d,
             Err(e) => {
@@ -47,13 +58,18 @@ impl Registry {
             let Ok(n) = d.file_name().into_string() else {
                 continue;
             };
-            if n.starts_with(TRASH_PREFIX) {
-                // A removal that berthd did not finish: the container is already gone.
-                if let Err(e) = std::fs::remove_dir_all(d.path()) {
-                    warn!(
+            if n.starts_with(TRASH_PREFIX) || n.starts_with(STAGING_PREFIX) {
+                // A removal that berthd did not finish (the container is already gone), or a
+                // create that it did not finish (the container never existed).
+                match super::lifecycle::remove_tree(&d.path()) {
+                    Ok(()) => info!(
+                        "deleted {}, left by an interrupted flow",
+                        d.path().display()
+                    ),
+                    Err(e) => warn!(
                         "cannot finish removing {}: {e}, ignoring",
                         d.path().display()
-                    );
+                    ),
                 }
                 continue;
             }
@@ -65,28 +81,10 @@ impl Registry {
         self.rebuild_allocations(&names);
         let mut logs = super::logs::take_stored(&mut stored);
         for name in names {
-            let def = match store::load_definition(&self.layout.definition(&name)) {
-                Ok(d) if d.name == name => d,
-                Ok(d) => {
-                    error!(
-                        "container directory {name} holds the definition of {:?}; leaving it alone",
-                        d.name
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    // Never delete what cannot be read: it may be a newer berth's, or damaged
-                    // but holding the container's data.
-                    error!("container {name} has no readable definition ({e}); leaving it alone");
-                    continue;
-                }
-            };
-            let spec = match spec::validate(&def, &self.host) {
+            let spec = match quarantine::load(&self.layout, &name, &self.host) {
                 Ok(s) => s,
-                Err(e) => {
-                    error!(
-                        "the definition of container {name} is not valid here ({e}); leaving it alone"
-                    );
+                Err(defect) => {
+                    self.quarantine(&name, defect).await;
                     continue;
                 }
             };
@@ -94,9 +92,18 @@ impl Registry {
             let mut entry = Entry::new(spec, shown);
             entry.security = self.describe(&entry.spec);
             let memfd = stored.remove(&fdname(&name));
-            let found = match store::load_runtime(&self.layout, &name) {
-                Some(rt) => adopt(&name, &rt, &mut entry, memfd),
-                None => Found::Settled,
+            let mut repaired = false;
+            let found = match store::read_runtime(&self.layout, &name) {
+                Ok(Some(rt)) if rt.starting => {
+                    fill(&mut entry, &rt);
+                    Found::Interrupted
+                }
+                Ok(Some(rt)) => adopt(&name, &rt, &mut entry, memfd, store_lost),
+                Ok(None) => Found::Settled,
+                Err(e) => {
+                    repaired = true;
+                    self.rederive(&name, &e, &mut entry, memfd).await
+                }
             };
             let auto_remove = entry.spec.definition.auto_remove;
             self.entries.lock().unwrap().insert(name.clone(), entry);
@@ -115,6 +122,9 @@ impl Registry {
                     memfd,
                     leader,
                 } => {
+                    if repaired {
+                        self.save_running_record(&name, leader);
+                    }
                     self.adopt_cgroup(&name, leader);
                     tokio::spawn(self.arc().watch_leader(name.clone(), pidfd, memfd));
                 }
@@ -122,21 +132,7 @@ impl Registry {
                     if let Err(e) = self.systemd.stop_unit(&name::scope_unit(&name)).await {
                         warn!("cannot stop the scope of {name}: {e}, ignoring");
                     }
-                    let rt = self
-                        .with(&name, |e| Runtime {
-                            running: false,
-                            started_at: e.started_at,
-                            exit_status: e.exit_status,
-                            oom_kills: e.oom_kills,
-                            last_oom_at: e.last_oom_at,
-                            ..Default::default()
-                        })
-                        .ok();
-                    if let Some(rt) = rt
-                        && let Err(e) = store::save_runtime(&self.layout, &name, &rt)
-                    {
-                        warn!("cannot record the exit of {name}: {e}, ignoring");
-                    }
+                    self.save_settled_record(&name);
                     if let Err(e) = notify::remove_fd(&fdname(&name)) {
                         warn!("cannot drop the exit descriptor of {name}: {e}, ignoring");
                     }
@@ -144,7 +140,17 @@ impl Registry {
                         warn!("cannot remove {name}: {e}, ignoring");
                     }
                 }
-                Found::Settled => {}
+                Found::Interrupted => {
+                    self.undo_interrupted_start(&name).await;
+                    if auto_remove && let Err(e) = self.remove_entry(&name).await {
+                        warn!("cannot remove {name}: {e}, ignoring");
+                    }
+                }
+                Found::Settled => {
+                    if repaired {
+                        self.save_settled_record(&name);
+                    }
+                }
             }
         }
         for (left, pipes) in logs {
@@ -156,21 +162,78 @@ impl Registry {
                 warn!("cannot drop the stale descriptor {left}: {e}, ignoring");
             }
         }
+        self.reconcile().await;
+    }
+
+    /// Write the record of a container that is not running, from its entry.
+    pub(super) fn save_settled_record(&self, name: &str) {
+        let rt = self
+            .with(name, |e| Runtime {
+                running: false,
+                started_at: e.started_at,
+                exit_status: e.exit_status,
+                oom_kills: e.oom_kills,
+                last_oom_at: e.last_oom_at,
+                last_error: e.last_error.clone(),
+                ..Default::default()
+            })
+            .ok();
+        if let Some(rt) = rt
+            && let Err(e) = store::save_runtime(&self.layout, name, &rt)
+        {
+            warn!("cannot record the state of {name}: {e}, ignoring");
+        }
+    }
+
+    /// Write the record of a running container, from its entry.
+    fn save_running_record(&self, name: &str, leader: i32) {
+        let rt = self
+            .with(name, |e| Runtime {
+                running: true,
+                leader,
+                leader_start: store::process_start_time(leader).unwrap_or(0),
+                started_at: e.started_at,
+                exit_status: e.exit_status,
+                oom_kills: e.oom_kills,
+                last_oom_at: e.last_oom_at,
+                oom_seen: e.oom_seen,
+                ..Default::default()
+            })
+            .ok();
+        if let Some(rt) = rt
+            && let Err(e) = store::save_runtime(&self.layout, name, &rt)
+        {
+            warn!("cannot record the state of {name}: {e}, ignoring");
+        }
     }
 }
 
-/// Fill `entry` from its runtime record and find out whether its leader still runs.
-fn adopt(name: &str, rt: &Runtime, entry: &mut Entry, memfd: Option<OwnedFd>) -> Found {
+/// The fields of a runtime record that every state keeps.
+fn fill(entry: &mut Entry, rt: &Runtime) {
     entry.started_at = rt.started_at;
     entry.exit_status = rt.exit_status;
     entry.last_error = rt.last_error.clone();
     entry.oom_kills = rt.oom_kills;
     entry.last_oom_at = rt.last_oom_at;
-    entry.state = if rt.exit_status >= 0 || rt.running {
+    entry.oom_seen = rt.oom_seen;
+    // Ran before: a status, a run, or a start time. A status lost to a stopped berthd is -1
+    // with a start time.
+    entry.state = if rt.exit_status >= 0 || rt.running || rt.started_at != 0 {
         State::Exited
     } else {
         State::Created
     };
+}
+
+/// Fill `entry` from its runtime record and find out whether its leader still runs.
+fn adopt(
+    name: &str,
+    rt: &Runtime,
+    entry: &mut Entry,
+    memfd: Option<OwnedFd>,
+    store_lost: bool,
+) -> Found {
+    fill(entry, rt);
     if !rt.running {
         return Found::Settled;
     }
@@ -188,6 +251,18 @@ fn adopt(name: &str, rt: &Runtime, entry: &mut Entry, memfd: Option<OwnedFd>) ->
             if let Some(r) = rt.resources.clone() {
                 entry.resources = r;
             }
+            let memfd = match memfd {
+                Some(m) => Some(m),
+                None => {
+                    let m = super::reconcile::take_back_exit_fd(name, rt.leader, pidfd.as_fd());
+                    if m.is_some() {
+                        info!(
+                            "took the exit descriptor of {name} back from its PID 1 (systemd's store had lost it)"
+                        );
+                    }
+                    m
+                }
+            };
             match &memfd {
                 Some(m) => {
                     if let Err(e) = notify::store_fd(&fdname(name), m.as_fd()) {
@@ -195,7 +270,7 @@ fn adopt(name: &str, rt: &Runtime, entry: &mut Entry, memfd: Option<OwnedFd>) ->
                     }
                 }
                 None => warn!(
-                    "{name} has no exit descriptor (berthd ran without a service manager?), its exit status may be lost"
+                    "{name} has no exit descriptor and its PID 1 holds none: its exit status will be unknown"
                 ),
             }
             info!("re-adopted running container {name}, leader {}", rt.leader);
@@ -206,11 +281,25 @@ fn adopt(name: &str, rt: &Runtime, entry: &mut Entry, memfd: Option<OwnedFd>) ->
             }
         }
         None => {
-            entry.exit_status = memfd.as_ref().and_then(read_status).unwrap_or(-1);
-            info!(
-                "container {name} exited while berthd was away, status {}",
-                entry.exit_status
-            );
+            entry.state = State::Exited;
+            match memfd.as_ref().and_then(read_status) {
+                Some(status) => {
+                    entry.exit_status = status;
+                    info!("container {name} exited while berthd was away, status {status}");
+                }
+                None => {
+                    entry.exit_status = -1;
+                    entry.last_error = if store_lost {
+                        LOST_FD_STORE.to_string()
+                    } else {
+                        "its exit status is unknown: it exited while berthd was away, and its PID 1 left no status".to_string()
+                    };
+                    warn!(
+                        "container {name} exited while berthd was away; {}",
+                        entry.last_error
+                    );
+                }
+            }
             Found::ExitedMeanwhile
         }
     }

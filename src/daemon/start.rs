@@ -122,6 +122,8 @@ impl Registry {
             }),
         })??;
         self.publish(&name).await;
+        self.record_start_intent(&name);
+        super::failpoint::hit("start:after-intent");
         match self
             .launch(&spec, stdio, extras.terminal, extras.window)
             .await
@@ -143,6 +145,7 @@ impl Registry {
 
     /// Record a running container and watch it.
     async fn started(&self, name: &str, l: Launched) {
+        super::failpoint::hit("start:before-record");
         let started_at = store::now_usec();
         let pidfd = Arc::new(l.pidfd);
         let rt = Runtime {
@@ -151,6 +154,7 @@ impl Registry {
             leader_start: store::process_start_time(l.pid).unwrap_or(0),
             started_at,
             exit_status: -1,
+            oom_seen: Some(0),
             ..Default::default()
         };
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
@@ -169,6 +173,7 @@ impl Registry {
             e.resources = e.spec.definition.resources.clone();
             e.stop_signal = l.stop_signal;
             e.exec_base = Some(l.exec_base.clone());
+            e.oom_seen = Some(0);
             e.exited.send_replace(None);
         });
         if recorded.is_err() {
@@ -434,6 +439,7 @@ impl Registry {
             (Ok(()), Ok(root)) => root,
             (Err(e), _) | (_, Err(e)) => return Err(abort(e).await),
         };
+        super::failpoint::hit("start:after-scope");
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
         // Sync #3: the root, the device mount when berthd made one, then the detached mounts
         // of the plan's `Attach` operations (the helper knows from the plan which are there).

@@ -50,9 +50,18 @@ pub struct Runtime {
     pub oom_kills: u64,
     #[serde(default)]
     pub last_oom_at: u64,
-    /// Why the last start failed.
+    /// Why the last start failed, or why the last exit status is unknown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
+    /// A start is in progress: written before the start makes anything, replaced when it is
+    /// recorded as running or failed. Found at recovery, it means berthd died during a start,
+    /// which is then undone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
+    /// The OOM kill counter of the run's cgroup as last counted (`None` in records of older
+    /// berths), so that kills while berthd was away are counted when it re-adopts the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_seen: Option<u64>,
 }
 
 impl Layout {
@@ -78,13 +87,23 @@ impl Layout {
     }
 }
 
-/// Write `data` to `path` atomically.
+/// Write `data` to `path` atomically. A write that fails (a full disk) leaves neither a
+/// temporary file nor a damaged `path` behind.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err()
+        && let Err(e) = std::fs::remove_file(&tmp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}, ignoring", tmp.display());
+    }
+    written
 }
 
 pub fn save_definition(layout: &Layout, def: &Definition) -> std::io::Result<()> {
@@ -92,16 +111,32 @@ pub fn save_definition(layout: &Layout, def: &Definition) -> std::io::Result<()>
     write_atomic(&layout.definition(&def.name), text.as_bytes())
 }
 
-pub fn load_definition(path: &Path) -> std::io::Result<Definition> {
-    toml::from_str(&std::fs::read_to_string(path)?).map_err(std::io::Error::other)
-}
-
 pub fn save_runtime(layout: &Layout, name: &str, rt: &Runtime) -> std::io::Result<()> {
     write_atomic(&layout.runtime(name), &serde_json::to_vec(rt)?)
 }
 
+/// The runtime record, if it is there and readable.
 pub fn load_runtime(layout: &Layout, name: &str) -> Option<Runtime> {
-    serde_json::from_slice(&std::fs::read(layout.runtime(name)).ok()?).ok()
+    read_runtime(layout, name).ok().flatten()
+}
+
+/// The runtime record: `Ok(None)` when there is none, an error when it is there but cannot be
+/// read or parsed (truncated, empty, garbage). Fields a newer berth added are ignored.
+pub fn read_runtime(layout: &Layout, name: &str) -> std::io::Result<Option<Runtime>> {
+    let data = match std::fs::read(layout.runtime(name)) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if data.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        ));
+    }
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The start time of a process (clock ticks since boot), from /proc/PID/stat.
@@ -157,5 +192,48 @@ mod tests {
         save_runtime(&layout, "web", &rt).unwrap();
         assert_eq!(load_runtime(&layout, "web"), Some(rt));
         assert!(!layout.runtime("web").with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn damaged_runtime_records_are_errors_and_newer_ones_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            lib: dir.path().join("lib"),
+            run: dir.path().join("run"),
+            image_dirs: vec![],
+        };
+        std::fs::create_dir_all(layout.run.join("containers")).unwrap();
+        assert!(read_runtime(&layout, "none").unwrap().is_none());
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/runtime");
+        let mut seen = 0;
+        for f in std::fs::read_dir(fixtures).unwrap() {
+            let f = f.unwrap().path();
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let text = text.replace("@LEADER@", "42").replace("@START@", "7");
+            std::fs::write(layout.runtime("x"), text).unwrap();
+            let r = read_runtime(&layout, "x");
+            if f.ends_with("newer.json") {
+                let rt = r.unwrap().unwrap();
+                assert!(rt.running && rt.leader == 42 && rt.leader_start == 7);
+                assert_eq!(rt.oom_seen, Some(0));
+            } else {
+                let e = r.unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{f:?}: {e}");
+                assert!(load_runtime(&layout, "x").is_none());
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 5);
+    }
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails (the target is a non-empty directory): the file written for it goes.
+        let target = dir.path().join("rec.json");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("x"), "").unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        assert!(!dir.path().join("rec.tmp").exists());
     }
 }

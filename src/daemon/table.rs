@@ -1,6 +1,6 @@
 //! The container table: one [`Entry`] per defined container, its bus object, and the
-//! `PropertiesChanged` signal that follows every change of it. Lock order: only `entries`,
-//! never held across an await.
+//! `PropertiesChanged` signal that follows every change of it. Lock order: `entries` before
+//! `broken`, neither held across an await.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -14,6 +14,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, Variant};
 
 use super::error::{Error, Result};
+use super::quarantine::Broken;
 use super::store::Layout;
 use crate::cgroup::{Cgroup, Hierarchies};
 use crate::dbus::{self, ContainerInfo};
@@ -72,6 +73,9 @@ pub struct Entry {
     /// OOM kills seen over the container's life, and the last one's time (µs since the epoch).
     pub oom_kills: u64,
     pub last_oom_at: u64,
+    /// The OOM kill counter of the current run's cgroup as last counted, so that kills while
+    /// berthd was away are counted on re-adoption (`None`: unknown, from an older record).
+    pub oom_seen: Option<u64>,
     /// How it is confined, as `Security` shows it.
     pub security: BTreeMap<String, String>,
     /// What execs into the running container start from (its start's plan).
@@ -97,6 +101,7 @@ impl Entry {
             stop_signal: Signal::SIGTERM,
             oom_kills: 0,
             last_oom_at: 0,
+            oom_seen: Some(0),
             security: BTreeMap::new(),
             exec_base: None,
             published: None,
@@ -145,6 +150,8 @@ pub struct Registry {
     pub(super) layout: Layout,
     pub(super) helper: PathBuf,
     pub(super) entries: Mutex<BTreeMap<String, Entry>>,
+    /// Containers whose definition cannot be used, kept in quarantine (see `quarantine`).
+    pub(super) broken: Mutex<BTreeMap<String, Broken>>,
     /// Exit statuses of containers removed at exit (`--rm`), newest last, so that a
     /// WaitContainer arriving after the removal still gets the status.
     pub(super) removed_at_exit: Mutex<VecDeque<(String, i32)>>,
@@ -158,8 +165,12 @@ pub struct Registry {
     pub(super) cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
     /// Image operations (imports, pulls, exports) in flight.
     pub(super) operations: std::sync::atomic::AtomicUsize,
+    /// A failed image operation left space to reclaim once no operation is in flight.
+    pub(super) reclaim_pending: std::sync::atomic::AtomicBool,
     /// Stats subscriptions by subscriber (unique bus name).
     pub(super) stats_watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Calls in flight by caller and uid (see `dbus::admission`).
+    pub(super) admission: Arc<dbus::admission::Admission>,
     /// Who may call what: polkit, with each caller's uid remembered.
     pub(super) authorizer: super::backend::Authorizer,
     /// User-ID ranges of the containers, persisted under /var/lib/berth.
@@ -197,13 +208,16 @@ impl Registry {
             layout,
             helper,
             entries: Mutex::new(BTreeMap::new()),
+            broken: Mutex::default(),
             images: Arc::new(images),
             removed_at_exit: Mutex::default(),
             host: spec::Host::new(hierarchies.unified_only),
             hierarchies,
             cpu_samples: Mutex::default(),
             operations: Default::default(),
+            reclaim_pending: Default::default(),
             stats_watchers: Mutex::default(),
+            admission: Arc::default(),
             authorizer: security.authorizer,
             id_ranges: Mutex::new(security.id_ranges),
             selinux: security.selinux,
@@ -226,23 +240,28 @@ impl Registry {
     /// Run `f` on a container's entry.
     pub(super) fn with<T>(&self, name: &str, f: impl FnOnce(&mut Entry) -> T) -> Result<T> {
         let mut entries = self.entries.lock().unwrap();
-        let e = entries
-            .get_mut(name)
-            .ok_or_else(|| Error::NoSuchContainer(name.into()))?;
+        let Some(e) = entries.get_mut(name) else {
+            return Err(self
+                .broken_error(name)
+                .unwrap_or_else(|| Error::NoSuchContainer(name.into())));
+        };
         Ok(f(e))
     }
 
     pub(super) fn list(&self) -> Vec<ContainerInfo> {
-        self.entries
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, e)| e.info(n))
-            .collect()
+        let entries = self.entries.lock().unwrap();
+        let mut all: Vec<ContainerInfo> = entries.iter().map(|(n, e)| e.info(n)).collect();
+        all.extend(self.broken.lock().unwrap().iter().map(|(n, b)| b.info(n)));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     pub(super) fn info(&self, name: &str) -> Option<ContainerInfo> {
-        self.entries.lock().unwrap().get(name).map(|e| e.info(name))
+        let entries = self.entries.lock().unwrap();
+        match entries.get(name) {
+            Some(e) => Some(e.info(name)),
+            None => self.broken.lock().unwrap().get(name).map(|b| b.info(name)),
+        }
     }
 
     /// Export a container's bus object (and announce its properties as published).

@@ -5,6 +5,8 @@
 //! Objects hold `Weak` references to it: the daemon owns the backend, the object server does
 //! not keep it alive.
 
+pub mod admission;
+pub mod object_manager;
 pub mod options;
 #[cfg(test)]
 mod tests;
@@ -18,6 +20,8 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
 
+pub use admission::{Held, Permit};
+pub use object_manager::ObjectManager;
 pub use options::Options;
 
 pub const BUS_NAME: &str = "org.berth.berth1";
@@ -187,6 +191,9 @@ impl Caller {
 /// backend checks the arguments, then asks whether the caller may do that (polkit), then
 /// acts.
 pub trait Backend: Send + Sync + 'static {
+    /// Count a call of `sender` against its connection and its uid (see [`admission`]), or
+    /// refuse it with `LimitExceeded`. Every method asks this first.
+    fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>>;
     /// Whether the caller is root (who may see everything); false when it cannot be told.
     fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool>;
     fn create(
@@ -326,6 +333,34 @@ fn live(b: &Weak<dyn Backend>) -> Result<Arc<dyn Backend>> {
         .ok_or_else(|| Error::Failed("berthd is shutting down".into()))
 }
 
+/// What every method does first: refuse arguments beyond its signature with
+/// `InvalidArgument` (zbus refuses arguments of the wrong types with `InvalidArgs`, but
+/// ignores any after those it reads), then count the call (see [`admission`]).
+async fn enter(b: &Weak<dyn Backend>, hdr: &Header<'_>, signature: &str) -> Result<Permit> {
+    strict(hdr, signature)?;
+    let sender = hdr
+        .sender()
+        .ok_or_else(|| Error::PermissionDenied("the caller is unknown".into()))?;
+    let permit = live(b)?.admit(sender.to_string()).await?;
+    // Let other calls in before doing the work: a call that never waits finishes (and is
+    // written, which frees its permit) before the next is even read, so a flood of them was
+    // served one after the other ahead of everyone else's calls, and never reached its bound.
+    tokio::task::yield_now().await;
+    Ok(permit)
+}
+
+/// The call's arguments are exactly `signature`.
+fn strict(hdr: &Header<'_>, signature: &str) -> Result<()> {
+    // The body's signature is that of a structure of the arguments: compare without it.
+    let got = hdr.signature().to_string_no_parens();
+    if got == signature {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "the method takes arguments ({signature}), not ({got})"
+    )))
+}
+
 /// `/org/berth/berth1`: the manager.
 pub struct Manager {
     pub backend: Weak<dyn Backend>,
@@ -347,6 +382,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         live(&self.backend)?
             .create(Caller::of(&hdr)?, name, options)
             .await
@@ -360,6 +396,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         live(&self.backend)?
             .start(Caller::of(&hdr)?, name, options)
             .await
@@ -413,6 +450,7 @@ impl Manager {
         name: String,
         timeout_usec: u64,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "st").await?;
         live(&self.backend)?
             .stop(Caller::of(&hdr)?, name, timeout_usec)
             .await
@@ -427,6 +465,7 @@ impl Manager {
         whom: String,
         signal: i32,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "ssi").await?;
         live(&self.backend)?
             .kill(Caller::of(&hdr)?, name, whom, signal)
             .await
@@ -440,6 +479,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sb").await?;
         live(&self.backend)?
             .remove(Caller::of(&hdr)?, name, force)
             .await
@@ -456,19 +496,26 @@ impl Manager {
         assignments: Vec<(String, String)>,
         runtime: bool,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sa(ss)b").await?;
         live(&self.backend)?
             .set_resources(Caller::of(&hdr)?, name, assignments, runtime)
             .await
     }
 
     /// Resource usage of the named containers (all running ones when empty).
-    async fn get_stats(&self, names: Vec<String>) -> Result<Vec<StatsInfo>> {
-        live(&self.backend)?.stats(names).await
+    async fn get_stats(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        names: Vec<String>,
+    ) -> Result<Held<Vec<StatsInfo>>> {
+        let call = enter(&self.backend, &hdr, "as").await?;
+        call.hold(live(&self.backend)?.stats(names).await?)
     }
 
     /// Receive a `Stats` signal (sent to the caller only) for all running containers every
     /// `interval_usec` (at least 100 ms), until `UnwatchStats` or the caller leaves the bus.
     async fn watch_stats(&self, #[zbus(header)] hdr: Header<'_>, interval_usec: u64) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "t").await?;
         let sender = hdr
             .sender()
             .ok_or_else(|| Error::InvalidArgument("the caller is unknown".into()))?;
@@ -477,6 +524,7 @@ impl Manager {
 
     /// Stop the caller's `Stats` signals.
     async fn unwatch_stats(&self, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "").await?;
         if let Some(sender) = hdr.sender() {
             live(&self.backend)?.unwatch_stats(sender.as_str());
         }
@@ -484,12 +532,18 @@ impl Manager {
     }
 
     /// All images: those in the store and the directory images shipped with berth.
-    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        Ok(live(&self.backend)?.list_images())
+    async fn list_images(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Held<Vec<ImageInfo>>> {
+        let call = enter(&self.backend, &hdr, "").await?;
+        call.hold(live(&self.backend)?.list_images())
     }
 
     /// The object path of an image.
-    async fn get_image(&self, name: String) -> Result<OwnedObjectPath> {
+    async fn get_image(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
         live(&self.backend)?
             .image_info(&name)
             .map(|i| i.object_path)
@@ -508,6 +562,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "sssa{sv}").await?;
         live(&self.backend)?
             .import_image(Caller::of(&hdr)?, format, source, name, options)
             .await
@@ -524,6 +579,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ssa{sv}").await?;
         live(&self.backend)?
             .pull_image(Caller::of(&hdr)?, reference, name, options)
             .await
@@ -537,6 +593,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sb").await?;
         live(&self.backend)?
             .remove_image(Caller::of(&hdr)?, name, force)
             .await
@@ -549,6 +606,7 @@ impl Manager {
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ss").await?;
         live(&self.backend)?
             .copy_image(Caller::of(&hdr)?, "rename", name, new_name)
             .await
@@ -561,6 +619,7 @@ impl Manager {
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ss").await?;
         live(&self.backend)?
             .copy_image(Caller::of(&hdr)?, "clone", name, new_name)
             .await
@@ -573,6 +632,7 @@ impl Manager {
         name: String,
         new_name: String,
     ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "ss").await?;
         live(&self.backend)?
             .copy_image(Caller::of(&hdr)?, "tag", name, new_name)
             .await
@@ -585,6 +645,7 @@ impl Manager {
         name: String,
         fd: zbus::OwnedFd,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sh").await?;
         live(&self.backend)?
             .export_tar(Caller::of(&hdr)?, "image", name, fd.into())
             .await
@@ -598,6 +659,7 @@ impl Manager {
         name: String,
         fd: zbus::OwnedFd,
     ) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "sh").await?;
         live(&self.backend)?
             .export_tar(Caller::of(&hdr)?, "container", name, fd.into())
             .await
@@ -606,23 +668,38 @@ impl Manager {
     /// Wait until the container has exited and return its exit status. A container removed at
     /// its exit (AutoRemove) still answers with its status for a while, so a client that calls
     /// this after StartContainer cannot miss a payload that exited at once.
-    async fn wait_container(&self, name: String) -> Result<i32> {
-        live(&self.backend)?.wait(name).await
+    async fn wait_container(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<i32> {
+        let mut call = enter(&self.backend, &hdr, "s").await?;
+        let backend = live(&self.backend)?;
+        tokio::select! {
+            r = backend.wait(name) => r,
+            // Nobody is left to read the status.
+            () = call.caller_left() => Err(Error::Failed("the caller left the bus".into())),
+        }
     }
 
     /// All containers.
-    async fn list_containers(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<ContainerInfo>> {
+    async fn list_containers(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<Held<Vec<ContainerInfo>>> {
+        let call = enter(&self.backend, &hdr, "").await?;
         let b = live(&self.backend)?;
         let root = is_root(&b, Some(&hdr)).await;
         let mut all = b.list();
         if !root {
             all.iter_mut().for_each(ContainerInfo::redact);
         }
-        Ok(all)
+        call.hold(all)
     }
 
     /// The object path of a container.
-    async fn get_container(&self, name: String) -> Result<OwnedObjectPath> {
+    async fn get_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
         live(&self.backend)?
             .info(&name)
             .map(|i| i.object_path)

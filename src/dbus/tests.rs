@@ -22,6 +22,11 @@ struct Fake {
     deny: Mutex<bool>,
     callers: Mutex<Vec<Caller>>,
     conn: Mutex<Option<zbus::Connection>>,
+    /// Calls in flight, as berthd counts them; every caller is this uid.
+    admission: Arc<admission::Admission>,
+    uid: Mutex<u32>,
+    /// How long `list` takes (to hold calls in flight).
+    list_delay: Mutex<Duration>,
 }
 
 fn cpath(name: &str) -> OwnedObjectPath {
@@ -102,6 +107,10 @@ impl Fake {
 }
 
 impl Backend for Fake {
+    fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>> {
+        let uid = *self.uid.lock().unwrap();
+        Box::pin(async move { self.admission.admit(&sender)?.for_uid(uid) })
+    }
     fn caller_is_root(&self, _sender: String) -> BoxFuture<'_, bool> {
         let root = !*self.deny.lock().unwrap();
         Box::pin(async move { root })
@@ -164,7 +173,11 @@ impl Backend for Fake {
     }
     fn wait(&self, name: String) -> BoxFuture<'_, Result<i32>> {
         self.call(format!("wait {name}"));
-        Box::pin(async move { wanted(&name).map(|_| 7) })
+        let delay = *self.list_delay.lock().unwrap();
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            wanted(&name).map(|_| 7)
+        })
     }
     fn set_resources(
         &self,
@@ -440,7 +453,14 @@ async fn serve() -> Served {
         .unwrap();
     *fake.conn.lock().unwrap() = Some(server.clone());
     let os = server.object_server();
-    os.at(MANAGER_PATH, zbus::fdo::ObjectManager).await.unwrap();
+    os.at(
+        MANAGER_PATH,
+        ObjectManager {
+            backend: Arc::downgrade(&backend),
+        },
+    )
+    .await
+    .unwrap();
     os.at(
         MANAGER_PATH,
         Manager {
@@ -712,7 +732,10 @@ fn a_denied_caller_changes_nothing_and_reads_still_work() {
             "acted on a denied call: {calls:?}"
         );
         // Reads need no authorization.
-        assert_eq!(m.list_containers().await.unwrap(), vec![Fake::info("web")]);
+        assert_eq!(
+            m.list_containers().await.unwrap().into_inner(),
+            vec![Fake::info("web")]
+        );
         assert_eq!(m.get_container("web".into()).await.unwrap(), cpath("web"));
         assert_eq!(m.wait_container("web".into()).await.unwrap(), 7);
         assert_eq!(m.list_images().await.unwrap()[0].name, "default");
@@ -938,5 +961,224 @@ fn served_interfaces_are_the_published_ones() {
                 "{iface} drifted from dbus-interfaces/"
             );
         }
+    });
+}
+
+/// One valid argument list per Manager method, as a raw body, to call it with and without an
+/// argument too many.
+fn sample_args(method: &'static str) -> Option<zbus::Message> {
+    let m = |body: &dyn Fn(zbus::message::Builder<'static>) -> zbus::Result<zbus::Message>| {
+        body(
+            zbus::Message::method_call(MANAGER_PATH, method)
+                .destination(BUS_NAME)
+                .interface("org.berth.berth1.Manager"),
+        )
+        .unwrap()
+    };
+    let o = Options::default();
+    let fd = || {
+        zbus::OwnedFd::from(std::os::fd::OwnedFd::from(
+            std::fs::File::open("/dev/null").unwrap(),
+        ))
+    };
+    Some(match method {
+        "CreateContainer" | "StartContainer" => m(&|b| b.build(&("a", &o))),
+        "StopContainer" => m(&|b| b.build(&("a", 0u64))),
+        "KillContainer" => m(&|b| b.build(&("a", "all", 9i32))),
+        "RemoveContainer" | "RemoveImage" => m(&|b| b.build(&("a", true))),
+        "SetResources" => m(&|b| b.build(&("a", vec![("memory", "1G")], true))),
+        "GetStats" => m(&|b| b.build(&(vec!["web"],))),
+        "WatchStats" => m(&|b| b.build(&(1_000_000u64,))),
+        "UnwatchStats" | "ListImages" | "ListContainers" => m(&|b| b.build(&())),
+        "GetImage" => m(&|b| b.build(&("default",))),
+        "GetContainer" | "WaitContainer" => m(&|b| b.build(&("web",))),
+        "ImportImage" => m(&|b| b.build(&("oci", "/x.tar", "i", &o))),
+        "PullImage" => m(&|b| b.build(&("r/x:1", "i", &o))),
+        "RenameImage" | "CloneImage" | "TagImage" => m(&|b| b.build(&("i", "j"))),
+        "ExportImage" | "ExportContainer" => m(&|b| b.build(&("i", fd()))),
+        _ => return None,
+    })
+}
+
+/// The same call with one more string argument.
+fn with_extra(method: &'static str) -> zbus::Message {
+    let m = |body: &dyn Fn(zbus::message::Builder<'static>) -> zbus::Result<zbus::Message>| {
+        body(
+            zbus::Message::method_call(MANAGER_PATH, method)
+                .destination(BUS_NAME)
+                .interface("org.berth.berth1.Manager"),
+        )
+        .unwrap()
+    };
+    let o = Options::default();
+    let x = "extra";
+    let fd = || {
+        zbus::OwnedFd::from(std::os::fd::OwnedFd::from(
+            std::fs::File::open("/dev/null").unwrap(),
+        ))
+    };
+    match method {
+        "CreateContainer" | "StartContainer" => m(&|b| b.build(&("a", &o, x))),
+        "StopContainer" => m(&|b| b.build(&("a", 0u64, x))),
+        "KillContainer" => m(&|b| b.build(&("a", "all", 9i32, x))),
+        "RemoveContainer" | "RemoveImage" => m(&|b| b.build(&("a", true, x))),
+        "SetResources" => m(&|b| b.build(&("a", vec![("memory", "1G")], true, x))),
+        "GetStats" => m(&|b| b.build(&(vec!["web"], x))),
+        "WatchStats" => m(&|b| b.build(&(1_000_000u64, x))),
+        "UnwatchStats" | "ListImages" | "ListContainers" => m(&|b| b.build(&(x,))),
+        "GetImage" => m(&|b| b.build(&("default", x))),
+        "GetContainer" | "WaitContainer" => m(&|b| b.build(&("web", x))),
+        "ImportImage" => m(&|b| b.build(&("oci", "/x.tar", "i", &o, x))),
+        "PullImage" => m(&|b| b.build(&("r/x:1", "i", &o, x))),
+        "RenameImage" | "CloneImage" | "TagImage" => m(&|b| b.build(&("i", "j", x))),
+        "ExportImage" | "ExportContainer" => m(&|b| b.build(&("i", fd(), x))),
+        other => panic!("no sample arguments for {other}"),
+    }
+}
+
+/// Send a raw call and wait for its reply (or error) message.
+async fn raw_call(client: &zbus::Connection, msg: zbus::Message) -> zbus::Message {
+    let serial = msg.primary_header().serial_num();
+    let mut replies = zbus::MessageStream::from(client);
+    client.send(&msg).await.unwrap();
+    while let Some(r) = replies.next().await {
+        let r = r.unwrap();
+        if r.header().reply_serial() == Some(serial) {
+            return r;
+        }
+    }
+    panic!("no reply");
+}
+
+fn published_methods() -> Vec<&'static str> {
+    let xml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dbus-interfaces/org.berth.berth1.Manager.xml"
+    ))
+    .unwrap();
+    xml.split("<method name=\"")
+        .skip(1)
+        .map(|m| &*String::leak(m.split('"').next().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn every_method_refuses_an_argument_too_many_and_takes_the_right_ones() {
+    timeout(async {
+        let s = serve().await;
+        let methods = published_methods();
+        assert_eq!(methods.len(), 22, "{methods:?}");
+        for &method in &methods {
+            let ok = sample_args(method).unwrap_or_else(|| panic!("no sample for {method}"));
+            let r = raw_call(&s.client, ok).await;
+            assert_eq!(
+                r.message_type(),
+                zbus::message::Type::MethodReturn,
+                "{method} with its own arguments: {r}"
+            );
+            s.calls();
+            let r = raw_call(&s.client, with_extra(method)).await;
+            assert_eq!(
+                r.message_type(),
+                zbus::message::Type::Error,
+                "{method}: {r}"
+            );
+            // zbus refuses some with its own InvalidArgs (a signature it checks while reading
+            // the arguments), berth the others.
+            let name = r.header().error_name().map(|e| e.to_string());
+            assert!(
+                matches!(
+                    name.as_deref(),
+                    Some("org.berth.berth1.Error.InvalidArgument")
+                        | Some("org.freedesktop.DBus.Error.InvalidArgs")
+                ),
+                "{method}: {r}"
+            );
+            assert_eq!(
+                s.calls(),
+                Vec::<String>::new(),
+                "{method} with an extra argument reached the backend"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_connection_that_keeps_calls_in_flight_is_bounded_and_others_are_not() {
+    timeout(async {
+        let s = serve().await;
+        *s.fake().list_delay.lock().unwrap() = Duration::from_millis(500);
+        *s.fake().uid.lock().unwrap() = 65534;
+        let n = admission::PER_SENDER + 8;
+        let calls = (0..n).map(|_| s.manager.wait_container("web".into()));
+        let results = futures_util::future::join_all(calls).await;
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Err(Error::LimitExceeded(_))))
+            .count();
+        let answered = results.iter().filter(|r| matches!(r, Ok(7))).count();
+        assert_eq!(answered, admission::PER_SENDER, "{results:?}");
+        assert_eq!(refused, 8, "{results:?}");
+        // The counts came back: the connection may call again.
+        assert_eq!(s.manager.wait_container("web".into()).await.unwrap(), 7);
+        // A uid over many connections is bounded too.
+        *s.fake().list_delay.lock().unwrap() = Duration::from_millis(800);
+        let mut clients = Vec::new();
+        for _ in 0..(admission::PER_UID / admission::PER_SENDER + 1) {
+            let c = zbus::connection::Builder::address(s._bus.address.as_str())
+                .build()
+                .await
+                .unwrap();
+            clients.push(ManagerProxy::new(&c).await.unwrap());
+        }
+        let calls = clients
+            .iter()
+            .flat_map(|m| (0..admission::PER_SENDER).map(move |_| m.wait_container("web".into())));
+        let results = futures_util::future::join_all(calls).await;
+        let answered = results.iter().filter(|r| matches!(r, Ok(7))).count();
+        assert_eq!(answered, admission::PER_UID, "{results:?}");
+    });
+}
+
+#[test]
+fn the_object_manager_lists_every_object_with_its_properties() {
+    timeout(async {
+        let s = serve().await;
+        let om = zbus::fdo::ObjectManagerProxy::builder(&s.client)
+            .destination(BUS_NAME)
+            .path(MANAGER_PATH)
+            .build()
+            .await
+            .unwrap();
+        let objects = om.get_managed_objects().await.unwrap();
+        let web = &objects[&cpath("web")];
+        let props =
+            &web[&zbus::names::OwnedInterfaceName::try_from("org.berth.berth1.Container").unwrap()];
+        assert_eq!(
+            String::try_from(props["State"].try_clone().unwrap()).unwrap(),
+            "running"
+        );
+        let img = &objects[&ipath("default")];
+        assert!(img.contains_key(
+            &zbus::names::OwnedInterfaceName::try_from("org.berth.berth1.Image").unwrap()
+        ));
+        // zbus still announces objects under it.
+        let mut added = om.receive_interfaces_added().await.unwrap();
+        s._server
+            .object_server()
+            .at(
+                crate::name::container_path("new1"),
+                Container {
+                    backend: Arc::downgrade(&(s.fake.clone().unwrap() as Arc<dyn Backend>)),
+                    name: "new1".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let sig = added.next().await.unwrap();
+        assert_eq!(
+            sig.args().unwrap().object_path.as_str(),
+            crate::name::container_path("new1")
+        );
     });
 }

@@ -409,11 +409,16 @@ impl Store {
         }
         let tmp = self.tmp_path("blob");
         let ctx = || format!("writing blob {d}");
-        let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
-        f.write_all(data).map_err(io_err(ctx()))?;
-        f.sync_all().map_err(io_err(ctx()))?;
-        fs::rename(&tmp, self.blob_path(&d)).map_err(io_err(ctx()))?;
-        Ok(d)
+        let r = (|| {
+            let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
+            f.write_all(data).map_err(io_err(ctx()))?;
+            f.sync_all().map_err(io_err(ctx()))?;
+            fs::rename(&tmp, self.blob_path(&d)).map_err(io_err(ctx()))
+        })();
+        if r.is_err() {
+            discard(&tmp);
+        }
+        r.map(|()| d)
     }
 
     /// Stream `reader` into the store, hashing as it goes; returns the digest and length.
@@ -429,6 +434,7 @@ impl Store {
         if let Some(want) = expected
             && *want != d.digest
         {
+            discard(&d.path);
             return Err(StoreError::DigestMismatch {
                 expected: *want,
                 actual: d.digest,
@@ -449,17 +455,22 @@ impl Store {
             path,
             hasher: Hasher::default(),
             len: 0,
+            done: false,
         })
     }
 
     /// Move a finished blob into `blobs/` (a no-op if the store has it already).
     pub fn adopt_blob(&self, b: SpooledBlob) -> Result<(), StoreError> {
         if self.has_blob(&b.digest) {
-            let _ = fs::remove_file(&b.path);
+            discard(&b.path);
             return Ok(());
         }
-        fs::rename(&b.path, self.blob_path(&b.digest))
-            .map_err(io_err(format!("storing blob {}", b.digest)))
+        let r = fs::rename(&b.path, self.blob_path(&b.digest))
+            .map_err(io_err(format!("storing blob {}", b.digest)));
+        if r.is_err() {
+            discard(&b.path);
+        }
+        r
     }
 
     /// Read a small blob, checking its digest (the store is trusted, the disk less so).
@@ -611,9 +622,12 @@ impl Store {
         })
         .expect("serializing a sidecar");
         let side_tmp = self.tmp_path("sidecar");
-        fs::write(&side_tmp, side).map_err(io_err("writing a layer sidecar"))?;
-        fs::rename(&side_tmp, self.layer_sidecar(&diff_id))
-            .map_err(io_err("writing a layer sidecar"))?;
+        let written = fs::write(&side_tmp, side)
+            .and_then(|()| fs::rename(&side_tmp, self.layer_sidecar(&diff_id)));
+        if written.is_err() {
+            discard(&side_tmp);
+        }
+        written.map_err(io_err("writing a layer sidecar"))?;
         match rename_noreplace(tmp, &self.layer_dir(&diff_id)) {
             Ok(()) => Ok((diff_id, stats.size, false)),
             // Someone else extracted the same layer meanwhile; theirs is as good as ours.
@@ -794,23 +808,57 @@ impl Store {
         Ok(rec)
     }
 
-    /// All image records, by name. Unreadable records are skipped.
+    /// All image records, by name. Unreadable records are skipped (see [`Store::list_checked`]).
     pub fn list(&self) -> Vec<ImageRecord> {
+        self.list_checked().0
+    }
+
+    /// All image records, by name, and the names of those that cannot be read (truncated,
+    /// empty, garbage, naming another image) with why. Those are left alone: never deleted,
+    /// and while any exists, garbage collection deletes nothing (their layers may be in use).
+    pub fn list_checked(&self) -> (Vec<ImageRecord>, Vec<(String, StoreError)>) {
         let mut out = Vec::new();
+        let mut bad = Vec::new();
         let Ok(rd) = fs::read_dir(self.root.join("images")) else {
-            return out;
+            return (out, bad);
         };
         for e in rd.flatten() {
             let n = e.file_name();
             let Some(name) = n.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            if let Ok(r) = self.get(name) {
-                out.push(r);
+            match self.get(name) {
+                Ok(r) => out.push(r),
+                Err(e) => bad.push((name.to_string(), e)),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        bad.sort_by(|a, b| a.0.cmp(&b.0));
+        (out, bad)
+    }
+
+    /// After a failure for lack of space: delete what no record references (blobs and layers
+    /// an interrupted import left, resumable downloads in `tmp/`), so that the space a failed
+    /// operation took is free again at once; also what a crash left. Call with no other
+    /// operation in flight. Returns how many files and directories it deleted.
+    pub fn reclaim(&self) -> Result<usize, StoreError> {
+        let _guard = self.gc.write().unwrap_or_else(|p| p.into_inner());
+        let tmp = self.root.join("tmp");
+        let mut partials = 0;
+        for e in fs::read_dir(&tmp)
+            .map_err(io_err(format!("reading {}", tmp.display())))?
+            .flatten()
+        {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".partial"))
+            {
+                fs::remove_file(e.path())
+                    .map_err(io_err(format!("removing {}", e.path().display())))?;
+                partials += 1;
+            }
+        }
+        Ok(partials + self.collect(&BTreeSet::new(), true)?)
     }
 
     pub fn get(&self, name: &str) -> Result<ImageRecord, StoreError> {
@@ -848,12 +896,18 @@ impl Store {
         let mut just_freed: BTreeSet<Digest> = rec.layer_blobs.iter().copied().collect();
         just_freed.insert(rec.digest);
         just_freed.insert(rec.config_digest);
-        self.collect(&just_freed)
+        self.collect(&just_freed, false).map(drop)
     }
 
-    /// Delete what no record references: layers always, blobs if in `just_freed` or old.
-    fn collect(&self, just_freed: &BTreeSet<Digest>) -> Result<(), StoreError> {
-        let recs = self.list();
+    /// Delete what no record references: layers always, blobs if in `just_freed`, old, or
+    /// `all_blobs`. Nothing at all while a record cannot be read: what it references is not
+    /// known, and may be in use.
+    fn collect(&self, just_freed: &BTreeSet<Digest>, all_blobs: bool) -> Result<usize, StoreError> {
+        let (recs, bad) = self.list_checked();
+        if !bad.is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
         let layers: BTreeSet<Digest> = recs.iter().flat_map(|r| r.layers.clone()).collect();
         let mut blobs: BTreeSet<Digest> = BTreeSet::new();
         for r in &recs {
@@ -877,11 +931,13 @@ impl Store {
             }
             if n.ends_with(".json") {
                 fs::remove_file(e.path()).map_err(io_err(format!("removing layer {d}")))?;
+                removed += 1;
             } else {
                 // Out of sight in one step, then deleted at leisure.
                 let t = self.tmp_path("dead-layer");
                 fs::rename(e.path(), &t).map_err(io_err(format!("removing layer {d}")))?;
                 fs::remove_dir_all(&t).map_err(io_err(format!("removing layer {d}")))?;
+                removed += 1;
             }
         }
         let bdir = self.root.join("blobs/sha256");
@@ -905,11 +961,12 @@ impl Store {
                 .and_then(|m| m.modified())
                 .map(|t| t < old)
                 .unwrap_or(false);
-            if just_freed.contains(&d) || aged {
+            if all_blobs || just_freed.contains(&d) || aged {
                 fs::remove_file(e.path()).map_err(io_err(format!("removing blob {d}")))?;
+                removed += 1;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Give the image a new name.
@@ -950,8 +1007,12 @@ impl Store {
         let tmp = self.tmp_path("record");
         let data = serde_json::to_vec_pretty(&rec).expect("serializing an image record");
         let ctx = || format!("writing image record {name:?}");
-        fs::write(&tmp, data).map_err(io_err(ctx()))?;
-        fs::rename(&tmp, self.record_path(name)?).map_err(io_err(ctx()))?;
+        let dest = self.record_path(name)?;
+        let written = fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, dest));
+        if written.is_err() {
+            discard(&tmp);
+        }
+        written.map_err(io_err(ctx()))?;
         Ok(rec)
     }
 
@@ -968,6 +1029,27 @@ pub struct BlobWriter {
     path: PathBuf,
     hasher: Hasher,
     len: u64,
+    /// Finished: the file is the caller's now. Until then, dropping the writer (an error, a
+    /// full disk) deletes it at once.
+    done: bool,
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            discard(&self.path);
+        }
+    }
+}
+
+/// Delete a temporary file of a failed operation; there is nobody to tell if that fails too
+/// (the next [`Store::open`] wipes `tmp/`).
+fn discard(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::debug!("cannot remove {}: {e}", path.display());
+    }
 }
 
 /// A complete, synced blob in `tmp/`, not yet in `blobs/` (dropped: stays in tmp/ until the
@@ -993,16 +1075,14 @@ impl Write for BlobWriter {
 
 impl BlobWriter {
     /// Sync the data; returns the blob and its length.
-    pub fn finish(self) -> Result<(SpooledBlob, u64), StoreError> {
-        let r = self.file.sync_all();
-        if let Err(e) = r {
-            let _ = fs::remove_file(&self.path);
-            return Err(io_err("syncing a blob")(e));
-        }
+    pub fn finish(mut self) -> Result<(SpooledBlob, u64), StoreError> {
+        // On an error the writer is dropped unfinished, which deletes the file.
+        self.file.sync_all().map_err(io_err("syncing a blob"))?;
+        self.done = true;
         Ok((
             SpooledBlob {
-                digest: self.hasher.finish(),
-                path: self.path,
+                digest: std::mem::take(&mut self.hasher).finish(),
+                path: std::mem::take(&mut self.path),
             },
             self.len,
         ))
@@ -1101,6 +1181,75 @@ pub(crate) mod tests {
         }
         let s2 = Store::open(&s.root).unwrap();
         assert!(names(&s2.root.join("tmp")).is_empty());
+    }
+
+    /// A reader that fails midway the way a full disk makes a copy fail.
+    struct FailsMidway(usize);
+
+    impl Read for FailsMidway {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_in_tmp_at_once() {
+        let (_t, s) = store();
+        let e = s.ingest_blob(FailsMidway(1 << 20), None).unwrap_err();
+        assert!(e.to_string().contains("os error 28"), "{e}");
+        // Not at the next open: now.
+        assert!(names(&s.root.join("tmp")).is_empty());
+        // A blob that is not what it should be goes too.
+        let want = Digest::of(b"other");
+        assert!(s.ingest_blob(&b"content"[..], Some(&want)).is_err());
+        assert!(names(&s.root.join("tmp")).is_empty());
+        assert!(names(&s.root.join("blobs/sha256")).is_empty());
+        // A writer dropped unfinished.
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"half").unwrap();
+        drop(w);
+        assert!(names(&s.root.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn reclaim_deletes_what_no_record_references_unless_a_record_is_unreadable() {
+        let (_t, s) = store();
+        let rec = import(&s, "kept", &[layer(&[("a", b"a")])]).unwrap();
+        // What an interrupted import leaves: a blob and a layer nobody references, a partial
+        // download.
+        let orphan = layer(&[("b", b"b")]);
+        let d = s.put_blob(&gzip(&orphan)).unwrap();
+        s.ensure_layer(&d, None).unwrap();
+        fs::write(s.root.join("tmp/abc.partial"), b"x").unwrap();
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/image");
+        for f in fs::read_dir(fixtures).unwrap() {
+            let f = f.unwrap().path();
+            fs::copy(&f, s.root.join("images/bad.json")).unwrap();
+            let (good, bad) = s.list_checked();
+            assert_eq!(good, vec![rec.clone()], "{f:?}");
+            assert_eq!(bad.len(), 1, "{f:?}");
+            assert_eq!(bad[0].0, "bad");
+            // While a record cannot be read, nothing is collected.
+            s.reclaim().unwrap();
+            assert!(s.has_blob(&d), "{f:?}: collected with an unreadable record");
+        }
+        fs::remove_file(s.root.join("images/bad.json")).unwrap();
+        assert!(s.reclaim().unwrap() >= 3);
+        assert!(!s.has_blob(&d));
+        assert!(names(&s.root.join("tmp")).is_empty());
+        assert_eq!(s.list(), vec![rec.clone()]);
+        for l in s.layer_paths(&rec) {
+            assert!(l.is_dir());
+        }
+        for b in &rec.layer_blobs {
+            assert!(s.has_blob(b));
+        }
     }
 
     #[test]

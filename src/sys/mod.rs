@@ -4,6 +4,7 @@
 //! Every wrapper returns owned handles (`OwnedFd`) and `nix::Result`, so callers never touch raw
 //! integers or `errno`. [`syscall`] is the seam the helper's steps go through.
 
+pub mod pidfd_getfd;
 pub mod process;
 pub mod pty;
 pub mod spawn;

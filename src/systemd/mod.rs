@@ -40,6 +40,25 @@ pub trait SystemdManager {
         properties: &[(&str, Variant<'_>)],
     ) -> zbus::Result<()>;
     fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
     #[zbus(signal)]
     fn job_removed(
         &self,
@@ -318,6 +337,48 @@ impl Systemd {
     /// Whether systemd knows the unit (loaded, active or not yet collected).
     pub async fn unit_exists(&self, unit: &str) -> bool {
         self.proxy.get_unit(unit).await.is_ok()
+    }
+
+    /// The units matching a glob `pattern` that have processes or are about to (active,
+    /// activating, deactivating, reloading).
+    pub async fn live_units(&self, pattern: &str) -> Result<Vec<String>, SystemdError> {
+        let units = self
+            .proxy
+            .list_units_by_patterns(
+                &["active", "activating", "deactivating", "reloading"],
+                &[pattern],
+            )
+            .await
+            .map_err(|source| SystemdError::Call {
+                call: "ListUnitsByPatterns",
+                unit: pattern.into(),
+                source,
+            })?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    }
+
+    /// Whether `unit` is live (see [`Systemd::live_units`]); false when that cannot be told.
+    pub async fn unit_is_active(&self, unit: &str) -> bool {
+        match self.live_units(unit).await {
+            Ok(u) => u.iter().any(|u| u == unit),
+            Err(e) => {
+                tracing::warn!("cannot tell whether {unit} runs: {e}, assuming not");
+                false
+            }
+        }
+    }
+
+    /// The PIDs of the processes in `unit`; empty when it has none or does not exist.
+    pub async fn unit_processes(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
+        match self.proxy.get_unit_processes(unit).await {
+            Ok(p) => Ok(p.into_iter().map(|(_, pid, _)| pid).collect()),
+            Err(e) if is_no_such_unit(&e) => Ok(Vec::new()),
+            Err(source) => Err(SystemdError::Call {
+                call: "GetUnitProcesses",
+                unit: unit.into(),
+                source,
+            }),
+        }
     }
 }
 
