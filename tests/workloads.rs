@@ -480,7 +480,12 @@ fn an_interactive_shell_in_a_real_terminal_has_job_control_resizes_and_restores_
     type_keys(
         "'clear; stty -a | tr \" \" \"\\n\" | grep -x -e -icanon -e icanon -e -echo -e echo' Enter",
     );
-    wait_pane("icanon");
+    // The typed command line holds both words too: wait for the output's own lines.
+    wait_until("stty's answer", || {
+        pane()
+            .lines()
+            .any(|l| matches!(l.trim(), "icanon" | "-icanon"))
+    });
     let p = pane();
     assert!(p.lines().any(|l| l.trim() == "icanon"), "{p}");
     assert!(p.lines().any(|l| l.trim() == "echo"), "{p}");

@@ -411,6 +411,7 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<zbus::OwnedFd> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         live(&self.backend)?
             .start_terminal(Caller::of(&hdr)?, name, options)
             .await
@@ -425,18 +426,21 @@ impl Manager {
         name: String,
         options: Options,
     ) -> Result<String> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         live(&self.backend)?
             .create_volume(Caller::of(&hdr)?, name, options)
             .await
     }
 
     /// All volumes.
-    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+    async fn list_volumes(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<VolumeInfo>> {
+        let _call = enter(&self.backend, &hdr, "").await?;
         live(&self.backend)?.list_volumes()
     }
 
     /// Remove a volume and its data; refused (InvalidState) while a container mounts it.
     async fn remove_volume(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
         live(&self.backend)?
             .remove_volume(Caller::of(&hdr)?, name)
             .await

@@ -982,7 +982,11 @@ fn sample_args(method: &'static str) -> Option<zbus::Message> {
         ))
     };
     Some(match method {
-        "CreateContainer" | "StartContainer" => m(&|b| b.build(&("a", &o))),
+        "CreateContainer" | "StartContainer" | "StartContainerTerminal" | "CreateVolume" => {
+            m(&|b| b.build(&("a", &o)))
+        }
+        "ListVolumes" => m(&|b| b.build(&())),
+        "RemoveVolume" => m(&|b| b.build(&("v",))),
         "StopContainer" => m(&|b| b.build(&("a", 0u64))),
         "KillContainer" => m(&|b| b.build(&("a", "all", 9i32))),
         "RemoveContainer" | "RemoveImage" => m(&|b| b.build(&("a", true))),
@@ -1018,7 +1022,11 @@ fn with_extra(method: &'static str) -> zbus::Message {
         ))
     };
     match method {
-        "CreateContainer" | "StartContainer" => m(&|b| b.build(&("a", &o, x))),
+        "CreateContainer" | "StartContainer" | "StartContainerTerminal" | "CreateVolume" => {
+            m(&|b| b.build(&("a", &o, x)))
+        }
+        "ListVolumes" => m(&|b| b.build(&(x,))),
+        "RemoveVolume" => m(&|b| b.build(&("v", x))),
         "StopContainer" => m(&|b| b.build(&("a", 0u64, x))),
         "KillContainer" => m(&|b| b.build(&("a", "all", 9i32, x))),
         "RemoveContainer" | "RemoveImage" => m(&|b| b.build(&("a", true, x))),
@@ -1067,7 +1075,7 @@ fn every_method_refuses_an_argument_too_many_and_takes_the_right_ones() {
     timeout(async {
         let s = serve().await;
         let methods = published_methods();
-        assert_eq!(methods.len(), 22, "{methods:?}");
+        assert_eq!(methods.len(), 26, "{methods:?}");
         for &method in &methods {
             let ok = sample_args(method).unwrap_or_else(|| panic!("no sample for {method}"));
             let r = raw_call(&s.client, ok).await;
