@@ -82,6 +82,8 @@ pub struct Entry {
     pub paused: bool,
     /// Its addresses and published ports while it runs.
     pub net: super::network::NetView,
+    /// What execs into the running container start from (its start's plan).
+    pub exec_base: Option<Arc<crate::plan::exec::ExecBase>>,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -107,6 +109,7 @@ impl Entry {
             security: BTreeMap::new(),
             paused: false,
             net: Default::default(),
+            exec_base: None,
             published: None,
         }
     }
@@ -200,6 +203,10 @@ pub struct Registry {
     pub(super) helper_image: Option<std::os::fd::OwnedFd>,
     /// The network engine, opened once at start ([`Registry::open_network`]).
     pub(super) network: super::network::NetSlot,
+    /// The log relays of running (and lately exited) containers.
+    pub(super) relays: super::logs::Relays,
+    /// Commands started with exec.
+    pub(super) execs: super::exec::Execs,
 }
 
 impl Registry {
@@ -238,6 +245,8 @@ impl Registry {
             seccomp: crate::seccomp::Cache::new(),
             helper_image: security.helper_image,
             network: Default::default(),
+            relays: Default::default(),
+            execs: Default::default(),
         })
     }
 
