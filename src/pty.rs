@@ -239,6 +239,8 @@ pub async fn proxy(master: OwnedFd, term: Terminal<'_>) -> Result<ProxyEnd, PtyE
     let mut winch = signal(SignalKind::window_change())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    // Without raw mode (no `-i`) Ctrl-C on the caller's terminal is a SIGINT to us.
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let follow_size = |from: BorrowedFd<'_>| {
         if let Ok(size) = sys::window_size(from) {
             // A terminal that cannot take the size keeps the old one; not worth ending for.
@@ -294,6 +296,7 @@ pub async fn proxy(master: OwnedFd, term: Terminal<'_>) -> Result<ProxyEnd, PtyE
         r = to_container => r,
         () = resize => unreachable!("the SIGWINCH loop does not end"),
         _ = terminate.recv() => Ok(ProxyEnd::Signal(Signal::SIGTERM)),
+        _ = interrupt.recv() => Ok(ProxyEnd::Signal(Signal::SIGINT)),
         _ = hangup.recv() => Ok(ProxyEnd::Signal(Signal::SIGHUP)),
     }
 }

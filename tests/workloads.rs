@@ -639,3 +639,63 @@ fn ephemeral_containers_start_from_the_image_and_anonymous_volumes_go_with_their
         "{vol} outlived its container"
     );
 }
+
+#[test]
+fn run_dt_gives_a_detached_container_a_terminal_whose_output_is_in_the_journal() {
+    let name = fresh("wl-dt");
+    let _c = Running::start(
+        &name,
+        "-t",
+        "if [ -t 0 ] && [ -t 1 ]; then echo dt-has-a-tty; fi; tty; exec /bin/sleep 1000",
+    );
+    wait_until("the terminal's lines in the journal", || {
+        let o = sh(&format!("berthctl logs {name}"));
+        out(&o).contains("dt-has-a-tty") && out(&o).contains("/dev/pts/0")
+    });
+    // Its input is a terminal that stays open and silent: the payload runs on.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(prop(&name, "State"), "running");
+}
+
+#[test]
+fn ctrl_c_in_run_t_without_i_is_passed_to_the_payload_and_its_output_still_arrives() {
+    sh("tmux -L wlt kill-server >/dev/null 2>&1; berthctl rm -f wl-t >/dev/null 2>&1");
+    ok("tmux -L wlt new-session -d -s wlt -x 80 -y 24 /bin/sh");
+    let pane = || ok("tmux -L wlt capture-pane -p -t wlt");
+    ok(r#"cat > /tmp/wl-t.sh <<'EOF'
+berthctl run --rm -t --name wl-t -- /bin/sh -c 'trap "echo got-int; exit 7" INT; echo armed; while :; do sleep 0.1; done'
+echo rc=$?
+EOF"#);
+    ok("tmux -L wlt send-keys -t wlt 'sh /tmp/wl-t.sh' Enter");
+    wait_until("armed", || pane().contains("armed"));
+    // Not in raw mode (no -i): Ctrl-C is a SIGINT to berthctl, which passes it on and keeps
+    // showing the payload's terminal until it ends.
+    ok("tmux -L wlt send-keys -t wlt C-c");
+    wait_until("the payload's answer and exit status", || {
+        let p = pane();
+        p.contains("got-int") && p.contains("rc=7")
+    });
+    wait_until("wl-t removed", || {
+        code("berthctl status wl-t >/dev/null 2>&1") != 0
+    });
+    sh("tmux -L wlt kill-server");
+}
+
+#[test]
+fn logs_of_a_name_nobody_used_is_an_error_but_a_removed_containers_lines_stay() {
+    let gone = fresh("wl-gone");
+    ok(&format!(
+        "berthctl run -d --rm --name {gone} -- /bin/echo line-of-{gone}"
+    ));
+    wait_until("the removed container's line", || {
+        out(&sh(&format!("berthctl logs {gone}"))).contains(&format!("line-of-{gone}"))
+    });
+    let never = fresh("wl-never");
+    let r = sh(&format!("berthctl logs {never}"));
+    assert_eq!(r.status.code(), Some(3), "{r:?}");
+    assert!(err(&r).contains(&never), "{r:?}");
+    assert_eq!(
+        code(&format!("berthctl logs -f {never} >/dev/null 2>&1")),
+        3
+    );
+}

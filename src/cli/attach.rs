@@ -160,6 +160,37 @@ pub async fn terminal_session(master: OwnedFd, input: bool) -> CliResult<ProxyEn
     end.map_err(|e| failed("terminal", e))
 }
 
+/// A terminal session that lasts until the container side closes it: SIGINT and SIGTERM are
+/// passed on with `forward` and the session goes on (the payload decides what they mean, as
+/// podman's signal proxy does); a hangup or a lost terminal is passed on as SIGHUP and ends
+/// it.
+pub async fn terminal_until_closed<F, Fut>(
+    master: OwnedFd,
+    input: bool,
+    mut forward: F,
+) -> CliResult<()>
+where
+    F: FnMut(i32) -> Fut,
+    Fut: std::future::Future<Output = CliResult<()>>,
+{
+    loop {
+        let session = master.try_clone().map_err(|e| failed("terminal", e))?;
+        match terminal_session(session, input).await {
+            Ok(ProxyEnd::Closed) => return Ok(()),
+            Ok(ProxyEnd::Signal(sig)) if sig != nix::sys::signal::Signal::SIGHUP => {
+                forward(sig as i32).await?;
+            }
+            Ok(ProxyEnd::Signal(_)) | Ok(ProxyEnd::TerminalLost) => {
+                return forward(libc::SIGHUP).await;
+            }
+            Err(e) => {
+                eprintln!("berthctl: {}", e.message);
+                return forward(libc::SIGHUP).await;
+            }
+        }
+    }
+}
+
 /// Our terminal's size as the `TerminalSize` option (rows, columns), when we have a terminal.
 pub fn terminal_size(options: &mut Options) -> CliResult<()> {
     for fd in [std::io::stdin().as_fd(), std::io::stdout().as_fd()] {

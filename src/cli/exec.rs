@@ -10,7 +10,6 @@ use zbus::{OwnedVariant, Variant};
 use super::attach;
 use super::{CliError, CliResult, Exit, manager};
 use crate::dbus::{ContainerProxy, Options};
-use crate::pty::ProxyEnd;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -134,15 +133,11 @@ async fn run(r: Request) -> CliResult {
             .map(attach::take_fd)
             .transpose()?
             .ok_or_else(|| CliError::new(Exit::Failed, "Exec returned no terminal"))?;
-        match attach::terminal_session(master, r.interactive).await? {
-            ProxyEnd::Closed => {}
-            ProxyEnd::Signal(sig) => {
-                c.kill_exec(id.clone(), sig as i32).await?;
-            }
-            ProxyEnd::TerminalLost => {
-                c.kill_exec(id.clone(), libc::SIGHUP).await?;
-            }
-        }
+        attach::terminal_until_closed(master, r.interactive, |sig| {
+            let (c, id) = (&c, id.clone());
+            async move { c.kill_exec(id, sig).await.map_err(CliError::from) }
+        })
+        .await?;
         let status = c.wait_exec(id).await?;
         return Ok((status & 0xff) as u8);
     }

@@ -49,9 +49,22 @@ fn invalid(e: impl std::fmt::Display) -> CliError {
 }
 
 pub async fn run(a: LogsArgs) -> CliResult {
+    // A removed container's lines stay in the journal and are shown; a name that is neither
+    // a container nor in the journal is an error, not an empty answer.
+    let known = {
+        let (_conn, proxy) = super::manager().await?;
+        match proxy.get_container(a.name.clone()).await {
+            Ok(_) => true,
+            Err(e) => match e {
+                crate::dbus::Error::NoSuchContainer(_) => false,
+                other => return Err(other.into()),
+            },
+        }
+    };
+    let name = a.name.clone();
     let query = LogQuery {
         container: a.name,
-        follow: a.follow,
+        follow: a.follow && known,
         lines: a.lines,
         since: a
             .since
@@ -68,13 +81,22 @@ pub async fn run(a: LogsArgs) -> CliResult {
     };
     let args = crate::journal::journalctl_args(&query).map_err(invalid)?;
     let format = a.output;
-    // journalctl blocks while following: read it in a thread of its own.
-    tokio::task::spawn_blocking(move || show(&args, format))
+    // journalctl blocks while following: read it in a thread of its own. An unknown name
+    // is looked up once, never followed.
+    let shown = tokio::task::spawn_blocking(move || show(&args, format))
         .await
-        .map_err(|e| CliError::new(Exit::Failed, e.to_string()))?
+        .map_err(|e| CliError::new(Exit::Failed, e.to_string()))??;
+    if !known && shown == 0 {
+        return Err(CliError::new(
+            Exit::NotFound,
+            format!("no container {name:?}, and the journal has no lines of one by that name"),
+        ));
+    }
+    Ok(0)
 }
 
-fn show(args: &[String], format: Format) -> CliResult {
+/// Print the entries journalctl finds; returns how many.
+fn show(args: &[String], format: Format) -> CliResult<usize> {
     let mut child = std::process::Command::new("journalctl")
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -86,6 +108,7 @@ fn show(args: &[String], format: Format) -> CliResult {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     let mut closed = false;
+    let mut shown = 0;
     let mut print = |e: crate::journal::LogEntry| -> bool {
         let msg = e
             .message
@@ -126,6 +149,7 @@ fn show(args: &[String], format: Format) -> CliResult {
                 continue;
             }
         };
+        shown += 1;
         if let Some(whole) = joined.push(entry)
             && !print(whole)
         {
@@ -154,5 +178,5 @@ fn show(args: &[String], format: Format) -> CliResult {
             format!("journalctl failed ({status})"),
         ));
     }
-    Ok(0)
+    Ok(shown)
 }

@@ -9,7 +9,6 @@ use zbus::{OwnedVariant, Variant};
 
 use super::{CliError, CliResult, Exit, manager};
 use crate::dbus::{ManagerProxy, Options};
-use crate::pty::ProxyEnd;
 use crate::spec::limits;
 
 /// What defines a container (shared by run and create).
@@ -502,6 +501,11 @@ pub async fn run(a: RunArgs) -> CliResult {
             relays = Some(super::attach::stdio_options(&mut options, a.interactive)?);
         }
     }
+    if a.tty && a.detach {
+        // `-dt`: a terminal of its own that berthd holds; its output goes to the journal.
+        options.insert("Terminal", variant(true)?);
+        super::attach::terminal_size(&mut options)?;
+    }
     let started = if a.tty && !a.detach {
         proxy
             .start_container_terminal(name.clone(), options)
@@ -526,22 +530,15 @@ pub async fn run(a: RunArgs) -> CliResult {
         return Ok(0);
     }
     if let Some(master) = master {
-        let end = super::attach::terminal_session(master, a.interactive).await;
-        let forward = match end {
-            Ok(ProxyEnd::Closed) => None,
-            Ok(ProxyEnd::Signal(sig)) => Some(sig as i32),
-            Ok(ProxyEnd::TerminalLost) => Some(libc::SIGHUP),
-            Err(e) => {
-                eprintln!("berthctl: {}", e.message);
-                Some(libc::SIGHUP)
+        super::attach::terminal_until_closed(master, a.interactive, |sig| {
+            let (proxy, name) = (&proxy, name.clone());
+            async move {
+                // It may have just exited; the wait below says how.
+                let _ = proxy.kill_container(name, "leader".into(), sig).await;
+                Ok(())
             }
-        };
-        if let Some(sig) = forward {
-            // It may have just exited; the wait below says how.
-            let _ = proxy
-                .kill_container(name.clone(), "leader".into(), sig)
-                .await;
-        }
+        })
+        .await?;
     }
     let r = wait_forwarding_signals(&proxy, &name)
         .await

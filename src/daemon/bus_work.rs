@@ -19,6 +19,7 @@ pub(super) const START_OPTIONS: &[&str] = &[
     "StandardError",
     "EndWithCaller",
     "TerminalSize",
+    "Terminal",
 ];
 
 /// Options of Exec.
@@ -63,12 +64,16 @@ pub(super) fn start_options(
     let fds = take_stdio(&mut o)?;
     let end = o.take::<bool>("EndWithCaller")?.unwrap_or(false);
     let window = o.take::<(u16, u16)>("TerminalSize")?;
+    // StartContainer with Terminal: a detached container with a terminal (`run -dt`), whose
+    // master berthd keeps and relays to the journal.
+    let detached_terminal = !terminal && o.take::<bool>("Terminal")?.unwrap_or(false);
     Ok((
         Stdio(fds),
         StartExtras {
-            terminal,
+            terminal: terminal || detached_terminal,
             window,
             caller: end.then(|| caller.sender.clone()),
+            keep_master: detached_terminal,
         },
     ))
 }

@@ -37,6 +37,9 @@ pub struct StartExtras {
     pub window: Option<(u16, u16)>,
     /// Hang the container up when this bus name leaves (a foreground `run`).
     pub caller: Option<String>,
+    /// berthd keeps the terminal's master and relays what the container writes to it to the
+    /// journal, as its stdout (a detached `run -dt`); its input stays open and silent.
+    pub keep_master: bool,
 }
 
 /// What a successful launch leaves running.
@@ -130,7 +133,10 @@ impl Registry {
             .await
         {
             Ok(mut l) => {
-                let master = l.master.take();
+                let mut master = l.master.take();
+                if extras.keep_master {
+                    l.logs.out = master.take();
+                }
                 self.started(&name, l).await;
                 if let Some(caller) = extras.caller {
                     self.hang_up_with_caller(&name, caller);
@@ -309,6 +315,11 @@ impl Registry {
             let (fds, logs, slots) = super::logs::start_stdio(spec, stdio, terminal)?;
             plan.process.terminal = slots;
             plan.process.window = window.filter(|_| terminal);
+            // The network's generated /etc files first: user mounts may cover them, and a
+            // read-only root (the last user operation) is made after both.
+            self.net_prepare(spec, config.as_ref(), net).await?;
+            let files = super::network::files_dir(&self.layout, name);
+            super::network::net_shape_plan(&mut plan, net, &files);
             let (mounts, sources) = self.mount_sources(spec, config.as_ref())?;
             let dirs_of: Vec<bool> = sources.iter().map(|s| s.dir).collect();
             let context = self
@@ -321,9 +332,6 @@ impl Registry {
                 spec.read_only,
                 context.as_deref(),
             ));
-            self.net_prepare(spec, config.as_ref(), net).await?;
-            let files = super::network::files_dir(&self.layout, name);
-            super::network::net_shape_plan(&mut plan, net, &files);
             (
                 plan,
                 root_source,

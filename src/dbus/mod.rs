@@ -419,6 +419,9 @@ pub struct Manager {
 
 #[interface(
     name = "org.berth.berth1.Manager",
+    // The documentation is in dbus-interfaces/ and README.md; left out of Introspect it
+    // keeps every reply a few kB (an unread flood of them cost berthd 17 MB).
+    introspection_docs = false,
     proxy(
         default_service = "org.berth.berth1",
         default_path = "/org/berth/berth1"
@@ -1077,6 +1080,9 @@ impl Container {
 
 #[interface(
     name = "org.berth.berth1.Container",
+    // The documentation is in dbus-interfaces/ and README.md; left out of Introspect it
+    // keeps every reply a few kB (an unread flood of them cost berthd 17 MB).
+    introspection_docs = false,
     proxy(
         default_service = "org.berth.berth1",
         default_path = "/org/berth/berth1/container/_"
@@ -1346,6 +1352,9 @@ impl Image {
 
 #[interface(
     name = "org.berth.berth1.Image",
+    // The documentation is in dbus-interfaces/ and README.md; left out of Introspect it
+    // keeps every reply a few kB (an unread flood of them cost berthd 17 MB).
+    introspection_docs = false,
     proxy(
         default_service = "org.berth.berth1",
         default_path = "/org/berth/berth1/image/_"

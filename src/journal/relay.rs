@@ -245,6 +245,9 @@ pub async fn relay(
         }) {
             Err(_would_block) => continue,
             Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            // A pty master (a detached container with a terminal) reads EIO, not 0, once
+            // every descriptor of its terminal side is closed.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => 0,
             Ok(Err(e)) => return Err(JournalError::Read(e)),
             Ok(Ok(n)) => n,
         };
