@@ -188,8 +188,20 @@ fn prune_df_dry_run_and_declarative_files() {
     assert_eq!(code("systemctl is-enabled berth@cl-decl.service"), 1);
     ok("printf 'image = \"default\"\\nbogus = 1\\n' > /root/cl-bad.toml");
     assert_eq!(code("berthctl verify /root/cl-bad.toml"), 4);
+    // The file gone, a reload removes the container it made (a running one is kept and
+    // said so); a container made by `create` is never touched by reload.
+    ok("berthctl create --name cl-handmade default /bin/true");
+    ok("berthctl start cl-decl && sleep 0.2");
     ok("rm /etc/berth/containers/cl-decl.toml");
-    clean(&["cl-p2", "cl-decl"]);
+    let r = ok("berthctl reload");
+    assert!(
+        r.lines().any(|l| l == "cl-decl removed: its file is gone"),
+        "{r}"
+    );
+    assert_eq!(code("berthctl show cl-decl -p State"), 3);
+    assert_eq!(code("berthctl show cl-handmade -p State"), 0);
+    assert!(!r.contains("cl-handmade"), "{r}");
+    clean(&["cl-p2", "cl-decl", "cl-handmade"]);
 }
 
 #[test]

@@ -117,6 +117,7 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
         ephemeral: o.take("Ephemeral")?.unwrap_or(false),
         log_driver: o.take("LogDriver")?,
         created_at: store::now_usec(),
+        declared: false,
     })
 }
 

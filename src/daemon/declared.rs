@@ -1,7 +1,8 @@
 //! Declarative containers (`/etc/berth/containers/NAME.toml`, see [`crate::spec::declared`]):
 //! `Reload` (and berthd's start) creates the containers the files define, updates stopped
 //! ones whose file changed (their writable layer stays), and enables `berth@NAME.service`
-//! for those that say `boot = true` (disables it for those that no longer do).
+//! for those that say `boot = true` (disables it for those that no longer do). A container a
+//! file made is removed when its file is gone (kept, and said so, while it runs).
 
 use std::path::Path;
 
@@ -32,9 +33,9 @@ impl Registry {
         let files = declared::list(dir)
             .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
         let mut out = Vec::with_capacity(files.len());
-        for f in files {
-            let name = declared::name_of(&f).unwrap_or_else(|| f.display().to_string());
-            let r = match declared::read(&f) {
+        for f in &files {
+            let name = declared::name_of(f).unwrap_or_else(|| f.display().to_string());
+            let r = match declared::read(f) {
                 Ok(d) => self.apply_declared(d).await,
                 Err(e) => result(&name, "failed", e.to_string()),
             };
@@ -43,6 +44,35 @@ impl Registry {
             } else if r.action != "unchanged" {
                 info!("declared container {}: {} {}", r.name, r.action, r.message);
             }
+            out.push(r);
+        }
+        let named: std::collections::HashSet<String> =
+            files.iter().filter_map(|f| declared::name_of(f)).collect();
+        let orphans: Vec<(String, bool)> = self
+            .entries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, e)| e.spec.definition.declared && !named.contains(*n))
+            .map(|(n, e)| (n.clone(), e.is_active()))
+            .collect();
+        for (name, active) in orphans {
+            let r = if active {
+                result(
+                    &name,
+                    "kept",
+                    "its file is gone but the container runs: stop it and reload",
+                )
+            } else {
+                match self.set_boot(&name, false).await {
+                    Err(e) => result(&name, "failed", format!("its file is gone, but {e}")),
+                    Ok(_) => match self.remove(name.clone(), false).await {
+                        Ok(()) => result(&name, "removed", "its file is gone"),
+                        Err(e) => result(&name, "failed", format!("its file is gone, but {e}")),
+                    },
+                }
+            };
+            info!("declared container {}: {} {}", r.name, r.action, r.message);
             out.push(r);
         }
         Ok(out)

@@ -2,7 +2,7 @@
 //! quadlet or `.nspawn` file. The keys are those of the stored [`Definition`] (what `create`
 //! records; unknown keys are refused), plus `boot`: start the container at boot
 //! (`berth@NAME.service` is enabled). `name` defaults to the file's name and must match it
-//! when given; `created_at` and `image_id` are berthd's and may not appear.
+//! when given; `created_at`, `image_id` and `declared` are berthd's and may not appear.
 //!
 //! ```toml
 //! image = "web:1.2"
@@ -68,7 +68,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Declared, DeclaredError> {
         Some(toml::Value::Boolean(b)) => b,
         Some(_) => return Err(invalid(path, "boot must be true or false")),
     };
-    for key in ["created_at", "image_id"] {
+    for key in ["created_at", "image_id", "declared"] {
         if table.contains_key(key) {
             return Err(invalid(
                 path,
@@ -89,6 +89,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Declared, DeclaredError> {
         }
     }
     table.insert("created_at".into(), toml::Value::Integer(0));
+    table.insert("declared".into(), toml::Value::Boolean(true));
     let definition: Definition = table
         .try_into()
         .map_err(|e: toml::de::Error| invalid(path, e.to_string()))?;
@@ -157,6 +158,7 @@ mod tests {
             ("bogus = 1", "bogus"),
             ("created_at = 5", "set by berthd"),
             ("image_id = 'sha256:00'", "set by berthd"),
+            ("declared = false", "set by berthd"),
             ("name = 'other'", "file's name"),
             ("boot = 'yes'", "true or false"),
             ("image = ", "TOML"),
@@ -168,6 +170,7 @@ mod tests {
             );
         }
         assert!(parse(Path::new("/x/a b.toml"), "").is_err());
-        assert!(parse(p, "").is_ok());
+        // What a file makes is marked as the file's, for a reload after it is deleted.
+        assert!(parse(p, "").unwrap().definition.declared);
     }
 }

@@ -90,6 +90,10 @@ pub struct Definition {
     pub properties: BTreeMap<String, String>,
     /// Creation time, microseconds since the epoch.
     pub created_at: u64,
+    /// Made from `/etc/berth/containers/NAME.toml` (set by berthd): a reload after the file
+    /// is deleted removes the container, as quadlet's units go with their files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub declared: bool,
 }
 
 impl Definition {
