@@ -3,6 +3,7 @@
 //! verb; exit codes in [`Exit`].
 
 mod docs;
+mod events;
 mod format;
 mod image;
 mod kill;
@@ -208,6 +209,8 @@ pub enum Command {
     Unpause(verbs::NamesArgs),
     /// Wait for containers to exit; print each exit status.
     Wait(verbs::NamesArgs),
+    /// Follow container and image events as they happen (podman's events).
+    Events(events::EventsArgs),
     /// A container's processes: user, PID inside and on the host, command.
     Top { name: String },
     /// Everything known of containers or images, as JSON.
@@ -364,6 +367,7 @@ pub fn main() -> u8 {
             Command::Pause(a) => verbs::pause(a, true).await,
             Command::Unpause(a) => verbs::pause(a, false).await,
             Command::Wait(a) => verbs::wait(a).await,
+            Command::Events(a) => events::run(a).await,
             Command::Top { name } => verbs::top(name).await,
             Command::Inspect(a) => verbs::inspect(a).await,
             Command::Container {

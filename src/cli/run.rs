@@ -54,6 +54,14 @@ pub struct ContainerOpts {
     /// A label KEY=VALUE, shown by ps and inspect and matched by ps --filter label=. Repeatable.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Give the payload a NOTIFY_SOCKET (sd_notify); the container is ready once it sends
+    /// READY=1, and its STATUS= text is shown by status.
+    #[arg(long)]
+    pub notify_ready: bool,
+    /// Restart policy, carried out by berthd: no (default), on-failure[:N], always,
+    /// unless-stopped.
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
     /// IMAGE, then the command and its arguments (default: the image's, else /bin/sh), as
     /// podman takes them; with --image or --directory every word is the command.
     #[arg(
@@ -301,6 +309,12 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     }
     if o.rm {
         m.insert("AutoRemove", variant(true)?);
+    }
+    if o.notify_ready {
+        m.insert("NotifyReady", variant(true)?);
+    }
+    if let Some(r) = &o.restart {
+        m.insert("Restart", variant(r.as_str())?);
     }
     if let Some(e) = &o.entrypoint {
         let argv: Vec<String> = if e.is_empty() {

@@ -384,6 +384,12 @@ fn definition_options(d: &crate::spec::Definition) -> CliResult<Options> {
     if d.auto_remove {
         m.insert("AutoRemove", v(true.into())?);
     }
+    if d.lifecycle.notify_ready {
+        m.insert("NotifyReady", v(true.into())?);
+    }
+    if let Some(r) = &d.lifecycle.restart {
+        m.insert("Restart", v(r.as_str().into())?);
+    }
     let pairs = d.resources.pairs();
     if !pairs.is_empty() {
         m.insert("Resources", v(pairs.into())?);

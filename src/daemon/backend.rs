@@ -49,6 +49,8 @@ const CREATE_OPTIONS: &[&str] = &[
     "IPv6Address",
     "NetworkInterfaces",
     "HostNetworkUserNamespace",
+    "NotifyReady",
+    "Restart",
 ];
 
 /// Options of StartContainer.
@@ -107,6 +109,10 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
             ip6: o.take("IPv6Address")?,
             interfaces: o.take("NetworkInterfaces")?.unwrap_or_default(),
             host_userns: o.take("HostNetworkUserNamespace")?.unwrap_or(false),
+        },
+        lifecycle: crate::spec::lifecycle::Lifecycle {
+            notify_ready: o.take("NotifyReady")?.unwrap_or(false),
+            restart: o.take("Restart")?,
         },
         created_at: store::now_usec(),
     })
@@ -300,6 +306,7 @@ impl dbus::Backend for Registry {
                 ("container", &name),
             )
             .await?;
+            self.user_started(&name).await;
             bus(self.start(name, stdio).await)
         })
     }
@@ -313,6 +320,7 @@ impl dbus::Backend for Registry {
                 ("container", &name),
             )
             .await?;
+            self.user_stopped(&name).await;
             bus(self.stop(name, timeout_usec).await)
         })
     }
@@ -403,6 +411,9 @@ impl dbus::Backend for Registry {
     }
     fn image_id(&self, name: &str) -> Option<String> {
         self.images.get(name).ok().map(|r| r.id().to_string())
+    }
+    fn life(&self, name: &str) -> Option<dbus::LifeInfo> {
+        self.life_info(name)
     }
     fn import_image(
         &self,

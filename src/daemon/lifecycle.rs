@@ -432,6 +432,7 @@ impl Registry {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
         self.net_release(name).await;
+        self.forget_life(name);
         removed.map_err(|e| {
             Error::io(
                 format!("container {name:?} is removed, but its files could not all be deleted"),

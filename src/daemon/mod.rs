@@ -5,15 +5,18 @@ mod declared;
 mod error;
 mod failpoint;
 mod images;
+mod life;
 mod lifecycle;
 mod limits;
 mod network;
 mod notify;
 mod ops;
 mod quarantine;
+mod ready;
 mod reaper;
 mod reconcile;
 mod recovery;
+mod restart;
 mod security;
 mod space;
 mod start;
@@ -161,6 +164,7 @@ async fn serve(
     registry.reconcile_network().await;
     registry.export_images().await;
     registry.apply_declared_at_start().await;
+    registry.restart_at_start().await;
     let server = conn.object_server();
     let backend: Arc<dyn crate::dbus::Backend> = registry.clone();
     server

@@ -116,6 +116,7 @@ impl Registry {
             }
         }
         tx.send_replace(Some(status));
+        self.after_exit(name, status).await;
     }
 }
 

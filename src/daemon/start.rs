@@ -90,10 +90,19 @@ impl Registry {
         self.publish(&name).await;
         self.record_start_intent(&name);
         super::failpoint::hit("start:after-intent");
+        let notify = match self.notify_socket(&spec) {
+            Ok(s) => s,
+            Err(err) => {
+                self.start_failed(&name, previous, &err).await;
+                return Err(err);
+            }
+        };
+        self.run_starting(&name);
         let mut net = super::network::NetStart::default();
         match self.launch(&spec, stdio, &mut net).await {
             Ok(l) => {
                 self.started(&name, l).await;
+                self.run_started(&name, notify);
                 Ok(())
             }
             Err(err) => {
@@ -244,6 +253,7 @@ impl Registry {
             self.net_prepare(spec, root.config.as_ref(), net).await?;
             let files = super::network::files_dir(&self.layout, name);
             super::network::net_shape_plan(&mut plan, net, &files);
+            super::ready::shape_plan(&mut plan, spec, &self.layout);
             (plan, root_source, stop_signal, fds)
         };
         let memfd = nix::sys::memfd::memfd_create(

@@ -64,6 +64,12 @@ pub struct Definition {
         skip_serializing_if = "super::network::NetworkSettings::is_default"
     )]
     pub network: super::network::NetworkSettings,
+    /// Readiness and restart policy (`--notify-ready`, `--restart`; see [`super::lifecycle`]).
+    #[serde(
+        default,
+        skip_serializing_if = "super::lifecycle::Lifecycle::is_default"
+    )]
+    pub lifecycle: super::lifecycle::Lifecycle,
     /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

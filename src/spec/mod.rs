@@ -7,6 +7,7 @@
 
 pub mod declared;
 pub mod definition;
+pub mod lifecycle;
 pub mod limits;
 pub mod network;
 pub mod props;
@@ -153,6 +154,8 @@ pub enum SpecError {
     Security(#[from] security::SecurityError),
     #[error(transparent)]
     Network(#[from] network::NetworkSpecError),
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
 }
 
 /// Where a container's root comes from.
@@ -182,6 +185,8 @@ pub struct ContainerSpec {
     pub image_id: Option<crate::image::Digest>,
     /// How it is networked (the image's EXPOSE ports are added at start for `-P`).
     pub network: crate::network::NetSpec,
+    /// Readiness and restart policy (see [`lifecycle`]).
+    pub life: lifecycle::LifeSpec,
 }
 
 impl ContainerSpec {
@@ -241,6 +246,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         (_, None) => None,
     };
     let network = network::check(&def.network, &limits, security.userns.request().is_some())?;
+    let life = lifecycle::check(&def.lifecycle, def.auto_remove)?;
     Ok(ContainerSpec {
         definition: def.clone(),
         root,
@@ -253,6 +259,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         security,
         image_id,
         network,
+        life,
     })
 }
 
