@@ -122,11 +122,9 @@ impl Event {
 }
 
 fn precise_time(usec: u64) -> String {
-    format!(
-        "{}.{:06} UTC",
-        super::output::timestamp(usec),
-        usec % 1_000_000
-    )
+    let t = super::output::timestamp(usec);
+    let t = t.strip_suffix(" UTC").unwrap_or(&t);
+    format!("{t}.{:06} +0000 UTC", usec % 1_000_000)
 }
 
 /// The events one Manager signal means.
