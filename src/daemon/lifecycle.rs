@@ -377,6 +377,7 @@ impl Registry {
     /// live keeps its directory.
     pub(super) async fn remove_entry(&self, name: &str) -> Result<()> {
         let dir = self.layout.container_dir(name);
+        let anonymous = self.anonymous_volumes(name);
         let trash = self
             .layout
             .containers()
@@ -433,6 +434,7 @@ impl Registry {
         }
         self.net_release(name).await;
         self.forget_life(name);
+        self.remove_anonymous(name, anonymous);
         removed.map_err(|e| {
             Error::io(
                 format!("container {name:?} is removed, but its files could not all be deleted"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::start::Stdio;
+use super::start::{StartExtras, Stdio};
 use super::store;
 use super::table::{Registry, State};
 use crate::spec::lifecycle::RestartPolicy;
@@ -152,7 +152,10 @@ impl Registry {
             return;
         }
         self.save_life(name);
-        if let Err(e) = self.start(name.to_string(), Stdio::default()).await {
+        if let Err(e) = self
+            .start_with(name.to_string(), Stdio::default(), StartExtras::default())
+            .await
+        {
             warn!("restart of {name} failed: {e}");
             // A start that failed is an exit as far as the policy goes: it tries again,
             // later each time, as systemd does.
