@@ -402,3 +402,83 @@ fn readiness_restart_and_events_add_no_process_per_container() {
         "readiness and restart policy make starts slower: {plain:?} → {life:?}"
     );
 }
+
+#[test]
+fn a_health_check_turns_unhealthy_and_restarts_the_container() {
+    events_to("/tmp/ev-health.json", "-o json --filter container=hc1");
+    ok(
+        "berthctl run -d --name hc1 --health-cmd 'test -e /tmp/ok' --health-interval 300ms \
+        --health-retries 2 --health-on-failure restart -- /bin/sh -c 'touch /tmp/ok; exec sleep 1000'",
+    );
+    assert_eq!(prop("hc1", "Health"), "starting");
+    wait_for("healthy", Duration::from_secs(15), || {
+        prop("hc1", "Health") == "healthy"
+    });
+    assert!(
+        ok("berthctl list").contains("(healthy)"),
+        "{}",
+        ok("berthctl list")
+    );
+    assert!(ok("berthctl status hc1").contains("Health: healthy"));
+    let leader = prop("hc1", "Leader");
+    let started = prop("hc1", "StartedAt");
+    // Break it: two failed checks make it unhealthy, and berthd restarts it.
+    ok("berthctl exec hc1 -- rm /tmp/ok");
+    wait_for("the restart", Duration::from_secs(20), || {
+        prop("hc1", "StartedAt") != started && prop("hc1", "State") == "running"
+    });
+    assert_ne!(prop("hc1", "Leader"), leader);
+    // The new run touched /tmp/ok again: healthy again.
+    wait_for("healthy again", Duration::from_secs(15), || {
+        prop("hc1", "Health") == "healthy"
+    });
+    ok("berthctl rm -f hc1");
+    std::thread::sleep(Duration::from_millis(300));
+    stop_events("/tmp/ev-health.json");
+    let health: Vec<String> = events_of("/tmp/ev-health.json")
+        .iter()
+        .filter(|e| e["Status"] == "health_status")
+        .map(|e| e["Attributes"]["health"].as_str().unwrap().to_string())
+        .collect();
+    let at = |h: &str| {
+        health
+            .iter()
+            .position(|x| x == h)
+            .unwrap_or_else(|| panic!("no {h} in {health:?}"))
+    };
+    assert!(
+        at("starting") < at("healthy") && at("healthy") < at("unhealthy"),
+        "{health:?}"
+    );
+    assert_eq!(
+        health.last().map(String::as_str),
+        Some("healthy"),
+        "{health:?}"
+    );
+
+    // --health-on-failure=kill: the container ends, killed (137).
+    ok(
+        "berthctl run -d --name hc2 --health-cmd false --health-interval 200ms --health-retries 1 \
+        --health-on-failure kill -- sleep 1000",
+    );
+    wait_for("the kill", Duration::from_secs(15), || {
+        prop("hc2", "State") == "exited"
+    });
+    assert_eq!(prop("hc2", "ExitStatus"), "137");
+    // A failing check without an action only marks it; failures in the start period do not
+    // count.
+    ok(
+        "berthctl run -d --name hc3 --health-cmd false --health-interval 200ms --health-retries 1 \
+        --health-start-period 2s -- sleep 1000",
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(prop("hc3", "Health"), "starting");
+    wait_for("unhealthy", Duration::from_secs(15), || {
+        prop("hc3", "Health") == "unhealthy"
+    });
+    assert_eq!(prop("hc3", "State"), "running");
+    assert!(ok("berthctl list").contains("(unhealthy)"));
+    ok("berthctl rm -f hc2 hc3");
+    let o = sh("berthctl create --name hc4 --health-interval 1ms -- true");
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+}

@@ -286,6 +286,15 @@ async fn container<'a>(conn: &zbus::Connection, path: &'a str) -> zbus::Result<C
     ContainerProxy::builder(conn).path(path).build().await
 }
 
+/// A container's health ("" without a check, or when it cannot be read).
+pub async fn health_of(conn: &zbus::Connection, name: &str) -> String {
+    let path = crate::name::container_path(name);
+    match container(conn, &path).await {
+        Ok(c) => c.health().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// What `status` shows of readiness and the restart policy.
 pub async fn life_lines(conn: &zbus::Connection, name: &str) -> Vec<String> {
     let path = crate::name::container_path(name);
@@ -305,6 +314,14 @@ pub async fn life_lines(conn: &zbus::Connection, name: &str) -> Vec<String> {
         && !t.is_empty()
     {
         lines.push(format!("    Notify: {t}"));
+    }
+    if let Ok(h) = c.health().await
+        && !h.is_empty()
+    {
+        lines.push(format!(
+            "    Health: {h} ({} failed check(s) in a row)",
+            c.health_failures().await.unwrap_or(0)
+        ));
     }
     if let Ok(p) = c.restart_policy().await
         && p != "no"

@@ -43,6 +43,9 @@ pub struct Life {
     pub stopped_by_user: bool,
     /// Bumped to cancel a pending restart.
     pub generation: u64,
+    /// Health of the current run: "" (no check), starting, healthy, unhealthy.
+    pub health: String,
+    pub health_failures: u32,
     /// The properties last announced.
     published: Option<LifeInfo>,
 }
@@ -58,6 +61,12 @@ impl Life {
             restart_policy: e.spec.life.restart.to_string(),
             restart_count: e.life.rec.restarts,
             next_restart_at: e.life.rec.restart_at,
+            health: if e.state == State::Running {
+                e.life.health.clone()
+            } else {
+                String::new()
+            },
+            health_failures: e.life.health_failures,
         }
     }
 
@@ -78,6 +87,12 @@ impl Life {
         }
         if b.next_restart_at != now.next_restart_at {
             m.insert("NextRestartAt", Variant::from(now.next_restart_at));
+        }
+        if b.health != now.health {
+            m.insert("Health", Variant::from(now.health));
+        }
+        if b.health_failures != now.health_failures {
+            m.insert("HealthFailures", Variant::from(now.health_failures));
         }
         m
     }

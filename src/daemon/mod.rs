@@ -7,6 +7,7 @@ mod declared;
 mod error;
 mod exec;
 mod failpoint;
+mod health;
 mod images;
 mod life;
 mod lifecycle;

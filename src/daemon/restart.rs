@@ -40,6 +40,8 @@ impl Registry {
                 e.life.rec.ready = false;
                 e.life.rec.status_text.clear();
                 e.life.rec.restart_at = 0;
+                e.life.health.clear();
+                e.life.health_failures = 0;
             })
             .is_err()
         {
@@ -54,6 +56,7 @@ impl Registry {
         }
         self.save_life(name);
         self.save_ran(name);
+        self.watch_health(name);
     }
 
     /// The user started it: the count starts over, and a stop by the user is forgotten.
@@ -89,6 +92,14 @@ impl Registry {
         }
         self.save_life(name);
         self.publish(name).await;
+        // A stop that lands while the policy is starting it again waits for that start to end
+        // (a start cannot be interrupted), then stops what it started.
+        let t = std::time::Instant::now();
+        while self.with(name, |e| e.state == State::Starting).unwrap_or(false)
+            && t.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The policy's decision after the run that started at the entry's `started_at` exited
@@ -174,6 +185,7 @@ impl Registry {
         let now = store::now_usec();
         enum Do {
             Watch,
+            Health,
             Pending(Duration),
             Exited(i32),
             Start,
@@ -186,6 +198,7 @@ impl Registry {
                     let policy = e.spec.life.restart;
                     let d = match e.state {
                         State::Running if e.spec.life.notify_ready => Do::Watch,
+                        State::Running => Do::Health,
                         State::Exited | State::Created if policy != RestartPolicy::No => {
                             if e.life.rec.restart_at != 0 && !e.life.stopped_by_user {
                                 Do::Pending(Duration::from_micros(
@@ -215,7 +228,11 @@ impl Registry {
         };
         for (name, d) in todo {
             match d {
-                Do::Watch => self.rewatch_notify(&name),
+                Do::Watch => {
+                    self.rewatch_notify(&name);
+                    self.watch_health(&name);
+                }
+                Do::Health => self.watch_health(&name),
                 Do::Pending(wait) => {
                     let generation = self
                         .with(&name, |e| {

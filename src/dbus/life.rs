@@ -19,4 +19,8 @@ pub struct LifeInfo {
     pub restart_count: u32,
     /// When the policy's pending restart is due, µs since the epoch; 0 when none is.
     pub next_restart_at: u64,
+    /// "" (no health check), starting, healthy or unhealthy.
+    pub health: String,
+    /// Failed checks in a row.
+    pub health_failures: u32,
 }

@@ -1246,6 +1246,19 @@ impl Container {
         Ok(self.life()?.next_restart_at)
     }
 
+    /// Its health while it runs: starting, healthy or unhealthy; empty without a health
+    /// check (--health-cmd or the image's HEALTHCHECK) or when not running.
+    #[zbus(property)]
+    fn health(&self) -> zbus::fdo::Result<String> {
+        Ok(self.life()?.health)
+    }
+
+    /// Failed health checks in a row.
+    #[zbus(property)]
+    fn health_failures(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.life()?.health_failures)
+    }
+
     /// Run a command in the running container: in all of its namespaces and its scope's
     /// cgroup, with its payload's environment, user, capabilities, no_new_privs, SELinux label
     /// and seccomp filter. Options: Command (as; a program path or a name searched in the
