@@ -482,3 +482,68 @@ fn a_health_check_turns_unhealthy_and_restarts_the_container() {
     let o = sh("berthctl create --name hc4 --health-interval 1ms -- true");
     assert_eq!(o.status.code(), Some(4), "{}", err(&o));
 }
+
+/// The fixtures' docker-archive with a HEALTHCHECK added to its config (as `docker build`
+/// writes one): `test -e /tmp/ok` every 200 ms, unhealthy after one failure.
+fn healthcheck_archive() -> String {
+    let fix = std::env::var("BERTH_FIXTURES").expect("BERTH_FIXTURES (tests/run-integration.sh)");
+    let out = format!("{fix}/healthcheck-archive.tar");
+    if std::path::Path::new(&out).exists() {
+        return out;
+    }
+    let script = r#"
+import hashlib, io, json, sys, tarfile
+src, dst = sys.argv[1], sys.argv[2]
+with tarfile.open(src) as t:
+    members = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+manifest = json.loads(members["manifest.json"])
+cfg = json.loads(members.pop(manifest[0]["Config"]))
+cfg["config"]["Healthcheck"] = {"Test": ["CMD-SHELL", "test -e /tmp/ok"],
+                                "Interval": 200000000, "Retries": 1}
+data = json.dumps(cfg).encode()
+name = hashlib.sha256(data).hexdigest() + ".json"
+members[name] = data
+manifest[0]["Config"] = name
+manifest[0]["RepoTags"] = ["localhost/healthy:latest"]
+members["manifest.json"] = json.dumps(manifest).encode()
+with tarfile.open(dst, "w") as t:
+    for n, d in members.items():
+        i = tarfile.TarInfo(n); i.size = len(d); t.addfile(i, io.BytesIO(d))
+"#;
+    let st = std::process::Command::new("python3")
+        .args(["-c", script, &format!("{fix}/docker-archive.tar"), &out])
+        .status()
+        .expect("python3");
+    assert!(st.success(), "cannot make {out}");
+    out
+}
+
+#[test]
+fn the_images_healthcheck_is_kept_and_runs() {
+    let tar = healthcheck_archive();
+    sh("berthctl rm -f hc5 hc6 >/dev/null 2>&1; berthctl image rm hcimg >/dev/null 2>&1");
+    ok(&format!("berthctl image import-oci -q {tar} hcimg"));
+    let shown = ok("berthctl image show hcimg");
+    assert!(
+        shown.contains("Healthcheck: CMD-SHELL test -e /tmp/ok"),
+        "{shown}"
+    );
+    // No /tmp/ok: the image's check fails, one failure is enough.
+    ok("berthctl run -d --name hc5 --image hcimg -- sleep 1000");
+    wait_for(
+        "unhealthy by the image's check",
+        Duration::from_secs(15),
+        || prop("hc5", "Health") == "unhealthy",
+    );
+    ok("berthctl exec hc5 -- touch /tmp/ok");
+    wait_for(
+        "healthy by the image's check",
+        Duration::from_secs(15),
+        || prop("hc5", "Health") == "healthy",
+    );
+    // --health-cmd none turns it off.
+    ok("berthctl run -d --name hc6 --image hcimg --health-cmd none -- sleep 1000");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(prop("hc6", "Health"), "");
+    ok("berthctl rm -f hc5 hc6 && berthctl image rm hcimg");
+}

@@ -95,7 +95,9 @@ impl Registry {
         // A stop that lands while the policy is starting it again waits for that start to end
         // (a start cannot be interrupted), then stops what it started.
         let t = std::time::Instant::now();
-        while self.with(name, |e| e.state == State::Starting).unwrap_or(false)
+        while self
+            .with(name, |e| e.state == State::Starting)
+            .unwrap_or(false)
             && t.elapsed() < Duration::from_secs(60)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
