@@ -1247,7 +1247,7 @@ impl Container {
     }
 
     /// Its health while it runs: starting, healthy or unhealthy; empty without a health
-    /// check (--health-cmd or the image's HEALTHCHECK) or when not running.
+    /// check (the HealthCmd option or the image's HEALTHCHECK) or when not running.
     #[zbus(property)]
     fn health(&self) -> zbus::fdo::Result<String> {
         Ok(self.life()?.health)
