@@ -85,6 +85,14 @@ pub async fn run(a: ListArgs) -> CliResult {
         output::print_json(&views);
         return Ok(0);
     }
+    // podman's "Up 5 minutes (healthy)": one property read per running container.
+    let mut health = std::collections::HashMap::new();
+    for c in all.iter().filter(|c| c.state == "running") {
+        let h = super::events::health_of(proxy.inner().connection(), &c.name).await;
+        if !h.is_empty() {
+            health.insert(c.name.clone(), h);
+        }
+    }
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|c| {
@@ -103,7 +111,10 @@ pub async fn run(a: ListArgs) -> CliResult {
                 } else {
                     "-".into()
                 },
-                super::format::status(c),
+                match health.get(&c.name) {
+                    Some(h) => format!("{} ({h})", super::format::status(c)),
+                    None => super::format::status(c),
+                },
             ]
         })
         .collect();

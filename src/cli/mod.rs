@@ -6,6 +6,7 @@ mod attach;
 mod bind;
 mod cp;
 mod docs;
+mod events;
 mod exec;
 mod format;
 mod image;
@@ -218,6 +219,8 @@ pub enum Command {
     Unpause(verbs::NamesArgs),
     /// Wait for containers to exit; print each exit status.
     Wait(verbs::NamesArgs),
+    /// Follow container and image events as they happen (podman's events).
+    Events(events::EventsArgs),
     /// A container's processes: user, PID inside and on the host, command.
     Top { name: String },
     /// Everything known of containers or images, as JSON.
@@ -386,6 +389,7 @@ pub fn main() -> u8 {
             Command::Pause(a) => verbs::pause(a, true).await,
             Command::Unpause(a) => verbs::pause(a, false).await,
             Command::Wait(a) => verbs::wait(a).await,
+            Command::Events(a) => events::run(a).await,
             Command::Top { name } => verbs::top(name).await,
             Command::Inspect(a) => verbs::inspect(a).await,
             Command::Container {

@@ -60,6 +60,33 @@ pub struct ContainerOpts {
     /// A label KEY=VALUE, shown by ps and inspect and matched by ps --filter label=. Repeatable.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Give the payload a NOTIFY_SOCKET (sd_notify); the container is ready once it sends
+    /// READY=1, and its STATUS= text is shown by status.
+    #[arg(long)]
+    pub notify_ready: bool,
+    /// Restart policy, carried out by berthd: no (default), on-failure[:N], always,
+    /// unless-stopped.
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Health check command, run with /bin/sh -c in the container by berthd ("none": not
+    /// even the image's HEALTHCHECK).
+    #[arg(long, value_name = "COMMAND", help_heading = "Health")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 30s, or the image's).
+    #[arg(long, value_name = "DURATION", help_heading = "Health")]
+    pub health_interval: Option<String>,
+    /// How long one check may take (default 30s, or the image's).
+    #[arg(long, value_name = "DURATION", help_heading = "Health")]
+    pub health_timeout: Option<String>,
+    /// Failures in a row that make it unhealthy (default 3, or the image's).
+    #[arg(long, value_name = "N", help_heading = "Health")]
+    pub health_retries: Option<u32>,
+    /// Failures in this time after the start do not count (default 0s, or the image's).
+    #[arg(long, value_name = "DURATION", help_heading = "Health")]
+    pub health_start_period: Option<String>,
+    /// When it turns unhealthy: none (default), kill or restart.
+    #[arg(long, value_name = "ACTION", help_heading = "Health")]
+    pub health_on_failure: Option<String>,
     /// IMAGE, then the command and its arguments (default: the image's, else /bin/sh), as
     /// podman takes them; with --image or --directory every word is the command.
     #[arg(
@@ -340,6 +367,26 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     }
     if o.rm {
         m.insert("AutoRemove", variant(true)?);
+    }
+    if o.notify_ready {
+        m.insert("NotifyReady", variant(true)?);
+    }
+    if let Some(r) = &o.restart {
+        m.insert("Restart", variant(r.as_str())?);
+    }
+    for (key, val) in [
+        ("HealthCmd", &o.health_cmd),
+        ("HealthInterval", &o.health_interval),
+        ("HealthTimeout", &o.health_timeout),
+        ("HealthStartPeriod", &o.health_start_period),
+        ("HealthOnFailure", &o.health_on_failure),
+    ] {
+        if let Some(v) = val {
+            m.insert(key, variant(v.as_str())?);
+        }
+    }
+    if let Some(n) = o.health_retries {
+        m.insert("HealthRetries", variant(n)?);
     }
     if let Some(e) = &o.entrypoint {
         let argv: Vec<String> = if e.is_empty() {

@@ -33,6 +33,9 @@ fn plain(v: &OwnedVariant) -> String {
     if let Ok(n) = i32::try_from(v) {
         return n.to_string();
     }
+    if let Ok(b) = bool::try_from(v) {
+        return if b { "yes" } else { "no" }.to_string();
+    }
     if let Ok(l) = Vec::<String>::try_from(v.clone()) {
         return l.join(" ");
     }

@@ -54,6 +54,7 @@ pub async fn run(a: StatusArgs) -> CliResult {
     if let Some(s) = view.exit_status {
         lines.push(format!("    Status: exited with {s}"));
     }
+    lines.extend(super::events::life_lines(&conn, &view.name).await);
     if !view.resources.is_empty() {
         let r: Vec<String> = view
             .resources

@@ -384,6 +384,27 @@ fn definition_options(d: &crate::spec::Definition) -> CliResult<Options> {
     if d.auto_remove {
         m.insert("AutoRemove", v(true.into())?);
     }
+    if d.lifecycle.notify_ready {
+        m.insert("NotifyReady", v(true.into())?);
+    }
+    if let Some(r) = &d.lifecycle.restart {
+        m.insert("Restart", v(r.as_str().into())?);
+    }
+    let l = &d.lifecycle;
+    for (key, val) in [
+        ("HealthCmd", &l.health_cmd),
+        ("HealthInterval", &l.health_interval),
+        ("HealthTimeout", &l.health_timeout),
+        ("HealthStartPeriod", &l.health_start_period),
+        ("HealthOnFailure", &l.health_on_failure),
+    ] {
+        if let Some(val) = val {
+            m.insert(key, v(val.as_str().into())?);
+        }
+    }
+    if let Some(n) = l.health_retries {
+        m.insert("HealthRetries", v(n.into())?);
+    }
     let pairs = d.resources.pairs();
     if !pairs.is_empty() {
         m.insert("Resources", v(pairs.into())?);

@@ -48,6 +48,14 @@ const CREATE_OPTIONS: &[&str] = &[
     "IPv6Address",
     "NetworkInterfaces",
     "HostNetworkUserNamespace",
+    "NotifyReady",
+    "Restart",
+    "HealthCmd",
+    "HealthInterval",
+    "HealthTimeout",
+    "HealthRetries",
+    "HealthStartPeriod",
+    "HealthOnFailure",
     "Volumes",
     "Mounts",
     "Tmpfs",
@@ -109,6 +117,16 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
             ip6: o.take("IPv6Address")?,
             interfaces: o.take("NetworkInterfaces")?.unwrap_or_default(),
             host_userns: o.take("HostNetworkUserNamespace")?.unwrap_or(false),
+        },
+        lifecycle: crate::spec::lifecycle::Lifecycle {
+            notify_ready: o.take("NotifyReady")?.unwrap_or(false),
+            restart: o.take("Restart")?,
+            health_cmd: o.take("HealthCmd")?,
+            health_interval: o.take("HealthInterval")?,
+            health_timeout: o.take("HealthTimeout")?,
+            health_retries: o.take("HealthRetries")?,
+            health_start_period: o.take("HealthStartPeriod")?,
+            health_on_failure: o.take("HealthOnFailure")?,
         },
         volumes: o.take("Volumes")?.unwrap_or_default(),
         mounts: o.take("Mounts")?.unwrap_or_default(),
@@ -298,6 +316,7 @@ impl dbus::Backend for Registry {
                 ("container", &name),
             )
             .await?;
+            self.user_started(&name).await;
             bus(self.start_with(name, stdio, extras).await).map(drop)
         })
     }
@@ -311,6 +330,7 @@ impl dbus::Backend for Registry {
                 ("container", &name),
             )
             .await?;
+            self.user_stopped(&name).await;
             bus(self.stop(name, timeout_usec).await)
         })
     }
@@ -401,6 +421,9 @@ impl dbus::Backend for Registry {
     }
     fn image_id(&self, name: &str) -> Option<String> {
         self.images.get(name).ok().map(|r| r.id().to_string())
+    }
+    fn life(&self, name: &str) -> Option<dbus::LifeInfo> {
+        self.life_info(name)
     }
     fn import_image(
         &self,

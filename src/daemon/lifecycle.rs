@@ -433,6 +433,7 @@ impl Registry {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
         self.net_release(name).await;
+        self.forget_life(name);
         self.remove_anonymous(name, anonymous);
         removed.map_err(|e| {
             Error::io(

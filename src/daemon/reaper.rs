@@ -121,6 +121,7 @@ impl Registry {
             }
         }
         tx.send_replace(Some(status));
+        self.after_exit(name, status).await;
     }
 }
 

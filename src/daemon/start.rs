@@ -127,6 +127,14 @@ impl Registry {
         self.publish(&name).await;
         self.record_start_intent(&name);
         super::failpoint::hit("start:after-intent");
+        let notify = match self.notify_socket(&spec) {
+            Ok(s) => s,
+            Err(err) => {
+                self.start_failed(&name, previous, &err).await;
+                return Err(err);
+            }
+        };
+        self.run_starting(&name);
         let mut net = super::network::NetStart::default();
         match self
             .launch(&spec, stdio, extras.terminal, extras.window, &mut net)
@@ -138,6 +146,7 @@ impl Registry {
                     l.logs.out = master.take();
                 }
                 self.started(&name, l).await;
+                self.run_started(&name, notify);
                 if let Some(caller) = extras.caller {
                     self.hang_up_with_caller(&name, caller);
                 }
@@ -332,6 +341,8 @@ impl Registry {
                 spec.read_only,
                 context.as_deref(),
             ));
+            // After the user mounts: a read-only root's /run is their tmpfs.
+            super::ready::shape_plan(&mut plan, spec, &self.layout);
             (
                 plan,
                 root_source,

@@ -82,6 +82,8 @@ pub struct Entry {
     pub paused: bool,
     /// Its addresses and published ports while it runs.
     pub net: super::network::NetView,
+    /// Readiness and the restart policy's state (see `life`).
+    pub life: super::life::Life,
     /// What execs into the running container start from (its start's plan).
     pub exec_base: Option<Arc<crate::plan::exec::ExecBase>>,
     /// The properties last announced on the bus, to send only what changed.
@@ -109,6 +111,7 @@ impl Entry {
             security: BTreeMap::new(),
             paused: false,
             net: Default::default(),
+            life: Default::default(),
             exec_base: None,
             published: None,
         }
@@ -302,6 +305,7 @@ impl Registry {
         }
         if let Some(e) = self.entries.lock().unwrap().get_mut(name) {
             e.published = Some(e.info(name));
+            super::life::Life::changes(e);
         }
     }
 
@@ -319,16 +323,18 @@ impl Registry {
     /// Send one `PropertiesChanged` with every property of the container that changed since
     /// the last one.
     pub(super) async fn publish(&self, name: &str) {
-        let (before, after) = {
+        let (before, after, life) = {
             let mut entries = self.entries.lock().unwrap();
             let Some(e) = entries.get_mut(name) else {
                 return;
             };
             let after = e.info(name);
-            (e.published.replace(after.clone()), after)
+            let life = super::life::Life::changes(e);
+            (e.published.replace(after.clone()), after, life)
         };
         let Some(before) = before else { return };
-        let changed = changed_properties(&before, &after);
+        let mut changed = changed_properties(&before, &after);
+        changed.extend(life);
         if changed.is_empty() {
             return;
         }

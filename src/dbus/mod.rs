@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod containers;
 pub mod images;
+pub mod life;
 pub mod object_manager;
 pub mod options;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use zbus::{DBusError, OwnedObjectPath, OwnedVariant, Type, interface};
 pub use admission::{Held, Permit};
 pub use containers::{ContainerOps, ProcessInfo, ReloadResult};
 pub use images::ImageOps;
+pub use life::LifeInfo;
 pub use object_manager::ObjectManager;
 pub use options::Options;
 
@@ -267,6 +269,10 @@ pub trait Backend: ImageOps + ContainerOps + Send + Sync + 'static {
     /// directory image.
     fn image_id(&self, _name: &str) -> Option<String> {
         None
+    }
+    /// A container's readiness and restart policy (see [`LifeInfo`]).
+    fn life(&self, _name: &str) -> Option<LifeInfo> {
+        Some(LifeInfo::default())
     }
     fn import_image(
         &self,
@@ -1209,6 +1215,56 @@ impl Container {
         Ok(self.get()?.ports)
     }
 
+    /// Running and ready: without NotifyReady as soon as its command was executed, with it
+    /// once the payload sent READY=1 on its NOTIFY_SOCKET.
+    #[zbus(property)]
+    fn ready(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.life()?.ready)
+    }
+
+    /// The last STATUS= text its payload sent during this run (NotifyReady only).
+    #[zbus(property)]
+    fn status_text(&self) -> zbus::fdo::Result<String> {
+        Ok(self.life()?.status_text)
+    }
+
+    /// The payload gets a NOTIFY_SOCKET and is ready when it sends READY=1.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn notify_ready(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.life()?.notify_ready)
+    }
+
+    /// no, on-failure[:N], always or unless-stopped.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn restart_policy(&self) -> zbus::fdo::Result<String> {
+        Ok(self.life()?.restart_policy)
+    }
+
+    /// Restarts made by the restart policy since a user last started it.
+    #[zbus(property)]
+    fn restart_count(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.life()?.restart_count)
+    }
+
+    /// When the policy's pending restart is due (microseconds since the epoch; 0: none).
+    #[zbus(property)]
+    fn next_restart_at(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.life()?.next_restart_at)
+    }
+
+    /// Its health while it runs: starting, healthy or unhealthy; empty without a health
+    /// check (the HealthCmd option or the image's HEALTHCHECK) or when not running.
+    #[zbus(property)]
+    fn health(&self) -> zbus::fdo::Result<String> {
+        Ok(self.life()?.health)
+    }
+
+    /// Failed health checks in a row.
+    #[zbus(property)]
+    fn health_failures(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.life()?.health_failures)
+    }
+
     /// Run a command in the running container: in all of its namespaces and its scope's
     /// cgroup, with its payload's environment, user, capabilities, no_new_privs, SELinux label
     /// and seccomp filter. Options: Command (as; a program path or a name searched in the
@@ -1329,6 +1385,17 @@ impl Container {
                 options,
             )
             .await
+    }
+}
+
+impl Container {
+    fn life(&self) -> zbus::fdo::Result<LifeInfo> {
+        let b = self
+            .backend
+            .upgrade()
+            .ok_or_else(|| gone("container", &self.name))?;
+        b.life(&self.name)
+            .ok_or_else(|| gone("container", &self.name))
     }
 }
 

@@ -64,6 +64,12 @@ pub struct Definition {
         skip_serializing_if = "super::network::NetworkSettings::is_default"
     )]
     pub network: super::network::NetworkSettings,
+    /// Readiness and restart policy (`--notify-ready`, `--restart`; see [`super::lifecycle`]).
+    #[serde(
+        default,
+        skip_serializing_if = "super::lifecycle::Lifecycle::is_default"
+    )]
+    pub lifecycle: super::lifecycle::Lifecycle,
     /// `-v/--volume` entries as given: `HOST:CONTAINER[:OPTIONS]`, `NAME:CONTAINER[:OPTIONS]`
     /// (a named volume) or `CONTAINER` (an anonymous one); see [`crate::volume::mounts`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -7,6 +7,7 @@
 
 pub mod declared;
 pub mod definition;
+pub mod lifecycle;
 pub mod limits;
 pub mod network;
 pub mod props;
@@ -153,6 +154,8 @@ pub enum SpecError {
     Security(#[from] security::SecurityError),
     #[error(transparent)]
     Network(#[from] network::NetworkSpecError),
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
     /// A volume, bind mount or tmpfs (the message of [`crate::volume::VolumeError`]).
     #[error("{0}")]
     Mount(String),
@@ -192,6 +195,8 @@ pub struct ContainerSpec {
     pub image_id: Option<crate::image::Digest>,
     /// How it is networked (the image's EXPOSE ports are added at start for `-P`).
     pub network: crate::network::NetSpec,
+    /// Readiness and restart policy (see [`lifecycle`]).
+    pub life: lifecycle::LifeSpec,
     /// Volumes, bind mounts and tmpfs mounts, checked and bounded.
     pub mounts: Vec<crate::volume::MountSpec>,
     pub read_only: bool,
@@ -256,6 +261,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         (_, None) => None,
     };
     let network = network::check(&def.network, &limits, security.userns.request().is_some())?;
+    let life = lifecycle::check(&def.lifecycle, def.auto_remove)?;
     let mounts = check_mounts(def)?;
     let log_driver = match def.log_driver.as_deref() {
         None => crate::journal::LogDriver::default(),
@@ -273,6 +279,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         security,
         image_id,
         network,
+        life,
         mounts,
         read_only: def.read_only,
         ephemeral: def.ephemeral,
