@@ -18,6 +18,7 @@ mod start;
 mod stats;
 mod status;
 mod stop;
+mod unit;
 mod verbs;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -282,6 +283,13 @@ pub enum Command {
     Network(network::NetworkArgs),
     /// List a container's published ports.
     Port(port::PortArgs),
+    /// Start the container at boot: enable berth@NAME.service (through machines.target).
+    Enable(unit::EnableArgs),
+    /// No longer start the container at boot.
+    Disable(unit::EnableArgs),
+    /// berth@.service's ExecStart: run NAME held by the calling unit (not for use by hand).
+    #[command(name = "unit-start")]
+    UnitStart(unit::UnitStartArgs),
     /// Write a container's root file system (its changes over its image) as a tarball.
     Export {
         name: String,
@@ -392,6 +400,9 @@ pub fn main() -> u8 {
             Command::Generate { dir } => docs::generate(&dir),
             Command::Network(a) => network::run(a).await,
             Command::Port(a) => port::run(a).await,
+            Command::Enable(a) => unit::enable(a, true).await,
+            Command::Disable(a) => unit::enable(a, false).await,
+            Command::UnitStart(a) => unit::unit_start(a).await,
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;

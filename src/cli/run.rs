@@ -404,7 +404,7 @@ pub async fn create(a: CreateArgs) -> CliResult {
 }
 
 /// The payload's stdio: ours, passed over the bus.
-fn stdio_options() -> CliResult<Options> {
+pub(super) fn stdio_options() -> CliResult<Options> {
     let mut m = Options::default();
     let fds = [
         (

@@ -112,7 +112,7 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
     })
 }
 
-fn stdio(options: Options) -> Result<Stdio> {
+pub(super) fn stdio(options: Options) -> Result<Stdio> {
     let mut o = options.check(START_OPTIONS)?;
     let mut fds: [Option<OwnedFd>; 3] = [None, None, None];
     for (slot, key) in START_OPTIONS.iter().enumerate() {

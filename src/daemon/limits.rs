@@ -13,7 +13,6 @@ use super::store;
 use super::table::{Registry, State, path};
 use crate::cgroup::{self, Cgroup, OomWatch};
 use crate::dbus::{self, StatsInfo};
-use crate::name;
 use crate::spec::{limits, props};
 use crate::systemd::properties::{self, Property};
 
@@ -263,7 +262,7 @@ impl Registry {
             .flat_map(|k| properties::key_properties(&in_force, k))
             .collect();
         props.extend(raw_props);
-        let unit = name::scope_unit(&name);
+        let unit = self.unit_of(&name);
         self.systemd
             .set_unit_properties(&unit, runtime, &props)
             .await

@@ -7,6 +7,7 @@ mod failpoint;
 mod images;
 mod lifecycle;
 mod limits;
+mod machined;
 mod network;
 mod notify;
 mod ops;
@@ -19,6 +20,7 @@ mod space;
 mod start;
 mod store;
 mod table;
+mod unit;
 mod verbs;
 
 use std::path::PathBuf;
@@ -159,6 +161,7 @@ async fn serve(
     registry.open_network().await;
     registry.recover(stored).await;
     registry.reconcile_network().await;
+    registry.open_machined().await;
     registry.export_images().await;
     registry.apply_declared_at_start().await;
     let server = conn.object_server();

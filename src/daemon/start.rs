@@ -34,6 +34,8 @@ pub(super) struct Launched {
     pub pidfd: OwnedFd,
     pub memfd: OwnedFd,
     pub stop_signal: Signal,
+    /// The `berth@` unit that holds it, when one does.
+    pub held_by: Option<String>,
 }
 
 /// The name of a container's exit-status descriptor in systemd's FD store.
@@ -74,6 +76,25 @@ impl Drop for Timer<'_> {
 
 impl Registry {
     pub(super) async fn start(&self, name: String, stdio: Stdio) -> Result<()> {
+        self.start_held_or_not(name, stdio, None).await
+    }
+
+    /// Start in a `berth@` unit (see `unit`).
+    pub(super) async fn start_held(
+        &self,
+        name: String,
+        stdio: Stdio,
+        held: super::unit::Held,
+    ) -> Result<()> {
+        self.start_held_or_not(name, stdio, Some(held)).await
+    }
+
+    async fn start_held_or_not(
+        &self,
+        name: String,
+        stdio: Stdio,
+        held: Option<super::unit::Held>,
+    ) -> Result<()> {
         let _whole = Timer::new(&name, "start (berthd)");
         let (spec, previous) = self.with(&name, |e| match e.state {
             State::Created | State::Exited => {
@@ -91,7 +112,7 @@ impl Registry {
         self.record_start_intent(&name);
         super::failpoint::hit("start:after-intent");
         let mut net = super::network::NetStart::default();
-        match self.launch(&spec, stdio, &mut net).await {
+        match self.launch(&spec, stdio, &mut net, held).await {
             Ok(l) => {
                 self.started(&name, l).await;
                 Ok(())
@@ -116,6 +137,7 @@ impl Registry {
             started_at,
             exit_status: -1,
             oom_seen: Some(0),
+            held_by: l.held_by.clone(),
             ..Default::default()
         };
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
@@ -136,6 +158,7 @@ impl Registry {
             e.paused = false;
             e.oom_seen = Some(0);
             e.exited.send_replace(None);
+            e.held_by = l.held_by.clone();
         });
         if recorded.is_err() {
             warn!("container {name} vanished while it started, ignoring");
@@ -146,6 +169,10 @@ impl Registry {
                 .watch_leader(name.to_string(), pidfd, Some(l.memfd)),
         );
         self.publish(name).await;
+        // Off the start path: the registration is one more bus round trip.
+        let me = self.arc();
+        let n = name.to_string();
+        tokio::spawn(async move { me.register_machine(&n).await });
         info!("started container {name}, leader {}", l.pid);
     }
 
@@ -193,7 +220,12 @@ impl Registry {
         spec: &ContainerSpec,
         stdio: Stdio,
         net: &mut super::network::NetStart,
+        held: Option<super::unit::Held>,
     ) -> Result<Launched> {
+        let (held_unit, held_helper) = match held {
+            Some(h) => (Some(h.unit), Some(h.helper)),
+            None => (None, None),
+        };
         let name = spec.name();
         let (plan, root_source, stop_signal, fds) = {
             let _t = Timer::new(name, "plan");
@@ -256,7 +288,10 @@ impl Registry {
 
         let helper = {
             let _t = Timer::new(name, "exec helper");
-            Helper::spawn(&self.helper, self.helper_image.as_ref())?
+            match held_helper {
+                Some(h) => h,
+                None => Helper::spawn(&self.helper, self.helper_image.as_ref())?,
+            }
         };
         let (pid, pidfd, sock) = {
             let _t = Timer::new(name, "namespaces (sync #1-#2)");
@@ -331,6 +366,9 @@ impl Registry {
         // the start only once.
         let scope = async {
             let _t = Timer::new(name, "scope");
+            if let Some(u) = &held_unit {
+                return self.attach_held(u, pid, spec).await;
+            }
             let props = systemd::scope_properties(&format!("berth container {name}"), pid as u32)
                 .extend(properties::device_policy(&spec.limits))
                 .extend(properties::limit_properties(&spec.limits))
@@ -379,6 +417,7 @@ impl Registry {
                 pidfd,
                 memfd,
                 stop_signal,
+                held_by: held_unit,
             }),
             Ok((
                 FromHelper::Failed {

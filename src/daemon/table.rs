@@ -82,6 +82,8 @@ pub struct Entry {
     pub paused: bool,
     /// Its addresses and published ports while it runs.
     pub net: super::network::NetView,
+    /// The `berth@` unit that holds the current (or last) run, when one does.
+    pub held_by: Option<String>,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -107,6 +109,7 @@ impl Entry {
             security: BTreeMap::new(),
             paused: false,
             net: Default::default(),
+            held_by: None,
             published: None,
         }
     }
@@ -119,7 +122,10 @@ impl Entry {
             } else {
                 self.state.as_str().into()
             },
-            unit: name::scope_unit(name),
+            unit: self
+                .held_by
+                .clone()
+                .unwrap_or_else(|| name::scope_unit(name)),
             leader: self.leader.map(|p| p as u32).unwrap_or(0),
             image: self.spec.definition.image.clone().unwrap_or_default(),
             root_directory: self.shown_root.display().to_string(),

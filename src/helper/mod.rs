@@ -17,6 +17,7 @@
 //! 3. The leader stays as the container's PID 1 ([`init::supervise`]) with no capability but
 //!    CAP_KILL (to pass signals on to a payload of another uid).
 
+pub mod held;
 mod init;
 pub mod user;
 
@@ -48,13 +49,21 @@ pub fn main() -> ! {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         die("PR_SET_PDEATHSIG", e);
     }
-    // Nothing berthd's process leaked may reach the container.
-    if let Err(e) = sys::close_from(SOCKET_FD + 1) {
-        die("close inherited descriptors", e);
-    }
-    let sock = match sys::take_inherited_fd(SOCKET_FD) {
-        Ok(s) => s,
-        Err(e) => die("the protocol socket (descriptor 3)", e),
+    let held = std::env::args_os().nth(1).is_some_and(|a| a == held::ARG);
+    let sock = if held {
+        match held::take_socket() {
+            Ok(s) => s,
+            Err(e) => die("the protocol socket (standard input)", e),
+        }
+    } else {
+        // Nothing berthd's process leaked may reach the container.
+        if let Err(e) = sys::close_from(SOCKET_FD + 1) {
+            die("close inherited descriptors", e);
+        }
+        match sys::take_inherited_fd(SOCKET_FD) {
+            Ok(s) => s,
+            Err(e) => die("the protocol socket (descriptor 3)", e),
+        }
     };
     // The socket was passed without close-on-exec; the payload must not inherit it.
     if let Err(e) = nix::fcntl::fcntl(
@@ -94,10 +103,14 @@ pub fn main() -> ! {
             ),
         ),
     };
-    run(sock, &plan, fds)
+    let notifier = match held.then(held::Notifier::from_env).transpose() {
+        Ok(n) => n,
+        Err(m) => fail(&sock, (Step::Protocol, Errno::EINVAL, m)),
+    };
+    run(sock, &plan, fds, notifier)
 }
 
-fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
+fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held::Notifier>) -> ! {
     let mut sys = Real;
     // The network namespace to join comes last, after the exit-status memfd.
     let netns = if plan.namespaces.join_net {
@@ -111,13 +124,30 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
             join_network(&mut sys, plan, netns.as_ref().map(|f| f.as_fd()))?;
             drop(netns);
             before_clone(&mut sys, plan)?;
-            let c = sys::process::clone3_single_threaded(plan.namespaces.at_clone())
+            // In a unit, the leader is the service manager's child (see `held`).
+            let parent = match notifier {
+                Some(_) => nix::sched::CloneFlags::CLONE_PARENT,
+                None => nix::sched::CloneFlags::empty(),
+            };
+            let c = sys::process::clone3_single_threaded(plan.namespaces.at_clone() | parent)
                 .map_err(|e| (Step::Namespaces, e, "clone3 into new namespaces".into()))?;
             Ok((payload, c))
         });
     let payload = match cloned {
         Err(failure) => fail(&sock, failure),
-        Ok((_, Cloned::Parent(_, pidfd))) => {
+        Ok((_, Cloned::Parent(pid, pidfd))) => {
+            if let Some(n) = &notifier
+                && let Err(e) = n.send(&format!("MAINPID={pid}"))
+            {
+                fail(
+                    &sock,
+                    (
+                        Step::Fork,
+                        Errno::EPIPE,
+                        format!("tell the unit its main process: {e}"),
+                    ),
+                );
+            }
             match protocol::send(sock.as_fd(), &FromHelper::Forked, &[pidfd.as_fd()]) {
                 Ok(()) => std::process::exit(0),
                 Err(e) => fail(
@@ -147,6 +177,12 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
                 // berthd went away before it learnt that the payload runs; a restarted
                 // berthd adopts the container from its records or not at all. PID 1 goes on
                 // either way.
+            }
+            if let Some(n) = notifier
+                && let Err(e) = n.send("READY=1")
+            {
+                // The unit's start then times out and systemd stops the container.
+                eprintln!("berth-helper: cannot tell the unit the container runs: {e}");
             }
             init::become_init(pid, status_fd, devnull, sock)
         }

@@ -6,6 +6,7 @@
 
 pub mod pidfd_getfd;
 pub mod process;
+pub mod rtsig;
 pub mod spawn;
 pub mod syscall;
 
