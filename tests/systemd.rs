@@ -83,7 +83,7 @@ fn machinectl_terminate_kill_and_poweroff_end_the_container_and_berthd_records_i
     });
     ok("machinectl poweroff mterm");
     wait_exited("mterm");
-    assert_ne!(prop("mterm", "ExitStatus"), "-1");
+    assert_eq!(prop("mterm", "ExitStatus"), "143");
     wait_gone("mterm");
     ok("berthctl rm mterm");
 }
@@ -134,4 +134,173 @@ fn no_stale_machine_after_a_container_dies_while_berthd_is_down() {
     assert_eq!(listed("mdead"), 0);
     ok("systemctl stop ghost-leader.service");
     ok("berthctl rm mdead");
+}
+
+fn unit(name: &str, p: &str) -> String {
+    ok(&format!(
+        "systemctl show -p {p} --value berth@{name}.service"
+    ))
+}
+
+fn wait_unit(name: &str, state: &str) {
+    wait_until(&format!("berth@{name} to be {state}"), || {
+        unit(name, "ActiveState") == state
+    });
+}
+
+fn cleanup_unit(name: &str) {
+    sh(&format!(
+        "systemctl stop berth@{name}; systemctl reset-failed berth@{name}; berthctl rm -f {name}"
+    ));
+}
+
+#[test]
+fn a_berth_unit_holds_its_container_in_its_own_cgroup() {
+    ok("berthctl create --name uhold -- sleep 1000");
+    ok("systemctl start berth@uhold");
+    // Type=notify: active once the payload runs, and the container's PID 1 is the main
+    // process, a child of the service manager.
+    assert_eq!(unit("uhold", "ActiveState"), "active");
+    assert_eq!(unit("uhold", "Type"), "notify");
+    let main = unit("uhold", "MainPID");
+    assert_eq!(prop("uhold", "Leader"), main);
+    assert_eq!(prop("uhold", "State"), "running");
+    assert_eq!(prop("uhold", "Unit"), "berth@uhold.service");
+    assert_eq!(ok(&format!("ps -o ppid= -p {main}")), "1");
+    let cg = ok(&format!("cat /proc/{main}/cgroup"));
+    assert!(
+        cg.lines()
+            .any(|l| l == "0::/machine.slice/berth@uhold.service/payload"),
+        "{cg}"
+    );
+    // status shows the container's processes; no berthctl is left in the unit.
+    let status = ok("systemctl status berth@uhold --no-pager");
+    assert!(status.contains("sleep 1000"), "{status}");
+    assert!(status.contains("payload"), "{status}");
+    let procs = ok(
+        "d=/sys/fs/cgroup/unified; [ -d $d ] || d=/sys/fs/cgroup; cg=$d$(systemctl show -p ControlGroup --value berth@uhold); for p in $(cat $cg/cgroup.procs $cg/payload/cgroup.procs); do cat /proc/$p/comm; done | sort | tr '\\n' ' '",
+    );
+    assert_eq!(procs, "berth-helper sleep", "{status}");
+    // The unit's accounting is the container's, and set-property reaches its cgroup.
+    assert_ne!(unit("uhold", "TasksCurrent"), "0");
+    ok("systemctl set-property --runtime berth@uhold MemoryMax=48M");
+    let limit = ok(
+        "cat /sys/fs/cgroup/memory/machine.slice/berth@uhold.service/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/machine.slice/berth@uhold.service/memory.max",
+    );
+    assert_eq!(limit, "50331648");
+    // machined knows it under the unit.
+    wait_until("machine uhold", || machine("uhold", "Name").is_some());
+    assert_eq!(machine("uhold", "Unit").unwrap(), "berth@uhold.service");
+    assert_eq!(machine("uhold", "Leader").unwrap(), main);
+    // systemctl stop: clean, and berthd has recorded the exit before it returns.
+    ok("systemctl stop berth@uhold");
+    assert_eq!(unit("uhold", "ActiveState"), "inactive");
+    assert_eq!(unit("uhold", "Result"), "success");
+    assert_eq!(prop("uhold", "State"), "exited");
+    assert_eq!(prop("uhold", "ExitStatus"), "143");
+    wait_gone("uhold");
+    cleanup_unit("uhold");
+}
+
+#[test]
+fn kill_9_of_berthd_or_berthctl_changes_nothing_for_the_unit() {
+    ok("berthctl create --name ukill -- sleep 1000");
+    ok("systemctl start berth@ukill");
+    let main = unit("ukill", "MainPID");
+    // berthctl exec'd the helper in place and is gone: nothing of it to kill.
+    assert_eq!(code("pgrep -x berthctl"), 1);
+    ok("systemctl kill -s KILL berthd");
+    wait_berthd();
+    assert_eq!(unit("ukill", "ActiveState"), "active");
+    assert_eq!(unit("ukill", "MainPID"), main);
+    assert_eq!(prop("ukill", "State"), "running");
+    assert_eq!(prop("ukill", "Leader"), main);
+    // A kill -9 of a berthctl talking to berthd meanwhile is nothing to the unit either.
+    sh("berthctl wait ukill >/dev/null 2>&1 & sleep 0.3; pkill -9 -x berthctl; true");
+    assert_eq!(unit("ukill", "ActiveState"), "active");
+    assert_eq!(unit("ukill", "MainPID"), main);
+    // berthctl stop of a unit-run container: the unit ends inactive, not failed.
+    ok("berthctl stop ukill");
+    wait_unit("ukill", "inactive");
+    assert_eq!(unit("ukill", "Result"), "success");
+    assert_eq!(prop("ukill", "ExitStatus"), "143");
+    cleanup_unit("ukill");
+}
+
+#[test]
+fn systemctl_kill_restart_and_the_exit_status_act_on_the_container() {
+    ok("berthctl create --name usig -- sleep 1000");
+    ok("systemctl start berth@usig");
+    let first = unit("usig", "MainPID");
+    ok("systemctl restart berth@usig");
+    assert_eq!(unit("usig", "ActiveState"), "active");
+    let second = unit("usig", "MainPID");
+    assert_ne!(first, second);
+    assert_eq!(prop("usig", "Leader"), second);
+    assert_eq!(code(&format!("kill -0 {first}")), 1);
+    // --kill-whom=main with a signal the payload's PID 1 passes on.
+    ok("systemctl kill --kill-whom=main -s USR1 berth@usig");
+    wait_unit("usig", "failed");
+    assert_eq!(prop("usig", "ExitStatus"), "138");
+    // SIGKILL to everything: the container dies, the unit says so, berthd records 137.
+    ok("systemctl reset-failed berth@usig; systemctl start berth@usig");
+    let killed = unit("usig", "MainPID");
+    ok("systemctl kill -s KILL berth@usig");
+    wait_unit("usig", "failed");
+    assert_eq!(unit("usig", "Result"), "signal");
+    wait_exited("usig");
+    assert_eq!(prop("usig", "ExitStatus"), "137");
+    assert_eq!(code(&format!("kill -0 {killed}")), 1);
+    assert_eq!(unit("usig", "TasksCurrent"), "[not set]");
+    cleanup_unit("usig");
+    // The container's exit status is the unit's.
+    ok("berthctl create --name uexit -- /bin/sh -c 'sleep 0.3; exit 7'");
+    ok("systemctl start berth@uexit");
+    wait_unit("uexit", "failed");
+    assert_eq!(unit("uexit", "ExecMainStatus"), "7");
+    assert_eq!(unit("uexit", "Result"), "exit-code");
+    wait_exited("uexit");
+    assert_eq!(prop("uexit", "ExitStatus"), "7");
+    cleanup_unit("uexit");
+}
+
+#[test]
+fn a_unit_for_a_container_that_does_not_exist_fails_at_once() {
+    let before = leftovers();
+    let t = std::time::Instant::now();
+    assert_eq!(code("systemctl start berth@nosuch"), 1);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(unit("nosuch", "ActiveState"), "failed");
+    assert_eq!(unit("nosuch", "ExecMainStatus"), "3");
+    let log = ok("journalctl -u berth@nosuch --no-pager -o cat");
+    assert!(log.contains("nosuch"), "{log}");
+    ok("systemctl reset-failed berth@nosuch");
+    assert_eq!(leftovers(), before);
+    // unit-start outside its unit is refused, with nothing made.
+    ok("berthctl create --name unot -- true");
+    assert_eq!(code("berthctl unit-start unot"), 4);
+    assert_eq!(prop("unot", "State"), "created");
+    ok("berthctl rm unot");
+}
+
+#[test]
+fn enable_and_disable_start_the_container_at_boot_through_machines_target() {
+    ok("berthctl create --name uboot -- sleep 1000");
+    assert_eq!(ok("berthctl enable uboot"), "enabled berth@uboot.service");
+    assert_eq!(ok("systemctl is-enabled berth@uboot.service"), "enabled");
+    assert_eq!(ok("systemctl is-enabled machines.target"), "enabled");
+    let wants = ok("systemctl show -p Wants --value machines.target");
+    assert!(wants.contains("berth@uboot.service"), "{wants}");
+    // What boot does: machines.target pulls it in.
+    ok("systemctl start machines.target");
+    wait_unit("uboot", "active");
+    assert_eq!(prop("uboot", "State"), "running");
+    // Enabling twice changes nothing.
+    assert_eq!(ok("berthctl enable uboot"), "");
+    ok("berthctl disable uboot");
+    assert_eq!(code("systemctl is-enabled -q berth@uboot.service"), 1);
+    // Unknown container: typed error, exit 3, nothing enabled.
+    assert_eq!(code("berthctl enable nosuch"), 3);
+    assert_eq!(code("systemctl is-enabled -q berth@nosuch.service"), 1);
+    cleanup_unit("uboot");
 }
