@@ -6,10 +6,12 @@
 pub mod caps;
 pub mod cgroup;
 pub mod cli;
+pub mod copy;
 pub mod daemon;
 pub mod dbus;
 pub mod helper;
 pub mod image;
+pub mod journal;
 pub mod mount;
 pub mod name;
 pub mod network;
@@ -17,6 +19,7 @@ pub mod ns;
 pub mod plan;
 pub mod polkit;
 pub mod protocol;
+pub mod pty;
 pub mod seccomp;
 pub mod selinux;
 pub mod spawn;
@@ -26,3 +29,4 @@ pub mod systemd;
 #[cfg(test)]
 pub(crate) mod testbus;
 pub mod userns;
+pub mod volume;

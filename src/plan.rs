@@ -2,6 +2,8 @@
 //! [`ContainerSpec`] by the per-concern modules ([`crate::ns`], [`crate::mount`], the process
 //! settings here), and tested without root. The helper only applies it.
 
+pub mod exec;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,15 @@ pub struct ProcessPlan {
     /// (the environment had none). `None`: `env` is complete.
     pub home: Option<String>,
     pub rlimits: Vec<Ulimit>,
+    /// Which of stdin, stdout and stderr are a terminal allocated in the container's own
+    /// devpts (the payload's controlling terminal; its master goes to the caller). None: no
+    /// terminal.
+    #[serde(default)]
+    pub terminal: [bool; 3],
+    /// The terminal's size (rows, columns) before the payload runs, so that its first look
+    /// at the size is the caller's; `None`: the kernel's 0×0 until the caller sets one.
+    #[serde(default)]
+    pub window: Option<(u16, u16)>,
 }
 
 /// What berthd decided for the plan besides the spec: the ID range, the label, the compiled
@@ -179,6 +190,8 @@ pub fn build(
             user,
             home,
             rlimits,
+            terminal: [false; 3],
+            window: None,
         },
         security: SecurityPlan {
             id_maps: decided.id_maps,

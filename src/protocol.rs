@@ -14,6 +14,11 @@
 //!    addresses, routes, forwards, and the generated /etc files); go on.
 //! 4. leader → berthd, [`FromHelper::Started`] once the payload has exec'd, or
 //!    [`FromHelper::Failed`] at any step before that.
+//!
+//! An exec into a running container ([`ToHelper::Exec`], its [`ExecPlan`] in a sealed memfd)
+//! and a live bind mount ([`ToHelper::Bind`]) are one exchange each: the request, then
+//! [`FromHelper::Execed`] (the command runs; its pidfd) or [`FromHelper::Bound`], or
+//! [`FromHelper::Failed`].
 
 use std::io::{IoSlice, IoSliceMut, Read, Seek, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::plan::Plan;
+use crate::plan::exec::{BindPlan, ExecPlan};
 
 /// The largest inline message either side sends (the plan travels in a memfd).
 pub const MAX_MESSAGE: usize = 16 * 1024;
@@ -31,14 +37,15 @@ pub const MAX_PLAN: u64 = 8 << 20;
 /// Descriptors that travel with the plan, in this order: the plan memfd, stdin, stdout,
 /// stderr, the exit-status memfd.
 pub const PLAN_FDS: usize = 5;
+/// The most descriptors any message carries: sync #3 brings the root and one detached mount
+/// per bind mount or volume (at most [`crate::volume::mounts::MAX_MOUNTS`], plus the image's
+/// anonymous volumes, bounded the same way).
+pub const MAX_FDS: usize = 2 * crate::volume::mounts::MAX_MOUNTS + 8;
 /// The descriptors a plan travels with: [`PLAN_FDS`], and the network namespace to join last
 /// when the plan says so (`--network container:NAME`).
 pub fn plan_fds(plan: &Plan) -> usize {
     PLAN_FDS + usize::from(plan.namespaces.join_net)
 }
-
-/// The most descriptors any message carries.
-const MAX_FDS: usize = 8;
 
 /// The sync points of a start, in order (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,8 +72,15 @@ impl std::fmt::Display for Sync {
 pub enum ToHelper {
     /// Sync #1; the plan itself is in the first descriptor.
     Plan,
-    /// Sync #3; carries the container's root, a detached mount.
+    /// Sync #3; carries the container's root, a detached mount, then the detached mounts the
+    /// plan's `MountOp::Attach` operations name by index.
     Release,
+    /// Run a command in a running container: an [`ExecPlan`] in the first descriptor, the
+    /// leader's pidfd in the second, then the standard streams the plan says were passed.
+    Exec,
+    /// Mount into a running container: a [`BindPlan`] in the first descriptor, the leader's
+    /// pidfd, and the detached mount.
+    Bind,
 }
 
 /// The step at which the helper or leader failed.
@@ -90,10 +104,14 @@ pub enum Step {
     Seccomp,
     /// The payload could not be executed (errno ENOENT: no such command).
     Exec,
+    /// Joining a running container: its cgroup and namespaces.
+    Join,
+    /// Allocating or setting up the terminal.
+    Terminal,
 }
 
 impl Step {
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 18] = [
         Step::Protocol,
         Step::Namespaces,
         Step::Fork,
@@ -110,6 +128,8 @@ impl Step {
         Step::Label,
         Step::Seccomp,
         Step::Exec,
+        Step::Join,
+        Step::Terminal,
     ];
 
     /// The step with this number (`step as i32`); unknown numbers are `Exec`.
@@ -125,8 +145,13 @@ impl Step {
 pub enum FromHelper {
     /// Sync #2; carries the leader's pidfd.
     Forked,
-    /// Sync #4.
+    /// Sync #4; carries the master of the container's terminal when the plan asked for one.
     Started,
+    /// An exec runs: `pid` (in berthd's PID namespace); carries its pidfd, and the terminal's
+    /// master when the plan asked for one.
+    Execed { pid: i32 },
+    /// A live bind mount is in place.
+    Bound,
     Failed {
         step: Step,
         errno: i32,
@@ -226,9 +251,23 @@ pub fn expect_fds(fds: &[OwnedFd], want: usize) -> Result<(), ProtocolError> {
 /// Write the plan into a sealed memfd: the helper reads it whole, and nobody can change it
 /// after berthd checked it.
 pub fn plan_memfd(plan: &Plan) -> Result<OwnedFd, ProtocolError> {
+    sealed_json(plan)
+}
+
+/// An exec plan in a sealed memfd, as [`plan_memfd`].
+pub fn exec_memfd(plan: &ExecPlan) -> Result<OwnedFd, ProtocolError> {
+    sealed_json(plan)
+}
+
+/// A bind plan in a sealed memfd, as [`plan_memfd`].
+pub fn bind_memfd(plan: &BindPlan) -> Result<OwnedFd, ProtocolError> {
+    sealed_json(plan)
+}
+
+fn sealed_json<T: Serialize>(value: &T) -> Result<OwnedFd, ProtocolError> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
-    let bytes = serde_json::to_vec(plan)?;
+    let bytes = serde_json::to_vec(value)?;
     if bytes.len() as u64 > MAX_PLAN {
         return Err(ProtocolError::PlanTooLarge(bytes.len() as u64));
     }
@@ -253,6 +292,11 @@ pub fn plan_memfd(plan: &Plan) -> Result<OwnedFd, ProtocolError> {
 
 /// Read a plan from the memfd berthd sent.
 pub fn read_plan(fd: OwnedFd) -> Result<Plan, ProtocolError> {
+    read_sealed(fd)
+}
+
+/// Read an exec or bind plan from the memfd berthd sent.
+pub fn read_sealed<T: for<'de> Deserialize<'de>>(fd: OwnedFd) -> Result<T, ProtocolError> {
     let mut f = std::fs::File::from(fd);
     let len = f.metadata().map_err(ProtocolError::Plan)?.len();
     if len > MAX_PLAN {

@@ -370,9 +370,113 @@ fn blkio_totals(text: &str) -> (u64, u64) {
     (r, w)
 }
 
+/// The `cgroup.procs` files of the cgroup a process is in, one per mounted hierarchy (cgroup2
+/// and every v1 hierarchy, `name=systemd` included): writing `0` into each moves the writer
+/// there, as `runc exec` joins a container. `mountinfo` is the reader's `/proc/self/mountinfo`,
+/// `proc_cgroup` the process's `/proc/PID/cgroup` (paths relative to the reader's cgroup
+/// namespace). A hierarchy that is not mounted is left out.
+pub fn procs_files(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
+    // (controllers of a v1 mount, or None for cgroup2; mount point; root inside the hierarchy)
+    let mut mounts: Vec<(Option<Vec<String>>, PathBuf, String)> = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(root), Some(mnt), Some(fstype), Some(opts)) = (
+            fields.get(3),
+            fields.get(4),
+            fields.get(sep + 1),
+            fields.get(sep + 3),
+        ) else {
+            continue;
+        };
+        let ctrls = match *fstype {
+            "cgroup2" => None,
+            "cgroup" => Some(
+                opts.split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro" | "xattr" | "nsdelegate"))
+                    .map(String::from)
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        mounts.push((
+            ctrls,
+            PathBuf::from(unescape_octal(mnt)),
+            unescape_octal(root),
+        ));
+    }
+    let mut out = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut it = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let want: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+        let found = mounts.iter().find(|(have, _, _)| match have {
+            None => want.is_empty(),
+            Some(have) => !want.is_empty() && want.iter().all(|w| have.iter().any(|h| h == w)),
+        });
+        let Some((_, mnt, root)) = found else {
+            continue;
+        };
+        // A hierarchy mounted from a subdirectory shows paths below it.
+        let Some(rel) = path
+            .strip_prefix(root.as_str())
+            .or_else(|| path.strip_prefix('/'))
+        else {
+            continue;
+        };
+        let dir = mnt.join(rel.trim_start_matches('/'));
+        let procs = dir.join("cgroup.procs");
+        if !out.contains(&procs) {
+            out.push(procs);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_hierarchy_of_a_process_has_its_procs_file() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+36 30 0:32 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+";
+        let cg = "\
+12:memory:/machine.slice/berth-web.scope
+4:cpu,cpuacct:/machine.slice/berth-web.scope
+1:name=systemd:/machine.slice/berth-web.scope
+0::/machine.slice/berth-web.scope
+9:freezer:/
+";
+        let files = procs_files(mountinfo, cg);
+        let s: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            s,
+            [
+                "/sys/fs/cgroup/memory/machine.slice/berth-web.scope/cgroup.procs",
+                "/sys/fs/cgroup/cpu,cpuacct/machine.slice/berth-web.scope/cgroup.procs",
+                "/sys/fs/cgroup/systemd/machine.slice/berth-web.scope/cgroup.procs",
+                "/sys/fs/cgroup/unified/machine.slice/berth-web.scope/cgroup.procs",
+            ]
+        );
+        // The unified layout: one file.
+        let unified = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            procs_files(unified, "0::/machine.slice/x.scope\n"),
+            [PathBuf::from(
+                "/sys/fs/cgroup/machine.slice/x.scope/cgroup.procs"
+            )]
+        );
+    }
 
     const HYBRID_MOUNTS: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

@@ -2,11 +2,16 @@
 //! through the proxies generated from [`crate::dbus`], renders tables or JSON. One file per
 //! verb; exit codes in [`Exit`].
 
+mod attach;
+mod bind;
+mod cp;
 mod docs;
+mod exec;
 mod format;
 mod image;
 mod kill;
 mod list;
+mod logs;
 mod network;
 mod output;
 mod port;
@@ -20,6 +25,7 @@ mod status;
 mod stop;
 mod unit;
 mod verbs;
+mod volume;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -85,7 +91,11 @@ impl From<dbus::Error> for CliError {
     fn from(e: dbus::Error) -> Self {
         use dbus::Error as E;
         let (exit, msg) = match e {
-            E::NoSuchContainer(m) | E::NoSuchImage(m) | E::NoSuchNetwork(m) => (Exit::NotFound, m),
+            E::NoSuchContainer(m)
+            | E::NoSuchImage(m)
+            | E::NoSuchNetwork(m)
+            | E::NoSuchVolume(m)
+            | E::NoSuchExec(m) => (Exit::NotFound, m),
             E::InvalidArgument(m) => (Exit::InvalidArgument, m),
             E::InvalidState(m) => (Exit::InvalidState, m),
             E::AlreadyExists(m) => (Exit::AlreadyExists, m),
@@ -290,6 +300,18 @@ pub enum Command {
     /// berth@.service's ExecStart: run NAME held by the calling unit (not for use by hand).
     #[command(name = "unit-start")]
     UnitStart(unit::UnitStartArgs),
+    /// Run a command in a running container (its namespaces, cgroup, user and confinement).
+    Exec(exec::ExecArgs),
+    /// An interactive shell in a running container (the user's shell, else /bin/sh).
+    Shell(exec::ShellArgs),
+    /// Show a container's output from the journal.
+    Logs(logs::LogsArgs),
+    /// Copy files and directories into or out of a running container.
+    Cp(cp::CpArgs),
+    /// Mount a host file or directory into a running container.
+    Bind(bind::BindArgs),
+    /// Manage named volumes: create, ls, rm, inspect.
+    Volume(volume::VolumeArgs),
     /// Write a container's root file system (its changes over its image) as a tarball.
     Export {
         name: String,
@@ -403,6 +425,12 @@ pub fn main() -> u8 {
             Command::Enable(a) => unit::enable(a, true).await,
             Command::Disable(a) => unit::enable(a, false).await,
             Command::UnitStart(a) => unit::unit_start(a).await,
+            Command::Exec(a) => exec::exec(a).await,
+            Command::Shell(a) => exec::shell(a).await,
+            Command::Logs(a) => logs::run(a).await,
+            Command::Cp(a) => cp::run(a).await,
+            Command::Volume(a) => volume::run(a).await,
+            Command::Bind(a) => bind::run(a).await,
             Command::Export { name, file } => {
                 let fd = image::output_fd(&file)?;
                 let (_conn, proxy) = manager().await?;

@@ -1,7 +1,7 @@
 //! `berthctl run` and `berthctl create`.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 
 use clap::Args;
 use futures_util::FutureExt;
@@ -9,6 +9,7 @@ use zbus::{OwnedVariant, Variant};
 
 use super::{CliError, CliResult, Exit, manager};
 use crate::dbus::{ManagerProxy, Options};
+use crate::pty::ProxyEnd;
 use crate::spec::limits;
 
 /// What defines a container (shared by run and create).
@@ -51,6 +52,12 @@ pub struct ContainerOpts {
     /// DeviceAllow, RuntimeMaxSec, …; see README). Repeatable. (-p is --publish.)
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
+    #[command(flatten)]
+    pub storage: StorageOpts,
+    /// Where stdout and stderr go when berthctl does not pass them (detached, `start`,
+    /// `berth@`): journald (default), none, or passthrough.
+    #[arg(long = "log-driver", value_name = "DRIVER")]
+    pub log_driver: Option<String>,
     /// A label KEY=VALUE, shown by ps and inspect and matched by ps --filter label=. Repeatable.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -107,6 +114,33 @@ impl ContainerOpts {
         }
         (Some(image), args)
     }
+}
+
+/// Volumes, bind mounts, tmpfs and the root's writability (see `crate::volume::mounts`).
+#[derive(Debug, Args)]
+pub struct StorageOpts {
+    /// HOST-PATH:PATH[:ro|rw][,idmap], VOLUME:PATH[:OPTS] (a named volume) or PATH (an
+    /// anonymous volume). Repeatable.
+    #[arg(
+        long = "volume",
+        short = 'v',
+        value_name = "SPEC",
+        help_heading = "Storage"
+    )]
+    pub volumes: Vec<String>,
+    /// type=bind|volume|tmpfs,source=…,target=…[,readonly][,idmap] (docker's syntax).
+    /// Repeatable.
+    #[arg(long = "mount", value_name = "SPEC", help_heading = "Storage")]
+    pub mounts: Vec<String>,
+    /// A tmpfs on PATH[:size=…,mode=…]. Repeatable.
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]", help_heading = "Storage")]
+    pub tmpfs: Vec<String>,
+    /// A read-only root file system, with a writable /run and /tmp.
+    #[arg(long = "read-only", help_heading = "Storage")]
+    pub read_only: bool,
+    /// Discard the writable layer when the container exits: each start begins from the image.
+    #[arg(long, help_heading = "Storage")]
+    pub ephemeral: bool,
 }
 
 /// How the container is confined (the `[security]` table of its definition).
@@ -249,6 +283,12 @@ impl clap::Args for ResourceOpts {
 pub struct RunArgs {
     #[command(flatten)]
     pub opts: ContainerOpts,
+    /// Give the container a terminal of its own (a pty in its devpts), proxied to ours.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Keep standard input open: pass our input to the container.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
     /// Start it and print its name instead of waiting for it.
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -376,6 +416,37 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     if !resources.is_empty() {
         m.insert("Resources", variant(resources)?);
     }
+    let st = &o.storage;
+    if !st.volumes.is_empty() {
+        // Relative host paths are the caller's: make them absolute here.
+        let mut v = Vec::with_capacity(st.volumes.len());
+        for spec in &st.volumes {
+            match spec.split_once(':') {
+                Some((src, rest)) if src.starts_with("./") || src.starts_with("../") => {
+                    let abs = std::path::absolute(src)
+                        .map_err(|e| CliError::new(Exit::InvalidArgument, format!("{src}: {e}")))?;
+                    v.push(format!("{}:{rest}", abs.display()));
+                }
+                _ => v.push(spec.clone()),
+            }
+        }
+        m.insert("Volumes", variant(v)?);
+    }
+    if !st.mounts.is_empty() {
+        m.insert("Mounts", variant(st.mounts.clone())?);
+    }
+    if !st.tmpfs.is_empty() {
+        m.insert("Tmpfs", variant(st.tmpfs.clone())?);
+    }
+    if st.read_only {
+        m.insert("ReadOnly", variant(true)?);
+    }
+    if st.ephemeral {
+        m.insert("Ephemeral", variant(true)?);
+    }
+    if let Some(d) = &o.log_driver {
+        m.insert("LogDriver", variant(d.as_str())?);
+    }
     if !o.properties.is_empty() {
         let mut props = HashMap::new();
         for p in &o.properties {
@@ -403,30 +474,6 @@ pub async fn create(a: CreateArgs) -> CliResult {
     Ok(0)
 }
 
-/// The payload's stdio: ours, passed over the bus.
-pub(super) fn stdio_options() -> CliResult<Options> {
-    let mut m = Options::default();
-    let fds = [
-        (
-            "StandardInput",
-            std::io::stdin().as_fd().try_clone_to_owned(),
-        ),
-        (
-            "StandardOutput",
-            std::io::stdout().as_fd().try_clone_to_owned(),
-        ),
-        (
-            "StandardError",
-            std::io::stderr().as_fd().try_clone_to_owned(),
-        ),
-    ];
-    for (k, fd) in fds {
-        let fd = fd.map_err(|e| CliError::new(Exit::Failed, format!("{k}: {e}")))?;
-        m.insert(k, variant(zbus::Fd::from(fd))?);
-    }
-    Ok(m)
-}
-
 pub async fn run(a: RunArgs) -> CliResult {
     let as_run_error = |e: CliError| match e.exit {
         Exit::RunNotFound | Exit::RunCannotExecute | Exit::NoDaemon => e,
@@ -443,23 +490,66 @@ pub async fn run(a: RunArgs) -> CliResult {
         return Ok(0);
     }
     let name = define(&proxy, &a.opts).await.map_err(as_run_error)?;
-    let options = if a.detach {
-        Options::default()
-    } else {
-        stdio_options()?
-    };
-    if let Err(e) = proxy.start_container(name.clone(), options).await {
-        // `run` made this container; a failed start leaves nothing behind.
-        let _ = proxy.remove_container(name.clone(), true).await;
-        return Err(as_run_error(e.into()));
+    let mut options = Options::default();
+    let mut relays = None;
+    if !a.detach {
+        // A foreground container ends with berthctl: killed or cut off, berthctl leaves the
+        // bus and berthd hangs the container up (then stops it; `--rm` removes it).
+        options.insert("EndWithCaller", variant(true)?);
+        if a.tty {
+            super::attach::terminal_size(&mut options)?;
+        } else {
+            relays = Some(super::attach::stdio_options(&mut options, a.interactive)?);
+        }
     }
+    let started = if a.tty && !a.detach {
+        proxy
+            .start_container_terminal(name.clone(), options)
+            .await
+            .map(|fd| Some(OwnedFd::from(fd)))
+    } else {
+        proxy
+            .start_container(name.clone(), options)
+            .await
+            .map(|()| None)
+    };
+    let master = match started {
+        Ok(m) => m,
+        Err(e) => {
+            // `run` made this container; a failed start leaves nothing behind.
+            let _ = proxy.remove_container(name.clone(), true).await;
+            return Err(as_run_error(e.into()));
+        }
+    };
     if a.detach {
         super::output::print_lines([name]);
         return Ok(0);
     }
-    wait_forwarding_signals(&proxy, &name)
+    if let Some(master) = master {
+        let end = super::attach::terminal_session(master, a.interactive).await;
+        let forward = match end {
+            Ok(ProxyEnd::Closed) => None,
+            Ok(ProxyEnd::Signal(sig)) => Some(sig as i32),
+            Ok(ProxyEnd::TerminalLost) => Some(libc::SIGHUP),
+            Err(e) => {
+                eprintln!("berthctl: {}", e.message);
+                Some(libc::SIGHUP)
+            }
+        };
+        if let Some(sig) = forward {
+            // It may have just exited; the wait below says how.
+            let _ = proxy
+                .kill_container(name.clone(), "leader".into(), sig)
+                .await;
+        }
+    }
+    let r = wait_forwarding_signals(&proxy, &name)
         .await
-        .map_err(as_run_error)
+        .map_err(as_run_error);
+    if let Some(relays) = relays {
+        relays.finish(std::time::Duration::from_secs(1));
+    }
+    r
 }
 
 /// Wait for the container's exit, passing SIGINT, SIGTERM and SIGHUP on to its PID 1.

@@ -37,7 +37,8 @@ pub async fn unit_start(a: UnitStartArgs) -> CliResult {
             format!("cannot create the helper socket: {e}"),
         )
     })?;
-    let options = super::run::stdio_options()?;
+    // The payload's output goes where any container's goes (the log driver: `berthctl logs`).
+    let options = crate::dbus::Options::default();
     let (_conn, proxy) = manager().await?;
     let helper = proxy
         .start_container_in_unit(a.name, zbus::OwnedFd::from(theirs), options)

@@ -9,7 +9,6 @@ use futures_util::future::BoxFuture;
 use zbus::OwnedObjectPath;
 
 use super::error::Error;
-use super::start::Stdio;
 use super::store;
 use super::table::Registry;
 use crate::dbus::{self, Action, Caller, ContainerInfo, Options, Result};
@@ -49,10 +48,13 @@ const CREATE_OPTIONS: &[&str] = &[
     "IPv6Address",
     "NetworkInterfaces",
     "HostNetworkUserNamespace",
+    "Volumes",
+    "Mounts",
+    "Tmpfs",
+    "ReadOnly",
+    "Ephemeral",
+    "LogDriver",
 ];
-
-/// Options of StartContainer.
-const START_OPTIONS: &[&str] = &["StandardInput", "StandardOutput", "StandardError"];
 
 /// The stored definition a CreateContainer call asks for (checked by `spec::validate` next).
 pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
@@ -108,19 +110,14 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
             interfaces: o.take("NetworkInterfaces")?.unwrap_or_default(),
             host_userns: o.take("HostNetworkUserNamespace")?.unwrap_or(false),
         },
+        volumes: o.take("Volumes")?.unwrap_or_default(),
+        mounts: o.take("Mounts")?.unwrap_or_default(),
+        tmpfs: o.take("Tmpfs")?.unwrap_or_default(),
+        read_only: o.take("ReadOnly")?.unwrap_or(false),
+        ephemeral: o.take("Ephemeral")?.unwrap_or(false),
+        log_driver: o.take("LogDriver")?,
         created_at: store::now_usec(),
     })
-}
-
-pub(super) fn stdio(options: Options) -> Result<Stdio> {
-    let mut o = options.check(START_OPTIONS)?;
-    let mut fds: [Option<OwnedFd>; 3] = [None, None, None];
-    for (slot, key) in START_OPTIONS.iter().enumerate() {
-        if let Some(fd) = o.take::<zbus::Fd<'static>>(key)? {
-            fds[slot] = Some(zbus::OwnedFd::from(fd).into());
-        }
-    }
-    Ok(Stdio(fds))
 }
 
 /// polkit, with each caller's uid asked once: unique bus names are never reused while the
@@ -291,7 +288,7 @@ impl dbus::Backend for Registry {
     }
     fn start(&self, caller: Caller, name: String, options: Options) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let stdio = stdio(options)?;
+            let (stdio, extras) = super::bus_work::start_options(&caller, options, false)?;
             self.known(&name)?;
             self.authorize(
                 &caller,
@@ -300,7 +297,7 @@ impl dbus::Backend for Registry {
                 ("container", &name),
             )
             .await?;
-            bus(self.start(name, stdio).await)
+            bus(self.start_with(name, stdio, extras).await).map(drop)
         })
     }
     fn stop(&self, caller: Caller, name: String, timeout_usec: u64) -> BoxFuture<'_, Result<()>> {
@@ -520,6 +517,69 @@ impl dbus::Backend for Registry {
             let net = network_name(&name)?;
             bus(Registry::network_info(self, &net).await)
         })
+    }
+    fn start_terminal(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<OwnedFd>> {
+        Box::pin(self.bus_start_terminal(caller, name, options))
+    }
+    fn exec(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<dbus::ExecStarted>> {
+        Box::pin(self.bus_exec(caller, name, options))
+    }
+    fn wait_exec(&self, name: String, id: String) -> BoxFuture<'_, Result<i32>> {
+        Box::pin(self.bus_wait_exec(name, id))
+    }
+    fn kill_exec(
+        &self,
+        caller: Caller,
+        name: String,
+        id: String,
+        signal: i32,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.bus_kill_exec(caller, name, id, signal))
+    }
+    fn copy(
+        &self,
+        caller: Caller,
+        into: bool,
+        name: String,
+        path: String,
+        stream: OwnedFd,
+        options: Options,
+    ) -> BoxFuture<'_, Result<dbus::CopyCounts>> {
+        Box::pin(self.bus_copy(caller, into, name, path, stream, options))
+    }
+    fn bind(
+        &self,
+        caller: Caller,
+        name: String,
+        source: OwnedFd,
+        path: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.bus_bind(caller, name, source, path, options))
+    }
+    fn create_volume(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<String>> {
+        Box::pin(self.bus_create_volume(caller, name, options))
+    }
+    fn list_volumes(&self) -> Result<Vec<dbus::VolumeInfo>> {
+        self.bus_list_volumes()
+    }
+    fn remove_volume(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.bus_remove_volume(caller, name))
     }
 }
 

@@ -376,6 +376,7 @@ impl Registry {
     /// live keeps its directory.
     pub(super) async fn remove_entry(&self, name: &str) -> Result<()> {
         let dir = self.layout.container_dir(name);
+        let anonymous = self.anonymous_volumes(name);
         let trash = self
             .layout
             .containers()
@@ -431,6 +432,7 @@ impl Registry {
             warn!("cannot announce the removal of {name}: {e}, ignoring");
         }
         self.net_release(name).await;
+        self.remove_anonymous(name, anonymous);
         removed.map_err(|e| {
             Error::io(
                 format!("container {name:?} is removed, but its files could not all be deleted"),

@@ -1,13 +1,18 @@
 //! berthd: serves `org.berth.berth1` on the system bus and runs containers.
 
 mod backend;
+mod bus_work;
+mod copy;
 mod declared;
 mod error;
+mod exec;
 mod failpoint;
 mod images;
 mod lifecycle;
 mod limits;
+mod logs;
 mod machined;
+mod mounts;
 mod network;
 mod notify;
 mod ops;
@@ -217,6 +222,7 @@ async fn serve(
         tracing::warn!("cannot tell the service manager that berthd stops: {e}, ignoring");
     }
     info!("stopping; containers keep running in their scopes");
+    registry.stop_relays().await;
     drop(registry);
     Ok(())
 }

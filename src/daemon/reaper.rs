@@ -101,8 +101,10 @@ impl Registry {
         }
         self.cpu_samples.lock().unwrap().remove(name);
         self.net_detach(name).await;
+        self.logs_leader_gone(name);
         let Ok((tx, auto_remove)) = self.with(name, |e| {
             e.state = State::Exited;
+            e.exec_base = None;
             e.leader = None;
             e.pidfd = None;
             e.exit_status = status;
@@ -114,6 +116,9 @@ impl Registry {
             return;
         };
         info!("container {name} exited with status {status}");
+        if self.with(name, |e| e.spec.ephemeral).unwrap_or(false) {
+            self.discard_ephemeral(name);
+        }
         self.publish(name).await;
         if auto_remove {
             self.remember_removed(name, status);

@@ -79,6 +79,7 @@ impl Registry {
         }
         names.sort();
         self.rebuild_allocations(&names);
+        let mut logs = super::logs::take_stored(&mut stored);
         for name in names {
             let spec = match quarantine::load(&self.layout, &name, &self.host) {
                 Ok(s) => s,
@@ -107,6 +108,14 @@ impl Registry {
             let auto_remove = entry.spec.definition.auto_remove;
             self.entries.lock().unwrap().insert(name.clone(), entry);
             self.export(&name).await;
+            if let Some(pipes) = logs.remove(&name) {
+                // Lines still in the pipes go out; the relay ends when the last writer is gone.
+                let (leader, alive) = match &found {
+                    Found::Running { leader, .. } => (*leader as u32, true),
+                    _ => (0, false),
+                };
+                self.resume_relays(&name, pipes, leader, alive);
+            }
             match found {
                 Found::Running {
                     pidfd,
@@ -143,6 +152,10 @@ impl Registry {
                     }
                 }
             }
+        }
+        for (left, pipes) in logs {
+            // A container that is gone: what its pipes hold still goes to the journal.
+            self.resume_relays(&left, pipes, 0, false);
         }
         for (left, _) in stored {
             if let Err(e) = notify::remove_fd(&left) {

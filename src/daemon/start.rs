@@ -24,9 +24,20 @@ use crate::spec::{ContainerSpec, Root};
 use crate::sys;
 use crate::systemd::{self, properties};
 
-/// The payload's stdio for a start (default /dev/null).
+/// The payload's stdio for a start (default: the log driver's, see [`super::logs`]).
 #[derive(Default)]
 pub struct Stdio(pub [Option<OwnedFd>; 3]);
+
+/// What a start asks for besides stdio.
+#[derive(Debug, Default, Clone)]
+pub struct StartExtras {
+    /// A terminal of the container's own on every stream the starter did not pass.
+    pub terminal: bool,
+    /// The terminal's first size (rows, columns).
+    pub window: Option<(u16, u16)>,
+    /// Hang the container up when this bus name leaves (a foreground `run`).
+    pub caller: Option<String>,
+}
 
 /// What a successful launch leaves running.
 pub(super) struct Launched {
@@ -36,6 +47,22 @@ pub(super) struct Launched {
     pub stop_signal: Signal,
     /// The `berth@` unit that holds it, when one does.
     pub held_by: Option<String>,
+    /// The terminal's master, when one was asked for.
+    pub master: Option<OwnedFd>,
+    /// The read ends of the stdout and stderr log pipes, when the journal gets them.
+    pub logs: super::logs::LogPipes,
+    /// What execs into it start from.
+    pub exec_base: Arc<crate::plan::exec::ExecBase>,
+}
+
+/// A start's plan and what came with it.
+pub(super) struct Planned {
+    pub plan: plan::Plan,
+    pub root_source: crate::mount::RootSource,
+    pub stop_signal: Signal,
+    pub config: Option<crate::image::ImageConfig>,
+    pub range: Option<crate::userns::IdRange>,
+    pub dirs: ContainerDirs,
 }
 
 /// The name of a container's exit-status descriptor in systemd's FD store.
@@ -75,8 +102,15 @@ impl Drop for Timer<'_> {
 }
 
 impl Registry {
-    pub(super) async fn start(&self, name: String, stdio: Stdio) -> Result<()> {
-        self.start_held_or_not(name, stdio, None).await
+    /// Start, with a terminal or bound to a caller as `extras` says; returns the terminal's
+    /// master when there is one.
+    pub(super) async fn start_with(
+        &self,
+        name: String,
+        stdio: Stdio,
+        extras: StartExtras,
+    ) -> Result<Option<OwnedFd>> {
+        self.start_with_held(name, stdio, extras, None).await
     }
 
     /// Start in a `berth@` unit (see `unit`).
@@ -86,15 +120,18 @@ impl Registry {
         stdio: Stdio,
         held: super::unit::Held,
     ) -> Result<()> {
-        self.start_held_or_not(name, stdio, Some(held)).await
+        self.start_with_held(name, stdio, StartExtras::default(), Some(held))
+            .await
+            .map(drop)
     }
 
-    async fn start_held_or_not(
+    async fn start_with_held(
         &self,
         name: String,
         stdio: Stdio,
+        extras: StartExtras,
         held: Option<super::unit::Held>,
-    ) -> Result<()> {
+    ) -> Result<Option<OwnedFd>> {
         let _whole = Timer::new(&name, "start (berthd)");
         let (spec, previous) = self.with(&name, |e| match e.state {
             State::Created | State::Exited => {
@@ -112,10 +149,17 @@ impl Registry {
         self.record_start_intent(&name);
         super::failpoint::hit("start:after-intent");
         let mut net = super::network::NetStart::default();
-        match self.launch(&spec, stdio, &mut net, held).await {
-            Ok(l) => {
+        match self
+            .launch(&spec, stdio, extras.terminal, extras.window, &mut net, held)
+            .await
+        {
+            Ok(mut l) => {
+                let master = l.master.take();
                 self.started(&name, l).await;
-                Ok(())
+                if let Some(caller) = extras.caller {
+                    self.hang_up_with_caller(&name, caller);
+                }
+                Ok(master)
             }
             Err(err) => {
                 self.net_start_failed(&name, net).await;
@@ -156,6 +200,7 @@ impl Registry {
             e.resources = e.spec.definition.resources.clone();
             e.stop_signal = l.stop_signal;
             e.paused = false;
+            e.exec_base = Some(l.exec_base.clone());
             e.oom_seen = Some(0);
             e.exited.send_replace(None);
             e.held_by = l.held_by.clone();
@@ -163,6 +208,7 @@ impl Registry {
         if recorded.is_err() {
             warn!("container {name} vanished while it started, ignoring");
         }
+        self.relay_logs(name, l.logs, l.pid as u32, true, started_at);
         self.adopt_cgroup(name, l.pid);
         tokio::spawn(
             self.arc()
@@ -215,10 +261,55 @@ impl Registry {
         self.publish(name).await;
     }
 
+    /// The plan of a start of `spec`, before its stdio, mounts and terminal: what a start
+    /// and an exec (of a container berthd re-adopted) both begin with.
+    pub(super) fn plan_for(&self, spec: &ContainerSpec) -> Result<Planned> {
+        let name = spec.name();
+        let mut dirs = ContainerDirs::under(&self.layout.container_dir(name));
+        if spec.ephemeral {
+            dirs = super::mounts::ephemeral_dirs(&dirs);
+        }
+        if let Root::Directory(dir) = &spec.root
+            && !dir.is_dir()
+        {
+            return Err(Error::Failed(format!(
+                "root directory {} is gone",
+                dir.display()
+            )));
+        }
+        let root = self.container_root(spec)?;
+        let stop_signal = match root.config.as_ref().and_then(|c| c.stop_signal.as_deref()) {
+            Some(s) => parse_stop_signal(s).unwrap_or_else(|| {
+                warn!("{name}: image stop signal {s:?} is unknown, using SIGTERM");
+                Signal::SIGTERM
+            }),
+            None => Signal::SIGTERM,
+        };
+        let range = self.id_range(spec)?;
+        let decided = plan::Decided {
+            id_maps: range.map(|r| r.id_maps()),
+            labels: self.labels(spec)?,
+            seccomp: self.seccomp_program(spec)?,
+            hard_limits: hard_limit,
+        };
+        let (plan, root_source) =
+            plan::build(spec, &root.lowers, root.config.as_ref(), &dirs, decided)?;
+        Ok(Planned {
+            plan,
+            root_source,
+            stop_signal,
+            config: root.config,
+            range,
+            dirs,
+        })
+    }
+
     async fn launch(
         &self,
         spec: &ContainerSpec,
         stdio: Stdio,
+        terminal: bool,
+        window: Option<(u16, u16)>,
         net: &mut super::network::NetStart,
         held: Option<super::unit::Held>,
     ) -> Result<Launched> {
@@ -227,56 +318,56 @@ impl Registry {
             None => (None, None),
         };
         let name = spec.name();
-        let (plan, root_source, stop_signal, fds) = {
+        let (plan, root_source, stop_signal, fds, logs, sources, exec_base) = {
             let _t = Timer::new(name, "plan");
-            let devnull = || {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map(OwnedFd::from)
-                    .map_err(|e| Error::io("open /dev/null", e))
-            };
-            let mut fds = Vec::with_capacity(3);
-            for fd in stdio.0 {
-                fds.push(match fd {
-                    Some(fd) => fd,
-                    None => devnull()?,
-                });
-            }
-            let dirs = ContainerDirs::under(&self.layout.container_dir(name));
-            if let Root::Directory(dir) = &spec.root
-                && !dir.is_dir()
-            {
-                return Err(Error::Failed(format!(
-                    "root directory {} is gone",
-                    dir.display()
-                )));
-            }
-            let root = self.container_root(spec)?;
-            let stop_signal = match root.config.as_ref().and_then(|c| c.stop_signal.as_deref()) {
-                Some(s) => parse_stop_signal(s).unwrap_or_else(|| {
-                    warn!("{name}: image stop signal {s:?} is unknown, using SIGTERM");
-                    Signal::SIGTERM
-                }),
-                None => Signal::SIGTERM,
-            };
-            let range = self.id_range(spec)?;
+            let Planned {
+                mut plan,
+                root_source,
+                stop_signal,
+                config,
+                range,
+                dirs,
+            } = self.plan_for(spec)?;
             if let Some(r) = range {
-                self.migrate_upper(name, &dirs.upper, r)?;
+                if spec.ephemeral {
+                    super::mounts::fresh_ephemeral(&dirs, r)?;
+                } else {
+                    self.migrate_upper(name, &dirs.upper, r)?;
+                }
+            } else if spec.ephemeral {
+                super::mounts::fresh_ephemeral_unmapped(&dirs)?;
             }
-            let decided = plan::Decided {
-                id_maps: range.map(|r| r.id_maps()),
-                labels: self.labels(spec)?,
-                seccomp: self.seccomp_program(spec)?,
-                hard_limits: hard_limit,
-            };
-            let (mut plan, root_source) =
-                plan::build(spec, &root.lowers, root.config.as_ref(), &dirs, decided)?;
-            self.net_prepare(spec, root.config.as_ref(), net).await?;
+            let exec_base = Arc::new(crate::plan::exec::ExecBase::of(
+                &plan,
+                plan::environment(spec, config.as_ref()),
+            ));
+            let (fds, logs, slots) = super::logs::start_stdio(spec, stdio, terminal)?;
+            plan.process.terminal = slots;
+            plan.process.window = window.filter(|_| terminal);
+            let (mounts, sources) = self.mount_sources(spec, config.as_ref())?;
+            let dirs_of: Vec<bool> = sources.iter().map(|s| s.dir).collect();
+            let context = self
+                .labels(spec)?
+                .map(|l| l.file)
+                .filter(|_| self.selinux.labels.is_some());
+            plan.mounts.extend(crate::mount::user_operations(
+                &mounts,
+                &dirs_of,
+                spec.read_only,
+                context.as_deref(),
+            ));
+            self.net_prepare(spec, config.as_ref(), net).await?;
             let files = super::network::files_dir(&self.layout, name);
             super::network::net_shape_plan(&mut plan, net, &files);
-            (plan, root_source, stop_signal, fds)
+            (
+                plan,
+                root_source,
+                stop_signal,
+                fds,
+                logs,
+                sources,
+                exec_base,
+            )
         };
         let memfd = nix::sys::memfd::memfd_create(
             format!("berth-exit-{name}").as_str(),
@@ -402,23 +493,37 @@ impl Registry {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(abort(e).await),
         };
         super::failpoint::hit("start:after-scope");
+        // Volumes and binds are few; their ID-mapped clones are made after the root.
+        if let Err(e) = super::mounts::idmap_sources(pid, &plan, &sources) {
+            return Err(abort(e).await);
+        }
         let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
+        // Sync #3: the root, the device mount when berthd made one, then the detached mounts
+        // of the plan's `Attach` operations (the helper knows from the plan which are there).
         let (root, nodes) = root;
-        let mut fds = vec![root.as_fd()];
-        fds.extend(nodes.as_ref().map(|n| n.as_fd()));
-        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &fds).await {
+        let mut release = vec![root.as_fd()];
+        release.extend(nodes.as_ref().map(|n| n.as_fd()));
+        release.extend(sources.iter().map(|s| s.fd.as_fd()));
+        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &release).await {
             return Err(abort(e.into()).await);
         }
-        drop(fds);
+        drop(release);
         drop((root, nodes));
+        drop(sources);
+        let want_master = plan.process.terminal.iter().any(|t| *t);
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
-            Ok((FromHelper::Started, _)) => Ok(Launched {
-                pid,
-                pidfd,
-                memfd,
-                stop_signal,
-                held_by: held_unit,
-            }),
+            Ok((FromHelper::Started, mut got)) if got.len() == usize::from(want_master) => {
+                Ok(Launched {
+                    pid,
+                    pidfd,
+                    memfd,
+                    stop_signal,
+                    master: got.pop(),
+                    logs,
+                    exec_base,
+                    held_by: held_unit,
+                })
+            }
             Ok((
                 FromHelper::Failed {
                     step,
@@ -504,7 +609,12 @@ impl Registry {
 }
 
 /// What a failed step tells the user.
-fn failure_message(name: &str, step: protocol::Step, errno: i32, message: &str) -> String {
+pub(super) fn failure_message(
+    name: &str,
+    step: protocol::Step,
+    errno: i32,
+    message: &str,
+) -> String {
     use protocol::Step;
     let errno = nix::errno::Errno::from_raw(errno);
     match (step, errno) {

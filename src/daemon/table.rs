@@ -84,6 +84,8 @@ pub struct Entry {
     pub net: super::network::NetView,
     /// The `berth@` unit that holds the current (or last) run, when one does.
     pub held_by: Option<String>,
+    /// What execs into the running container start from (its start's plan).
+    pub exec_base: Option<Arc<crate::plan::exec::ExecBase>>,
     /// The properties last announced on the bus, to send only what changed.
     published: Option<ContainerInfo>,
 }
@@ -110,6 +112,7 @@ impl Entry {
             paused: false,
             net: Default::default(),
             held_by: None,
+            exec_base: None,
             published: None,
         }
     }
@@ -206,6 +209,10 @@ pub struct Registry {
     pub(super) helper_image: Option<std::os::fd::OwnedFd>,
     /// The network engine, opened once at start ([`Registry::open_network`]).
     pub(super) network: super::network::NetSlot,
+    /// The log relays of running (and lately exited) containers.
+    pub(super) relays: super::logs::Relays,
+    /// Commands started with exec.
+    pub(super) execs: super::exec::Execs,
 }
 
 impl Registry {
@@ -244,6 +251,8 @@ impl Registry {
             seccomp: crate::seccomp::Cache::new(),
             helper_image: security.helper_image,
             network: Default::default(),
+            relays: Default::default(),
+            execs: Default::default(),
         })
     }
 

@@ -183,7 +183,7 @@ impl crate::dbus::UnitOps for Registry {
         options: crate::dbus::Options,
     ) -> BoxFuture<'_, crate::dbus::Result<String>> {
         Box::pin(async move {
-            let stdio = super::backend::stdio(options)?;
+            let (stdio, _) = super::bus_work::start_options(&caller, options, false)?;
             self.known(&name)?;
             self.authorize(
                 &caller,

@@ -45,6 +45,10 @@ pub enum Error {
     NoSuchImage(String),
     /// No network has that name.
     NoSuchNetwork(String),
+    /// No volume has that name.
+    NoSuchVolume(String),
+    /// No exec has that ID (it ended and was waited for long ago, or never was).
+    NoSuchExec(String),
     /// An argument is malformed or out of range.
     InvalidArgument(String),
     /// A container with that name exists.
@@ -167,6 +171,36 @@ pub struct StatsInfo {
     pub oom_kills: u64,
 }
 
+/// A named volume, as `ListVolumes` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Always `local`.
+    pub driver: String,
+    /// Microseconds since the epoch.
+    pub created_at: u64,
+    /// Made for one container (`-v /path`, an image's VOLUME) and removed with it.
+    pub anonymous: bool,
+    pub labels: HashMap<String, String>,
+    /// The containers that mount it.
+    pub users: Vec<String>,
+}
+
+/// A command started by `Exec`.
+#[derive(Debug)]
+pub struct ExecStarted {
+    /// What `WaitExec` and `KillExec` take.
+    pub id: String,
+    /// Its PID on the host (berthd's PID namespace).
+    pub pid: u32,
+    /// The master of its terminal, when one was asked for.
+    pub terminal: Option<std::os::fd::OwnedFd>,
+}
+
+/// What a copy did: entries (directories, files, symlinks), file data bytes, and entries
+/// left out (FIFOs, sockets, devices, kernel file systems).
+pub type CopyCounts = (u64, u64, u64);
+
 pub use crate::polkit::Action;
 
 /// Who is calling: the sender's unique name, and whether its message allows interactive
@@ -279,6 +313,53 @@ pub trait Backend: ImageOps + ContainerOps + UnitOps + Send + Sync + 'static {
     fn remove_network(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>>;
     fn list_networks(&self) -> BoxFuture<'_, Result<Vec<NetworkInfo>>>;
     fn network_info(&self, name: String) -> BoxFuture<'_, Result<NetworkInfo>>;
+    /// StartContainer with a terminal: returns its master.
+    fn start_terminal(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<std::os::fd::OwnedFd>>;
+    fn exec(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<ExecStarted>>;
+    fn wait_exec(&self, name: String, id: String) -> BoxFuture<'_, Result<i32>>;
+    fn kill_exec(
+        &self,
+        caller: Caller,
+        name: String,
+        id: String,
+        signal: i32,
+    ) -> BoxFuture<'_, Result<()>>;
+    /// `into`: CopyTo (the stream is read) or CopyFrom (written).
+    fn copy(
+        &self,
+        caller: Caller,
+        into: bool,
+        name: String,
+        path: String,
+        stream: std::os::fd::OwnedFd,
+        options: Options,
+    ) -> BoxFuture<'_, Result<CopyCounts>>;
+    fn bind(
+        &self,
+        caller: Caller,
+        name: String,
+        source: std::os::fd::OwnedFd,
+        path: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<()>>;
+    fn create_volume(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<String>>;
+    fn list_volumes(&self) -> Result<Vec<VolumeInfo>>;
+    fn remove_volume(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Whether the sender of `hdr` is root; a property read without a header (the ObjectManager's
@@ -377,7 +458,7 @@ impl Manager {
     /// Start a defined container held by the caller's unit, `berth@NAME.service` (for
     /// `berthctl unit-start`, its ExecStart): berthd drives the helper on the other end of
     /// `helper_socket`, which the caller execs, in place, once this returns the helper's path.
-    /// Options: StandardInput, StandardOutput, StandardError (h) for the payload's stdio.
+    /// Options as StartContainer.
     async fn start_container_in_unit(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -413,6 +494,50 @@ impl Manager {
         let _call = enter(&self.backend, &hdr, "s").await?;
         live(&self.backend)?
             .set_enabled(Caller::of(&hdr)?, name, false)
+            .await
+    }
+
+    /// StartContainer with a terminal: a pty allocated in the container's own devpts is the
+    /// payload's controlling terminal and every standard stream not passed in `options`;
+    /// returns its master. Options as StartContainer.
+    async fn start_container_terminal(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        options: Options,
+    ) -> Result<zbus::OwnedFd> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
+        live(&self.backend)?
+            .start_terminal(Caller::of(&hdr)?, name, options)
+            .await
+            .map(zbus::OwnedFd::from)
+    }
+
+    /// Make a named volume under /var/lib/berth/volumes. Options: Labels (a{ss}). Returns its
+    /// name.
+    async fn create_volume(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        options: Options,
+    ) -> Result<String> {
+        let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
+        live(&self.backend)?
+            .create_volume(Caller::of(&hdr)?, name, options)
+            .await
+    }
+
+    /// All volumes.
+    async fn list_volumes(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<VolumeInfo>> {
+        let _call = enter(&self.backend, &hdr, "").await?;
+        live(&self.backend)?.list_volumes()
+    }
+
+    /// Remove a volume and its data; refused (InvalidState) while a container mounts it.
+    async fn remove_volume(&self, #[zbus(header)] hdr: Header<'_>, name: String) -> Result<()> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
+        live(&self.backend)?
+            .remove_volume(Caller::of(&hdr)?, name)
             .await
     }
 
@@ -1120,6 +1245,128 @@ impl Container {
     #[zbus(property)]
     fn ports(&self) -> zbus::fdo::Result<Vec<(String, u16, u16, String)>> {
         Ok(self.get()?.ports)
+    }
+
+    /// Run a command in the running container: in all of its namespaces and its scope's
+    /// cgroup, with its payload's environment, user, capabilities, no_new_privs, SELinux label
+    /// and seccomp filter. Options: Command (as; a program path or a name searched in the
+    /// container's PATH), Environment (as, KEY=VALUE over the container's), WorkingDirectory
+    /// (s), User (s), Shell (b: the user's login shell instead of Command), StandardInput,
+    /// StandardOutput, StandardError (h; the container's /dev/null when not given), Terminal
+    /// (b: a pty of the container's own devpts on every stream not given, its master returned),
+    /// EndWithCaller (b: SIGHUP when the caller leaves the bus, SIGKILL 10 s later). Returns
+    /// Id (s, for WaitExec and KillExec), Pid (u, on the host) and Terminal (h).
+    async fn exec(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        options: Options,
+    ) -> Result<HashMap<String, OwnedVariant>> {
+        let started = live(&self.backend)?
+            .exec(Caller::of(&hdr)?, self.name.clone(), options)
+            .await?;
+        let mut m = HashMap::new();
+        let fail = |e: zbus::Error| Error::Failed(e.to_string());
+        m.insert(
+            "Id".to_string(),
+            OwnedVariant::try_from(zbus::Variant::from(started.id)).map_err(fail)?,
+        );
+        m.insert(
+            "Pid".to_string(),
+            OwnedVariant::try_from(zbus::Variant::from(started.pid)).map_err(fail)?,
+        );
+        if let Some(t) = started.terminal {
+            m.insert(
+                "Terminal".to_string(),
+                OwnedVariant::try_from(zbus::Variant::from(zbus::Fd::from(t))).map_err(fail)?,
+            );
+        }
+        Ok(m)
+    }
+
+    /// Wait until an exec'd command has exited and return its exit status (128 + signal when
+    /// killed). Its status stays available for a while after it ended.
+    async fn wait_exec(&self, id: String) -> Result<i32> {
+        live(&self.backend)?.wait_exec(self.name.clone(), id).await
+    }
+
+    /// Send a signal to an exec'd command.
+    async fn kill_exec(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        id: String,
+        signal: i32,
+    ) -> Result<()> {
+        live(&self.backend)?
+            .kill_exec(Caller::of(&hdr)?, self.name.clone(), id, signal)
+            .await
+    }
+
+    /// Copy into the running container: read a berth copy stream (as `berthctl cp` writes
+    /// it) from `stream` and create it at `path` (into it if it is a directory). Paths are
+    /// resolved inside the container's root; what is made belongs to the container's root
+    /// (Options: Archive (b), keep the stream's IDs, shifted into the container's range).
+    /// Returns entries, bytes and skipped entries.
+    async fn copy_to(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        path: String,
+        stream: zbus::OwnedFd,
+        options: Options,
+    ) -> Result<(u64, u64, u64)> {
+        live(&self.backend)?
+            .copy(
+                Caller::of(&hdr)?,
+                true,
+                self.name.clone(),
+                path,
+                stream.into(),
+                options,
+            )
+            .await
+    }
+
+    /// Copy out of the running container: write `path` (a file, symlink or directory tree)
+    /// to `stream` as a berth copy stream. No options yet. Returns entries, bytes and skipped
+    /// entries.
+    async fn copy_from(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        path: String,
+        stream: zbus::OwnedFd,
+        options: Options,
+    ) -> Result<(u64, u64, u64)> {
+        live(&self.backend)?
+            .copy(
+                Caller::of(&hdr)?,
+                false,
+                self.name.clone(),
+                path,
+                stream.into(),
+                options,
+            )
+            .await
+    }
+
+    /// Mount what `source` (a descriptor the caller opened, O_PATH is enough) names on `path`
+    /// in the running container, recursively, nosuid and nodev. Options: ReadOnly (b),
+    /// MakeDirectory (b: make the mount point and its parents, owned by the container's root),
+    /// IdMap (b: map the source's IDs through the container's user namespace).
+    async fn bind(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        source: zbus::OwnedFd,
+        path: String,
+        options: Options,
+    ) -> Result<()> {
+        live(&self.backend)?
+            .bind(
+                Caller::of(&hdr)?,
+                self.name.clone(),
+                source.into(),
+                path,
+                options,
+            )
+            .await
     }
 }
 

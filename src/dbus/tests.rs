@@ -51,6 +51,8 @@ fn wanted(name: &str) -> Result<()> {
         Some("PermissionDenied") => Err(Error::PermissionDenied("m".into())),
         Some("LimitExceeded") => Err(Error::LimitExceeded("m".into())),
         Some("NoSuchNetwork") => Err(Error::NoSuchNetwork("m".into())),
+        Some("NoSuchVolume") => Err(Error::NoSuchVolume("m".into())),
+        Some("NoSuchExec") => Err(Error::NoSuchExec("m".into())),
         Some(_) => Err(Error::Failed("m".into())),
     }
 }
@@ -336,6 +338,125 @@ impl Backend for Fake {
     }
     fn network_info(&self, name: String) -> BoxFuture<'_, Result<NetworkInfo>> {
         Box::pin(async move { wanted(&name).map(|_| Fake::network(&name)) })
+    }
+    fn start_terminal(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<std::os::fd::OwnedFd>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("start-terminal {name} {}", options.0.len()));
+            wanted(&name)?;
+            Ok(std::fs::File::open("/dev/null").unwrap().into())
+        })
+    }
+    fn exec(
+        &self,
+        caller: Caller,
+        name: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<ExecStarted>> {
+        let denied = self.authorize(caller, Action::Shell);
+        let keys: Vec<String> = options.0.iter().map(|(k, _)| k.clone()).collect();
+        Box::pin(async move {
+            denied?;
+            self.call(format!("exec {name} {keys:?}"));
+            wanted(&name)?;
+            Ok(ExecStarted {
+                id: "7".into(),
+                pid: 4242,
+                terminal: keys
+                    .iter()
+                    .any(|k| k == "Terminal")
+                    .then(|| std::fs::File::open("/dev/null").unwrap().into()),
+            })
+        })
+    }
+    fn wait_exec(&self, name: String, id: String) -> BoxFuture<'_, Result<i32>> {
+        Box::pin(async move {
+            self.call(format!("wait-exec {name} {id}"));
+            Ok(3)
+        })
+    }
+    fn kill_exec(
+        &self,
+        caller: Caller,
+        name: String,
+        id: String,
+        signal: i32,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::Shell);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("kill-exec {name} {id} {signal}"));
+            Ok(())
+        })
+    }
+    fn copy(
+        &self,
+        caller: Caller,
+        into: bool,
+        name: String,
+        path: String,
+        _stream: std::os::fd::OwnedFd,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<CopyCounts>> {
+        let denied = self.authorize(caller, Action::Shell);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("copy into={into} {name} {path}"));
+            Ok((1, 2, 3))
+        })
+    }
+    fn bind(
+        &self,
+        caller: Caller,
+        name: String,
+        _source: std::os::fd::OwnedFd,
+        path: String,
+        options: Options,
+    ) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("bind {name} {path} {}", options.0.len()));
+            Ok(())
+        })
+    }
+    fn create_volume(
+        &self,
+        caller: Caller,
+        name: String,
+        _options: Options,
+    ) -> BoxFuture<'_, Result<String>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("create-volume {name}"));
+            wanted(&name)?;
+            Ok(name)
+        })
+    }
+    fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        Ok(vec![VolumeInfo {
+            name: "data".into(),
+            driver: "local".into(),
+            created_at: 1,
+            anonymous: false,
+            labels: HashMap::new(),
+            users: vec!["web".into()],
+        }])
+    }
+    fn remove_volume(&self, caller: Caller, name: String) -> BoxFuture<'_, Result<()>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("remove-volume {name}"));
+            wanted(&name)
+        })
     }
 }
 
@@ -896,6 +1017,111 @@ fn mutating_methods_are_authorized_then_delegated() {
 }
 
 #[test]
+fn working_with_a_running_container_is_authorized_then_delegated() {
+    timeout(async {
+        let s = serve().await;
+        let c = ContainerProxy::builder(&s.client)
+            .path(cpath("web"))
+            .build()
+            .await
+            .unwrap();
+        let cmd = OwnedVariant::try_from(zbus::Variant::from(vec!["true".to_string()])).unwrap();
+        let yes = OwnedVariant::try_from(zbus::Variant::from(true)).unwrap();
+        let started = c
+            .exec(opts(&[
+                ("Command", cmd.try_clone().unwrap()),
+                ("Terminal", yes),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(
+            String::try_from(started["Id"].try_clone().unwrap()).unwrap(),
+            "7"
+        );
+        assert_eq!(
+            u32::try_from(started["Pid"].try_clone().unwrap()).unwrap(),
+            4242
+        );
+        // The terminal's master arrives as a descriptor.
+        let fd = zbus::Fd::try_from(started["Terminal"].try_clone().unwrap()).unwrap();
+        let fd: std::os::fd::OwnedFd = zbus::OwnedFd::from(fd).into();
+        assert!(nix::sys::stat::fstat(&fd).is_ok());
+        let plain = c.exec(opts(&[("Command", cmd)])).await.unwrap();
+        assert!(!plain.contains_key("Terminal"));
+        assert_eq!(c.wait_exec("7".into()).await.unwrap(), 3);
+        c.kill_exec("7".into(), 15).await.unwrap();
+        let devnull = || {
+            zbus::OwnedFd::from(std::os::fd::OwnedFd::from(
+                std::fs::File::open("/dev/null").unwrap(),
+            ))
+        };
+        assert_eq!(
+            c.copy_to("/tmp".into(), devnull(), Options::default())
+                .await
+                .unwrap(),
+            (1, 2, 3)
+        );
+        c.copy_from("/etc".into(), devnull(), Options::default())
+            .await
+            .unwrap();
+        c.bind(devnull(), "/mnt".into(), Options::default())
+            .await
+            .unwrap();
+        s.manager
+            .start_container_terminal("web".into(), Options::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.manager
+                .create_volume("data".into(), Options::default())
+                .await
+                .unwrap(),
+            "data"
+        );
+        assert_eq!(s.manager.list_volumes().await.unwrap()[0].users, ["web"]);
+        s.manager.remove_volume("data".into()).await.unwrap();
+        assert_eq!(
+            error_name(s.manager.remove_volume("e-InvalidState".into()).await),
+            "org.berth.berth1.Error.InvalidState"
+        );
+        assert_eq!(
+            s.calls(),
+            [
+                "authorize Shell",
+                "exec web [\"Command\", \"Terminal\"]",
+                "authorize Shell",
+                "exec web [\"Command\"]",
+                "wait-exec web 7",
+                "authorize Shell",
+                "kill-exec web 7 15",
+                "authorize Shell",
+                "copy into=true web /tmp",
+                "authorize Shell",
+                "copy into=false web /etc",
+                "authorize ManageContainers",
+                "bind web /mnt 0",
+                "authorize ManageContainers",
+                "start-terminal web 0",
+                "authorize ManageContainers",
+                "create-volume data",
+                "authorize ManageContainers",
+                "remove-volume data",
+                "authorize ManageContainers",
+                "remove-volume e-InvalidState",
+            ]
+        );
+        // Denied: nothing is delegated.
+        *s.fake().deny.lock().unwrap() = true;
+        let cmd = OwnedVariant::try_from(zbus::Variant::from(vec!["true".to_string()])).unwrap();
+        assert_eq!(
+            error_name(c.exec(opts(&[("Command", cmd)])).await),
+            "org.berth.berth1.Error.PermissionDenied"
+        );
+        assert_eq!(s.calls(), ["authorize Shell"]);
+    });
+}
+
+#[test]
 fn a_denied_caller_changes_nothing_and_reads_still_work() {
     timeout(async {
         let s = serve().await;
@@ -948,6 +1174,8 @@ fn every_error_keeps_its_name_on_the_bus() {
         for variant in [
             "NoSuchContainer",
             "NoSuchImage",
+            "NoSuchVolume",
+            "NoSuchExec",
             "InvalidArgument",
             "AlreadyExists",
             "InvalidState",
@@ -1165,7 +1393,11 @@ fn sample_args(method: &'static str) -> Option<zbus::Message> {
         ))
     };
     Some(match method {
-        "CreateContainer" | "StartContainer" => m(&|b| b.build(&("a", &o))),
+        "CreateContainer" | "StartContainer" | "StartContainerTerminal" | "CreateVolume" => {
+            m(&|b| b.build(&("a", &o)))
+        }
+        "ListVolumes" => m(&|b| b.build(&())),
+        "RemoveVolume" => m(&|b| b.build(&("v",))),
         "StopContainer" => m(&|b| b.build(&("a", 0u64))),
         "StartContainerInUnit" => m(&|b| b.build(&("a", fd(), &o))),
         "EnableContainer" | "DisableContainer" => m(&|b| b.build(&("a",))),
@@ -1214,7 +1446,11 @@ fn with_extra(method: &'static str) -> zbus::Message {
         ))
     };
     match method {
-        "CreateContainer" | "StartContainer" => m(&|b| b.build(&("a", &o, x))),
+        "CreateContainer" | "StartContainer" | "StartContainerTerminal" | "CreateVolume" => {
+            m(&|b| b.build(&("a", &o, x)))
+        }
+        "ListVolumes" => m(&|b| b.build(&(x,))),
+        "RemoveVolume" => m(&|b| b.build(&("v", x))),
         "StopContainer" => m(&|b| b.build(&("a", 0u64, x))),
         "StartContainerInUnit" => m(&|b| b.build(&("a", fd(), &o, x))),
         "EnableContainer" | "DisableContainer" => m(&|b| b.build(&("a", x))),
@@ -1276,7 +1512,7 @@ fn every_method_refuses_an_argument_too_many_and_takes_the_right_ones() {
     timeout(async {
         let s = serve().await;
         let methods = published_methods();
-        assert_eq!(methods.len(), 42, "{methods:?}");
+        assert_eq!(methods.len(), 46, "{methods:?}");
         for &method in &methods {
             let ok = sample_args(method).unwrap_or_else(|| panic!("no sample for {method}"));
             let r = raw_call(&s.client, ok).await;

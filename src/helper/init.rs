@@ -44,6 +44,8 @@ pub struct Payload {
     no_new_privs: bool,
     label: Option<String>,
     seccomp: Option<Vec<libc::sock_filter>>,
+    /// The standard stream (0–2) that is a terminal to become the controlling terminal.
+    ctty: Option<usize>,
 }
 
 fn cs(s: &str) -> Result<CString, String> {
@@ -61,7 +63,14 @@ impl Payload {
             no_new_privs: false,
             label: None,
             seccomp: None,
+            ctty: p.terminal.iter().position(|t| *t),
         })
+    }
+
+    /// Run `argv` instead of the plan's (a login shell, found once the user is known).
+    pub fn set_argv(&mut self, argv: &[String]) -> Result<(), String> {
+        self.argv = argv.iter().map(|s| cs(s)).collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     /// Run as `ids`; when the plan says so (`home`), `HOME` is the user's passwd home
@@ -120,14 +129,23 @@ impl Payload {
 /// Start the payload as a child of this PID 1. Returns its PID once it has exec'd, or the
 /// errno of the failed exec. All signals are blocked in PID 1 from here on; the child unblocks
 /// them before exec.
-pub fn start_payload(payload: &Payload, stdio: [OwnedFd; 3]) -> Result<Pid, (Step, Errno)> {
+/// `tasks`: this process's thread list when `/proc` is not its own (an exec helper).
+pub fn start_payload(
+    payload: &Payload,
+    stdio: [OwnedFd; 3],
+    tasks: Option<&crate::sys::OwnTasks>,
+) -> Result<Pid, (Step, Errno)> {
     let early = |e| (Step::Exec, e);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None).map_err(early)?;
     nix::sys::prctl::set_dumpable(false).map_err(early)?;
     // A close-on-exec pipe tells the parent whether exec worked: EOF means it did; else it
     // carries the failed step and errno.
     let (rd, wr) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(early)?;
-    match fork_single_threaded().map_err(|e| (Step::Fork, e))? {
+    let forked = match tasks {
+        Some(t) => crate::sys::fork_single_threaded_in(t),
+        None => fork_single_threaded(),
+    };
+    match forked.map_err(|e| (Step::Fork, e))? {
         Forked::Child => {
             drop(rd);
             let (step, errno) = exec_payload(&mut crate::sys::syscall::Real, payload, stdio);
@@ -180,6 +198,10 @@ pub fn exec_steps<S: Syscalls>(sys: &mut S, payload: &Payload) -> (Step, Errno) 
     let r = (|| -> Result<(), (Step, Errno)> {
         let at = |step| move |e| (step, e);
         sys.setsid().map_err(at(Step::Exec))?;
+        if let Some(stdio) = payload.ctty {
+            sys.set_controlling_terminal(stdio)
+                .map_err(at(Step::Terminal))?;
+        }
         if let Some(ids) = &payload.ids {
             // A uid change away from 0 clears the permitted set unless KEEPCAPS: keep it for
             // the capability step, which sets exactly what the payload keeps.
@@ -372,6 +394,20 @@ mod tests {
         );
         assert!(!sys.calls.iter().any(|c| c == "no-new-privs"));
         assert!(sys.pos("caps ") < sys.pos("seccomp "));
+    }
+
+    #[test]
+    fn a_terminal_becomes_the_controlling_terminal_right_after_setsid() {
+        let full = crate::plan::tests::sample();
+        let mut plan = full.process;
+        plan.terminal = [false, true, true];
+        let p = Payload::from_plan(&plan).unwrap();
+        let mut sys = Recorder::default();
+        exec_steps(&mut sys, &p);
+        assert_eq!(sys.calls[..2], ["setsid", "controlling-terminal 1"]);
+        let mut sys = Recorder::default();
+        exec_steps(&mut sys, &payload());
+        assert!(!sys.calls.iter().any(|c| c.starts_with("controlling")));
     }
 
     #[test]

@@ -17,8 +17,11 @@
 //! 3. The leader stays as the container's PID 1 ([`init::supervise`]) with no capability but
 //!    CAP_KILL (to pass signals on to a payload of another uid).
 
+pub mod bind;
+pub mod exec;
 pub mod held;
 mod init;
+mod terminal;
 pub mod user;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -72,10 +75,32 @@ pub fn main() -> ! {
     ) {
         die("the protocol socket", e);
     }
-    let plan = protocol::recv::<ToHelper>(sock.as_fd()).and_then(|(msg, mut fds)| {
-        if msg != ToHelper::Plan {
-            return Err(protocol::ProtocolError::Closed);
-        }
+    let (msg, fds) = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok(m) => m,
+        Err(e) => fail(
+            &sock,
+            (
+                Step::Protocol,
+                Errno::EPROTO,
+                format!("sync #1 (plan): {e}"),
+            ),
+        ),
+    };
+    match msg {
+        ToHelper::Plan => {}
+        ToHelper::Exec => exec::run(sock, fds),
+        ToHelper::Bind => bind::run(sock, fds),
+        ToHelper::Release => fail(
+            &sock,
+            (
+                Step::Protocol,
+                Errno::EPROTO,
+                "sync #1 (plan): a release before the plan".into(),
+            ),
+        ),
+    }
+    let mut fds = fds;
+    let plan = (|| {
         if fds.is_empty() {
             return Err(protocol::ProtocolError::Fds {
                 got: 0,
@@ -91,7 +116,7 @@ pub fn main() -> ! {
             });
         }
         Ok((plan, fds))
-    });
+    })();
     let (plan, fds) = match plan {
         Ok(p) => p,
         Err(e) => fail(
@@ -163,17 +188,28 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
     if nix::sys::prctl::set_pdeathsig(None).is_err() {
         std::process::exit(1);
     }
-    // The root, then the device mount when berthd made one.
-    let (root, nodes) = match protocol::recv::<ToHelper>(sock.as_fd()) {
-        Ok((ToHelper::Release, mut fds)) if (1..=2).contains(&fds.len()) => {
-            let nodes = (fds.len() == 2).then(|| fds.remove(1));
-            (fds.remove(0), nodes)
+    // The root, the device mount when berthd made one (the plan has device nodes to bind),
+    // then the detached mounts of the plan's `Attach` operations.
+    let has_nodes = plan.security.id_maps.is_some()
+        && plan
+            .mounts
+            .iter()
+            .any(|m| matches!(m, mount::MountOp::Node { .. }));
+    let (root, nodes, sources) = match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok((ToHelper::Release, mut fds)) if fds.len() > usize::from(has_nodes) => {
+            let root = fds.remove(0);
+            let nodes = has_nodes.then(|| fds.remove(0));
+            (root, nodes, fds)
         }
         _ => std::process::exit(1),
     };
-    match leader(&mut sys, plan, payload, root, nodes, fds) {
-        Ok((pid, status_fd, devnull)) => {
-            if protocol::send(sock.as_fd(), &FromHelper::Started, &[]).is_err() {
+    match leader(&mut sys, plan, payload, root, nodes, &sources, fds) {
+        Ok((pid, status_fd, devnull, master)) => {
+            drop(sources);
+            let passed: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
+            let sent = protocol::send(sock.as_fd(), &FromHelper::Started, &passed);
+            drop(master);
+            if sent.is_err() {
                 // berthd went away before it learnt that the payload runs; a restarted
                 // berthd adopts the container from its records or not at all. PID 1 goes on
                 // either way.
@@ -252,6 +288,7 @@ pub fn prepare<S: Syscalls>(
     plan: &Plan,
     root: BorrowedFd<'_>,
     nodes: Option<BorrowedFd<'_>>,
+    sources: &[S::Fd],
 ) -> StepResult<()> {
     sys.unshare(plan.namespaces.in_scope())
         .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
@@ -293,7 +330,7 @@ pub fn prepare<S: Syscalls>(
         sys.become_root()
             .map_err(|e| (Step::Userns, e, "become root of the user namespace".into()))?;
     }
-    mount::apply::operations(sys, &root, nodes.as_ref(), &plan.mounts)
+    mount::apply::operations_with(sys, &root, nodes.as_ref(), &plan.mounts, sources)
         .map_err(|(e, m)| (Step::Mount, e, m))?;
     sys.pivot_root(&root)
         .map_err(|e| (Step::Pivot, e, "pivot_root".into()))?;
@@ -308,16 +345,26 @@ pub fn prepare<S: Syscalls>(
     Ok(())
 }
 
-/// Everything the leader does after the barrier, up to the payload's exec.
+/// Everything the leader does after the barrier, up to the payload's exec. Returns the
+/// payload's PID, the exit-status memfd, the container's /dev/null for PID 1, and the
+/// terminal's master when the plan asked for a terminal.
+#[allow(clippy::type_complexity)]
 fn leader(
     sys: &mut Real,
     plan: &Plan,
     mut payload: init::Payload,
     root: OwnedFd,
     nodes: Option<OwnedFd>,
+    sources: &[OwnedFd],
     fds: Vec<OwnedFd>,
-) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd)> {
-    prepare(sys, plan, root.as_fd(), nodes.as_ref().map(|n| n.as_fd()))?;
+) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd, Option<OwnedFd>)> {
+    prepare(
+        sys,
+        plan,
+        root.as_fd(),
+        nodes.as_ref().map(|n| n.as_fd()),
+        sources,
+    )?;
     drop(root);
     drop(nodes);
     // After the pivot, so that names mean what the image's /etc/passwd says.
@@ -326,7 +373,7 @@ fn leader(
         None => None,
     };
     payload
-        .set_user(ids, plan.process.home.as_deref(), &plan.security)
+        .set_user(ids.clone(), plan.process.home.as_deref(), &plan.security)
         .map_err(|m| (Step::User, Errno::EINVAL, m))?;
     let devnull = nix::fcntl::open(
         "/dev/null",
@@ -337,7 +384,16 @@ fn leader(
     let [i, o, e, status]: [OwnedFd; 4] = fds
         .try_into()
         .map_err(|_| (Step::Protocol, Errno::EINVAL, "descriptors".to_string()))?;
-    let pid = init::start_payload(&payload, [i, o, e]).map_err(|(step, errno)| {
+    let (stdio, master) = if plan.process.terminal.iter().any(|t| *t) {
+        let uid = ids.as_ref().map_or(0, |i| i.uid);
+        let gid = ids.as_ref().map_or(0, |i| i.gid);
+        let pty = terminal::allocate(uid, gid, plan.process.window)?;
+        let stdio = terminal::stdio(&pty.slave, plan.process.terminal, [i, o, e])?;
+        (stdio, Some(pty.master))
+    } else {
+        ([i, o, e], None)
+    };
+    let pid = init::start_payload(&payload, stdio, None).map_err(|(step, errno)| {
         let what = match step {
             Step::Exec => format!("cannot execute {:?}", plan.process.argv[0]),
             step => format!(
@@ -347,11 +403,11 @@ fn leader(
         };
         (step, errno, format!("{what}: {}", errno.desc()))
     })?;
-    Ok((pid, status, devnull))
+    Ok((pid, status, devnull, master))
 }
 
 /// Tell berthd which step failed, and exit.
-fn fail(sock: &OwnedFd, (step, errno, message): (Step, Errno, String)) -> ! {
+pub(crate) fn fail(sock: &OwnedFd, (step, errno, message): (Step, Errno, String)) -> ! {
     let failed = FromHelper::Failed {
         step,
         errno: errno as i32,
@@ -397,7 +453,7 @@ mod tests {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder::default();
         let root = devnull();
-        prepare(&mut sys, &plan, root.as_fd(), None).unwrap();
+        prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap();
         let order = [
             "unshare CLONE_NEWCGROUP",
             "loopback-up",
@@ -442,7 +498,7 @@ mod tests {
         assert!(sys.calls.is_empty());
         // The leader leaves a loopback it does not own alone.
         let mut sys = Recorder::default();
-        prepare(&mut sys, &plan, ns.as_fd(), None).unwrap();
+        prepare(&mut sys, &plan, ns.as_fd(), None, &[]).unwrap();
         assert!(!sys.calls.iter().any(|c| c == "loopback-up"));
     }
 
@@ -459,7 +515,7 @@ mod tests {
         });
         let mut sys = Recorder::default();
         let (root, nodes) = (devnull(), devnull());
-        prepare(&mut sys, &plan, root.as_fd(), Some(nodes.as_fd())).unwrap();
+        prepare(&mut sys, &plan, root.as_fd(), Some(nodes.as_fd()), &[]).unwrap();
         let order = [
             "attach /var/lib/berth/containers/web/root",
             "attach /run/berth/scratch/dev",
@@ -472,7 +528,7 @@ mod tests {
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:#?}", sys.calls);
         // Without the mount, a Node is an error, never a host bind.
         let mut sys = Recorder::default();
-        let (_, _, what) = prepare(&mut sys, &plan, root.as_fd(), None).unwrap_err();
+        let (_, _, what) = prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap_err();
         assert!(what.contains("no device mount"), "{what}");
     }
 
@@ -484,7 +540,7 @@ mod tests {
             ..Default::default()
         };
         let root = devnull();
-        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), None).unwrap_err();
+        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap_err();
         assert_eq!((step, errno), (Step::Mount, Errno::EPERM));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot-root")));
     }

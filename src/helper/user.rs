@@ -33,6 +33,47 @@ pub fn resolve(spec: &UserSpec) -> Result<Ids, String> {
     resolve_in(spec, &read("/etc/passwd"), &read("/etc/group"))
 }
 
+fn read_db(p: &str) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    if let Ok(f) = std::fs::File::open(p) {
+        // A database that cannot be read is an empty one: lookups then fall back.
+        let _ = f.take(MAX_DB).read_to_string(&mut s);
+    }
+    s
+}
+
+/// The gid of the container's `tty` group (a terminal's group, as login(1) gives it), from
+/// the current root's /etc/group.
+pub fn tty_gid() -> Option<u32> {
+    group_gid_in(&read_db("/etc/group"), "tty")
+}
+
+/// The gid of group `name` in a group(5) database.
+pub fn group_gid_in(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
+    })
+}
+
+/// The login shell of `uid` in the current root's /etc/passwd, else `/bin/sh`.
+pub fn shell_of(uid: u32) -> String {
+    shell_in(&read_db("/etc/passwd"), uid)
+}
+
+/// [`shell_of`] on a given passwd database.
+pub fn shell_in(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) && f[6].starts_with('/'))
+                .then(|| f[6].to_string())
+        })
+        .unwrap_or_else(|| "/bin/sh".into())
+}
+
 /// [`resolve`] on given database contents.
 pub fn resolve_in(spec: &UserSpec, passwd: &str, group: &str) -> Result<Ids, String> {
     // passwd(5): name:password:UID:GID:GECOS:directory:shell
@@ -132,6 +173,16 @@ mod tests {
         assert_eq!((n.uid, n.gid, n.home), (4242, 0, None));
         let ng = resolve_in("4242:7", PASSWD, GROUP).unwrap();
         assert_eq!((ng.uid, ng.gid), (4242, 7));
+    }
+
+    #[test]
+    fn the_tty_group_and_login_shells() {
+        assert_eq!(group_gid_in("root:x:0:\ntty:x:5:\n", "tty"), Some(5));
+        assert_eq!(group_gid_in(GROUP, "tty"), None);
+        assert_eq!(shell_in(PASSWD, 1000), "/bin/sh");
+        assert_eq!(shell_in(PASSWD, 33), "/bin/false");
+        assert_eq!(shell_in("x:x:7:7::/:\n", 7), "/bin/sh");
+        assert_eq!(shell_in(PASSWD, 4242), "/bin/sh");
     }
 
     #[test]

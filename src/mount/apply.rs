@@ -23,8 +23,40 @@ pub fn operations<S: Syscalls>(
     nodes: Option<&S::Fd>,
     ops: &[MountOp],
 ) -> MountResult<()> {
+    operations_with(sys, root, nodes, ops, &[])
+}
+
+/// [`operations`], with `sources` the detached mounts the plan's `Attach` operations name by
+/// index.
+pub fn operations_with<S: Syscalls>(
+    sys: &mut S,
+    root: &S::Fd,
+    nodes: Option<&S::Fd>,
+    ops: &[MountOp],
+    sources: &[S::Fd],
+) -> MountResult<()> {
     for op in ops {
-        apply(sys, root, nodes, op)?;
+        match op {
+            MountOp::Attach {
+                source,
+                target,
+                dir,
+            } => {
+                let Some(src) = sources.get(*source) else {
+                    return Err((
+                        Errno::EINVAL,
+                        format!("no mount source {source} for /{target}"),
+                    ));
+                };
+                let point = ctx(sys.mount_point(root, target, *dir), || {
+                    format!("mount point /{target}")
+                })?;
+                ctx(sys.attach_onto(src, &point), || {
+                    format!("mount on /{target}")
+                })?;
+            }
+            op => apply(sys, root, nodes, op)?,
+        }
     }
     Ok(())
 }
@@ -205,6 +237,31 @@ pub fn apply<S: Syscalls>(
                 format!("remount /{path} read-only")
             })
         }
+        MountOp::Attach { target, .. } => Err((
+            Errno::EINVAL,
+            format!("a mount on /{target} without its source"),
+        )),
+        MountOp::Tmpfs {
+            target,
+            flags,
+            data,
+        } => {
+            let point = ctx(sys.mount_point(root, target, true), || {
+                format!("mount point /{target}")
+            })?;
+            ctx(
+                sys.mount_fs(
+                    "tmpfs",
+                    &point,
+                    MsFlags::from_bits_truncate(*flags),
+                    data.as_deref(),
+                ),
+                || format!("mount tmpfs on /{target}"),
+            )
+        }
+        MountOp::RootReadOnly => ctx(sys.make_read_only(root), || {
+            "make the root read-only".to_string()
+        }),
     }
 }
 
@@ -291,6 +348,40 @@ mod tests {
                 "remount /sys MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC"
             ]
         );
+    }
+
+    #[test]
+    fn user_mounts_resolve_their_points_then_mount_through_them() {
+        let ops = [
+            MountOp::Attach {
+                source: 0,
+                target: "data".into(),
+                dir: true,
+            },
+            MountOp::Tmpfs {
+                target: "scratch".into(),
+                flags: 0,
+                data: None,
+            },
+            MountOp::RootReadOnly,
+        ];
+        let mut sys = Recorder::default();
+        operations_with(&mut sys, &String::new(), None, &ops, &["vol0".to_string()]).unwrap();
+        assert_eq!(
+            sys.calls,
+            [
+                "mount-point /data dir=true",
+                "attach-onto vol0 /data",
+                "mount-point /scratch dir=true",
+                "mount tmpfs /scratch 0x0 -",
+                "read-only /",
+            ]
+        );
+        // A source that did not come is an error, not a skipped mount.
+        let mut sys = Recorder::default();
+        let (errno, _) = operations_with(&mut sys, &String::new(), None, &ops, &[]).unwrap_err();
+        assert_eq!(errno, Errno::EINVAL);
+        assert!(sys.calls.is_empty());
     }
 
     #[test]

@@ -68,6 +68,24 @@ pub enum MountOp {
     /// one), or a directory under an empty read-only tmpfs; a missing path is skipped, any
     /// other failure fails the start.
     Mask { path: String },
+    /// Attach the `source`-th detached mount berthd sent with sync #3 (a bind mount or a
+    /// volume, already read-only, nosuid, nodev, idmapped as asked) on `target`. The mount
+    /// point is resolved inside the root with `openat2(RESOLVE_IN_ROOT)` and made if missing
+    /// (a directory when `dir`, else a file), then mounted on through its descriptor.
+    Attach {
+        source: usize,
+        target: String,
+        dir: bool,
+    },
+    /// A tmpfs the user asked for, on a mount point resolved and made like `Attach`'s.
+    Tmpfs {
+        target: String,
+        flags: u64,
+        data: Option<String>,
+    },
+    /// Make the root's own mount read-only (`--read-only`), last, once every mount point
+    /// exists: the mounts on it (/proc, /dev, /run, /tmp, volumes) stay as they are.
+    RootReadOnly,
     /// Bind the host file `source` (berthd's, in the container's runtime directory) read-only
     /// onto the file `path`, unless the root supplies its own: only a missing path or an
     /// empty regular file is covered; a non-empty file, a symlink or a directory there is the
@@ -310,9 +328,129 @@ pub fn operations(devices: &[&Device], context: Option<&str>, userns: bool) -> V
     ops
 }
 
+/// The mounts a container asked for (`spec`), after [`operations`], parents before children;
+/// then, for `read_only`, a tmpfs on /tmp (unless the user mounts one) and the root made
+/// read-only. `source_dirs[i]` says whether the `i`-th bind or volume of `spec`, in order, is
+/// a directory; its detached mount travels as the `i`-th mount source.
+pub fn user_operations(
+    spec: &[crate::volume::MountSpec],
+    source_dirs: &[bool],
+    read_only: bool,
+    context: Option<&str>,
+) -> Vec<MountOp> {
+    use crate::volume::MountSource;
+    let mut ops: Vec<(usize, MountOp)> = Vec::with_capacity(spec.len() + 2);
+    let mut source = 0;
+    for m in spec {
+        let target = m.target.relative().to_string();
+        let depth = target.split('/').count();
+        match &m.source {
+            MountSource::Bind { .. } | MountSource::Volume { .. } => {
+                let dir = source_dirs.get(source).copied().unwrap_or(true);
+                ops.push((
+                    depth,
+                    MountOp::Attach {
+                        source,
+                        target,
+                        dir,
+                    },
+                ));
+                source += 1;
+            }
+            MountSource::Tmpfs { size, mode } => {
+                let mut flags = MsFlags::empty();
+                for (on, f) in [
+                    (m.read_only, MsFlags::MS_RDONLY),
+                    (m.nosuid, MsFlags::MS_NOSUID),
+                    (m.nodev, MsFlags::MS_NODEV),
+                    (m.noexec, MsFlags::MS_NOEXEC),
+                ] {
+                    if on {
+                        flags |= f;
+                    }
+                }
+                let mut data: Vec<String> = Vec::new();
+                if let Some(s) = size {
+                    data.push(format!("size={s}"));
+                }
+                if let Some(m) = mode {
+                    data.push(format!("mode={m:o}"));
+                }
+                let data = with_context(&data.join(","), context);
+                ops.push((
+                    depth,
+                    MountOp::Tmpfs {
+                        target,
+                        flags: flags.bits(),
+                        data: Some(data).filter(|d| !d.is_empty()),
+                    },
+                ));
+            }
+        }
+    }
+    // Parents before children: a mount on /data/sub must land on the /data mount.
+    ops.sort_by_key(|(depth, _)| *depth);
+    let mut ops: Vec<MountOp> = ops.into_iter().map(|(_, op)| op).collect();
+    if read_only {
+        if !spec.iter().any(|m| m.target.as_str() == "/tmp") {
+            ops.insert(
+                0,
+                MountOp::Tmpfs {
+                    target: "tmp".into(),
+                    flags: (MsFlags::MS_NOSUID | MsFlags::MS_NODEV).bits(),
+                    data: Some(with_context("mode=1777", context)),
+                },
+            );
+        }
+        ops.push(MountOp::RootReadOnly);
+    }
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_mounts_come_parents_first_and_read_only_last() {
+        let there = |_: &Path| true;
+        let specs: Vec<_> = [
+            crate::volume::mounts::parse_volume("/srv/a:/data/sub:ro", &there),
+            crate::volume::mounts::parse_volume("vol:/data", &there),
+            crate::volume::mounts::parse_tmpfs("/scratch:size=1m,mode=700"),
+        ]
+        .into_iter()
+        .map(|p| p.unwrap().spec)
+        .collect();
+        let ops = user_operations(&specs, &[false, true], true, None);
+        assert_eq!(
+            ops,
+            [
+                MountOp::Tmpfs {
+                    target: "tmp".into(),
+                    flags: (MsFlags::MS_NOSUID | MsFlags::MS_NODEV).bits(),
+                    data: Some("mode=1777".into())
+                },
+                MountOp::Attach {
+                    source: 1,
+                    target: "data".into(),
+                    dir: true
+                },
+                MountOp::Tmpfs {
+                    target: "scratch".into(),
+                    flags: (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC).bits(),
+                    data: Some("size=1048576,mode=700".into())
+                },
+                MountOp::Attach {
+                    source: 0,
+                    target: "data/sub".into(),
+                    dir: false
+                },
+                MountOp::RootReadOnly,
+            ]
+        );
+        assert_eq!(user_operations(&[], &[], false, None), []);
+    }
 
     #[test]
     fn operations_are_relative_and_ordered() {
@@ -339,6 +477,8 @@ mod tests {
                 MountOp::ReadOnly { path } | MountOp::Mask { path } | MountOp::Keep { path } => {
                     path
                 }
+                MountOp::Attach { target, .. } | MountOp::Tmpfs { target, .. } => target,
+                MountOp::RootReadOnly => continue,
                 MountOp::BindFile { path, .. } | MountOp::BindHost { path, .. } => path,
             };
             assert!(

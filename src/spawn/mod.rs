@@ -109,6 +109,12 @@ impl Helper {
         sock
     }
 
+    /// Wait until the helper process has exited (it does right after its last message): then
+    /// what it forked is berthd's child.
+    pub async fn finish(self) {
+        reap(self.pidfd).await
+    }
+
     /// Kill the helper process (not the leader) and wait until it is reaped.
     pub async fn kill(self) {
         match crate::sys::pidfd_send_signal(self.pidfd.as_fd(), Signal::SIGKILL) {

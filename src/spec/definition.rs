@@ -64,6 +64,27 @@ pub struct Definition {
         skip_serializing_if = "super::network::NetworkSettings::is_default"
     )]
     pub network: super::network::NetworkSettings,
+    /// `-v/--volume` entries as given: `HOST:CONTAINER[:OPTIONS]`, `NAME:CONTAINER[:OPTIONS]`
+    /// (a named volume) or `CONTAINER` (an anonymous one); see [`crate::volume::mounts`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `--mount` entries as given (docker's `type=bind|volume|tmpfs,…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
+    /// `--tmpfs` entries as given (`PATH[:OPTIONS]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// A read-only root file system, with a writable /run and /tmp.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// The writable layer is discarded when the container exits (nspawn's
+    /// `--volatile=overlay`): every start begins from the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+    /// Where stdout and stderr go when the starter passes none: `journald` (default),
+    /// `none`, or `passthrough` (the starter's own descriptors, /dev/null without them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<String>,
     /// Raw scope properties (`KEY=VALUE` as the user wrote them; see [`super::props`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

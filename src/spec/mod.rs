@@ -153,7 +153,17 @@ pub enum SpecError {
     Security(#[from] security::SecurityError),
     #[error(transparent)]
     Network(#[from] network::NetworkSpecError),
+    /// A volume, bind mount or tmpfs (the message of [`crate::volume::VolumeError`]).
+    #[error("{0}")]
+    Mount(String),
+    #[error(transparent)]
+    LogDriver(#[from] LogDriverError),
 }
+
+/// An unknown `--log-driver`.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("log driver {0:?} (journald, none or passthrough)")]
+pub struct LogDriverError(pub String);
 
 /// Where a container's root comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +192,11 @@ pub struct ContainerSpec {
     pub image_id: Option<crate::image::Digest>,
     /// How it is networked (the image's EXPOSE ports are added at start for `-P`).
     pub network: crate::network::NetSpec,
+    /// Volumes, bind mounts and tmpfs mounts, checked and bounded.
+    pub mounts: Vec<crate::volume::MountSpec>,
+    pub read_only: bool,
+    pub ephemeral: bool,
+    pub log_driver: crate::journal::LogDriver,
 }
 
 impl ContainerSpec {
@@ -241,6 +256,11 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         (_, None) => None,
     };
     let network = network::check(&def.network, &limits, security.userns.request().is_some())?;
+    let mounts = check_mounts(def)?;
+    let log_driver = match def.log_driver.as_deref() {
+        None => crate::journal::LogDriver::default(),
+        Some(d) => d.parse().map_err(|_| LogDriverError(d.to_string()))?,
+    };
     Ok(ContainerSpec {
         definition: def.clone(),
         root,
@@ -253,7 +273,39 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         security,
         image_id,
         network,
+        mounts,
+        read_only: def.read_only,
+        ephemeral: def.ephemeral,
+        log_driver,
     })
+}
+
+/// The definition's `-v`, `--mount` and `--tmpfs` entries as typed mounts, at most
+/// [`crate::volume::mounts::MAX_MOUNTS`], no two on one target. Whether a bind's host path
+/// exists is checked where it matters, at create and at each start (a path missing while
+/// berthd restarts must not make the container unknown).
+fn check_mounts(def: &Definition) -> Result<Vec<crate::volume::MountSpec>, SpecError> {
+    use crate::volume::mounts;
+    let n = def.volumes.len() + def.mounts.len() + def.tmpfs.len();
+    if n > mounts::MAX_MOUNTS {
+        return Err(SpecError::Mount(
+            crate::volume::VolumeError::TooManyMounts(n).to_string(),
+        ));
+    }
+    let there = |_: &Path| true;
+    let err = |e: crate::volume::VolumeError| SpecError::Mount(e.to_string());
+    let mut out = Vec::with_capacity(n);
+    for v in &def.volumes {
+        out.push(mounts::parse_volume(v, &there).map_err(err)?.spec);
+    }
+    for m in &def.mounts {
+        out.push(mounts::parse_mount(m, &there).map_err(err)?.spec);
+    }
+    for t in &def.tmpfs {
+        out.push(mounts::parse_tmpfs(t).map_err(err)?.spec);
+    }
+    mounts::check_list(&out).map_err(err)?;
+    Ok(out)
 }
 
 /// A directory used as a lower layer: absolute, existing, a directory, and free of the
@@ -301,7 +353,8 @@ fn check_hostname(h: &str) -> Result<(), SpecError> {
     }
 }
 
-fn check_command(cmd: &[String]) -> Result<(), SpecError> {
+/// A command line: not empty-named, no NUL, bounded.
+pub fn check_command(cmd: &[String]) -> Result<(), SpecError> {
     if cmd.first().is_some_and(|c| c.is_empty()) {
         return Err(SpecError::Command("the command is empty"));
     }
@@ -314,7 +367,8 @@ fn check_command(cmd: &[String]) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_env(env: &[String]) -> Result<(), SpecError> {
+/// An environment: `KEY=VALUE` entries without NUL or newline, bounded.
+pub fn check_env(env: &[String]) -> Result<(), SpecError> {
     if env.len() > MAX_ENV || env.iter().map(String::len).sum::<usize>() > MAX_ENV_BYTES {
         return Err(SpecError::EnvTooLarge);
     }

@@ -6,6 +6,7 @@
 
 pub mod pidfd_getfd;
 pub mod process;
+pub mod pty;
 pub mod rtsig;
 pub mod spawn;
 pub mod syscall;
@@ -129,12 +130,53 @@ pub fn fork_single_threaded() -> nix::Result<Forked> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map_err(|_| Errno::EIO)?
         .count();
+    fork_if_single(threads)
+}
+
+/// This process's own thread list (`/proc/self/task`), opened while `/proc` is the host's.
+/// An exec helper that joined a container's mount namespace sees the container's /proc, in
+/// whose PID namespace it has no PID, so `/proc/self` no longer resolves there; the open
+/// directory still lists this process's threads.
+pub struct OwnTasks(OwnedFd);
+
+impl OwnTasks {
+    pub fn open() -> nix::Result<OwnTasks> {
+        nix::fcntl::open(
+            "/proc/self/task",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(OwnTasks)
+    }
+
+    fn count(&self) -> nix::Result<usize> {
+        // A duplicate shares the offset; the iterator rewinds it when dropped.
+        let mut dir = nix::dir::Dir::from_fd(self.0.try_clone().map_err(|_| Errno::EMFILE)?)?;
+        let mut n = 0;
+        for e in dir.iter() {
+            let name = e?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// [`fork_single_threaded`], counting the threads through `tasks`.
+pub fn fork_single_threaded_in(tasks: &OwnTasks) -> nix::Result<Forked> {
+    fork_if_single(tasks.count()?)
+}
+
+fn fork_if_single(threads: usize) -> nix::Result<Forked> {
     if threads != 1 {
         return Err(Errno::EDEADLK);
     }
-    // SAFETY: checked just above that this process has exactly one thread, the condition under
-    // which running arbitrary code in the child is sound; no thread can appear in between
-    // because only this thread could create one.
+    // SAFETY: the caller counted exactly one thread in this process just before, the condition
+    // under which running arbitrary code in the child is sound; no thread can appear in
+    // between because only this thread could create one.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),

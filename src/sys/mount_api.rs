@@ -184,6 +184,40 @@ pub fn move_mount_to<P: ?Sized + NixPath>(
     unit_result(ret)
 }
 
+/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH [| AT_RECURSIVE])`: a
+/// detached copy of the mount (tree) at the file `fd` names (an `O_PATH` descriptor a caller
+/// opened as itself, e.g. the source of a live bind mount). No path is resolved here.
+pub fn open_tree_clone_fd(fd: BorrowedFd<'_>, recursive: bool) -> nix::Result<OwnedFd> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: the path is the empty C string (AT_EMPTY_PATH: the descriptor itself); the
+    // descriptor is borrowed for the call; flags are plain integers.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    fd_result(ret)
+}
+
+/// `move_mount(mount, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`:
+/// attach a detached mount onto the very file `target` names (an `O_PATH` descriptor of a
+/// mount point resolved and checked beforehand), so that no path is looked up again between
+/// the check and the mount (runc CVE-2021-30465).
+pub fn move_mount_onto(mount: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: both paths are the empty C string, meaning the descriptors themselves (the two
+    // EMPTY_PATH flags); the descriptors are borrowed for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    unit_result(ret)
+}
+
 /// `fsopen(fstype, FSOPEN_CLOEXEC)`: a filesystem context to configure with the `fsconfig_*`
 /// calls. Messages the filesystem logs while being configured can be read back with
 /// [`fs_context_log`].

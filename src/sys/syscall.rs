@@ -110,6 +110,30 @@ pub trait Syscalls {
     fn load_seccomp(&mut self, filter: &[libc::sock_filter]) -> nix::Result<()>;
     /// Replace the process image; returns only on failure.
     fn execve(&mut self, path: &CString, argv: &[CString], env: &[CString]) -> Errno;
+    /// `PR_SET_DUMPABLE 0`: nobody of the same uid may ptrace us or open `/proc/self/fd`,
+    /// `/proc/self/exe` or `/proc/self/mem` (what a process entering a container needs
+    /// before it joins: runc CVE-2016-9962, CVE-2019-5736).
+    fn set_non_dumpable(&mut self) -> nix::Result<()>;
+    /// Move this process into the cgroup whose `cgroup.procs` file is `procs` (writing `0`,
+    /// "myself").
+    fn join_cgroup(&mut self, procs: &Path) -> nix::Result<()>;
+    /// `setns(pidfd, flags)`: join the namespaces `flags` names of the process behind
+    /// `pidfd`, all at once (Linux 5.8).
+    fn setns(&mut self, pidfd: BorrowedFd<'_>, flags: CloneFlags) -> nix::Result<()>;
+    /// Make standard stream `stdio` (0, 1 or 2), a terminal, this session's controlling
+    /// terminal (after `setsid`), so that job control and Ctrl-C work.
+    fn set_controlling_terminal(&mut self, stdio: usize) -> nix::Result<()>;
+    /// Open (making it if missing, as the caller) the mount point `rel` inside `root` for a
+    /// directory (`dir`) or a file, resolved by the kernel inside the root
+    /// (`openat2(RESOLVE_IN_ROOT)`): a symlink, however the image made it, stays inside; the
+    /// root itself, a point of the other kind and kernel filesystems are refused.
+    fn mount_point(&mut self, root: &Self::Fd, rel: &str, dir: bool) -> nix::Result<Self::Fd>;
+    /// Attach the detached mount `mount` onto the opened mount point `target`
+    /// (`move_mount` with both `EMPTY_PATH` flags: no path is looked up again).
+    fn attach_onto(&mut self, mount: &Self::Fd, target: &Self::Fd) -> nix::Result<()>;
+    /// Make the mount `root` is the top of read-only (that mount only: the mounts on it stay
+    /// as they are).
+    fn make_read_only(&mut self, root: &Self::Fd) -> nix::Result<()>;
 }
 
 /// The real system calls.
@@ -418,6 +442,69 @@ impl Syscalls for Real {
             Ok(never) => match never {},
         }
     }
+
+    fn set_non_dumpable(&mut self) -> nix::Result<()> {
+        nix::sys::prctl::set_dumpable(false)
+    }
+
+    fn join_cgroup(&mut self, procs: &Path) -> nix::Result<()> {
+        use std::io::Write;
+        let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .map_err(io)?;
+        f.write_all(b"0").map_err(io)
+    }
+
+    fn setns(&mut self, pidfd: BorrowedFd<'_>, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::setns(pidfd, flags)
+    }
+
+    fn set_controlling_terminal(&mut self, stdio: usize) -> nix::Result<()> {
+        match stdio {
+            0 => super::pty::set_controlling_terminal(std::io::stdin().as_fd()),
+            1 => super::pty::set_controlling_terminal(std::io::stdout().as_fd()),
+            2 => super::pty::set_controlling_terminal(std::io::stderr().as_fd()),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    fn mount_point(&mut self, root: &OwnedFd, rel: &str, dir: bool) -> nix::Result<OwnedFd> {
+        let confined = crate::copy::Root::Confined(
+            root.try_clone()
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)))?,
+        );
+        let kind = if dir {
+            crate::copy::bind::MountKind::Dir
+        } else {
+            crate::copy::bind::MountKind::File
+        };
+        let fd = crate::copy::bind::prepare_target(&confined, &format!("/{rel}"), kind, true, None)
+            .map_err(|e| e.errno())?;
+        // A symlink to "/" resolves to the root itself: never mount over the whole root.
+        let (a, b) = (
+            nix::sys::stat::fstat(fd.as_fd())?,
+            nix::sys::stat::fstat(root.as_fd())?,
+        );
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(fd)
+    }
+
+    fn attach_onto(&mut self, mount: &OwnedFd, target: &OwnedFd) -> nix::Result<()> {
+        super::mount_api::move_mount_onto(mount.as_fd(), target.as_fd())
+    }
+
+    fn make_read_only(&mut self, root: &OwnedFd) -> nix::Result<()> {
+        super::mount_api::mount_setattr(
+            root.as_fd(),
+            false,
+            super::mount_api::MountAttrFlags::RDONLY,
+            super::mount_api::MountAttrFlags::empty(),
+        )
+    }
 }
 
 /// A recording fake: every call appends one line to `calls`; handles are the paths they name.
@@ -628,6 +715,29 @@ pub mod fake {
             } else {
                 Errno::UnknownErrno
             }
+        }
+        fn set_non_dumpable(&mut self) -> nix::Result<()> {
+            self.log("non-dumpable".into())
+        }
+        fn join_cgroup(&mut self, procs: &Path) -> nix::Result<()> {
+            self.log(format!("join-cgroup {}", procs.display()))
+        }
+        fn setns(&mut self, _pidfd: BorrowedFd<'_>, flags: CloneFlags) -> nix::Result<()> {
+            self.log(format!("setns {}", self::flags(flags)))
+        }
+        fn set_controlling_terminal(&mut self, stdio: usize) -> nix::Result<()> {
+            self.log(format!("controlling-terminal {stdio}"))
+        }
+        fn mount_point(&mut self, root: &String, rel: &str, dir: bool) -> nix::Result<String> {
+            let p = join(root, rel);
+            self.log(format!("mount-point /{p} dir={dir}"))?;
+            Ok(p)
+        }
+        fn attach_onto(&mut self, mount: &String, target: &String) -> nix::Result<()> {
+            self.log(format!("attach-onto {mount} /{target}"))
+        }
+        fn make_read_only(&mut self, root: &String) -> nix::Result<()> {
+            self.log(format!("read-only /{root}"))
         }
     }
 }
