@@ -33,6 +33,9 @@ impl Registry {
         };
         match cg.delegated() {
             Ok(true) => {}
+            // A container held by its berth@ unit is in the unit's `payload` subgroup; the
+            // mark is on the unit's own cgroup.
+            Ok(false) if self.with(name, |e| e.held_by.is_some()).unwrap_or(false) => {}
             Ok(false) => {
                 warn!("the cgroup of {name} is not marked as delegated by systemd, ignoring")
             }
