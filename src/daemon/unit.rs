@@ -131,7 +131,14 @@ impl Registry {
                 what: "the unit",
                 source,
             })?;
-        let props: Vec<systemd::Property> = properties::device_policy(&spec.limits)
+        // The unit file has the default device policy: runtime properties are only what this
+        // container adds (each SetUnitProperties writes a drop-in, which systemctl then
+        // reports as changed on disk).
+        let devices = match spec.limits.devices().next() {
+            Some(_) => properties::device_policy(&spec.limits),
+            None => Vec::new(),
+        };
+        let props: Vec<systemd::Property> = devices
             .into_iter()
             .chain(properties::limit_properties(&spec.limits))
             .chain(spec.properties.iter().map(properties::raw_property))
@@ -275,6 +282,22 @@ fn cgroup_is_unit(cgroup: &str, unit: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_units_device_policy_is_the_default_one() {
+        let unit = include_str!("../../units/berth@.service");
+        assert!(unit.lines().any(|l| l == "DevicePolicy=closed"));
+        let allowed: Vec<String> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("DeviceAllow="))
+            .map(String::from)
+            .collect();
+        let default: Vec<String> = crate::spec::limits::DEFAULT_DEVICES
+            .iter()
+            .map(|(p, m)| format!("{p} {m}"))
+            .collect();
+        assert_eq!(allowed, default);
+    }
 
     #[test]
     fn cgroup_mounts_are_found_by_type_and_name() {
