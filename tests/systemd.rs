@@ -52,6 +52,18 @@ fn machined_registers_a_running_container_and_forgets_it_at_exit() {
     let status = ok("machinectl status mreg --no-pager");
     assert!(status.contains("sleep 1000"), "{status}");
     assert!(status.contains("berth-mreg.scope"), "{status}");
+    // The host side of its veth is the machine's interface; machined reads the addresses
+    // from the container's network namespace.
+    assert!(status.contains("Iface: vb-mreg"), "{status}");
+    let addr = prop("mreg", "Addresses");
+    let ip4 = addr
+        .split(['/', ' ', ',', '"', '['])
+        .find(|a| a.starts_with("10."))
+        .unwrap_or("none");
+    assert!(
+        status.contains(&format!("Address: {ip4}")),
+        "{addr} / {status}"
+    );
     ok("berthctl stop mreg");
     wait_gone("mreg");
     ok("berthctl rm mreg");
