@@ -179,6 +179,10 @@ fn a_berth_unit_holds_its_container_in_its_own_cgroup() {
     assert_eq!(prop("uhold", "State"), "running");
     assert_eq!(prop("uhold", "Unit"), "berth@uhold.service");
     assert_eq!(ok(&format!("ps -o ppid= -p {main}")), "1");
+    // It holds no handle on the service manager (berthd said READY=1 on its behalf): no
+    // socket at all, only /dev/null and its exit-status memfd.
+    let fds = ok(&format!("ls -l /proc/{main}/fd"));
+    assert!(!fds.contains("socket:"), "{fds}");
     let cg = ok(&format!("cat /proc/{main}/cgroup"));
     assert!(
         cg.lines()

@@ -209,6 +209,9 @@ impl Registry {
             warn!("container {name} vanished while it started, ignoring");
         }
         self.relay_logs(name, l.logs, l.pid as u32, true, started_at);
+        if l.held_by.is_some() {
+            self.held_ready(name, l.pid);
+        }
         self.adopt_cgroup(name, l.pid);
         tokio::spawn(
             self.arc()

@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use futures_util::future::BoxFuture;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::error::{Error, Result};
 use super::start::Stdio;
@@ -169,6 +169,18 @@ impl Registry {
             }
         }
         None
+    }
+
+    /// Tell a held container's unit that it runs (`READY=1` on behalf of its leader, the
+    /// unit's main process). Without it the unit's start times out and systemd stops it.
+    pub(super) fn held_ready(&self, name: &str, leader: i32) {
+        match super::notify::notify_as(leader, "READY=1") {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("container {name}: no NOTIFY_SOCKET to tell its unit it runs, ignoring")
+            }
+            Err(e) => warn!("container {name}: cannot tell its unit it runs: {e}, ignoring"),
+        }
     }
 
     /// The unit a container's processes are in: its `berth@` service when one holds it, else

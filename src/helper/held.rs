@@ -2,8 +2,9 @@
 //! `berthctl unit-start`, which systemd started as the unit's main process, so that the
 //! container's leader is cloned with `CLONE_PARENT` as a child of the service manager, in the
 //! unit's own cgroup. The helper names the leader the unit's main process (`MAINPID=`) before
-//! it exits, and the leader says `READY=1` once the payload runs: systemd then tracks the
-//! container itself, gets its exit status, and neither berthd nor berthctl dying changes that.
+//! it exits, and berthd says `READY=1` on the leader's behalf once the payload runs: systemd
+//! then tracks the container itself, gets its exit status, and neither berthd nor berthctl
+//! dying changes that.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -23,9 +24,8 @@ pub fn take_socket() -> nix::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// A datagram socket connected to the service manager's `NOTIFY_SOCKET`, opened before the
-/// clone: the leader, in its own network and mount namespaces, still sends on it (the
-/// connection was made from the host's), and it is close-on-exec, so the payload never has it.
+/// A datagram socket connected to the service manager's `NOTIFY_SOCKET`, for the helper's own
+/// `MAINPID=`; the leader closes its copy right after the clone.
 pub struct Notifier(UnixDatagram);
 
 impl Notifier {

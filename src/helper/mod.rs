@@ -183,6 +183,8 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
         }
         Ok((payload, Cloned::Child)) => payload,
     };
+    // The leader keeps no handle on the service manager: berthd says READY=1 for it.
+    drop(notifier);
     // The leader: PID 1 of the new PID namespace. Wait at the barrier for the scope, the ID
     // maps and the root.
     if nix::sys::prctl::set_pdeathsig(None).is_err() {
@@ -213,12 +215,6 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
                 // berthd went away before it learnt that the payload runs; a restarted
                 // berthd adopts the container from its records or not at all. PID 1 goes on
                 // either way.
-            }
-            if let Some(n) = notifier
-                && let Err(e) = n.send("READY=1")
-            {
-                // The unit's start then times out and systemd stops the container.
-                eprintln!("berth-helper: cannot tell the unit the container runs: {e}");
             }
             init::become_init(pid, status_fd, devnull, sock)
         }
