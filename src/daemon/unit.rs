@@ -8,7 +8,8 @@
 //! its exit status, see [`crate::helper::held`]), and instead of a scope berthd moves the leader
 //! into the unit's `payload` subgroup (`AttachProcessesToUnit`) and sets the container's
 //! resource properties on the unit, at runtime. The helper names the leader the unit's main
-//! process (`MAINPID=`), and the leader says `READY=1` once the payload runs.
+//! process (`MAINPID=`), and berthd says `READY=1` on the leader's behalf once the payload
+//! runs ([`super::notify::notify_as`]).
 //!
 //! So the unit's accounting, `systemctl status` and `set-property` are the container's; the
 //! unit's main process is the container's PID 1, so `systemctl stop/restart/kill` act on it,
