@@ -320,3 +320,33 @@ fn enable_and_disable_start_the_container_at_boot_through_machines_target() {
     assert_eq!(code("systemctl is-enabled -q berth@nosuch.service"), 1);
     cleanup_unit("uboot");
 }
+
+#[test]
+fn without_machined_containers_run_as_before_and_berthd_says_so_once() {
+    let since = ok("date +%s");
+    ok("systemctl stop systemd-machined; systemctl mask --runtime systemd-machined");
+    ok("systemctl restart berthd");
+    wait_berthd();
+    ok(
+        "berthctl run -d --name nomach1 -- sleep 1000; berthctl run -d --name nomach2 -- sleep 1000",
+    );
+    assert_eq!(prop("nomach1", "State"), "running");
+    assert_eq!(prop("nomach2", "State"), "running");
+    let log = ok(
+        "journalctl -u berthd -o cat --no-pager -n 200 | grep -c 'systemd-machined is not available' || true",
+    );
+    assert_eq!(log, "1");
+    assert_eq!(
+        ok(&format!(
+            "journalctl -u berthd -o cat --no-pager --since @{since} | grep -c RegisterMachine || true"
+        )),
+        "0"
+    );
+    ok("berthctl rm -f nomach1 nomach2");
+    ok("systemctl unmask --runtime systemd-machined");
+    ok("systemctl restart berthd");
+    wait_berthd();
+    ok("berthctl run -d --name nomach3 -- sleep 1000");
+    wait_until("machine nomach3", || machine("nomach3", "Name").is_some());
+    ok("berthctl rm -f nomach3");
+}

@@ -36,7 +36,7 @@ impl Registry {
             }
             Err(e) => {
                 warn!(
-                    "cannot look for systemd-machined: {e}; containers are not registered as machines"
+                    "systemd-machined is not available ({e}); containers are not registered as machines"
                 );
                 None
             }
@@ -93,6 +93,8 @@ impl Registry {
             .await
         {
             Ok(()) => tracing::debug!("registered container {name} with machined"),
+            // It ended before the registration got there: nothing to register.
+            Err(e) if e.is_gone_leader() => tracing::debug!("{e}, ignoring"),
             Err(e) => warn!("{e}, ignoring"),
         }
     }

@@ -57,6 +57,14 @@ pub enum MachinedError {
     },
 }
 
+impl MachinedError {
+    /// machined could not find the leader (it exited before the call arrived).
+    pub fn is_gone_leader(&self) -> bool {
+        let MachinedError::Call { source, .. } = self;
+        matches!(source, zbus::Error::MethodError(name, _, _) if name.as_str() == "org.freedesktop.DBus.Error.UnixProcessIdUnknown")
+    }
+}
+
 /// One machine machined knows that berth registered (its service is [`SERVICE`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
@@ -71,8 +79,8 @@ pub struct Machined {
 }
 
 impl Machined {
-    /// A client when machined is on the bus or can be activated on it; `None` otherwise
-    /// (no systemd-container installed), which is not an error.
+    /// A client when machined is on the bus or can be activated on it and answers; `None` when
+    /// it is not there at all (no systemd-container installed), which is not an error.
     pub async fn connect(conn: &zbus::Connection) -> zbus::Result<Option<Machined>> {
         let dbus = zbus::fdo::DBusProxy::new(conn).await?;
         let name = zbus::names::BusName::from_static_str(BUS_NAME)?;
@@ -86,9 +94,11 @@ impl Machined {
         if !activatable {
             return Ok(None);
         }
-        Ok(Some(Machined {
-            proxy: MachineManagerProxy::new(conn).await?,
-        }))
+        let proxy = MachineManagerProxy::new(conn).await?;
+        // Listed but unusable (masked, or failing to start): an error, said once, rather than
+        // a failed registration at every start.
+        proxy.list_machines().await?;
+        Ok(Some(Machined { proxy }))
     }
 
     /// Register a running container: class `container`, service `berth`, its leader (whose
