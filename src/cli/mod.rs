@@ -24,6 +24,7 @@ mod start;
 mod stats;
 mod status;
 mod stop;
+mod unit;
 mod verbs;
 mod volume;
 
@@ -295,6 +296,13 @@ pub enum Command {
     Network(network::NetworkArgs),
     /// List a container's published ports.
     Port(port::PortArgs),
+    /// Start the container at boot: enable berth@NAME.service (through machines.target).
+    Enable(unit::EnableArgs),
+    /// No longer start the container at boot.
+    Disable(unit::EnableArgs),
+    /// berth@.service's ExecStart: run NAME held by the calling unit (not for use by hand).
+    #[command(name = "unit-start")]
+    UnitStart(unit::UnitStartArgs),
     /// Run a command in a running container (its namespaces, cgroup, user and confinement).
     Exec(exec::ExecArgs),
     /// An interactive shell in a running container (the user's shell, else /bin/sh).
@@ -418,6 +426,9 @@ pub fn main() -> u8 {
             Command::Generate { dir } => docs::generate(&dir),
             Command::Network(a) => network::run(a).await,
             Command::Port(a) => port::run(a).await,
+            Command::Enable(a) => unit::enable(a, true).await,
+            Command::Disable(a) => unit::enable(a, false).await,
+            Command::UnitStart(a) => unit::unit_start(a).await,
             Command::Exec(a) => exec::exec(a).await,
             Command::Shell(a) => exec::shell(a).await,
             Command::Logs(a) => logs::run(a).await,

@@ -155,7 +155,7 @@ impl Registry {
 
     /// Enable or disable `berth@NAME.service` (and `machines.target`, which pulls it in at
     /// boot, or multi-user.target where there is no machines.target). Returns what was done.
-    async fn set_boot(&self, name: &str, boot: bool) -> Result<String> {
+    pub(super) async fn set_boot(&self, name: &str, boot: bool) -> Result<String> {
         let unit = unit_of(name);
         let sd = crate::systemd::units::UnitManagerProxy::new(&self.conn)
             .await

@@ -124,6 +124,14 @@ impl Registry {
                         return;
                     }
                     OnFailure::Restart => {
+                        // A container its berth@ unit holds is restarted by the unit, or it
+                        // would leave it.
+                        if let Some(unit) = me.with(&name, |e| e.held_by.clone()).ok().flatten() {
+                            if let Err(e) = me.systemd.restart_unit(&unit).await {
+                                warn!("cannot restart {unit} of unhealthy {name}: {e}, ignoring");
+                            }
+                            return;
+                        }
                         if let Err(e) = me.stop(name.clone(), 0).await {
                             warn!("cannot stop unhealthy {name}: {e}, ignoring");
                         }

@@ -12,7 +12,6 @@ use super::store;
 use super::table::{Entry, MAX_CONTAINERS, Registry, State, path};
 use crate::dbus;
 use crate::mount::ContainerDirs;
-use crate::name;
 use crate::spec::{ContainerSpec, Definition, Root};
 use crate::sys;
 
@@ -247,7 +246,7 @@ impl Registry {
 
     async fn kill_scope(&self, name: &str) -> Result<()> {
         self.systemd
-            .kill_unit(&name::scope_unit(name), "all", Signal::SIGKILL as i32)
+            .kill_unit(&self.unit_of(name), "all", Signal::SIGKILL as i32)
             .await
             .map_err(|source| Error::Systemd {
                 what: "to kill the scope",
@@ -267,7 +266,7 @@ impl Registry {
         if whom == "all" {
             return self
                 .systemd
-                .kill_unit(&name::scope_unit(&name), "all", signal)
+                .kill_unit(&self.unit_of(&name), "all", signal)
                 .await
                 .map_err(|source| Error::Systemd {
                     what: "to signal the scope",

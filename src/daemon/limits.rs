@@ -13,7 +13,6 @@ use super::store;
 use super::table::{Registry, State, path};
 use crate::cgroup::{self, Cgroup, OomWatch};
 use crate::dbus::{self, StatsInfo};
-use crate::name;
 use crate::spec::{limits, props};
 use crate::systemd::properties::{self, Property};
 
@@ -34,6 +33,9 @@ impl Registry {
         };
         match cg.delegated() {
             Ok(true) => {}
+            // A container held by its berth@ unit is in the unit's `payload` subgroup; the
+            // mark is on the unit's own cgroup.
+            Ok(false) if self.with(name, |e| e.held_by.is_some()).unwrap_or(false) => {}
             Ok(false) => {
                 warn!("the cgroup of {name} is not marked as delegated by systemd, ignoring")
             }
@@ -263,7 +265,7 @@ impl Registry {
             .flat_map(|k| properties::key_properties(&in_force, k))
             .collect();
         props.extend(raw_props);
-        let unit = name::scope_unit(&name);
+        let unit = self.unit_of(&name);
         self.systemd
             .set_unit_properties(&unit, runtime, &props)
             .await

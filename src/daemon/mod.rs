@@ -13,6 +13,7 @@ mod life;
 mod lifecycle;
 mod limits;
 mod logs;
+mod machined;
 mod mounts;
 mod network;
 mod notify;
@@ -28,6 +29,7 @@ mod space;
 mod start;
 mod store;
 mod table;
+mod unit;
 mod verbs;
 
 use std::path::PathBuf;
@@ -168,6 +170,7 @@ async fn serve(
     registry.open_network().await;
     registry.recover(stored).await;
     registry.reconcile_network().await;
+    registry.open_machined().await;
     registry.export_images().await;
     registry.apply_declared_at_start().await;
     registry.restart_at_start().await;

@@ -39,6 +39,40 @@ pub fn notify(state: &str, fds: &[BorrowedFd<'_>]) -> nix::Result<bool> {
     Ok(true)
 }
 
+/// Send a notification on behalf of process `pid` (sd_pid_notify(3)): root may name another
+/// process in SCM_CREDENTIALS, and the service manager attributes the message to the unit of
+/// that process. This is how a `berth@` unit hears that its container runs (the leader is its
+/// main process; berthd is not in its cgroup).
+pub fn notify_as(pid: i32, state: &str) -> nix::Result<bool> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let path = path.into_encoded_bytes();
+    let addr = match path.strip_prefix(b"@") {
+        Some(abs) => UnixAddr::new_abstract(abs)?,
+        None => UnixAddr::new(path.as_slice())?,
+    };
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let creds = nix::sys::socket::UnixCredentials::from(libc::ucred {
+        pid,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    });
+    sendmsg(
+        sock.as_raw_fd(),
+        &[IoSlice::new(state.as_bytes())],
+        &[ControlMessage::ScmCredentials(&creds)],
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
+    Ok(true)
+}
+
 /// Put a descriptor in the store under `name`.
 pub fn store_fd(name: &str, fd: BorrowedFd<'_>) -> nix::Result<bool> {
     notify(&format!("FDSTORE=1\nFDNAME={name}"), &[fd])

@@ -157,9 +157,29 @@ impl Registry {
                 if changed {
                     me.save_life(&name);
                     me.publish(&name).await;
+                    me.forward_to_unit(&name, ready, status.as_deref());
                 }
             }
         });
+    }
+
+    /// A container its berth@ unit holds: READY=1 and STATUS= go on to the unit, in the
+    /// leader's name (systemd takes notifications from the unit's processes only).
+    fn forward_to_unit(&self, name: &str, ready: bool, status: Option<&str>) {
+        let Ok((Some(_unit), Some(leader))) = self.with(name, |e| (e.held_by.clone(), e.leader))
+        else {
+            return;
+        };
+        let mut msg = String::new();
+        if ready {
+            msg.push_str("READY=1\n");
+        }
+        if let Some(s) = status {
+            msg.push_str(&format!("STATUS={s}\n"));
+        }
+        if let Err(e) = super::notify::notify_as(leader as i32, msg.trim_end()) {
+            warn!("container {name}: cannot pass its readiness on to its unit: {e}, ignoring");
+        }
     }
 
     /// After a berthd restart: bind the socket of a running `--notify-ready` container again

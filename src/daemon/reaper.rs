@@ -44,10 +44,15 @@ impl Registry {
             Err(e) => warn!("cannot watch the leader of {name}: {e}, polling"),
         }
         let reaped = self.reap_now(&pidfd).await;
-        let status = memfd
+        let mut status = memfd
             .as_ref()
             .and_then(read_status)
             .or(reaped.map(sys::ExitInfo::as_status));
+        if status.is_none()
+            && let Ok(Some(leader)) = self.with(&name, |e| e.leader)
+        {
+            status = self.held_exit_status(&name, leader).await;
+        }
         if status.is_none() {
             // Neither PID 1 wrote it (killed, or no exit descriptor) nor is the leader our child
             // (a re-adopted one): say so rather than make one up.
@@ -87,6 +92,7 @@ impl Registry {
             warn!("cannot record exit of {name}: {e}, ignoring");
         }
         super::failpoint::hit("exit:after-record");
+        self.unregister_machine(name).await;
         if let Err(e) = self.systemd.stop_unit(&unit).await {
             warn!("cannot stop {unit}: {e}, ignoring");
         }

@@ -216,6 +216,7 @@ fn fill(entry: &mut Entry, rt: &Runtime) {
     entry.oom_kills = rt.oom_kills;
     entry.last_oom_at = rt.last_oom_at;
     entry.oom_seen = rt.oom_seen;
+    entry.held_by = rt.held_by.clone();
     // Ran before: a status, a run, or a start time. A status lost to a stopped berthd is -1
     // with a start time.
     entry.state = if rt.exit_status >= 0 || rt.running || rt.started_at != 0 {

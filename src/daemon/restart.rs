@@ -111,6 +111,10 @@ impl Registry {
         let plan = self.with(name, |e| {
             e.life.rec.handled_run = e.started_at;
             let policy = e.spec.life.restart;
+            // A berth@ unit's run is the unit's to restart (its Restart=), not berthd's.
+            if e.held_by.is_some() {
+                return None;
+            }
             if e.state != State::Exited
                 || !policy.restarts_after(status, e.life.rec.restarts, e.life.stopped_by_user)
             {

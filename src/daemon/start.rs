@@ -48,6 +48,8 @@ pub(super) struct Launched {
     pub pidfd: OwnedFd,
     pub memfd: OwnedFd,
     pub stop_signal: Signal,
+    /// The `berth@` unit that holds it, when one does.
+    pub held_by: Option<String>,
     /// The terminal's master, when one was asked for.
     pub master: Option<OwnedFd>,
     /// The read ends of the stdout and stderr log pipes, when the journal gets them.
@@ -111,6 +113,28 @@ impl Registry {
         stdio: Stdio,
         extras: StartExtras,
     ) -> Result<Option<OwnedFd>> {
+        self.start_with_held(name, stdio, extras, None).await
+    }
+
+    /// Start in a `berth@` unit (see `unit`).
+    pub(super) async fn start_held(
+        &self,
+        name: String,
+        stdio: Stdio,
+        held: super::unit::Held,
+    ) -> Result<()> {
+        self.start_with_held(name, stdio, StartExtras::default(), Some(held))
+            .await
+            .map(drop)
+    }
+
+    async fn start_with_held(
+        &self,
+        name: String,
+        stdio: Stdio,
+        extras: StartExtras,
+        held: Option<super::unit::Held>,
+    ) -> Result<Option<OwnedFd>> {
         let _whole = Timer::new(&name, "start (berthd)");
         let (spec, previous) = self.with(&name, |e| match e.state {
             State::Created | State::Exited => {
@@ -137,7 +161,7 @@ impl Registry {
         self.run_starting(&name);
         let mut net = super::network::NetStart::default();
         match self
-            .launch(&spec, stdio, extras.terminal, extras.window, &mut net)
+            .launch(&spec, stdio, extras.terminal, extras.window, &mut net, held)
             .await
         {
             Ok(mut l) => {
@@ -172,6 +196,7 @@ impl Registry {
             started_at,
             exit_status: -1,
             oom_seen: Some(0),
+            held_by: l.held_by.clone(),
             ..Default::default()
         };
         if let Err(e) = store::save_runtime(&self.layout, name, &rt) {
@@ -193,17 +218,29 @@ impl Registry {
             e.exec_base = Some(l.exec_base.clone());
             e.oom_seen = Some(0);
             e.exited.send_replace(None);
+            e.held_by = l.held_by.clone();
         });
         if recorded.is_err() {
             warn!("container {name} vanished while it started, ignoring");
         }
         self.relay_logs(name, l.logs, l.pid as u32, true, started_at);
+        // A `--notify-ready` payload says when it is ready itself (see `ready`).
+        let notify_ready = self
+            .with(name, |e| e.spec.life.notify_ready)
+            .unwrap_or(false);
+        if l.held_by.is_some() && !notify_ready {
+            self.held_ready(name, l.pid);
+        }
         self.adopt_cgroup(name, l.pid);
         tokio::spawn(
             self.arc()
                 .watch_leader(name.to_string(), pidfd, Some(l.memfd)),
         );
         self.publish(name).await;
+        // Off the start path: the registration is one more bus round trip.
+        let me = self.arc();
+        let n = name.to_string();
+        tokio::spawn(async move { me.register_machine(&n).await });
         info!("started container {name}, leader {}", l.pid);
     }
 
@@ -296,7 +333,12 @@ impl Registry {
         terminal: bool,
         window: Option<(u16, u16)>,
         net: &mut super::network::NetStart,
+        held: Option<super::unit::Held>,
     ) -> Result<Launched> {
+        let (held_unit, held_helper) = match held {
+            Some(h) => (Some(h.unit), Some(h.helper)),
+            None => (None, None),
+        };
         let name = spec.name();
         let (plan, root_source, stop_signal, fds, logs, sources, exec_base) = {
             let _t = Timer::new(name, "plan");
@@ -363,7 +405,10 @@ impl Registry {
 
         let helper = {
             let _t = Timer::new(name, "exec helper");
-            Helper::spawn(&self.helper, self.helper_image.as_ref())?
+            match held_helper {
+                Some(h) => h,
+                None => Helper::spawn(&self.helper, self.helper_image.as_ref())?,
+            }
         };
         let (pid, pidfd, sock) = {
             let _t = Timer::new(name, "namespaces (sync #1-#2)");
@@ -438,6 +483,9 @@ impl Registry {
         // the start only once.
         let scope = async {
             let _t = Timer::new(name, "scope");
+            if let Some(u) = &held_unit {
+                return self.attach_held(u, pid, spec).await;
+            }
             let props = systemd::scope_properties(&format!("berth container {name}"), pid as u32)
                 .extend(properties::device_policy(&spec.limits))
                 .extend(properties::limit_properties(&spec.limits))
@@ -499,6 +547,7 @@ impl Registry {
                     master: got.pop(),
                     logs,
                     exec_base,
+                    held_by: held_unit,
                 })
             }
             Ok((

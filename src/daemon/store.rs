@@ -62,6 +62,10 @@ pub struct Runtime {
     /// berths), so that kills while berthd was away are counted when it re-adopts the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_seen: Option<u64>,
+    /// The `berth@` unit that holds the run, when one does (its processes are there, not in
+    /// a scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
 }
 
 impl Layout {

@@ -84,6 +84,8 @@ pub struct Entry {
     pub net: super::network::NetView,
     /// Readiness and the restart policy's state (see `life`).
     pub life: super::life::Life,
+    /// The `berth@` unit that holds the current (or last) run, when one does.
+    pub held_by: Option<String>,
     /// What execs into the running container start from (its start's plan).
     pub exec_base: Option<Arc<crate::plan::exec::ExecBase>>,
     /// The properties last announced on the bus, to send only what changed.
@@ -112,6 +114,7 @@ impl Entry {
             paused: false,
             net: Default::default(),
             life: Default::default(),
+            held_by: None,
             exec_base: None,
             published: None,
         }
@@ -125,7 +128,10 @@ impl Entry {
             } else {
                 self.state.as_str().into()
             },
-            unit: name::scope_unit(name),
+            unit: self
+                .held_by
+                .clone()
+                .unwrap_or_else(|| name::scope_unit(name)),
             leader: self.leader.map(|p| p as u32).unwrap_or(0),
             image: self.spec.definition.image.clone().unwrap_or_default(),
             root_directory: self.shown_root.display().to_string(),

@@ -137,7 +137,7 @@ impl Registry {
                 });
             }
         }
-        let unit = name::scope_unit(&name);
+        let unit = self.unit_of(&name);
         let proxy = crate::systemd::units::UnitManagerProxy::new(&self.conn)
             .await
             .map_err(|e| Error::Failed(format!("cannot talk to systemd: {e}")))?;
@@ -199,7 +199,7 @@ impl Registry {
                 });
             }
         };
-        let unit = name::scope_unit(&name);
+        let unit = self.unit_of(&name);
         let sd = crate::systemd::SystemdManagerProxy::new(&self.conn)
             .await
             .map_err(|e| Error::Failed(format!("cannot talk to systemd: {e}")))?;

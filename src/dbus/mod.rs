@@ -13,6 +13,7 @@ pub mod object_manager;
 pub mod options;
 #[cfg(test)]
 mod tests;
+pub mod units;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -29,6 +30,7 @@ pub use images::ImageOps;
 pub use life::LifeInfo;
 pub use object_manager::ObjectManager;
 pub use options::Options;
+pub use units::UnitOps;
 
 pub const BUS_NAME: &str = "org.berth.berth1";
 pub const MANAGER_PATH: &str = "/org/berth/berth1";
@@ -229,7 +231,7 @@ impl Caller {
 /// What the bus objects need from the daemon. Every mutating method gets its caller: the
 /// backend checks the arguments, then asks whether the caller may do that (polkit), then
 /// acts.
-pub trait Backend: ImageOps + ContainerOps + Send + Sync + 'static {
+pub trait Backend: ImageOps + ContainerOps + UnitOps + Send + Sync + 'static {
     /// Count a call of `sender` against its connection and its uid (see [`admission`]), or
     /// refuse it with `LimitExceeded`. Every method asks this first.
     fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>>;
@@ -459,6 +461,48 @@ impl Manager {
         let _call = enter(&self.backend, &hdr, "sa{sv}").await?;
         live(&self.backend)?
             .start(Caller::of(&hdr)?, name, options)
+            .await
+    }
+
+    /// Start a defined container held by the caller's unit, `berth@NAME.service` (for
+    /// `berthctl unit-start`, its ExecStart): berthd drives the helper on the other end of
+    /// `helper_socket`, which the caller execs, in place, once this returns the helper's path.
+    /// Options as StartContainer.
+    async fn start_container_in_unit(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+        helper_socket: zbus::OwnedFd,
+        options: Options,
+    ) -> Result<String> {
+        let _call = enter(&self.backend, &hdr, "sha{sv}").await?;
+        live(&self.backend)?
+            .start_in_unit(Caller::of(&hdr)?, name, helper_socket.into(), options)
+            .await
+    }
+
+    /// Start the container at boot: enable `berth@NAME.service` through machines.target.
+    /// Returns what was done (empty when it already was).
+    async fn enable_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<String> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
+        live(&self.backend)?
+            .set_enabled(Caller::of(&hdr)?, name, true)
+            .await
+    }
+
+    /// No longer start the container at boot (disable `berth@NAME.service`).
+    async fn disable_container(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        name: String,
+    ) -> Result<String> {
+        let _call = enter(&self.backend, &hdr, "s").await?;
+        live(&self.backend)?
+            .set_enabled(Caller::of(&hdr)?, name, false)
             .await
     }
 

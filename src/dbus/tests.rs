@@ -610,6 +610,79 @@ impl ImageOps for Fake {
     }
 }
 
+impl UnitOps for Fake {
+    fn start_in_unit(
+        &self,
+        caller: Caller,
+        name: String,
+        _helper_socket: std::os::fd::OwnedFd,
+        options: Options,
+    ) -> BoxFuture<'_, Result<String>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            let mut o = options.check(&["StandardInput", "StandardOutput", "StandardError"])?;
+            let out: Option<zbus::Fd<'static>> = o.take("StandardOutput")?;
+            self.call(format!("start-in-unit {name} {}", out.is_some()));
+            wanted(&name)?;
+            Ok("/usr/local/libexec/berth-helper".into())
+        })
+    }
+    fn set_enabled(
+        &self,
+        caller: Caller,
+        name: String,
+        enabled: bool,
+    ) -> BoxFuture<'_, Result<String>> {
+        let denied = self.authorize(caller, Action::ManageContainers);
+        Box::pin(async move {
+            denied?;
+            self.call(format!("set-enabled {name} {enabled}"));
+            wanted(&name)?;
+            Ok(format!("enabled berth@{name}.service"))
+        })
+    }
+}
+
+#[test]
+fn unit_methods_reach_the_backend_authorized_with_their_socket() {
+    timeout(async {
+        let s = serve().await;
+        let m = &s.manager;
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = zbus::OwnedFd::from(std::os::fd::OwnedFd::from(a));
+        let path = m
+            .start_container_in_unit("web".into(), fd, Options::default())
+            .await
+            .unwrap();
+        assert_eq!(path, "/usr/local/libexec/berth-helper");
+        assert_eq!(
+            m.enable_container("web".into()).await.unwrap(),
+            "enabled berth@web.service"
+        );
+        m.disable_container("web".into()).await.unwrap();
+        assert_eq!(
+            s.calls(),
+            [
+                "authorize ManageContainers",
+                "start-in-unit web false",
+                "authorize ManageContainers",
+                "set-enabled web true",
+                "authorize ManageContainers",
+                "set-enabled web false",
+            ]
+        );
+        // An unknown option is refused.
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = zbus::OwnedFd::from(std::os::fd::OwnedFd::from(a));
+        let yes = OwnedVariant::try_from(zbus::Variant::from(true)).unwrap();
+        let r = m
+            .start_container_in_unit("web".into(), fd, opts(&[("Bogus", yes)]))
+            .await;
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    });
+}
+
 impl ContainerOps for Fake {
     fn rename(
         &self,
@@ -1326,6 +1399,8 @@ fn sample_args(method: &'static str) -> Option<zbus::Message> {
         "ListVolumes" => m(&|b| b.build(&())),
         "RemoveVolume" => m(&|b| b.build(&("v",))),
         "StopContainer" => m(&|b| b.build(&("a", 0u64))),
+        "StartContainerInUnit" => m(&|b| b.build(&("a", fd(), &o))),
+        "EnableContainer" | "DisableContainer" => m(&|b| b.build(&("a",))),
         "KillContainer" => m(&|b| b.build(&("a", "all", 9i32))),
         "RemoveContainer" | "RemoveImage" => m(&|b| b.build(&("a", true))),
         "SetResources" => m(&|b| b.build(&("a", vec![("memory", "1G")], true))),
@@ -1377,6 +1452,8 @@ fn with_extra(method: &'static str) -> zbus::Message {
         "ListVolumes" => m(&|b| b.build(&(x,))),
         "RemoveVolume" => m(&|b| b.build(&("v", x))),
         "StopContainer" => m(&|b| b.build(&("a", 0u64, x))),
+        "StartContainerInUnit" => m(&|b| b.build(&("a", fd(), &o, x))),
+        "EnableContainer" | "DisableContainer" => m(&|b| b.build(&("a", x))),
         "KillContainer" => m(&|b| b.build(&("a", "all", 9i32, x))),
         "RemoveContainer" | "RemoveImage" => m(&|b| b.build(&("a", true, x))),
         "SetResources" => m(&|b| b.build(&("a", vec![("memory", "1G")], true, x))),
@@ -1435,7 +1512,7 @@ fn every_method_refuses_an_argument_too_many_and_takes_the_right_ones() {
     timeout(async {
         let s = serve().await;
         let methods = published_methods();
-        assert_eq!(methods.len(), 43, "{methods:?}");
+        assert_eq!(methods.len(), 46, "{methods:?}");
         for &method in &methods {
             let ok = sample_args(method).unwrap_or_else(|| panic!("no sample for {method}"));
             let r = raw_call(&s.client, ok).await;

@@ -281,10 +281,23 @@ pub fn supervise(payload: Pid, status_fd: OwnedFd) -> ! {
     for s in FORWARDED {
         set.add(s);
     }
+    // systemd's halt and poweroff requests (`machinectl poweroff`): the payload is asked to
+    // stop, as nspawn's stub PID 1 does (reboot, SIGINT, is forwarded as it is).
+    let shutdown = [
+        crate::sys::rtsig::rtmin_plus(3),
+        crate::sys::rtsig::rtmin_plus(4),
+    ];
+    let set = crate::sys::rtsig::with_numbers(&set, &shutdown).unwrap_or(set);
     loop {
-        let sig = set.wait().unwrap_or(Signal::SIGCHLD);
-        if sig != Signal::SIGCHLD {
-            let _ = kill(payload, sig);
+        let sig = crate::sys::rtsig::wait_number(&set).unwrap_or(Signal::SIGCHLD as i32);
+        if shutdown.contains(&sig) {
+            let _ = kill(payload, Signal::SIGTERM);
+            continue;
+        }
+        if sig != Signal::SIGCHLD as i32 {
+            if let Ok(sig) = Signal::try_from(sig) {
+                let _ = kill(payload, sig);
+            }
             continue;
         }
         loop {

@@ -19,6 +19,7 @@
 
 pub mod bind;
 pub mod exec;
+pub mod held;
 mod init;
 mod terminal;
 pub mod user;
@@ -51,13 +52,21 @@ pub fn main() -> ! {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         die("PR_SET_PDEATHSIG", e);
     }
-    // Nothing berthd's process leaked may reach the container.
-    if let Err(e) = sys::close_from(SOCKET_FD + 1) {
-        die("close inherited descriptors", e);
-    }
-    let sock = match sys::take_inherited_fd(SOCKET_FD) {
-        Ok(s) => s,
-        Err(e) => die("the protocol socket (descriptor 3)", e),
+    let held = std::env::args_os().nth(1).is_some_and(|a| a == held::ARG);
+    let sock = if held {
+        match held::take_socket() {
+            Ok(s) => s,
+            Err(e) => die("the protocol socket (standard input)", e),
+        }
+    } else {
+        // Nothing berthd's process leaked may reach the container.
+        if let Err(e) = sys::close_from(SOCKET_FD + 1) {
+            die("close inherited descriptors", e);
+        }
+        match sys::take_inherited_fd(SOCKET_FD) {
+            Ok(s) => s,
+            Err(e) => die("the protocol socket (descriptor 3)", e),
+        }
     };
     // The socket was passed without close-on-exec; the payload must not inherit it.
     if let Err(e) = nix::fcntl::fcntl(
@@ -119,10 +128,14 @@ pub fn main() -> ! {
             ),
         ),
     };
-    run(sock, &plan, fds)
+    let notifier = match held.then(held::Notifier::from_env).transpose() {
+        Ok(n) => n,
+        Err(m) => fail(&sock, (Step::Protocol, Errno::EINVAL, m)),
+    };
+    run(sock, &plan, fds, notifier)
 }
 
-fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
+fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held::Notifier>) -> ! {
     let mut sys = Real;
     // The network namespace to join comes last, after the exit-status memfd.
     let netns = if plan.namespaces.join_net {
@@ -136,13 +149,30 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
             join_network(&mut sys, plan, netns.as_ref().map(|f| f.as_fd()))?;
             drop(netns);
             before_clone(&mut sys, plan)?;
-            let c = sys::process::clone3_single_threaded(plan.namespaces.at_clone())
+            // In a unit, the leader is the service manager's child (see `held`).
+            let parent = match notifier {
+                Some(_) => nix::sched::CloneFlags::CLONE_PARENT,
+                None => nix::sched::CloneFlags::empty(),
+            };
+            let c = sys::process::clone3_single_threaded(plan.namespaces.at_clone() | parent)
                 .map_err(|e| (Step::Namespaces, e, "clone3 into new namespaces".into()))?;
             Ok((payload, c))
         });
     let payload = match cloned {
         Err(failure) => fail(&sock, failure),
-        Ok((_, Cloned::Parent(_, pidfd))) => {
+        Ok((_, Cloned::Parent(pid, pidfd))) => {
+            if let Some(n) = &notifier
+                && let Err(e) = n.send(&format!("MAINPID={pid}"))
+            {
+                fail(
+                    &sock,
+                    (
+                        Step::Fork,
+                        Errno::EPIPE,
+                        format!("tell the unit its main process: {e}"),
+                    ),
+                );
+            }
             match protocol::send(sock.as_fd(), &FromHelper::Forked, &[pidfd.as_fd()]) {
                 Ok(()) => std::process::exit(0),
                 Err(e) => fail(
@@ -153,6 +183,8 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>) -> ! {
         }
         Ok((payload, Cloned::Child)) => payload,
     };
+    // The leader keeps no handle on the service manager: berthd says READY=1 for it.
+    drop(notifier);
     // The leader: PID 1 of the new PID namespace. Wait at the barrier for the scope, the ID
     // maps and the root.
     if nix::sys::prctl::set_pdeathsig(None).is_err() {

@@ -33,6 +33,9 @@ pub enum SpawnError {
 pub struct Helper {
     sock: AsyncFd<OwnedFd>,
     pidfd: OwnedFd,
+    /// Whether berthd execed it (and so reaps it); a helper in a `berth@` unit is the service
+    /// manager's child, which reaps it.
+    ours: bool,
 }
 
 impl Helper {
@@ -67,6 +70,20 @@ impl Helper {
         Ok(Helper {
             sock,
             pidfd: child.pidfd,
+            ours: true,
+        })
+    }
+
+    /// A helper that `berthctl unit-start` execs in a `berth@` unit: berthd got the other end
+    /// of its socket over the bus; `pid` is the caller's, which becomes the helper.
+    pub fn adopt(sock: OwnedFd, pid: nix::unistd::Pid) -> Result<Helper, SpawnError> {
+        let pidfd = crate::sys::pidfd_open(pid).map_err(SpawnError::Socket)?;
+        let sock = set_nonblock(sock).map_err(SpawnError::Socket)?;
+        let sock = crate::sys::async_fd(sock).map_err(io_err)?;
+        Ok(Helper {
+            sock,
+            pidfd,
+            ours: false,
         })
     }
 
@@ -85,8 +102,10 @@ impl Helper {
 
     /// Reap the helper process itself (it exits right after `Forked`) in the background.
     pub fn reap_in_background(self) -> AsyncFd<OwnedFd> {
-        let Helper { sock, pidfd } = self;
-        tokio::spawn(reap(pidfd));
+        let Helper { sock, pidfd, ours } = self;
+        if ours {
+            tokio::spawn(reap(pidfd));
+        }
         sock
     }
 
@@ -102,7 +121,9 @@ impl Helper {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => tracing::warn!("cannot kill berth-helper: {e}, ignoring"),
         }
-        reap(self.pidfd).await
+        if self.ours {
+            reap(self.pidfd).await
+        }
     }
 }
 
@@ -132,6 +153,13 @@ async fn reap(pidfd: OwnedFd) {
             }
         }
     }
+}
+
+fn set_nonblock(fd: OwnedFd) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(fd)
 }
 
 fn clear_nonblock(fd: OwnedFd) -> nix::Result<OwnedFd> {

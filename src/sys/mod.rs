@@ -7,6 +7,7 @@
 pub mod pidfd_getfd;
 pub mod process;
 pub mod pty;
+pub mod rtsig;
 pub mod spawn;
 pub mod syscall;
 

@@ -42,7 +42,13 @@ pub fn clone3_single_threaded(flags: nix::sched::CloneFlags) -> nix::Result<Clon
     let mut args = CloneArgs {
         flags: flags.bits() as u64 | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the child is our parent's, and signals it as we do: clone3 refuses
+        // an exit signal of its own then (EINVAL).
+        exit_signal: if flags.contains(nix::sched::CloneFlags::CLONE_PARENT) {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         ..Default::default()
     };
     // SAFETY: the process has exactly one thread (checked above, and only this thread could

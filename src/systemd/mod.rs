@@ -2,6 +2,7 @@
 //! (subscribe, watch `JobRemoved`, `StartTransientUnit`, wait; only `done` is success), unit
 //! stop and kill; typed unit properties in [`properties`].
 
+pub mod machined;
 pub mod properties;
 pub mod units;
 
@@ -31,6 +32,7 @@ pub trait SystemdManager {
         aux: &[(&str, &[(&str, Variant<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn get_job(&self, id: u32) -> zbus::Result<OwnedObjectPath>;
@@ -39,6 +41,12 @@ pub trait SystemdManager {
         name: &str,
         runtime: bool,
         properties: &[(&str, Variant<'_>)],
+    ) -> zbus::Result<()>;
+    fn attach_processes_to_unit(
+        &self,
+        name: &str,
+        subcgroup: &str,
+        pids: &[u32],
     ) -> zbus::Result<()>;
     fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     #[allow(clippy::type_complexity)]
@@ -272,6 +280,29 @@ impl Systemd {
         String::try_from(v).ok()
     }
 
+    /// A service's main process as systemd last recorded it: (ExecMainPID, ExecMainCode,
+    /// ExecMainStatus), the code being waitid's (1 exited, 2 killed, 3 dumped; 0 while it
+    /// runs). `None` when that cannot be read.
+    pub async fn main_exit(&self, unit: &str) -> Option<(u32, i32, i32)> {
+        let path = self.proxy.get_unit(unit).await.ok()?;
+        let props = zbus::fdo::PropertiesProxy::builder(self.proxy.inner().connection())
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .ok()?;
+        let iface = zbus::names::InterfaceName::from_static_str_unchecked(
+            "org.freedesktop.systemd1.Service",
+        );
+        let all = props.get_all(iface).await.ok()?;
+        let get = |k: &str| all.get(k).and_then(|v| v.try_clone().ok());
+        let pid = u32::try_from(get("ExecMainPID")?).ok()?;
+        let code = i32::try_from(get("ExecMainCode")?).ok()?;
+        let status = i32::try_from(get("ExecMainStatus")?).ok()?;
+        Some((pid, code, status))
+    }
+
     /// Start a transient scope and wait for its job: only `done` is success.
     pub async fn start_scope(
         &self,
@@ -305,6 +336,20 @@ impl Systemd {
         }
     }
 
+    /// Queue a restart of a unit (a `berth@` service whose container turned unhealthy); does
+    /// not wait for it: the unit's own start path runs it.
+    pub async fn restart_unit(&self, unit: &str) -> Result<(), SystemdError> {
+        self.proxy
+            .restart_unit(unit, "replace")
+            .await
+            .map(drop)
+            .map_err(|source| SystemdError::Call {
+                call: "RestartUnit",
+                unit: unit.into(),
+                source,
+            })
+    }
+
     /// Send a signal to the processes of a unit (`whom`: main, control or all).
     pub async fn kill_unit(&self, unit: &str, whom: &str, signal: i32) -> Result<(), SystemdError> {
         match self.proxy.kill_unit(unit, whom, signal).await {
@@ -330,6 +375,23 @@ impl Systemd {
             .await
             .map_err(|source| SystemdError::Call {
                 call: "SetUnitProperties",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// Move processes into `subcgroup` of a delegated unit's cgroup (made if missing).
+    pub async fn attach_processes(
+        &self,
+        unit: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> Result<(), SystemdError> {
+        self.proxy
+            .attach_processes_to_unit(unit, subcgroup, pids)
+            .await
+            .map_err(|source| SystemdError::Call {
+                call: "AttachProcessesToUnit",
                 unit: unit.into(),
                 source,
             })
