@@ -177,7 +177,7 @@ impl Registry {
         if let Some(s) = status {
             msg.push_str(&format!("STATUS={s}\n"));
         }
-        if let Err(e) = super::notify::notify_as(leader as i32, msg.trim_end()) {
+        if let Err(e) = super::notify::notify_as(leader, msg.trim_end()) {
             warn!("container {name}: cannot pass its readiness on to its unit: {e}, ignoring");
         }
     }
