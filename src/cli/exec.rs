@@ -167,6 +167,13 @@ async fn wait_forwarding(c: &ContainerProxy<'_>, id: &str) -> CliResult<i32> {
             _ = hup.recv() => libc::SIGHUP,
         };
         // The command may have just ended; the wait then says how.
-        let _ = c.kill_exec(id.to_string(), forward).await;
+        if let Err(e) = c.kill_exec(id.to_string(), forward).await
+            && !matches!(
+                e,
+                crate::dbus::Error::NoSuchExec(_) | crate::dbus::Error::InvalidState(_)
+            )
+        {
+            eprintln!("berthctl: cannot pass signal {forward} on: {e}, ignoring");
+        }
     }
 }

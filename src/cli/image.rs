@@ -373,7 +373,11 @@ pub async fn save(a: SaveArgs) -> CliResult {
     let r = with_progress(&conn, &proxy, &label, a.quiet, call).await;
     if r.is_err() && a.output != "-" {
         // Leave no half-written archive behind under the name asked for.
-        let _ = std::fs::remove_file(&a.output);
+        if let Err(e) = std::fs::remove_file(&a.output)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("berthctl: cannot remove {}: {e}, ignoring", a.output);
+        }
     }
     r?;
     Ok(0)

@@ -167,7 +167,9 @@ fn show(args: &[String], format: Format) -> CliResult<usize> {
     }
     if closed {
         // journalctl would otherwise follow for ever.
-        let _ = child.kill();
+        if let Err(e) = child.kill() {
+            eprintln!("berthctl: cannot stop journalctl: {e}, ignoring");
+        }
     }
     let status = child
         .wait()

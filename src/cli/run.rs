@@ -568,7 +568,9 @@ pub async fn run(a: RunArgs) -> CliResult {
         Ok(m) => m,
         Err(e) => {
             // `run` made this container; a failed start leaves nothing behind.
-            let _ = proxy.remove_container(name.clone(), true).await;
+            if let Err(r) = proxy.remove_container(name.clone(), true).await {
+                eprintln!("berthctl: cannot remove {name} after its failed start: {r}, ignoring");
+            }
             return Err(as_run_error(e.into()));
         }
     };
@@ -581,7 +583,11 @@ pub async fn run(a: RunArgs) -> CliResult {
             let (proxy, name) = (&proxy, name.clone());
             async move {
                 // It may have just exited; the wait below says how.
-                let _ = proxy.kill_container(name, "leader".into(), sig).await;
+                if let Err(e) = proxy.kill_container(name, "leader".into(), sig).await
+                    && !matches!(e, crate::dbus::Error::InvalidState(_))
+                {
+                    eprintln!("berthctl: cannot pass signal {sig} on: {e}, ignoring");
+                }
                 Ok(())
             }
         })

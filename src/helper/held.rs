@@ -13,7 +13,7 @@ use std::os::unix::net::UnixDatagram;
 pub const ARG: &str = "--held";
 
 /// The protocol socket, which `berthctl unit-start` passes as standard input (the one number
-/// it can place without unsafe code; systemd gives services /dev/null there). Every other
+/// it can place with safe code; systemd gives services /dev/null there). Every other
 /// inherited descriptor is closed, the socket moves to a close-on-exec number of its own, and
 /// standard input becomes /dev/null again.
 pub fn take_socket() -> nix::Result<OwnedFd> {

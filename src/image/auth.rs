@@ -126,8 +126,11 @@ fn write(path: &Path, file: &Map<String, Value>) -> Result<(), AuthFileError> {
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if r.is_err()
+        && let Err(e) = fs::remove_file(&tmp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}, ignoring", tmp.display());
     }
     r.map_err(io_err(path))
 }

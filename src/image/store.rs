@@ -883,8 +883,11 @@ impl Store {
             f.sync_all()?;
             fs::rename(&tmp, path)
         })();
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
+        if r.is_err()
+            && let Err(e) = fs::remove_file(&tmp)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}, ignoring", tmp.display());
         }
         r.map_err(io_err(format!("writing {what}")))
     }
