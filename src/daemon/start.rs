@@ -154,7 +154,16 @@ impl Registry {
             .await
         {
             Ok(mut l) => {
-                let master = l.master.take();
+                let mut master = l.master.take();
+                // A booted container's console goes to its log (drained, so that its init
+                // never blocks on a full terminal) unless the starter wants it.
+                if spec.boot
+                    && !extras.terminal
+                    && let Some(m) = master.take()
+                    && let Err(e) = super::boot::console_to_log(&mut l.logs, m, &l.pidfd)
+                {
+                    warn!("cannot relay the console of {name}: {e}, ignoring");
+                }
                 self.started(&name, l).await;
                 if let Some(caller) = extras.caller {
                     self.hang_up_with_caller(&name, caller);
@@ -362,6 +371,9 @@ impl Registry {
             self.net_prepare(spec, config.as_ref(), net).await?;
             let files = super::network::files_dir(&self.layout, name);
             super::network::net_shape_plan(&mut plan, net, &files);
+            if spec.boot {
+                super::boot::shape_plan(spec, &mut plan, &files);
+            }
             (
                 plan,
                 root_source,
@@ -496,6 +508,16 @@ impl Registry {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(abort(e).await),
         };
         super::failpoint::hit("start:after-scope");
+        if spec.boot
+            && let Err(e) = super::boot::after_scope(
+                self,
+                pid,
+                &plan,
+                &super::network::files_dir(&self.layout, name),
+            )
+        {
+            return Err(abort(e).await);
+        }
         // Volumes and binds are few; their ID-mapped clones are made after the root.
         if let Err(e) = super::mounts::idmap_sources(pid, &plan, &sources) {
             return Err(abort(e).await);
