@@ -39,44 +39,69 @@ pub(super) fn console_to_log(
     Ok(())
 }
 
-async fn pump(master: OwnedFd, out: OwnedFd, leader: OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
-    let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)?;
+fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
     nix::fcntl::fcntl(
-        &master,
+        fd,
         nix::fcntl::FcntlArg::F_SETFL(
             nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
         ),
     )?;
-    let console = crate::sys::async_fd(master)?;
+    Ok(())
+}
+
+async fn pump(master: OwnedFd, out: OwnedFd, leader: OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+    // Both ends non-blocking: a full log pipe must never stall berthd's runtime.
+    nonblocking(&master)?;
+    nonblocking(&out)?;
+    let mut console = crate::sys::async_fd(master)?;
+    let out = crate::sys::async_fd(out)?;
     let gone = crate::sys::async_fd(leader)?;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let mut ready = tokio::select! {
-            _ = gone.readable() => return Ok(()),
-            r = console.readable() => r?,
+        let (n, hup) = {
+            let mut ready = tokio::select! {
+                _ = gone.readable() => return Ok(()),
+                r = console.readable() => r?,
+            };
+            // A hangup is sticky in the reactor's readiness: after one, every wait returns
+            // at once, and EAGAIN alone must not make this loop spin.
+            let hup = ready.ready().is_read_closed();
+            match ready.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_fd(), &mut buf).map_err(std::io::Error::from)
+            }) {
+                Err(_would_block) => (0, hup),
+                Ok(Ok(n)) => (n, false),
+                // No one has the console open (EIO): wait it out.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => (0, true),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => (0, false),
+                Ok(Err(e)) => return Err(e),
+            }
         };
-        match ready.try_io(|fd| {
-            nix::unistd::read(fd.get_ref().as_fd(), &mut buf).map_err(std::io::Error::from)
-        }) {
-            Err(_would_block) => continue,
-            Ok(Ok(0)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            Ok(Ok(n)) => {
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    match nix::unistd::write(&out, rest) {
-                        Ok(w) => rest = &rest[w..],
-                        Err(nix::errno::Errno::EINTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+        if n == 0 {
+            if hup {
+                // A fresh registration forgets the old hangup.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                console = crate::sys::async_fd(console.into_inner())?;
             }
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
-                ready.clear_ready();
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let mut w = tokio::select! {
+                _ = gone.readable() => return Ok(()),
+                w = out.writable() => w?,
+            };
+            match w.try_io(|fd| {
+                nix::unistd::write(fd.get_ref(), rest).map_err(std::io::Error::from)
+            }) {
+                Err(_would_block) => {}
+                Ok(Ok(k)) => rest = &rest[k..],
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Ok(Err(e)) => return Err(e),
             }
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Ok(Err(e)) => return Err(e),
         }
     }
 }
