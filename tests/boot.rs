@@ -73,6 +73,12 @@ fn a_booted_container_runs_systemd_as_pid_1_and_powers_off_on_request() {
         ok("berthctl exec bt1 -- systemctl show -p ControlGroup --value systemd-journald")
             .starts_with("/system.slice/")
     );
+    // machined reaches its manager and its bus: a shell through `machinectl shell`, its
+    // journal through `journalctl -M`.
+    let shell = ok("machinectl shell bt1 /bin/echo through-machined");
+    assert!(shell.contains("through-machined"), "{shell}");
+    let journal = ok("journalctl -M bt1 --no-pager -o cat");
+    assert!(journal.contains("Startup finished"), "{journal}");
     // Its console is its log.
     let logs = ok("berthctl logs bt1");
     assert!(logs.contains("Welcome to"), "{logs}");
