@@ -98,7 +98,9 @@ fn machinectl_poweroff_and_berthctl_stop_shut_a_booted_container_down_cleanly() 
     wait_exited("bt2");
     assert_eq!(prop("bt2", "ExitStatus"), "0");
     wait_until("the scope to go", || scope_gone("bt2"));
-    wait_until("the machine to go", || code("machinectl show bt2 -p Name") != 0);
+    wait_until("the machine to go", || {
+        code("machinectl show bt2 -p Name") != 0
+    });
     // berthctl stop asks systemd to power off (not SIGTERM, which systemd takes as
     // "re-execute"): a clean shutdown, status 0, well within the stop timeout.
     ok("berthctl start bt2");

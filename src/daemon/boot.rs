@@ -94,9 +94,9 @@ async fn pump(master: OwnedFd, out: OwnedFd, leader: OwnedFd) -> std::io::Result
                 _ = gone.readable() => return Ok(()),
                 w = out.writable() => w?,
             };
-            match w.try_io(|fd| {
-                nix::unistd::write(fd.get_ref(), rest).map_err(std::io::Error::from)
-            }) {
+            match w
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), rest).map_err(std::io::Error::from))
+            {
                 Err(_would_block) => {}
                 Ok(Ok(k)) => rest = &rest[k..],
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => {}
@@ -159,8 +159,17 @@ fn delegate_cgroup(reg: &Registry, pid: i32, plan: &Plan) -> Result<()> {
     let dir = cg
         .unified
         .ok_or_else(|| Error::Failed("--boot needs a cgroup2 hierarchy".into()))?;
-    for f in ["", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
-        let p = if f.is_empty() { dir.clone() } else { dir.join(f) };
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.threads",
+        "cgroup.subtree_control",
+    ] {
+        let p = if f.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(f)
+        };
         std::os::unix::fs::chown(&p, Some(root), Some(gid))
             .map_err(|e| Error::io(format!("chown {}", p.display()), e))?;
     }
@@ -202,7 +211,11 @@ impl Registry {
                     }
                     info!("container {n} rebooted, starting it again");
                     if let Err(e) = me
-                        .start_with(n.clone(), super::start::Stdio([None, None, None]), Default::default())
+                        .start_with(
+                            n.clone(),
+                            super::start::Stdio([None, None, None]),
+                            Default::default(),
+                        )
                         .await
                     {
                         warn!("cannot start {n} again after its reboot: {e}, ignoring");

@@ -37,7 +37,9 @@ fn executable(path: &str) -> bool {
 }
 
 /// The booted leader, from the barrier on: prepare, pick the init, say "started" (with the
-/// console's master when the plan has a terminal), exec the init in place.
+/// console's master when the plan has a terminal), exec the init in place. It takes what the
+/// leader holds at the barrier, as `super::leader` does.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     sock: OwnedFd,
     sys: &mut Real,
@@ -148,6 +150,9 @@ mod tests {
             Some("/lib/systemd/systemd")
         );
         assert_eq!(find_init("/sbin/init", only(&[])), None);
-        assert_eq!(find_init("/bin/myinit", only(&["/lib/systemd/systemd"])), None);
+        assert_eq!(
+            find_init("/bin/myinit", only(&["/lib/systemd/systemd"])),
+            None
+        );
     }
 }
