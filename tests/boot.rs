@@ -133,3 +133,19 @@ fn boot_refuses_a_container_without_a_user_namespace_and_changes_nothing() {
     assert!(err(&o).contains("user namespace"), "{}", err(&o));
     assert_eq!(leftovers(), before);
 }
+
+#[test]
+fn berthctl_reboot_restarts_a_booted_container() {
+    boot("bt4");
+    let before = prop("bt4", "Leader");
+    // SIGINT: systemd's reboot; its reboot(2) ends the PID namespace with SIGHUP, and berthd
+    // starts the container again (a new leader), recording the reboot as status 0.
+    ok("berthctl reboot bt4");
+    wait_until("bt4 to come back with a new leader", || {
+        state("bt4") == "running" && prop("bt4", "Leader") != before
+    });
+    assert_eq!(prop("bt4", "ExitStatus"), "0");
+    ok("berthctl poweroff bt4");
+    wait_exited("bt4");
+    ok("berthctl rm bt4");
+}
