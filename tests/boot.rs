@@ -149,3 +149,18 @@ fn berthctl_reboot_restarts_a_booted_container() {
     wait_exited("bt4");
     ok("berthctl rm bt4");
 }
+
+#[test]
+fn berthctl_console_logs_in_on_a_terminal_of_the_container() {
+    boot("bt5");
+    // login(1) on a pty of the container's devpts; the tree's root has no password. script(1)
+    // gives berthctl a terminal of its own.
+    let o = ok(
+        "(sleep 2; printf 'root\\n'; sleep 2; printf 'echo in-console-$((6*7))\\n'; \
+         sleep 1; printf 'exit\\n') | timeout 20 script -qfc 'berthctl console bt5' /dev/null",
+    );
+    assert!(o.contains("in-console-42"), "{o}");
+    ok("berthctl poweroff bt5");
+    wait_exited("bt5");
+    ok("berthctl rm bt5");
+}
