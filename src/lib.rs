@@ -3,6 +3,7 @@
 //! The engine (this library) is cut by concern; `berthd` ([`daemon`]), `berthctl` ([`cli`])
 //! and `berth-helper` ([`helper`]) are thin entry points over it. See ARCHITECTURE.md.
 
+pub mod boot;
 pub mod caps;
 pub mod cgroup;
 pub mod cli;

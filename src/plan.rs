@@ -74,6 +74,10 @@ pub struct ProcessPlan {
     /// at the size is the caller's; `None`: the kernel's 0×0 until the caller sets one.
     #[serde(default)]
     pub window: Option<(u16, u16)>,
+    /// `--boot`: `argv` is the image's init and becomes the container's PID 1 itself (see
+    /// [`crate::boot`]); no stub init supervises it.
+    #[serde(default)]
+    pub boot: bool,
 }
 
 /// What berthd decided for the plan besides the spec: the ID range, the label, the compiled
@@ -192,6 +196,7 @@ pub fn build(
             rlimits,
             terminal: [false; 3],
             window: None,
+            boot: false,
         },
         security: SecurityPlan {
             id_maps: decided.id_maps,

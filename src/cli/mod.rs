@@ -4,6 +4,7 @@
 
 mod attach;
 mod bind;
+mod boot;
 mod cp;
 mod docs;
 mod events;
@@ -204,6 +205,13 @@ pub enum Command {
     Stop(stop::StopArgs),
     /// Send a signal to a container.
     Kill(kill::KillArgs),
+    /// Power a booted container off (SIGRTMIN+4 to its init, as machinectl poweroff).
+    Poweroff(boot::BootArgs),
+    /// Reboot a booted container (SIGINT to its init, as machinectl reboot).
+    Reboot(boot::BootArgs),
+    /// Log in to a running container on a new terminal of its own (login(1), as a getty
+    /// runs it; machinectl login). `login` is the registry's.
+    Console(boot::LoginArgs),
     /// Remove a container's definition and writable layer.
     #[command(alias = "rm")]
     Remove(remove::RemoveArgs),
@@ -384,6 +392,9 @@ pub fn main() -> u8 {
             Command::Start(a) => start::run(a).await,
             Command::Stop(a) => stop::run(a).await,
             Command::Kill(a) => kill::run(a).await,
+            Command::Poweroff(a) => boot::signal(a, false).await,
+            Command::Reboot(a) => boot::signal(a, true).await,
+            Command::Console(a) => boot::login(a).await,
             Command::Remove(a) => remove::run(a).await,
             Command::List(a) => list::run(a).await,
             Command::Status(a) => status::run(a).await,

@@ -57,6 +57,11 @@ pub struct ContainerOpts {
     /// `berth@`): journald (default), none, or passthrough.
     #[arg(long = "log-driver", value_name = "DRIVER")]
     pub log_driver: Option<String>,
+    /// Boot an OS container, as systemd-nspawn -b: the image's init (/sbin/init, else
+    /// systemd) is its PID 1, with a console pty and a cgroup subtree of its own; the command,
+    /// if any, is the init's arguments (or the init, when it starts with /).
+    #[arg(long)]
+    pub boot: bool,
     /// A label KEY=VALUE, shown by ps and inspect and matched by ps --filter label=. Repeatable.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -492,6 +497,9 @@ pub(super) fn create_options(o: &ContainerOpts) -> CliResult<Options> {
     }
     if let Some(d) = &o.log_driver {
         m.insert("LogDriver", variant(d.as_str())?);
+    }
+    if o.boot {
+        m.insert("Boot", variant(true)?);
     }
     if !o.properties.is_empty() {
         let mut props = HashMap::new();

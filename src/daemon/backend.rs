@@ -61,6 +61,7 @@ const CREATE_OPTIONS: &[&str] = &[
     "Tmpfs",
     "ReadOnly",
     "Ephemeral",
+    "Boot",
     "LogDriver",
 ];
 
@@ -133,6 +134,7 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
         tmpfs: o.take("Tmpfs")?.unwrap_or_default(),
         read_only: o.take("ReadOnly")?.unwrap_or(false),
         ephemeral: o.take("Ephemeral")?.unwrap_or(false),
+        boot_init: o.take("Boot")?.unwrap_or(false),
         log_driver: o.take("LogDriver")?,
         created_at: store::now_usec(),
         declared: false,
@@ -348,7 +350,10 @@ impl dbus::Backend for Registry {
                     "whom must be \"leader\" or \"all\", not {whom:?}"
                 )));
             }
-            if nix::sys::signal::Signal::try_from(signal).is_err() {
+            // systemd's SIGRTMIN+n requests too (berthctl poweroff).
+            if nix::sys::signal::Signal::try_from(signal).is_err()
+                && !crate::sys::rtsig::is_realtime(signal)
+            {
                 return Err(dbus::Error::InvalidArgument(format!(
                     "invalid signal number {signal}"
                 )));

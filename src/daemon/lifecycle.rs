@@ -222,7 +222,16 @@ impl Registry {
         let sig = self
             .with(&name, |e| e.stop_signal)
             .unwrap_or(Signal::SIGTERM);
-        match sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*pidfd), sig) {
+        // A booted init stops on systemd's poweroff request, as `machinectl poweroff` asks.
+        let sent = if self.is_booted(&name) {
+            sys::rtsig::pidfd_send_number(
+                std::os::fd::AsFd::as_fd(&*pidfd),
+                crate::boot::poweroff_signal(),
+            )
+        } else {
+            sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*pidfd), sig)
+        };
+        match sent {
             // It exited meanwhile: the reaper records it.
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => warn!("cannot send {sig} to {name}: {e}, killing it"),
@@ -255,8 +264,17 @@ impl Registry {
     }
 
     pub(super) async fn kill(&self, name: String, whom: String, signal: i32) -> Result<()> {
-        let sig = Signal::try_from(signal)
-            .map_err(|_| Error::InvalidArgument(format!("invalid signal number {signal}")))?;
+        // systemd's SIGRTMIN+n requests (poweroff, halt) are numbers nix cannot name.
+        let realtime = sys::rtsig::is_realtime(signal);
+        let sig = match Signal::try_from(signal) {
+            Ok(s) => s,
+            Err(_) if realtime => Signal::SIGTERM,
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid signal number {signal}"
+                )));
+            }
+        };
         if !matches!(whom.as_str(), "leader" | "" | "all") {
             return Err(Error::InvalidArgument(format!(
                 "whom must be \"leader\" or \"all\", not {whom:?}"
@@ -273,7 +291,12 @@ impl Registry {
                     source,
                 });
         }
-        match sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*pidfd), sig) {
+        let sent = if realtime {
+            sys::rtsig::pidfd_send_number(std::os::fd::AsFd::as_fd(&*pidfd), signal)
+        } else {
+            sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*pidfd), sig)
+        };
+        match sent {
             Ok(()) => Ok(()),
             // The leader exited between the check and the signal: say what is true now.
             Err(nix::errno::Errno::ESRCH) => Err(Error::InvalidState {

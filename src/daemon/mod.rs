@@ -1,6 +1,7 @@
 //! berthd: serves `org.berth.berth1` on the system bus and runs containers.
 
 mod backend;
+mod boot;
 mod bus_work;
 mod copy;
 mod declared;

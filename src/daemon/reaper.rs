@@ -66,7 +66,8 @@ impl Registry {
                 return;
             }
         }
-        self.on_exit(&name, status.unwrap_or(-1)).await;
+        let status = self.booted_exit(&name, status.unwrap_or(-1));
+        self.on_exit(&name, status).await;
     }
 
     /// Record an exit. The order is what makes a crash at any point harmless: the exit record

@@ -166,7 +166,16 @@ impl Registry {
         {
             Ok(mut l) => {
                 let mut master = l.master.take();
-                if extras.keep_master {
+                // A booted container's console goes to its log (drained, so that its init
+                // never blocks on a full terminal) unless the starter wants it; a detached
+                // terminal (`run -dt`) is relayed to the log as it is.
+                if spec.boot && (!extras.terminal || extras.keep_master) {
+                    if let Some(m) = master.take()
+                        && let Err(e) = super::boot::console_to_log(&mut l.logs, m, &l.pidfd)
+                    {
+                        warn!("cannot relay the console of {name}: {e}, ignoring");
+                    }
+                } else if extras.keep_master {
                     l.logs.out = master.take();
                 }
                 self.started(&name, l).await;
@@ -385,6 +394,9 @@ impl Registry {
             ));
             // After the user mounts: a read-only root's /run is their tmpfs.
             super::ready::shape_plan(&mut plan, spec, &self.layout);
+            if spec.boot {
+                super::boot::shape_plan(spec, &mut plan, &files);
+            }
             (
                 plan,
                 root_source,
@@ -519,6 +531,16 @@ impl Registry {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(abort(e).await),
         };
         super::failpoint::hit("start:after-scope");
+        if spec.boot
+            && let Err(e) = super::boot::after_scope(
+                self,
+                pid,
+                &plan,
+                &super::network::files_dir(&self.layout, name),
+            )
+        {
+            return Err(abort(e).await);
+        }
         // Volumes and binds are few; their ID-mapped clones are made after the root.
         if let Err(e) = super::mounts::idmap_sources(pid, &plan, &sources) {
             return Err(abort(e).await);

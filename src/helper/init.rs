@@ -175,6 +175,12 @@ pub fn start_payload(
     }
 }
 
+/// A booted container's leader (`helper::boot`): exec the init in this very process, PID 1,
+/// through the payload's own steps. Returns only on failure.
+pub(super) fn exec_in_place(payload: &Payload, stdio: [OwnedFd; 3]) -> (Step, Errno) {
+    exec_payload(&mut crate::sys::syscall::Real, payload, stdio)
+}
+
 /// In the payload child: stdio, signal mask, then [`exec_steps`]. Returns only on failure.
 fn exec_payload<S: Syscalls>(sys: &mut S, payload: &Payload, stdio: [OwnedFd; 3]) -> (Step, Errno) {
     let [i, o, e] = stdio;

@@ -18,6 +18,7 @@
 //!    CAP_KILL (to pass signals on to a payload of another uid).
 
 pub mod bind;
+mod boot;
 pub mod exec;
 pub mod held;
 mod init;
@@ -205,6 +206,9 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
         }
         _ => std::process::exit(1),
     };
+    if plan.process.boot {
+        boot::run(sock, &mut sys, plan, payload, root, nodes, sources, fds)
+    }
     match leader(&mut sys, plan, payload, root, nodes, &sources, fds) {
         Ok((pid, status_fd, devnull, master)) => {
             drop(sources);

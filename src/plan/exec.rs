@@ -193,6 +193,7 @@ impl ExecBase {
                 rlimits: self.process.rlimits.clone(),
                 terminal: req.terminal,
                 window: req.window,
+                boot: false,
             },
             security: self.security.clone(),
             passed: req.passed,

@@ -87,6 +87,11 @@ pub struct Definition {
     /// `--volatile=overlay`): every start begins from the image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
+    /// `--boot`: run the image's init as PID 1, an OS container as `systemd-nspawn -b` boots
+    /// one ([`crate::boot`]); `command` then holds the init's arguments (or the init itself,
+    /// when its first word is a path). Only with a user namespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot_init: bool,
     /// Where stdout and stderr go when the starter passes none: `journald` (default),
     /// `none`, or `passthrough` (the starter's own descriptors, /dev/null without them).
     #[serde(default, skip_serializing_if = "Option::is_none")]

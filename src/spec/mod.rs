@@ -161,6 +161,8 @@ pub enum SpecError {
     Mount(String),
     #[error(transparent)]
     LogDriver(#[from] LogDriverError),
+    #[error("--boot needs a user namespace (not --userns=host): a booted init keeps CAP_SYS_ADMIN")]
+    BootWithoutUserns,
 }
 
 /// An unknown `--log-driver`.
@@ -202,6 +204,8 @@ pub struct ContainerSpec {
     pub read_only: bool,
     pub ephemeral: bool,
     pub log_driver: crate::journal::LogDriver,
+    /// `--boot` ([`crate::boot`]).
+    pub boot: bool,
 }
 
 impl ContainerSpec {
@@ -250,7 +254,13 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         .iter()
         .map(|(k, v)| props::parse(k, v, facts))
         .collect::<Result<_, _>>()?;
-    let security = security::check(&def.security, facts)?;
+    let mut security = security::check(&def.security, facts)?;
+    if def.boot_init {
+        if security.userns.request().is_none() {
+            return Err(SpecError::BootWithoutUserns);
+        }
+        security.caps = security.caps.union(crate::boot::CAPS);
+    }
     check_labels(&def.labels)?;
     let image_id = match (&root, &def.image_id) {
         (Root::Image(_), Some(id)) => Some(
@@ -284,6 +294,7 @@ pub fn validate(def: &Definition, facts: &dyn HostFacts) -> Result<ContainerSpec
         read_only: def.read_only,
         ephemeral: def.ephemeral,
         log_driver,
+        boot: def.boot_init,
     })
 }
 

@@ -34,3 +34,25 @@ pub fn wait_number(set: &SigSet) -> nix::Result<i32> {
     }
     Ok(sig)
 }
+
+/// `pidfd_send_signal(2)` by number, realtime signals included (nix's `Signal` has none).
+pub fn pidfd_send_number(pidfd: std::os::fd::BorrowedFd<'_>, signal: i32) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the duration of the borrow; info is NULL, which the
+    // kernel accepts as "like kill(2)"; flags are 0; a bad number is the kernel's EINVAL.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Whether `n` is a realtime signal number (`SIGRTMIN..=SIGRTMAX`).
+pub fn is_realtime(n: i32) -> bool {
+    (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n)
+}
