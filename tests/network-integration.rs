@@ -628,3 +628,51 @@ fn a_berthd_killed_in_the_middle_of_starts_leaves_only_what_running_containers_h
     ok("systemctl stop 'berth-ntk*.scope' || true");
     assert!(!veths().contains("vb-ntk"), "{}", veths());
 }
+
+/// Networking that cannot be had costs only the containers that need it: with berth's
+/// network state unusable (its directory replaced by a file) and then with a damaged
+/// definition of the default network, loopback-only and host-network containers still start
+/// (lo up), bridged ones are refused with the reason, and the damaged file is left as it was.
+#[test]
+fn without_the_network_engine_loopback_and_host_containers_still_start() {
+    let lo_up = "berthctl run --rm --network none -- sh -c 'ip -o link show lo'";
+    let restart = || {
+        ok("systemctl restart berthd");
+        wait_until("berthd to answer", || code("berthctl list -a") == 0);
+    };
+    ok(
+        "systemctl stop berthd && mv /var/lib/berth/networks /var/lib/berth/networks.kept \
+        && echo not-a-directory > /var/lib/berth/networks",
+    );
+    restart();
+    assert!(ok(lo_up).contains(",UP"), "lo is not up");
+    ok("berthctl run --rm --network host --network-host-userns -- true");
+    let o = sh("berthctl run --rm --name nt-noeng -- true");
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("networking is not available"),
+        "{}",
+        err(&o)
+    );
+    assert_ne!(code("systemctl is-active -q berth-nt-noeng.scope"), 0);
+    ok("systemctl stop berthd && rm /var/lib/berth/networks \
+        && mv /var/lib/berth/networks.kept /var/lib/berth/networks \
+        && cp /var/lib/berth/networks/defs/berth.json /tmp/berth.json.kept \
+        && echo '{ damaged' > /var/lib/berth/networks/defs/berth.json");
+    restart();
+    assert!(ok(lo_up).contains(",UP"), "lo is not up");
+    let o = sh("berthctl run --rm -- true");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("damaged definition"), "{}", err(&o));
+    assert_eq!(
+        ok("cat /var/lib/berth/networks/defs/berth.json"),
+        "{ damaged"
+    );
+    assert!(
+        ok("journalctl -u berthd -b --no-pager -o cat").contains("damaged state file"),
+        "the damaged definition is not in the log"
+    );
+    ok("systemctl stop berthd && mv /tmp/berth.json.kept /var/lib/berth/networks/defs/berth.json");
+    restart();
+    ok("berthctl run --rm -- true");
+}

@@ -82,6 +82,13 @@ pub struct NetStart {
     shares: Option<String>,
     /// A network namespace of its own (`attach` is needed).
     own: bool,
+    /// `none` or `host` while the engine is unavailable: started without it.
+    plain: bool,
+}
+
+fn netns_of(pid: i32) -> Result<std::fs::File> {
+    std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| Error::io("open the container's network namespace", e))
 }
 
 /// Where a container's generated /etc files live while it runs.
@@ -181,9 +188,9 @@ impl Registry {
                 for u in &r.unreserved {
                     warn!("network: cannot hold a published port again ({u}), ignoring");
                 }
-                for d in &r.damaged_leases {
+                for d in &r.damaged {
                     warn!(
-                        "network: damaged lease file {} skipped, ignoring",
+                        "network: damaged state file {} skipped (its network is unknown, or its lease free, until it is repaired), ignoring",
                         d.display()
                     );
                 }
@@ -301,7 +308,19 @@ impl Registry {
         }
         net.own = ns.mode.own_netns();
         let user = spec.security.userns.request().is_some();
-        let plan = self.engine()?.lock().await.prepare(name, &ns, user).await?;
+        let engine = match self.engine() {
+            Ok(engine) => engine,
+            // Loopback only and the host's own network need nothing of the engine: without
+            // it (the reason is in the log and in the error of those that need it) they still
+            // start.
+            Err(_) if matches!(ns.mode, NetworkMode::None | NetworkMode::Host) => {
+                ns.check(user)?;
+                net.plain = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let plan = engine.lock().await.prepare(name, &ns, user).await?;
         net.new_lease = plan.new_lease;
         net.plan = Some(plan);
         Ok(())
@@ -317,11 +336,19 @@ impl Registry {
         net: &mut NetStart,
     ) -> Result<()> {
         let name = spec.name();
+        let dir = files_dir(&self.layout, name);
+        if net.plain {
+            if net.own {
+                crate::network::engine::loopback_only(&netns_of(pid)?).await?;
+            }
+            let (hosts, hostname, resolv) = crate::network::engine::plain_files(&spec.hostname);
+            return write_files(&dir, &[hosts, hostname, resolv])
+                .map_err(|e| Error::io(format!("write {}", dir.display()), e));
+        }
         let Some(plan) = net.plan.take() else {
             return Err(Error::Failed("the network was not prepared".into()));
         };
-        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-            .map_err(|e| Error::io("open the container's network namespace", e))?;
+        let netns = netns_of(pid)?;
         let mut engine = self.engine()?.lock().await;
         let att = engine.attach(plan, &netns).await?;
         net.attached = true;
@@ -332,7 +359,6 @@ impl Registry {
         let (hosts, hostname, resolv) = engine.container_files(&shown, &spec.hostname);
         let v = view(&engine, &att);
         drop(engine);
-        let dir = files_dir(&self.layout, name);
         write_files(&dir, &[hosts, hostname, resolv])
             .map_err(|e| Error::io(format!("write {}", dir.display()), e))?;
         if self.with(name, |e| e.net = v).is_err() {

@@ -147,7 +147,8 @@ pub struct ReconcileReport {
     pub detached: Vec<String>,
     pub swept_links: Vec<String>,
     pub released: Vec<String>,
-    pub damaged_leases: Vec<PathBuf>,
+    /// Definition and lease files that could not be read.
+    pub damaged: Vec<PathBuf>,
     /// Kept forwards whose host port could not be held again (a host program bound it while
     /// berthd was down): "container: error".
     pub unreserved: Vec<String>,
@@ -222,7 +223,8 @@ impl Networks {
             .map_err(|e| NetError::io("opening", p, e))?
             .into();
         let default: NetName = DEFAULT_NETWORK.parse()?;
-        if store.get(&default).is_err() {
+        // Made at first use; a damaged one is reported (reconcile), not replaced.
+        if let Err(NetError::NoSuchNetwork(_)) = store.get(&default) {
             let routes = host.main_routes(&[]).await?;
             let req = CreateRequest {
                 ipv6: cfg.default_ipv6,
@@ -982,7 +984,7 @@ impl Networks {
         existing: &[String],
     ) -> Result<ReconcileReport> {
         let mut report = ReconcileReport {
-            damaged_leases: self.store.damaged.clone(),
+            damaged: self.store.damaged.clone(),
             ..Default::default()
         };
         let mut running: HashMap<String, Option<OwnedFd>> =
@@ -1186,6 +1188,23 @@ fn random_u64() -> u64 {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x5eed),
     }
+}
+
+/// What a loopback-only container needs without the engine (it could not be opened: see
+/// berthd's log): `lo` up in its network namespace. Nothing is made on the host.
+pub async fn loopback_only(netns: impl AsFd) -> Result<()> {
+    netlink::Nl::in_netns(netns.as_fd()).await?.set_up(1).await
+}
+
+/// The /etc files (hosts, hostname, resolv.conf) of a container with no address of its own
+/// and no berth resolver: `none` and `host` without the engine.
+pub fn plain_files(hostname: &str) -> (String, String, String) {
+    let (host_ns, search) = files::host_upstreams();
+    (
+        files::hosts(hostname, &[], &[]),
+        files::hostname(hostname),
+        files::resolv_conf(&host_ns, &search),
+    )
 }
 
 #[cfg(test)]

@@ -54,6 +54,8 @@ pub enum NetError {
     NetworkExists(String),
     #[error("no such network {0:?}")]
     NoSuchNetwork(String),
+    #[error("network {0:?} has a damaged definition ({path}): repair or remove that file", path = .1.display())]
+    DamagedNetwork(String, PathBuf),
     #[error("network {0:?} is in use by {1} container(s)")]
     NetworkInUse(String, usize),
     #[error("the default network cannot be removed")]
@@ -175,6 +177,7 @@ impl NetError {
                 | NetError::NftBatch { .. }
                 | NetError::Io { .. }
                 | NetError::Corrupt { .. }
+                | NetError::DamagedNetwork(..)
                 | NetError::Cleanup(..)
         )
     }

@@ -198,8 +198,9 @@ impl Pool {
 pub struct Store {
     dir: PathBuf,
     pub(crate) pools: BTreeMap<NetName, Pool>,
-    /// Lease files that could not be read at open (e.g. empty after a power cut); their
-    /// addresses are free again. berthd logs them.
+    /// Definition and lease files that could not be read at open (e.g. empty after a power
+    /// cut): such a network is unknown until its file is repaired; such a lease's addresses
+    /// are free again. berthd logs them.
     pub damaged: Vec<PathBuf>,
 }
 
@@ -228,8 +229,15 @@ impl Store {
         let mut pools = BTreeMap::new();
         let mut damaged = Vec::new();
         for path in json_files(&dir.join("defs"))? {
-            let def: NetworkDef = read_json(&path)?;
-            pools.insert(def.name.clone(), Pool::new(def));
+            // One damaged definition costs its own network, not every other one: it is left
+            // where it is for the administrator (and reported), never rewritten.
+            match read_json::<NetworkDef>(&path) {
+                Ok(def) => {
+                    pools.insert(def.name.clone(), Pool::new(def));
+                }
+                Err(NetError::Corrupt { .. }) => damaged.push(path),
+                Err(e) => return Err(e),
+            }
         }
         for (name, pool) in pools.iter_mut() {
             let d = dir.join("leases").join(name.as_str());
@@ -252,10 +260,14 @@ impl Store {
     }
 
     pub fn get(&self, name: &NetName) -> Result<&NetworkDef> {
-        self.pools
-            .get(name)
-            .map(|p| &p.def)
-            .ok_or_else(|| NetError::NoSuchNetwork(name.to_string()))
+        self.pools.get(name).map(|p| &p.def).ok_or_else(|| {
+            let path = self.def_path(name);
+            if self.damaged.contains(&path) {
+                NetError::DamagedNetwork(name.to_string(), path)
+            } else {
+                NetError::NoSuchNetwork(name.to_string())
+            }
+        })
     }
 
     pub fn defs(&self) -> impl Iterator<Item = &NetworkDef> {
@@ -281,6 +293,14 @@ impl Store {
     ) -> Result<NetworkDef> {
         if self.pools.contains_key(name) {
             return Err(NetError::NetworkExists(name.to_string()));
+        }
+        // A damaged definition of that name is the administrator's to look at, not to be
+        // replaced unseen.
+        if self.def_path(name).exists() {
+            return Err(NetError::DamagedNetwork(
+                name.to_string(),
+                self.def_path(name),
+            ));
         }
         let is_default = name.as_str() == DEFAULT_NETWORK;
         let check = |c: &Cidr, pools: &BTreeMap<NetName, Pool>| -> Result<()> {
@@ -354,7 +374,7 @@ impl Store {
             subnet6,
             internal: req.internal,
         };
-        write_json(&self.dir.join("defs").join(format!("{name}.json")), &def)?;
+        write_json(&self.def_path(name), &def)?;
         self.pools.insert(name.clone(), Pool::new(def.clone()));
         Ok(def)
     }
@@ -371,6 +391,10 @@ impl Store {
             .parse()
     }
 
+    fn def_path(&self, name: &NetName) -> PathBuf {
+        self.dir.join("defs").join(format!("{name}.json"))
+    }
+
     /// Forget a network. The caller checks it is unused and has removed its bridge and rules.
     pub fn remove(&mut self, name: &NetName) -> Result<NetworkDef> {
         let pool = self
@@ -381,7 +405,7 @@ impl Store {
         if lease_dir.exists() {
             fs::remove_dir_all(&lease_dir).map_err(|e| NetError::io("removing", &lease_dir, e))?;
         }
-        let path = self.dir.join("defs").join(format!("{name}.json"));
+        let path = self.def_path(name);
         fs::remove_file(&path).map_err(|e| NetError::io("removing", &path, e))?;
         Ok(pool.def)
     }
@@ -765,5 +789,25 @@ mod tests {
         assert!(!d.path().join("leases/a").exists());
         let s = Store::open(d.path()).unwrap();
         assert_eq!(s.defs().count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_definition_costs_only_its_network_and_is_never_replaced() {
+        let (d, mut s) = store();
+        s.create(&n("a"), &CreateRequest::default(), &[], 1)
+            .unwrap();
+        s.create(&n("b"), &CreateRequest::default(), &[], 2)
+            .unwrap();
+        let a = d.path().join("defs/a.json");
+        std::fs::write(&a, b"{ truncated").unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        assert_eq!(s.damaged, vec![a.clone()]);
+        assert!(s.get(&n("b")).is_ok());
+        assert!(matches!(s.get(&n("a")), Err(NetError::DamagedNetwork(..))));
+        let e = s
+            .create(&n("a"), &CreateRequest::default(), &[], 3)
+            .unwrap_err();
+        assert!(matches!(e, NetError::DamagedNetwork(..)), "{e}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"{ truncated");
     }
 }
