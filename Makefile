@@ -15,7 +15,7 @@ PROFILE    ?= release
 # cargo's dev profile builds into debug/.
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale bench-network lint
 
 all: build
 
@@ -115,3 +115,8 @@ bench-stats: build
 # (machine.slice and system.slice) at the same points; berthd's per-step timings from its journal.
 bench-scale: build
 	tests/bench/scale.sh
+
+# What a private network costs at start (bridge minus none) beside nspawn --network-veth and
+# podman's default bridge; 100 containers started on one bridge.
+bench-network: build
+	tests/bench/network.sh
