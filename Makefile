@@ -15,7 +15,7 @@ PROFILE    ?= release
 # cargo's dev profile builds into debug/.
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale bench-network lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale bench-network bench-boot lint
 
 all: build
 
@@ -120,3 +120,8 @@ bench-scale: build
 # podman's default bridge; 100 containers started on one bridge.
 bench-network: build
 	tests/bench/network.sh
+
+# --boot of an OS tree made from this machine's packages to its default target, and its
+# poweroff, beside systemd-nspawn -b of the same tree.
+bench-boot: build
+	tests/bench/boot.sh
