@@ -15,7 +15,7 @@ PROFILE    ?= release
 # cargo's dev profile builds into debug/.
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale bench-exec bench-logs bench-ps bench-push bench-cargo lint
 
 all: build
 
@@ -115,3 +115,12 @@ bench-stats: build
 # (machine.slice and system.slice) at the same points; berthd's per-step timings from its journal.
 bench-scale: build
 	tests/bench/scale.sh
+
+# exec /bin/true into a running container: berthctl exec vs podman exec vs nsenter -a (issue 9).
+bench-exec: build
+	tests/bench/exec.sh
+
+# 100 MB of lines from a detached container counted back by logs | wc -l, and logs -f latency,
+# vs podman (journald and k8s-file) (issue 9).
+bench-logs: build
+	tests/bench/logs.sh
