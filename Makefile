@@ -124,3 +124,17 @@ bench-exec: build
 # vs podman (journald and k8s-file) (issue 9).
 bench-logs: build
 	tests/bench/logs.sh
+
+# ps -a with 1000 created containers: berthctl ps -a vs podman ps -a (issue 12: <= 20 ms).
+bench-ps: build
+	tests/bench/ps.sh
+
+# The Cargo benchmarks (benches/, harness = false; BENCH_CARGO_FLAGS='--profile dev' to try them
+# on a debug build). save and push of a ~200 MB image by berth's engine vs podman (issue 12):
+bench-push:
+	$(CARGO) bench --locked --bench save_push $(BENCH_CARGO_FLAGS)
+
+# MCS pair allocation with 1 and 1000 held; TCP over berth's bridge vs a plain veth (iperf3).
+bench-cargo:
+	$(CARGO) bench --locked --bench mcs $(BENCH_CARGO_FLAGS)
+	$(CARGO) bench --locked --bench bridge_iperf3 $(BENCH_CARGO_FLAGS)
