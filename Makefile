@@ -135,8 +135,9 @@ bench-push:
 	$(CARGO) bench --locked --bench save_push $(BENCH_CARGO_FLAGS)
 
 # MCS pair allocation with 1 and 1000 held; TCP over berth's bridge vs a plain veth (iperf3);
-# cp's copy stream (1 GiB through a pipe).
+# cp's copy stream (1 GiB through a pipe); the journal relay (100 MB of lines, a fake journald).
 bench-cargo:
 	$(CARGO) bench --locked --bench mcs $(BENCH_CARGO_FLAGS)
 	$(CARGO) bench --locked --bench copy $(BENCH_CARGO_FLAGS)
+	$(CARGO) bench --locked --bench relay $(BENCH_CARGO_FLAGS)
 	$(CARGO) bench --locked --bench bridge_iperf3 $(BENCH_CARGO_FLAGS)
