@@ -15,7 +15,7 @@ PROFILE    ?= release
 # cargo's dev profile builds into debug/.
 TARGET     := $(or $(CARGO_TARGET_DIR),target)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
-.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale bench-network bench-boot lint
+.PHONY: all build install install-image uninstall check test unit-test integration-test selinux-policy quickstart bench bench-images bench-stats bench-scale bench-network bench-boot bench-exec bench-logs bench-ps bench-push bench-cargo lint
 
 all: build
 
@@ -125,3 +125,29 @@ bench-network: build
 # poweroff, beside systemd-nspawn -b of the same tree.
 bench-boot: build
 	tests/bench/boot.sh
+
+# exec /bin/true into a running container: berthctl exec vs podman exec vs nsenter -a (issue 9).
+bench-exec: build
+	tests/bench/exec.sh
+
+# 100 MB of lines from a detached container counted back by logs | wc -l, and logs -f latency,
+# vs podman (journald and k8s-file) (issue 9).
+bench-logs: build
+	tests/bench/logs.sh
+
+# ps -a with 1000 created containers: berthctl ps -a vs podman ps -a (issue 12: <= 20 ms).
+bench-ps: build
+	tests/bench/ps.sh
+
+# The Cargo benchmarks (benches/, harness = false; BENCH_CARGO_FLAGS='--profile dev' to try them
+# on a debug build). save and push of a ~200 MB image by berth's engine vs podman (issue 12):
+bench-push:
+	$(CARGO) bench --locked --bench save_push $(BENCH_CARGO_FLAGS)
+
+# MCS pair allocation with 1 and 1000 held; TCP over berth's bridge vs a plain veth (iperf3);
+# cp's copy stream (1 GiB through a pipe); the journal relay (100 MB of lines, a fake journald).
+bench-cargo:
+	$(CARGO) bench --locked --bench mcs $(BENCH_CARGO_FLAGS)
+	$(CARGO) bench --locked --bench copy $(BENCH_CARGO_FLAGS)
+	$(CARGO) bench --locked --bench relay $(BENCH_CARGO_FLAGS)
+	$(CARGO) bench --locked --bench bridge_iperf3 $(BENCH_CARGO_FLAGS)

@@ -519,26 +519,6 @@ fn bind_mounts_a_host_directory_into_a_running_container_confined_to_its_root() 
     drop(c);
 }
 
-/// Not an assertion on speed (debug builds, a shared machine): the p50 of `exec /bin/true`
-/// beside `nsenter` into the same container, printed for the report.
-#[test]
-fn exec_latency_beside_nsenter() {
-    let c = Running::start("wl-bench", "", "exec /bin/sleep 1000");
-    let leader = c.leader();
-    let p50 = |cmd: &str| -> f64 {
-        let out = ok(&format!(
-            "for i in $(seq 21); do s=$(date +%s%N); {cmd} >/dev/null; e=$(date +%s%N); echo $(( (e-s)/1000 )); done | sort -n | sed -n 11p"
-        ));
-        out.parse::<f64>().unwrap() / 1000.0
-    };
-    let exec = p50("berthctl exec wl-bench -- /bin/true");
-    let nsenter = p50(&format!("nsenter -t {leader} -a /bin/true"));
-    println!(
-        "exec /bin/true p50 {exec:.1} ms, nsenter -a p50 {nsenter:.1} ms, ratio {:.1}",
-        exec / nsenter
-    );
-}
-
 /// More lines than journald lets one unit send by default (10000 per 30 s, scaled by free
 /// space: about 35000 here), counted back in order: berthd.service's rate limit is lifted
 /// and the relay drops nothing.

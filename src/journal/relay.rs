@@ -548,15 +548,4 @@ mod tests {
         let mbs = throughput(8 << 20, FakeJournal::new());
         eprintln!("relay: {mbs:.1} MB/s (debug build, 100-byte lines)");
     }
-
-    /// The measurement of issue 9: 100 MB of lines, none lost. Run with
-    /// `cargo test --release --lib journal::relay -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "benchmark: 100 MB, run in release"]
-    fn hundred_megabytes_of_lines_arrive_whole() {
-        let mbs = throughput(100_000_000, FakeJournal::new());
-        eprintln!("relay: {mbs:.1} MB/s (100-byte lines, socket queue 10)");
-        let mbs = throughput(100_000_000, FakeJournal::with_queue(512));
-        eprintln!("relay: {mbs:.1} MB/s (100-byte lines, socket queue 512 as on systemd hosts)");
-    }
 }

@@ -224,6 +224,19 @@ impl McsAllocator {
         self.owners.is_empty()
     }
 
+    /// For the benchmark (benches/mcs.rs): the in-memory search of the next allocation alone,
+    /// and how many pairs it looked at; nothing is held or written.
+    #[doc(hidden)]
+    pub fn probe_pick(&self) -> Result<(Pair, u32), SelinuxError> {
+        self.pick()
+    }
+
+    /// For the benchmark (benches/mcs.rs): what a save would write, without writing it.
+    #[doc(hidden)]
+    pub fn probe_serialize(&self) -> Vec<u8> {
+        self.serialize()
+    }
+
     /// Write the state atomically: temporary file, fsync, rename, fsync of the directory.
     fn serialize(&self) -> Vec<u8> {
         let stored = StoredRef {
@@ -421,54 +434,5 @@ mod tests {
         assert_eq!(a.pick().unwrap().1, 1001);
         a.allocate("after").unwrap();
         assert_eq!(a.pick().unwrap().1, 1);
-    }
-
-    /// Timing for the report (`cargo test --release --lib selinux::mcs -- --ignored
-    /// --nocapture`): allocate + free with 1 and with 1000 pairs held, median of 21 rounds,
-    /// split into the in-memory pick, the serialization, and the whole durable operation.
-    #[test]
-    #[ignore = "measurement, prints timings"]
-    fn measure_allocate_with_1000_held() {
-        use std::time::{Duration, Instant};
-        let median = |mut v: Vec<Duration>| {
-            v.sort();
-            v[v.len() / 2]
-        };
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut a = McsAllocator::open(dir.path()).unwrap();
-        a.allocate("warm-up").unwrap();
-        for held in [1usize, 1000] {
-            while a.len() < held {
-                a.allocate(&format!("c{}", a.len())).unwrap();
-            }
-            let (mut pick, mut ser, mut alloc, mut free) = (vec![], vec![], vec![], vec![]);
-            for _ in 0..21 {
-                // 1000 picks per sample: one is below this clock's resolution.
-                let t = Instant::now();
-                for _ in 0..1000 {
-                    std::hint::black_box(a.pick().unwrap());
-                }
-                pick.push(t.elapsed() / 1000);
-                let t = Instant::now();
-                std::hint::black_box(a.serialize());
-                ser.push(t.elapsed());
-                let t = Instant::now();
-                a.allocate("probe").unwrap();
-                alloc.push(t.elapsed());
-                let t = Instant::now();
-                a.free("probe").unwrap();
-                free.push(t.elapsed());
-            }
-            let size = std::fs::metadata(dir.path().join(STATE_FILE))
-                .unwrap()
-                .len();
-            println!(
-                "mcs with {held} held: pick {:?}, serialize {:?}, allocate+save {:?}, free+save {:?}; file {size} bytes",
-                median(pick),
-                median(ser),
-                median(alloc),
-                median(free)
-            );
-        }
     }
 }

@@ -8,7 +8,7 @@
 #      (hyperfine --warmup 3, $BENCH_RUNS runs each; the goal for berth: <= 5 ms);
 #   2. $BENCH_CONTAINERS (100) detached containers started on one bridge, one after the other,
 #      total wall time (goal: <= 2 s), each with its own address, then removed.
-# Container-to-container throughput over the bridge (iperf3) is `make bench-iperf`.
+# Container-to-container throughput over the bridge (iperf3) is in `make bench-cargo`.
 #
 # Needs root and the release binaries. Environment: BENCH_RUNS (30), BENCH_CONTAINERS (100),
 # BENCH_OUT (where results are kept).

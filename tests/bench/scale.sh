@@ -50,7 +50,7 @@ done
 # berthd logs each start step's duration at debug level; only its own start module, so that
 # zbus's debug output does not cost anything.
 if [[ $STEPS == 1 ]]; then
-    BENCH_INSTALL_CMD='make install DESTDIR=$ROOT PROFILE=release >&2 &&
+    BENCH_INSTALL_CMD='make install DESTDIR=$ROOT PROFILE=$BENCH_PROFILE >&2 &&
         mkdir -p $ROOT/etc/systemd/system/berthd.service.d &&
         printf "[Service]\nEnvironment=BERTH_LOG=info,berth::daemon::start=debug\n" \
             >$ROOT/etc/systemd/system/berthd.service.d/bench-steps.conf'
