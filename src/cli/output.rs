@@ -38,6 +38,66 @@ pub struct ContainerView {
     pub addresses: Vec<String>,
     /// Its published ports while it runs.
     pub ports: Vec<PortView>,
+    /// Readiness, health and restart policy, as `status` shows them in text.
+    #[serde(flatten)]
+    pub life: LifeView,
+}
+
+/// The readiness, health and restart-policy properties of a container in `--output json`
+/// (read from its Container object: they are not part of `ListContainers`' records).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct LifeView {
+    /// Running, and (with `--notify-ready`) its payload sent `READY=1`.
+    pub ready: bool,
+    /// Created with `--notify-ready`.
+    pub notify_ready: bool,
+    /// The payload's last `STATUS=` text in this run; null when it sent none.
+    pub status_text: Option<String>,
+    /// starting, healthy or unhealthy; null without a health check or when not running.
+    pub health: Option<String>,
+    /// Failed health checks in a row.
+    pub health_failures: u32,
+    /// no, on-failure[:N], always or unless-stopped.
+    pub restart_policy: String,
+    /// Restarts made by the policy since the user last started it.
+    pub restart_count: u32,
+    /// When the pending restart is due (microseconds since the epoch), null when none is.
+    pub next_restart_at: Option<u64>,
+}
+
+impl From<crate::dbus::LifeInfo> for LifeView {
+    fn from(l: crate::dbus::LifeInfo) -> Self {
+        LifeView {
+            ready: l.ready,
+            notify_ready: l.notify_ready,
+            status_text: (!l.status_text.is_empty()).then_some(l.status_text),
+            health: (!l.health.is_empty()).then_some(l.health),
+            health_failures: l.health_failures,
+            restart_policy: l.restart_policy,
+            restart_count: l.restart_count,
+            next_restart_at: (l.next_restart_at != 0).then_some(l.next_restart_at),
+        }
+    }
+}
+
+impl ContainerView {
+    /// The view with its [`LifeView`] read from the container's object (one `GetAll`); left
+    /// at its defaults when the container went away meanwhile.
+    pub async fn with_life(mut self, conn: &zbus::Connection) -> Self {
+        if let Some(l) = super::events::life_of(conn, &self.name).await {
+            self.life = l.into();
+        }
+        self
+    }
+
+    /// Each view of `infos`, with its [`LifeView`].
+    pub async fn all_with_life(conn: &zbus::Connection, infos: Vec<ContainerInfo>) -> Vec<Self> {
+        let mut out = Vec::with_capacity(infos.len());
+        for i in infos {
+            out.push(ContainerView::from(i).with_life(conn).await);
+        }
+        out
+    }
 }
 
 /// One published port in `--output json` (`berthctl port`, `status`, `list`).
@@ -93,6 +153,7 @@ impl From<ContainerInfo> for ContainerView {
                     protocol: proto,
                 })
                 .collect(),
+            life: LifeView::default(),
         }
     }
 }
