@@ -332,9 +332,9 @@ fn without_machined_containers_run_as_before_and_berthd_says_so_once() {
     );
     assert_eq!(prop("nomach1", "State"), "running");
     assert_eq!(prop("nomach2", "State"), "running");
-    let log = ok(
-        "journalctl -u berthd -o cat --no-pager -n 200 | grep -c 'systemd-machined is not available' || true",
-    );
+    let log = ok(&format!(
+        "journalctl -u berthd -o cat --no-pager --since @{since} | grep -c 'systemd-machined is not available' || true"
+    ));
     assert_eq!(log, "1");
     assert_eq!(
         ok(&format!(

@@ -387,5 +387,38 @@ mod tests {
         assert_eq!(v["leader"], serde_json::Value::Null);
         assert_eq!(v["exit_status"], serde_json::Value::Null);
         assert_eq!(v["state"], "created");
+        // Without a check or policy, health and the rest read as unset.
+        assert_eq!(v["health"], serde_json::Value::Null);
+        assert_eq!(v["ready"], false);
+        assert_eq!(v["next_restart_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn json_views_carry_readiness_health_and_the_restart_policy() {
+        use zbus::{OwnedVariant, Variant};
+        let all: std::collections::HashMap<String, OwnedVariant> = [
+            ("Ready", Variant::from(true)),
+            ("NotifyReady", Variant::from(true)),
+            ("StatusText", Variant::from("serving")),
+            ("Health", Variant::from("unhealthy")),
+            ("HealthFailures", Variant::from(3u32)),
+            ("RestartPolicy", Variant::from("on-failure:2")),
+            ("RestartCount", Variant::from(1u32)),
+            ("NextRestartAt", Variant::from(0u64)),
+            ("State", Variant::from("running")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.try_into().unwrap()))
+        .collect();
+        let life = LifeView::from(crate::cli::events::life_from(&all));
+        let v = serde_json::to_value(&life).unwrap();
+        assert_eq!(v["ready"], true);
+        assert_eq!(v["notify_ready"], true);
+        assert_eq!(v["status_text"], "serving");
+        assert_eq!(v["health"], "unhealthy");
+        assert_eq!(v["health_failures"], 3);
+        assert_eq!(v["restart_policy"], "on-failure:2");
+        assert_eq!(v["restart_count"], 1);
+        assert_eq!(v["next_restart_at"], serde_json::Value::Null);
     }
 }

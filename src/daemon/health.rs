@@ -74,8 +74,10 @@ impl Registry {
                     .and_then(|r| r.config)
                     .and_then(|c| c.healthcheck),
             };
+            // Without a check the run's health stays unset (as the start left it: nothing
+            // to record or announce per start).
             let Some(check) = settings.resolve(image.as_ref()) else {
-                me.set_health(&name, started_at, "", 0).await;
+                me.set_health(&name, 0, "", 0).await;
                 return;
             };
             // What was recorded of this very run (berthd restarted) stands until the next
