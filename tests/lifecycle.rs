@@ -204,8 +204,10 @@ fn on_failure_restarts_with_a_growing_back_off_and_stops_after_n() {
     );
     // A user start counts anew.
     ok("berthctl start rs1");
+    // Below 4 again: it climbs back within 1.5 s (100+200+400+800 ms), a window one read per
+    // poll does not miss under load (0 or 1 alone lasts 300 ms).
     wait_for("the count to start over", Duration::from_secs(10), || {
-        prop("rs1", "RestartCount") == "0" || prop("rs1", "RestartCount") == "1"
+        prop("rs1", "RestartCount").parse::<u32>().unwrap() < 4
     });
     ok("berthctl stop rs1 && berthctl rm rs1");
     // A clean exit is no failure.
