@@ -164,3 +164,84 @@ fn berthctl_console_logs_in_on_a_terminal_of_the_container() {
     wait_exited("bt5");
     ok("berthctl rm bt5");
 }
+
+#[test]
+fn berthctl_login_of_a_container_is_its_console_and_stays_the_registrys_otherwise() {
+    boot("bt6");
+    // `login NAME` of a container berthd has: its console, as `console NAME`.
+    let o = ok(
+        "(sleep 2; printf 'root\\n'; sleep 2; printf 'echo in-login-$((6*7))\\n'; \
+         sleep 1; printf 'exit\\n') | timeout 20 script -qfc 'berthctl login bt6' /dev/null",
+    );
+    assert!(o.contains("in-login-42"), "{o}");
+    // A registry option makes it the registry's login even for a container's name: berthd
+    // then talks to a registry "bt6" (there is none), and no console opens.
+    let o = sh("echo pw | timeout 20 berthctl login bt6 -u someone --password-stdin");
+    assert_ne!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(!out(&o).contains("login:"), "{}", out(&o));
+    assert!(!err(&o).contains("no container"), "{}", err(&o));
+    // A word that is no container's name is a registry: without a terminal, registry login
+    // asks for --username (InvalidArgument), never for a container.
+    let o = sh("timeout 20 berthctl login registry.invalid </dev/null");
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(err(&o).contains("--username"), "{}", err(&o));
+    ok("berthctl poweroff bt6");
+    wait_exited("bt6");
+    ok("berthctl rm bt6");
+}
+
+fn unit_prop(name: &str, p: &str) -> String {
+    ok(&format!(
+        "systemctl show berth@{name}.service -p {p} --value"
+    ))
+}
+
+fn wait_booted(name: &str) {
+    wait_until(&format!("{name}'s systemd to answer"), || {
+        matches!(
+            out(&sh(&format!(
+                "berthctl exec {name} -- systemctl is-system-running --wait"
+            )))
+            .as_str(),
+            "running" | "degraded"
+        )
+    });
+}
+
+#[test]
+fn a_booted_container_in_its_berth_unit_boots_reboots_and_stops_cleanly() {
+    tree();
+    ok(&format!("berthctl create --boot --name bt7 -D {TREE}"));
+    ok("systemctl start berth@bt7");
+    wait_booted("bt7");
+    // The unit holds it: its main process is the container's systemd.
+    assert_eq!(unit_prop("bt7", "ActiveState"), "active");
+    let main = unit_prop("bt7", "MainPID");
+    assert_eq!(main, prop("bt7", "Leader"));
+    assert_eq!(ok(&format!("cat /proc/{main}/comm")), "systemd");
+    assert_eq!(prop("bt7", "Unit"), "berth@bt7.service");
+    // A reboot starts it again in its unit (not in a scope outside it).
+    ok("berthctl reboot bt7");
+    wait_until("bt7 to come back in its unit", || {
+        let m = unit_prop("bt7", "MainPID");
+        unit_prop("bt7", "ActiveState") == "active"
+            && m != "0"
+            && m != main
+            && state("bt7") == "running"
+            && prop("bt7", "Leader") == m
+    });
+    assert_eq!(prop("bt7", "Unit"), "berth@bt7.service");
+    assert!(scope_gone("bt7"));
+    wait_booted("bt7");
+    // systemctl stop powers it off: the unit inactive (not failed), the container exited 0.
+    let t = std::time::Instant::now();
+    ok("systemctl stop berth@bt7");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(unit_prop("bt7", "ActiveState"), "inactive");
+    assert_eq!(unit_prop("bt7", "Result"), "success");
+    assert_eq!(state("bt7"), "exited");
+    assert_eq!(prop("bt7", "ExitStatus"), "0");
+    let log = ok("journalctl -u berth@bt7 -o cat --no-pager");
+    assert!(log.contains("System Power Off"), "{log}");
+    ok("berthctl rm bt7");
+}

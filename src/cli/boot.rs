@@ -1,11 +1,13 @@
 //! `berthctl poweroff|reboot NAME…` and `berthctl console NAME`: what `machinectl` does for a
 //! booted container ([`crate::boot`]). poweroff and reboot send its init the signal systemd
 //! takes for them (SIGRTMIN+4, SIGINT) through `Kill`; console runs login(1) on a new terminal
-//! of the container's devpts through `Exec`, as a getty would.
+//! of the container's devpts through `Exec`, as a getty would. `berthctl login NAME` is the
+//! console when berthd has a container NAME (the and machinectl's spelling), and the
+//! registry's login otherwise.
 
 use clap::Args;
 
-use super::{CliResult, manager};
+use super::{CliResult, image, manager};
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
@@ -49,4 +51,27 @@ pub async fn login(a: LoginArgs) -> CliResult {
         command: vec![LOGIN.into()],
     })
     .await
+}
+
+/// `berthctl login WORD`: the console of container WORD when berthd knows one by that name
+/// and no registry option was given; the registry WORD's login otherwise. berthd decides what
+/// WORD is (a registry host such as `localhost:5000` is no container name it has), never the
+/// look of the word.
+pub async fn login_or_registry(a: image::LoginArgs) -> CliResult {
+    if !a.has_registry_options() && is_container(&a.registry).await? {
+        return login(LoginArgs { name: a.registry }).await;
+    }
+    image::login(a).await
+}
+
+async fn is_container(name: &str) -> CliResult<bool> {
+    let (_conn, proxy) = manager().await?;
+    match proxy.get_container(name.to_string()).await {
+        Ok(_) => Ok(true),
+        // Not one of its containers (or not even a container name): a registry.
+        Err(crate::dbus::Error::NoSuchContainer(_) | crate::dbus::Error::InvalidArgument(_)) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

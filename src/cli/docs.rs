@@ -11,8 +11,7 @@ use clap::CommandFactory;
 use super::{CliError, CliResult, Exit};
 
 /// The verbs whose positional words are container names, and those taking image names.
-const CONTAINER_VERBS: &str =
-    "start stop kill remove rm restart pause unpause wait top status show set stats export rename";
+const CONTAINER_VERBS: &str = "start stop kill remove rm restart pause unpause wait top status show set stats export rename console login";
 const IMAGE_VERBS: &str = "rmi push save";
 const IMAGE_SUBVERBS: &str = "show remove rm rename clone tag export push save";
 

@@ -295,6 +295,53 @@ pub async fn health_of(conn: &zbus::Connection, name: &str) -> String {
     }
 }
 
+/// A container's readiness, health and restart-policy properties, in one `GetAll`; `None`
+/// when it cannot be read (the container went away meanwhile).
+pub async fn life_of(conn: &zbus::Connection, name: &str) -> Option<crate::dbus::LifeInfo> {
+    let path = crate::name::container_path(name);
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(crate::dbus::BUS_NAME)
+        .path(path)
+        .build()
+        .await
+        .ok()?;
+    let all = props
+        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
+            "org.berth.berth1.Container",
+        ))
+        .await
+        .ok()?;
+    Some(life_from(&all))
+}
+
+/// [`life_of`]'s reading of a `GetAll` answer (absent or mistyped properties read as unset).
+pub fn life_from(all: &HashMap<String, OwnedValue>) -> crate::dbus::LifeInfo {
+    let s = |k: &str| {
+        all.get(k)
+            .and_then(|v| String::try_from(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let b = |k: &str| {
+        all.get(k)
+            .and_then(|v| bool::try_from(v).ok())
+            .unwrap_or(false)
+    };
+    let u = |k: &str| all.get(k).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+    crate::dbus::LifeInfo {
+        ready: b("Ready"),
+        status_text: s("StatusText"),
+        notify_ready: b("NotifyReady"),
+        restart_policy: s("RestartPolicy"),
+        restart_count: u("RestartCount"),
+        next_restart_at: all
+            .get("NextRestartAt")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
+        health: s("Health"),
+        health_failures: u("HealthFailures"),
+    }
+}
+
 /// What `status` shows of readiness and the restart policy.
 pub async fn life_lines(conn: &zbus::Connection, name: &str) -> Vec<String> {
     let path = crate::name::container_path(name);

@@ -165,7 +165,8 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// host[:port] (docker.io for Docker Hub).
+    /// host[:port] (docker.io for Docker Hub); for `berthctl login`, a container's name
+    /// attaches to its console instead.
     pub registry: String,
     #[arg(long, short = 'u')]
     pub username: Option<String>,
@@ -176,6 +177,14 @@ pub struct LoginArgs {
     pub insecure: bool,
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<String>,
+}
+
+impl LoginArgs {
+    /// Whether a registry option was given: then `berthctl login WORD` is always the
+    /// registry's, even when a container is called WORD.
+    pub fn has_registry_options(&self) -> bool {
+        self.username.is_some() || self.password_stdin || self.insecure || self.authfile.is_some()
+    }
 }
 
 #[derive(Debug, Args)]

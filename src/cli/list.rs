@@ -81,7 +81,7 @@ pub async fn run(a: ListArgs) -> CliResult {
     }
     let json = a.output == Format::Json || a.format.as_deref() == Some("json");
     if json {
-        let views: Vec<ContainerView> = all.into_iter().map(ContainerView::from).collect();
+        let views = ContainerView::all_with_life(&conn, all).await;
         output::print_json(&views);
         return Ok(0);
     }

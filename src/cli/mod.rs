@@ -210,7 +210,7 @@ pub enum Command {
     /// Reboot a booted container (SIGINT to its init, as machinectl reboot).
     Reboot(boot::BootArgs),
     /// Log in to a running container on a new terminal of its own (login(1), as a getty
-    /// runs it; machinectl login). `login` is the registry's.
+    /// runs it; machinectl login). `login NAME` does the same for a container NAME.
     Console(boot::LoginArgs),
     /// Remove a container's definition and writable layer.
     #[command(alias = "rm")]
@@ -270,7 +270,9 @@ pub enum Command {
     Save(image::SaveArgs),
     /// Load images from an archive (same as `image load`).
     Load(image::LoadArgs),
-    /// Log in to a registry (same as `image login`).
+    /// Log in to container NAME's console (as `console`) when berthd has a container of that
+    /// name and no registry option is given; otherwise log in to registry NAME (same as
+    /// `image login`).
     Login(image::LoginArgs),
     /// Log out of a registry (same as `image logout`).
     Logout(image::LogoutArgs),
@@ -430,7 +432,7 @@ pub fn main() -> u8 {
             Command::Push(a) => image::push(a).await,
             Command::Save(a) => image::save(a).await,
             Command::Load(a) => image::load(a).await,
-            Command::Login(a) => image::login(a).await,
+            Command::Login(a) => boot::login_or_registry(a).await,
             Command::Logout(a) => image::logout(a).await,
             Command::Rmi { names, force } => image::remove(names, force).await,
             Command::Complete { what } => verbs::complete(what).await,

@@ -38,6 +38,66 @@ pub struct ContainerView {
     pub addresses: Vec<String>,
     /// Its published ports while it runs.
     pub ports: Vec<PortView>,
+    /// Readiness, health and restart policy, as `status` shows them in text.
+    #[serde(flatten)]
+    pub life: LifeView,
+}
+
+/// The readiness, health and restart-policy properties of a container in `--output json`
+/// (read from its Container object: they are not part of `ListContainers`' records).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct LifeView {
+    /// Running, and (with `--notify-ready`) its payload sent `READY=1`.
+    pub ready: bool,
+    /// Created with `--notify-ready`.
+    pub notify_ready: bool,
+    /// The payload's last `STATUS=` text in this run; null when it sent none.
+    pub status_text: Option<String>,
+    /// starting, healthy or unhealthy; null without a health check or when not running.
+    pub health: Option<String>,
+    /// Failed health checks in a row.
+    pub health_failures: u32,
+    /// no, on-failure[:N], always or unless-stopped.
+    pub restart_policy: String,
+    /// Restarts made by the policy since the user last started it.
+    pub restart_count: u32,
+    /// When the pending restart is due (microseconds since the epoch), null when none is.
+    pub next_restart_at: Option<u64>,
+}
+
+impl From<crate::dbus::LifeInfo> for LifeView {
+    fn from(l: crate::dbus::LifeInfo) -> Self {
+        LifeView {
+            ready: l.ready,
+            notify_ready: l.notify_ready,
+            status_text: (!l.status_text.is_empty()).then_some(l.status_text),
+            health: (!l.health.is_empty()).then_some(l.health),
+            health_failures: l.health_failures,
+            restart_policy: l.restart_policy,
+            restart_count: l.restart_count,
+            next_restart_at: (l.next_restart_at != 0).then_some(l.next_restart_at),
+        }
+    }
+}
+
+impl ContainerView {
+    /// The view with its [`LifeView`] read from the container's object (one `GetAll`); left
+    /// at its defaults when the container went away meanwhile.
+    pub async fn with_life(mut self, conn: &zbus::Connection) -> Self {
+        if let Some(l) = super::events::life_of(conn, &self.name).await {
+            self.life = l.into();
+        }
+        self
+    }
+
+    /// Each view of `infos`, with its [`LifeView`].
+    pub async fn all_with_life(conn: &zbus::Connection, infos: Vec<ContainerInfo>) -> Vec<Self> {
+        let mut out = Vec::with_capacity(infos.len());
+        for i in infos {
+            out.push(ContainerView::from(i).with_life(conn).await);
+        }
+        out
+    }
 }
 
 /// One published port in `--output json` (`berthctl port`, `status`, `list`).
@@ -93,6 +153,7 @@ impl From<ContainerInfo> for ContainerView {
                     protocol: proto,
                 })
                 .collect(),
+            life: LifeView::default(),
         }
     }
 }
@@ -326,5 +387,38 @@ mod tests {
         assert_eq!(v["leader"], serde_json::Value::Null);
         assert_eq!(v["exit_status"], serde_json::Value::Null);
         assert_eq!(v["state"], "created");
+        // Without a check or policy, health and the rest read as unset.
+        assert_eq!(v["health"], serde_json::Value::Null);
+        assert_eq!(v["ready"], false);
+        assert_eq!(v["next_restart_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn json_views_carry_readiness_health_and_the_restart_policy() {
+        use zbus::{OwnedVariant, Variant};
+        let all: std::collections::HashMap<String, OwnedVariant> = [
+            ("Ready", Variant::from(true)),
+            ("NotifyReady", Variant::from(true)),
+            ("StatusText", Variant::from("serving")),
+            ("Health", Variant::from("unhealthy")),
+            ("HealthFailures", Variant::from(3u32)),
+            ("RestartPolicy", Variant::from("on-failure:2")),
+            ("RestartCount", Variant::from(1u32)),
+            ("NextRestartAt", Variant::from(0u64)),
+            ("State", Variant::from("running")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.try_into().unwrap()))
+        .collect();
+        let life = LifeView::from(crate::cli::events::life_from(&all));
+        let v = serde_json::to_value(&life).unwrap();
+        assert_eq!(v["ready"], true);
+        assert_eq!(v["notify_ready"], true);
+        assert_eq!(v["status_text"], "serving");
+        assert_eq!(v["health"], "unhealthy");
+        assert_eq!(v["health_failures"], 3);
+        assert_eq!(v["restart_policy"], "on-failure:2");
+        assert_eq!(v["restart_count"], 1);
+        assert_eq!(v["next_restart_at"], serde_json::Value::Null);
     }
 }

@@ -74,7 +74,7 @@ pub async fn run(a: ShowArgs) -> CliResult {
         let info = info.ok_or_else(|| {
             CliError::new(Exit::NotFound, format!("no container named {:?}", a.name))
         })?;
-        output::print_json(&ContainerView::from(info));
+        output::print_json(&ContainerView::from(info).with_life(&conn).await);
         return Ok(0);
     }
     let props = zbus::fdo::PropertiesProxy::builder(&conn)

@@ -21,7 +21,7 @@ pub async fn run(a: StatusArgs) -> CliResult {
         .into_iter()
         .find(|c| c.name == a.name)
         .ok_or_else(|| CliError::new(Exit::NotFound, format!("no container named {:?}", a.name)))?;
-    let view = ContainerView::from(info);
+    let view = ContainerView::from(info).with_life(&conn).await;
     if a.output == Format::Json {
         output::print_json(&view);
         return Ok(0);

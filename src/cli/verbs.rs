@@ -177,7 +177,7 @@ pub async fn inspect(a: NamesArgs) -> CliResult {
                 kind: "container",
                 last_error: (!c.last_error.is_empty()).then(|| c.last_error.clone()),
                 object_path: c.object_path.to_string(),
-                view: ContainerView::from(c),
+                view: ContainerView::from(c).with_life(&conn).await,
             };
             docs.push(serde_json::to_value(doc).unwrap_or_default());
             continue;

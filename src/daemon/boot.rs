@@ -183,7 +183,8 @@ impl Registry {
     }
 
     /// A booted container's exit: a poweroff or halt (its init killed by SIGINT) is status 0;
-    /// a reboot (SIGHUP) is recorded as 0 too and starts the container again, off this task.
+    /// a reboot (SIGHUP) is recorded as 0 too and starts the container again (or its berth@
+    /// unit, when one holds it), off this task.
     pub(super) fn booted_exit(&self, name: &str, status: i32) -> i32 {
         if !self.is_booted(name) {
             return status;
@@ -193,6 +194,10 @@ impl Registry {
             crate::boot::Ending::Reboot => {
                 let me = self.arc();
                 let n = name.to_string();
+                // A container its berth@ unit holds ended that unit's main process: it starts
+                // again as that unit (as nspawn's unit restarts on its reboot status), never
+                // in a scope of its own outside the unit.
+                let held = self.with(name, |e| e.held_by.clone()).ok().flatten();
                 tokio::spawn(async move {
                     // on_exit runs first: the container must show as exited before it starts.
                     let mut rx = match me.with(&n, |e| e.exited.subscribe()) {
@@ -207,6 +212,13 @@ impl Registry {
                     .is_err()
                     {
                         warn!("{n} rebooted but did not show as exited, not starting it again");
+                        return;
+                    }
+                    if let Some(unit) = held {
+                        info!("container {n} rebooted, starting {unit} again");
+                        if let Err(e) = me.systemd.restart_unit(&unit).await {
+                            warn!("cannot start {unit} again after its reboot: {e}, ignoring");
+                        }
                         return;
                     }
                     info!("container {n} rebooted, starting it again");

@@ -5,8 +5,10 @@
 //! check passes, failures during the start period do not count, `retries` failures in a row
 //! make it `unhealthy`, one pass makes it `healthy` again. Unhealthy with
 //! `--health-on-failure=kill` kills the scope; with `restart` berthd stops and starts it.
+//! The health is recorded with the rest of the run's life record (`/run/berth/life`), so a
+//! restarted berthd goes on from what the last check said (podman keeps it too).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
@@ -72,12 +74,33 @@ impl Registry {
                     .and_then(|r| r.config)
                     .and_then(|c| c.healthcheck),
             };
+            // Without a check the run's health stays unset (as the start left it: nothing
+            // to record or announce per start).
             let Some(check) = settings.resolve(image.as_ref()) else {
-                me.set_health(&name, "", 0).await;
+                me.set_health(&name, 0, "", 0).await;
                 return;
             };
-            me.set_health(&name, STARTING, 0).await;
-            let began = Instant::now();
+            // What was recorded of this very run (berthd restarted) stands until the next
+            // check; a new run starts at `starting`.
+            let resumed = me
+                .with(&name, |e| {
+                    (e.life.rec.health_run == started_at && !e.life.rec.health.is_empty())
+                        .then(|| (e.life.rec.health.clone(), e.life.rec.health_failures))
+                })
+                .ok()
+                .flatten();
+            match resumed {
+                Some((h, n)) => {
+                    info!("container {name} is {h} as last recorded ({n} failed check(s) in a row)")
+                }
+                None => me.set_health(&name, started_at, STARTING, 0).await,
+            }
+            // The start period runs from the run's start (not from berthd's).
+            let began = Instant::now()
+                .checked_sub(Duration::from_micros(
+                    super::store::now_usec().saturating_sub(started_at),
+                ))
+                .unwrap_or_else(Instant::now);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(check.interval) => {}
@@ -92,9 +115,9 @@ impl Registry {
                     return;
                 }
                 let passed = me.run_check(&name, &check).await;
-                let Ok((health, failures)) =
-                    me.with(&name, |e| (e.life.health.clone(), e.life.health_failures))
-                else {
+                let Ok((health, failures)) = me.with(&name, |e| {
+                    (e.life.rec.health.clone(), e.life.rec.health_failures)
+                }) else {
                     return;
                 };
                 let (now, failures, turned) = judge(
@@ -104,7 +127,7 @@ impl Registry {
                     began.elapsed() < check.start_period,
                     check.retries,
                 );
-                me.set_health(&name, now, failures).await;
+                me.set_health(&name, started_at, now, failures).await;
                 if !turned {
                     continue;
                 }
@@ -148,16 +171,22 @@ impl Registry {
         });
     }
 
-    async fn set_health(&self, name: &str, health: &str, failures: u32) {
+    /// Set the health of run `run` (its `started_at`); a change is recorded (a write to
+    /// /run, off the start path) and announced.
+    async fn set_health(&self, name: &str, run: u64, health: &str, failures: u32) {
         let changed = self
             .with(name, |e| {
-                let changed = e.life.health != health || e.life.health_failures != failures;
-                e.life.health = health.to_string();
-                e.life.health_failures = failures;
+                let r = &mut e.life.rec;
+                let changed =
+                    r.health != health || r.health_failures != failures || r.health_run != run;
+                r.health = health.to_string();
+                r.health_failures = failures;
+                r.health_run = run;
                 changed
             })
             .unwrap_or(false);
         if changed {
+            self.save_life(name);
             self.publish(name).await;
         }
     }

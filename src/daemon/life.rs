@@ -33,6 +33,13 @@ pub struct LifeRecord {
     /// The `started_at` of the run whose exit the policy has handled, so that a restarted
     /// berthd handles an exit it did not see exactly once.
     pub handled_run: u64,
+    /// Health of the run `health_run` (its `started_at`): "" (no check), starting, healthy,
+    /// unhealthy. Recorded so that a restarted berthd goes on from it, as podman does, rather
+    /// than starting over at `starting`.
+    pub health: String,
+    /// Failed checks in a row.
+    pub health_failures: u32,
+    pub health_run: u64,
 }
 
 /// The entry's part.
@@ -43,9 +50,6 @@ pub struct Life {
     pub stopped_by_user: bool,
     /// Bumped to cancel a pending restart.
     pub generation: u64,
-    /// Health of the current run: "" (no check), starting, healthy, unhealthy.
-    pub health: String,
-    pub health_failures: u32,
     /// The properties last announced.
     published: Option<LifeInfo>,
 }
@@ -62,11 +66,11 @@ impl Life {
             restart_count: e.life.rec.restarts,
             next_restart_at: e.life.rec.restart_at,
             health: if e.state == State::Running {
-                e.life.health.clone()
+                e.life.rec.health.clone()
             } else {
                 String::new()
             },
-            health_failures: e.life.health_failures,
+            health_failures: e.life.rec.health_failures,
         }
     }
 
@@ -190,9 +194,15 @@ impl Registry {
                 e.life.rec = rec;
             }
             e.life.stopped_by_user = stopped_path(&self.layout, name).exists();
-            // A run that ended while berthd was away is not ready any more.
+            // A run that ended while berthd was away is not ready any more; the health of
+            // another run than the one running now is no one's.
             if e.state != State::Running {
                 e.life.rec.ready = false;
+            }
+            if e.state != State::Running || e.life.rec.health_run != e.started_at {
+                e.life.rec.health.clear();
+                e.life.rec.health_failures = 0;
+                e.life.rec.health_run = 0;
             }
             e.life.published = Some(Life::info(e));
         }

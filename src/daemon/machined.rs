@@ -2,47 +2,92 @@
 //! a machine while it runs, registered after its start, unregistered at its exit, and
 //! reconciled after a (re)start of berthd, so that a registration is never duplicated nor left
 //! behind for a container that ended while berthd was away. Without machined nothing changes,
-//! and berthd says so once.
+//! and berthd says so once. When machined comes onto the bus later (started after berthd, or
+//! restarted), berthd sees its name get an owner (`NameOwnerChanged`) and registers the
+//! containers running then.
 //!
 //! What machinectl does to a machine (terminate: stop its unit; kill: signal it; poweroff and
 //! reboot: SIGRTMIN+4 and SIGINT to its leader) reaches berthd the way any other end does: the
 //! leader's pidfd, watched by the reaper, which records the state and exit status.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
+use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::table::{Registry, State};
 use crate::systemd::machined::{self, Machined};
 
-/// The client, once known: `None` when machined is neither on the bus nor activatable.
-static MACHINED: OnceLock<Option<Machined>> = OnceLock::new();
+/// The client: `None` while machined is neither on the bus nor activatable (until its name
+/// gets an owner).
+static MACHINED: Mutex<Option<Machined>> = Mutex::new(None);
 
-fn client() -> Option<&'static Machined> {
-    MACHINED.get().and_then(|m| m.as_ref())
+fn client() -> Option<Machined> {
+    MACHINED.lock().unwrap().clone()
 }
 
 impl Registry {
-    /// Find machined (once, at berthd's start), then make its berth machines agree with the
-    /// running containers.
+    /// Find machined (at berthd's start), make its berth machines agree with the running
+    /// containers, and do that again whenever machined comes onto the bus.
     pub(super) async fn open_machined(&self) {
+        // Watching first, so that machined starting during the lookup is not missed.
+        let owners = match zbus::fdo::DBusProxy::new(&self.conn).await {
+            Ok(dbus) => dbus
+                .receive_name_owner_changed_with_args(&[(0, machined::BUS_NAME)])
+                .await
+                .map_err(|e| warn!("cannot watch for systemd-machined: {e}, ignoring"))
+                .ok(),
+            Err(e) => {
+                warn!("cannot watch for systemd-machined: {e}, ignoring");
+                None
+            }
+        };
         let found = match Machined::connect(&self.conn).await {
             Ok(Some(m)) => Some(m),
             Ok(None) => {
                 info!(
-                    "systemd-machined is not available; containers are not registered as machines"
+                    "systemd-machined is not available; containers are not registered as machines until it is"
                 );
                 None
             }
             Err(e) => {
                 warn!(
-                    "systemd-machined is not available ({e}); containers are not registered as machines"
+                    "systemd-machined is not available ({e}); containers are not registered as machines until it is"
                 );
                 None
             }
         };
-        if MACHINED.set(found).is_err() {
-            warn!("machined was looked up twice, ignoring");
+        *MACHINED.lock().unwrap() = found;
+        self.reconcile_machines().await;
+        let Some(mut owners) = owners else { return };
+        let me = self.arc();
+        tokio::spawn(async move {
+            while let Some(signal) = owners.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.new_owner().is_none() {
+                    continue;
+                }
+                me.machined_appeared().await;
+            }
+        });
+    }
+
+    /// machined got an owner (started, or restarted): connect if berthd had no client, and
+    /// register what runs now (a restarted machined keeps what it had: reconciling registers
+    /// only what is missing).
+    async fn machined_appeared(&self) {
+        if client().is_none() {
+            match Machined::connect(&self.conn).await {
+                Ok(Some(m)) => {
+                    info!("systemd-machined appeared; registering the running containers");
+                    *MACHINED.lock().unwrap() = Some(m);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("systemd-machined appeared but does not answer ({e}), ignoring");
+                    return;
+                }
+            }
         }
         self.reconcile_machines().await;
     }

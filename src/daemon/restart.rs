@@ -40,8 +40,9 @@ impl Registry {
                 e.life.rec.ready = false;
                 e.life.rec.status_text.clear();
                 e.life.rec.restart_at = 0;
-                e.life.health.clear();
-                e.life.health_failures = 0;
+                e.life.rec.health.clear();
+                e.life.rec.health_failures = 0;
+                e.life.rec.health_run = 0;
             })
             .is_err()
         {

@@ -12,7 +12,8 @@ use zbus::{OwnedObjectPath, proxy};
 pub const SERVICE: &str = "berth";
 /// The class of every berth machine.
 pub const CLASS: &str = "container";
-const BUS_NAME: &str = "org.freedesktop.machine1";
+/// machined's bus name.
+pub const BUS_NAME: &str = "org.freedesktop.machine1";
 
 #[proxy(
     interface = "org.freedesktop.machine1.Manager",
