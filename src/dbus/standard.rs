@@ -59,13 +59,12 @@ pub async fn replace(
     path: &str,
     backend: &Weak<dyn Backend>,
 ) -> zbus::Result<()> {
+    // Removing fails when there is no object at `path` (its export failed): nothing is added
+    // then, which would make an object of nothing but these. A call between the removal and
+    // the addition is answered `UnknownInterface`/`UnknownMethod`, as on an object not there.
     for name in [STANDARD[2], STANDARD[0]] {
         let name = InterfaceName::from_static_str_unchecked(name);
-        match server.remove_named(path, name).await {
-            // Not there: replaced already (an object exported twice).
-            Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
-            Err(e) => return Err(e),
-        }
+        server.remove_named(path, name).await?;
     }
     server
         .at(
