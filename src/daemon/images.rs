@@ -348,13 +348,14 @@ impl Registry {
             backend: self.weak_backend(),
             name: image.into(),
         };
-        if let Err(e) = self
-            .conn
-            .object_server()
-            .at(name::image_path(image), obj)
-            .await
-        {
+        let server = self.conn.object_server();
+        let path = name::image_path(image);
+        if let Err(e) = server.at(path.as_str(), obj).await {
             tracing::warn!("cannot export image {image}: {e}, ignoring");
+        }
+        // Its Properties and Introspectable bounded like every call of berth's.
+        if let Err(e) = dbus::standard::replace(server, &path, &self.weak_backend()).await {
+            tracing::warn!("cannot serve the standard interfaces of image {image}: {e}, ignoring");
         }
     }
 

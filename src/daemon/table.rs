@@ -301,13 +301,14 @@ impl Registry {
             backend: self.weak_backend(),
             name: name.into(),
         };
-        if let Err(e) = self
-            .conn
-            .object_server()
-            .at(name::container_path(name), obj)
-            .await
-        {
+        let server = self.conn.object_server();
+        let path = name::container_path(name);
+        if let Err(e) = server.at(path.as_str(), obj).await {
             warn!("cannot export container {name}: {e}, ignoring");
+        }
+        // Its Properties and Introspectable bounded like every call of berth's.
+        if let Err(e) = dbus::standard::replace(server, &path, &self.weak_backend()).await {
+            warn!("cannot serve the standard interfaces of container {name}: {e}, ignoring");
         }
         if let Some(e) = self.entries.lock().unwrap().get_mut(name) {
             e.published = Some(e.info(name));

@@ -11,6 +11,7 @@ pub mod images;
 pub mod life;
 pub mod object_manager;
 pub mod options;
+pub mod standard;
 #[cfg(test)]
 mod tests;
 pub mod units;

@@ -811,6 +811,13 @@ async fn serve() -> Served {
     )
     .await
     .unwrap();
+    let weak = Arc::downgrade(&backend);
+    for path in [
+        crate::name::container_path("web"),
+        crate::name::image_path("default"),
+    ] {
+        standard::replace(os, &path, &weak).await.unwrap();
+    }
     server.request_name(BUS_NAME).await.unwrap();
     let client = zbus::connection::Builder::address(bus.address.as_str())
         .build()
@@ -1625,5 +1632,252 @@ fn the_object_manager_lists_every_object_with_its_properties() {
             sig.args().unwrap().object_path.as_str(),
             crate::name::container_path("new1")
         );
+    });
+}
+
+/// A raw call of a standard interface on `path`.
+fn standard_call<B: serde::Serialize + zbus::zvariant::DynamicType>(
+    path: &str,
+    interface: &str,
+    member: &'static str,
+    body: &B,
+) -> zbus::Message {
+    zbus::Message::method_call(path.to_string(), member)
+        .destination(BUS_NAME)
+        .interface(interface.to_string())
+        .build(body)
+        .unwrap()
+}
+
+/// The same Container and Image objects at paths where zbus serves its own Properties and
+/// Introspectable, to compare with.
+async fn zbus_served_twins(s: &Served) -> (String, String) {
+    let backend: Arc<dyn Backend> = s.fake.clone().unwrap();
+    let os = s._server.object_server();
+    let (c, i) = (
+        "/zbus/container/web".to_string(),
+        "/zbus/image/default".to_string(),
+    );
+    os.at(
+        c.as_str(),
+        Container {
+            backend: Arc::downgrade(&backend),
+            name: "web".into(),
+        },
+    )
+    .await
+    .unwrap();
+    os.at(
+        i.as_str(),
+        Image {
+            backend: Arc::downgrade(&backend),
+            name: "default".into(),
+        },
+    )
+    .await
+    .unwrap();
+    (c, i)
+}
+
+#[test]
+fn berths_properties_and_introspection_answer_as_zbuss_would() {
+    timeout(async {
+        let s = serve().await;
+        let (zc, zi) = zbus_served_twins(&s).await;
+        let ours_c = crate::name::container_path("web");
+        let ours_i = crate::name::image_path("default");
+        let props = |path: &str| {
+            zbus::fdo::PropertiesProxy::builder(&s.client)
+                .destination(BUS_NAME)
+                .path(path.to_string())
+                .build()
+        };
+        let (ours, theirs) = (props(&ours_c).await.unwrap(), props(&zc).await.unwrap());
+        let cif =
+            zbus::names::InterfaceName::from_static_str("org.berth.berth1.Container").unwrap();
+        let all = ours.get_all(cif.clone()).await.unwrap();
+        assert_eq!(all.len(), theirs.get_all(cif.clone()).await.unwrap().len());
+        assert!(all.len() > 20, "{all:?}");
+        assert_eq!(all, theirs.get_all(cif.clone()).await.unwrap());
+        for name in ["State", "Name", "Labels", "Ports", "Ready"] {
+            assert_eq!(
+                ours.get(cif.clone(), name).await.unwrap(),
+                theirs.get(cif.clone(), name).await.unwrap(),
+                "{name}"
+            );
+        }
+        let (ours_img, theirs_img) = (props(&ours_i).await.unwrap(), props(&zi).await.unwrap());
+        let iif = zbus::names::InterfaceName::from_static_str("org.berth.berth1.Image").unwrap();
+        assert_eq!(
+            ours_img.get_all(iif.clone()).await.unwrap(),
+            theirs_img.get_all(iif.clone()).await.unwrap()
+        );
+        // The same errors: another interface, an unknown property, a standard interface (no
+        // properties), and Set of a read-only property (zbus: UnknownProperty).
+        let pif = zbus::names::InterfaceName::from_static_str("org.freedesktop.DBus.Peer").unwrap();
+        assert_eq!(ours.get_all(pif.clone()).await.unwrap(), HashMap::new());
+        assert_eq!(theirs.get_all(pif.clone()).await.unwrap(), HashMap::new());
+        let fail = |r: zbus::fdo::Result<OwnedVariant>| format!("{:?}", r.unwrap_err());
+        assert_eq!(
+            fail(ours.get(iif.clone(), "Name").await),
+            fail(theirs.get(iif.clone(), "Name").await)
+        );
+        assert_eq!(
+            fail(ours.get(cif.clone(), "Nosuch").await),
+            fail(theirs.get(cif.clone(), "Nosuch").await)
+        );
+        assert_eq!(
+            fail(ours.get(pif.clone(), "Nosuch").await),
+            fail(theirs.get(pif.clone(), "Nosuch").await)
+        );
+        let v = zbus::Variant::from("x");
+        let set_ours = format!(
+            "{:?}",
+            ours.set(cif.clone(), "State", &v).await.unwrap_err()
+        );
+        let set_theirs = format!(
+            "{:?}",
+            theirs.set(cif.clone(), "State", &v).await.unwrap_err()
+        );
+        assert_eq!(set_ours, set_theirs);
+        // The same XML, byte for byte.
+        let xml = |path: &str| {
+            let path = path.to_string();
+            let client = s.client.clone();
+            async move {
+                zbus::fdo::IntrospectableProxy::builder(&client)
+                    .destination(BUS_NAME)
+                    .path(path)
+                    .build()
+                    .await
+                    .unwrap()
+                    .introspect()
+                    .await
+                    .unwrap()
+            }
+        };
+        let ours_xml = xml(&ours_c).await;
+        assert_eq!(ours_xml, xml(&zc).await);
+        assert!(ours_xml.contains("<interface name=\"org.berth.berth1.Container\">"));
+        assert_eq!(xml(&ours_i).await, xml(&zi).await);
+        // Nothing above reached the backend's methods or left a call counted.
+        assert_eq!(
+            s.fake()
+                .admission
+                .in_flight(s.client.unique_name().unwrap()),
+            0
+        );
+    });
+}
+
+#[test]
+fn over_the_bound_properties_and_introspection_are_refused_and_others_served() {
+    timeout(async {
+        let s = serve().await;
+        let me = s.client.unique_name().unwrap().to_string();
+        let web = crate::name::container_path("web");
+        let get_all = || {
+            standard_call(
+                &web,
+                "org.freedesktop.DBus.Properties",
+                "GetAll",
+                &("org.berth.berth1.Container",),
+            )
+        };
+        let get = || {
+            standard_call(
+                &web,
+                "org.freedesktop.DBus.Properties",
+                "Get",
+                &("org.berth.berth1.Container", "State"),
+            )
+        };
+        let introspect = || {
+            standard_call(
+                &web,
+                "org.freedesktop.DBus.Introspectable",
+                "Introspect",
+                &(),
+            )
+        };
+        let limit = Some("org.berth.berth1.Error.LimitExceeded".to_string());
+        // This connection has as many calls in flight as it may.
+        let held: Vec<_> = (0..admission::PER_SENDER)
+            .map(|_| s.fake().admission.admit(&me).unwrap())
+            .collect();
+        for msg in [get_all(), get(), introspect()] {
+            let r = raw_call(&s.client, msg).await;
+            assert_eq!(r.header().error_name().map(|e| e.to_string()), limit, "{r}");
+        }
+        // Another connection, holding nothing, is served meanwhile.
+        let other = zbus::connection::Builder::address(s._bus.address.as_str())
+            .build()
+            .await
+            .unwrap();
+        for msg in [get_all(), get(), introspect()] {
+            let r = raw_call(&other, msg).await;
+            assert_eq!(r.message_type(), zbus::message::Type::MethodReturn, "{r}");
+        }
+        drop(held);
+        // Reply bytes not yet read: a connection holding a large one is refused more...
+        let big = s
+            .fake()
+            .admission
+            .admit(&me)
+            .unwrap()
+            .hold(vec![0u8; admission::PER_SENDER_BYTES])
+            .unwrap();
+        for msg in [get_all(), introspect()] {
+            let r = raw_call(&s.client, msg).await;
+            assert_eq!(r.header().error_name().map(|e| e.to_string()), limit, "{r}");
+        }
+        drop(big);
+        // ...and once it holds nothing, it is served again, and nothing stays counted.
+        for msg in [get_all(), get(), introspect()] {
+            let r = raw_call(&s.client, msg).await;
+            assert_eq!(r.message_type(), zbus::message::Type::MethodReturn, "{r}");
+        }
+        assert_eq!(s.fake().admission.in_flight(&me), 0);
+    });
+}
+
+#[test]
+fn properties_and_introspection_refuse_an_argument_too_many() {
+    timeout(async {
+        let s = serve().await;
+        let me = s.client.unique_name().unwrap().to_string();
+        let p = "org.freedesktop.DBus.Properties";
+        let c = "org.berth.berth1.Container";
+        let v = zbus::Variant::from("x");
+        for path in [
+            crate::name::container_path("web"),
+            crate::name::image_path("default"),
+        ] {
+            for msg in [
+                standard_call(&path, p, "Get", &(c, "State", "x")),
+                standard_call(&path, p, "GetAll", &(c, "x")),
+                standard_call(&path, p, "Set", &(c, "State", &v, "x")),
+                standard_call(
+                    &path,
+                    "org.freedesktop.DBus.Introspectable",
+                    "Introspect",
+                    &("x",),
+                ),
+            ] {
+                let r = raw_call(&s.client, msg).await;
+                // zbus refuses some with its own InvalidArgs (a signature it checks while
+                // reading the arguments), berth the others.
+                let name = r.header().error_name().map(|e| e.to_string());
+                assert!(
+                    matches!(
+                        name.as_deref(),
+                        Some("org.berth.berth1.Error.InvalidArgument")
+                            | Some("org.freedesktop.DBus.Error.InvalidArgs")
+                    ),
+                    "{r}"
+                );
+            }
+        }
+        assert_eq!(s.fake().admission.in_flight(&me), 0);
     });
 }
