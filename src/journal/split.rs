@@ -9,6 +9,9 @@
 /// journald's default `LineMax=`.
 pub const LINE_MAX: usize = 48 * 1024;
 
+/// The size a [`LineBuffer`] starts with.
+pub const FIRST_SIZE: usize = 4096;
+
 /// How a line ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineEnd {
@@ -21,10 +24,14 @@ pub enum LineEnd {
 }
 
 /// A buffer that the reader fills and the relay drains line by line. It holds at most
-/// `line_max` bytes of an unfinished line plus one read.
+/// `line_max` bytes of an unfinished line plus one read. It starts small ([`FIRST_SIZE`]) and
+/// grows to that size only while the output needs it: a relay per stream of every running
+/// container, most of them quiet, would otherwise cost berthd the whole size each.
 #[derive(Debug)]
 pub struct LineBuffer {
     buf: Vec<u8>,
+    /// The size it may grow to: `line_max` plus one read.
+    cap: usize,
     /// Start of the bytes not yet handed out.
     start: usize,
     /// End of the bytes read.
@@ -40,8 +47,10 @@ impl LineBuffer {
     /// time.
     pub fn new(line_max: usize, chunk: usize) -> Self {
         let line_max = line_max.max(1);
+        let cap = line_max + chunk.max(1);
         LineBuffer {
-            buf: vec![0; line_max + chunk.max(1)],
+            buf: vec![0; cap.min(FIRST_SIZE)],
+            cap,
             start: 0,
             end: 0,
             scanned: 0,
@@ -57,6 +66,12 @@ impl LineBuffer {
             self.end -= self.start;
             self.scanned -= self.start;
             self.start = 0;
+        }
+        // Less than half of it free: twice the size (a busy stream reaches the full size in a
+        // few reads). So the room is never empty below the full size either.
+        if self.buf.len() < self.cap && self.buf.len() - self.end < self.buf.len() / 2 {
+            let size = (self.buf.len() * 2).min(self.cap);
+            self.buf.resize(size, 0);
         }
         &mut self.buf[self.end..]
     }
@@ -224,5 +239,32 @@ mod tests {
                 (5, LineEnd::Eof)
             ]
         );
+    }
+
+    #[test]
+    fn starts_small_and_grows_only_as_the_output_needs() {
+        let mut b = LineBuffer::new(LINE_MAX, 64 * 1024);
+        assert_eq!(b.spare().len(), FIRST_SIZE);
+        // Short lines, read one at a time, keep it at its first size.
+        for _ in 0..100 {
+            b.spare()[..6].copy_from_slice(b"hello\n");
+            b.filled(6);
+            assert_eq!(b.next_line(), Some((&b"hello"[..], LineEnd::Newline)));
+        }
+        assert_eq!(b.buf.len(), FIRST_SIZE);
+        // A line longer than the buffer makes it grow, never past one read beyond LINE_MAX,
+        // and is cut at LINE_MAX as before.
+        loop {
+            let room = b.spare();
+            assert!(!room.is_empty());
+            let n = room.len();
+            room.fill(b'x');
+            b.filled(n);
+            if let Some((line, end)) = b.next_line() {
+                assert_eq!((line.len(), end), (LINE_MAX, LineEnd::Split));
+                break;
+            }
+        }
+        assert!(b.buf.len() > FIRST_SIZE && b.buf.len() <= LINE_MAX + 64 * 1024);
     }
 }
