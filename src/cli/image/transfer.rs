@@ -117,7 +117,9 @@ pub(super) fn prompt(what: &str, secret: bool) -> CliResult<String> {
     use std::io::{BufRead, Write};
     let stdin = std::io::stdin();
     eprint!("{what}: ");
-    let _ = std::io::stderr().flush();
+    std::io::stderr()
+        .flush()
+        .map_err(|e| CliError::new(Exit::Failed, format!("writing the prompt: {e}")))?;
     let saved = if secret {
         let t = termios::tcgetattr(&stdin)
             .map_err(|e| CliError::new(Exit::Failed, format!("reading the terminal: {e}")))?;
@@ -132,8 +134,12 @@ pub(super) fn prompt(what: &str, secret: bool) -> CliResult<String> {
     let mut line = String::new();
     let r = stdin.lock().read_line(&mut line);
     if let Some(t) = saved {
-        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &t);
-        eprintln!();
+        if let Err(e) = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &t) {
+            eprintln!();
+            eprintln!("berthctl: cannot turn the terminal's echo back on: {e}, ignoring");
+        } else {
+            eprintln!();
+        }
     }
     r.map_err(|e| CliError::new(Exit::Failed, format!("reading {what}: {e}")))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())

@@ -144,7 +144,7 @@ impl Spool {
                 match w.finish() {
                     Ok((b, _)) => {
                         if let Some(old) = files.insert(p, b) {
-                            let _ = fs::remove_file(old.path);
+                            crate::image::store::discard(&old.path);
                         }
                         Ok(())
                     }
@@ -214,7 +214,7 @@ impl Spool {
     pub(super) fn discard(&self, store: &Store) {
         for b in self.files.values() {
             if b.path != store.blob_path(&b.digest) {
-                let _ = fs::remove_file(&b.path);
+                crate::image::store::discard(&b.path);
             }
         }
     }

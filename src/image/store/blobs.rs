@@ -54,7 +54,7 @@ impl Store {
         }
         let actual = h.finish();
         if actual != *d {
-            let _ = fs::remove_file(&p);
+            discard(&p);
             return Err(StoreError::DigestMismatch {
                 expected: *d,
                 actual,
@@ -185,13 +185,22 @@ impl Drop for BlobWriter {
     }
 }
 
-/// Delete a temporary file of a failed operation; there is nobody to tell if that fails too
-/// (the next [`Store::open`] wipes `tmp/`).
-pub(super) fn discard(path: &Path) {
+/// Delete a temporary file of a failed or finished operation; a failure is logged (the next
+/// [`Store::open`] wipes `tmp/`).
+pub(crate) fn discard(path: &Path) {
     if let Err(e) = fs::remove_file(path)
         && e.kind() != io::ErrorKind::NotFound
     {
-        tracing::debug!("cannot remove {}: {e}", path.display());
+        tracing::warn!("cannot remove {}: {e}, ignoring", path.display());
+    }
+}
+
+/// [`discard`] for a temporary directory and everything in it.
+pub(crate) fn discard_dir(path: &Path) {
+    if let Err(e) = fs::remove_dir_all(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}, ignoring", path.display());
     }
 }
 

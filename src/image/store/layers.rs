@@ -77,7 +77,7 @@ impl Store {
             .map_err(io_err("creating a layer directory"))?;
         let r = self.extract_into(open()?, blob, expected, &tmp);
         if r.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            discard_dir(&tmp);
         }
         r
     }
@@ -109,7 +109,7 @@ impl Store {
         }
         let diff_id = stats.diff_id;
         if let Some(size) = self.layer_size(&diff_id) {
-            let _ = fs::remove_dir_all(tmp);
+            discard_dir(tmp);
             return Ok((diff_id, size, true));
         }
         // Data must be on disk before the name is (a crash must not leave a named layer with
@@ -134,7 +134,7 @@ impl Store {
             Ok(()) => Ok((diff_id, stats.size, false)),
             // Someone else extracted the same layer meanwhile; theirs is as good as ours.
             Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => {
-                let _ = fs::remove_dir_all(tmp);
+                discard_dir(tmp);
                 Ok((diff_id, stats.size, true))
             }
             Err(e) => Err(io_err("naming a layer")(e.into())),
