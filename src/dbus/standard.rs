@@ -152,6 +152,17 @@ macro_rules! with_interface {
     };
 }
 
+/// The error for a property of an interface that is not berth's: zbus's for the standard ones
+/// (they have none), UnknownInterface for any other.
+fn not_ours(interface: &str, property: &str) -> BoxDBusError {
+    if standard(interface) {
+        unknown_property(property)
+    } else {
+        unknown_interface(interface)
+    }
+    .into()
+}
+
 #[interface(name = "org.freedesktop.DBus.Properties", introspection_docs = false)]
 impl Properties {
     /// Get a property value.
@@ -167,12 +178,7 @@ impl Properties {
         let call = enter(&self.backend, &hdr, "ss").await.map_err(boxed)?;
         let path = path_of(&hdr)?;
         let Some(own) = Own::of(interface_name.as_str()) else {
-            return Err(if standard(interface_name.as_str()) {
-                unknown_property(property_name)
-            } else {
-                unknown_interface(interface_name.as_str())
-            }
-            .into());
+            return Err(not_ours(interface_name.as_str(), property_name));
         };
         let value: Result<OwnedVariant, BoxDBusError> =
             with_interface!(server, path, own, interface_name.as_str(), |iface| {
@@ -198,12 +204,7 @@ impl Properties {
         let _call = enter(&self.backend, &hdr, "ssv").await.map_err(boxed)?;
         let path = path_of(&hdr)?;
         let Some(own) = Own::of(interface_name.as_str()) else {
-            return Err(if standard(interface_name.as_str()) {
-                unknown_property(property_name)
-            } else {
-                unknown_interface(interface_name.as_str())
-            }
-            .into());
+            return Err(not_ours(interface_name.as_str(), property_name));
         };
         // As zbus does it: the interface's `set` first, `set_mut` if it asks for that.
         macro_rules! set_on {
