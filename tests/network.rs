@@ -143,7 +143,9 @@ fn serve_once(ns: &Ns, addr: SocketAddr) -> std::thread::JoinHandle<SocketAddr> 
 
 /// Connect to `addr` (from the calling thread's namespace) and read what the server says.
 fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    // Ten seconds: room for SYN retransmits (1 s, 3 s, 7 s) on a loaded machine, where a first
+    // SYN can be lost while a neighbour entry resolves; a forward that does not work still fails.
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
