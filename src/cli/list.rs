@@ -6,6 +6,7 @@ use clap::Args;
 use super::format::{Filter, Template};
 use super::output::{self, ContainerView};
 use super::{CliResult, Format, manager};
+use crate::dbus::listing::Fields;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -59,8 +60,14 @@ pub async fn run(a: ListArgs) -> CliResult {
         }
     }
     let status_filtered = filters.iter().any(|f| matches!(f, Filter::Status(_)));
-    let all: Vec<_> = proxy
-        .list_containers()
+    let json = a.output == Format::Json || a.format.as_deref() == Some("json");
+    // The table and -q show few fields; filters, templates and JSON may need any.
+    let fields = if filters.is_empty() && template.is_none() && !json {
+        Fields::Table
+    } else {
+        Fields::All
+    };
+    let all: Vec<_> = super::list_containers(&proxy, fields)
         .await?
         .into_iter()
         .filter(|c| a.all || status_filtered || !matches!(c.state.as_str(), "created" | "exited"))
@@ -79,7 +86,6 @@ pub async fn run(a: ListArgs) -> CliResult {
         output::print_lines(lines);
         return Ok(0);
     }
-    let json = a.output == Format::Json || a.format.as_deref() == Some("json");
     if json {
         let views = ContainerView::all_with_life(&conn, all).await;
         output::print_json(&views);

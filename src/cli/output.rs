@@ -1,5 +1,6 @@
 //! Rendering: the JSON view structs (a stable contract, snake_case keys) and human formats.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde::Serialize;
@@ -228,12 +229,15 @@ pub fn print_json<T: Serialize>(v: &T) {
 
 /// Print lines to stdout, stopping quietly if the reader went away.
 pub fn print_lines(lines: impl IntoIterator<Item = String>) {
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout is line-buffered, and a write per line was a tenth of `ps -a`'s time
+    // with 1000 containers. A stdout that fails (a pager that quit) ends the output.
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     for l in lines {
-        if writeln!(out, "{l}").is_err() {
+        if out.write_all(l.as_bytes()).is_err() || out.write_all(b"\n").is_err() {
             return;
         }
     }
+    // The rest goes out as `out` is dropped, where a failure ends the output as silently.
 }
 
 /// A UTC timestamp from microseconds since the epoch: `2026-11-29 01:02:03 UTC`.
@@ -302,30 +306,47 @@ pub fn escape(s: &str) -> String {
 
 /// Left-aligned columns; cells are [`escape`]d.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
-    let rows: Vec<Vec<String>> = rows
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
         .iter()
-        .map(|r| r.iter().map(|c| escape(c)).collect())
+        .map(|r| {
+            r.iter()
+                .map(|c| {
+                    if c.chars().any(char::is_control) {
+                        Cow::Owned(escape(c))
+                    } else {
+                        Cow::Borrowed(c.as_str())
+                    }
+                })
+                .collect()
+        })
         .collect();
-    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: Vec<String>| {
-        let mut s = String::new();
+    let line_len: usize = widths.iter().map(|w| w + 2).sum();
+    // Each cell but the last padded to its column's width (in characters) and two spaces.
+    let line = |cells: &[&str]| {
+        let mut s = String::with_capacity(line_len);
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  "));
+            s.push_str(c);
+            if i + 1 != cells.len() {
+                let pad = w.saturating_sub(c.chars().count()) + 2;
+                s.extend(std::iter::repeat_n(' ', pad));
             }
         }
         s
     };
-    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
-    out.extend(rows.iter().map(|r| line(r.clone())));
+    let mut out = Vec::with_capacity(rows.len() + 1);
+    out.push(line(header));
+    let mut cells: Vec<&str> = Vec::with_capacity(header.len());
+    for r in &rows {
+        cells.clear();
+        cells.extend(r.iter().map(|c| c.as_ref()));
+        out.push(line(&cells));
+    }
     out
 }
 

@@ -504,6 +504,9 @@ impl dbus::Backend for Registry {
     fn list(&self) -> Vec<ContainerInfo> {
         Registry::list(self)
     }
+    fn list_body(&self, redact: bool) -> zbus::Result<Vec<u8>> {
+        Ok(Registry::list_body(self, redact))
+    }
     fn info(&self, name: &str) -> Option<ContainerInfo> {
         Registry::info(self, name)
     }

@@ -5,6 +5,7 @@ mod boot;
 mod bus_work;
 mod copy;
 mod declared;
+mod entries;
 mod error;
 mod exec;
 mod failpoint;
@@ -192,9 +193,9 @@ async fn serve(
     server
         .at(
             crate::dbus::MANAGER_PATH,
-            crate::dbus::Manager {
+            crate::dbus::listing::ManagerServer(crate::dbus::Manager {
                 backend: Arc::downgrade(&backend),
-            },
+            }),
         )
         .await
         .map_err(|source| DaemonError::Serve {

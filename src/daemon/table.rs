@@ -13,6 +13,7 @@ use tracing::warn;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, Variant};
 
+use super::entries::{Entries, View};
 use super::error::{Error, Result};
 use super::quarantine::Broken;
 use super::store::Layout;
@@ -177,7 +178,8 @@ pub struct Registry {
     pub(super) systemd: Systemd,
     pub(super) layout: Layout,
     pub(super) helper: PathBuf,
-    pub(super) entries: Mutex<BTreeMap<String, Entry>>,
+    /// The entries, with their `ListContainers` records (see `entries`).
+    pub(super) entries: Mutex<Entries<Entry>>,
     /// Containers whose definition cannot be used, kept in quarantine (see `quarantine`).
     pub(super) broken: Mutex<BTreeMap<String, Broken>>,
     /// Exit statuses of containers removed at exit (`--rm`), newest last, so that a
@@ -237,7 +239,7 @@ impl Registry {
             systemd,
             layout,
             helper,
-            entries: Mutex::new(BTreeMap::new()),
+            entries: Mutex::default(),
             broken: Mutex::default(),
             images: Arc::new(images),
             removed_at_exit: Mutex::default(),
@@ -285,6 +287,49 @@ impl Registry {
         all.extend(self.broken.lock().unwrap().iter().map(|(n, b)| b.info(n)));
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// The `ListContainers` reply body: the kept records of the entries (made for those
+    /// changed since the last listing) and those of the quarantined containers, by name.
+    pub(super) fn list_body(&self, redact: bool) -> Vec<u8> {
+        let view = if redact { View::Redacted } else { View::Full };
+        let mut entries = self.entries.lock().unwrap();
+        let kept = entries.records(
+            view,
+            |name, e, view| {
+                let mut info = e.info(name);
+                if view == View::Redacted {
+                    info.redact();
+                }
+                dbus::listing::encode(&info)
+            },
+            |name, e| warn!("cannot encode the record of {name}: {e}, leaving it out of the list"),
+        );
+        // Quarantined containers are few and rarely listed: encoded each time.
+        let broken: Vec<(String, Vec<u8>)> = self
+            .broken
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(n, b)| {
+                let mut info = b.info(n);
+                if redact {
+                    info.redact();
+                }
+                match dbus::listing::encode(&info) {
+                    Ok(r) => Some((n.clone(), r)),
+                    Err(e) => {
+                        warn!("cannot encode the record of {n}: {e}, leaving it out of the list");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut all: Vec<(&str, &[u8])> = kept;
+        all.extend(broken.iter().map(|(n, r)| (n.as_str(), &r[..])));
+        // Both are in name order already; a name is never in both.
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        dbus::listing::body(all.into_iter().map(|(_, r)| r))
     }
 
     pub(super) fn info(&self, name: &str) -> Option<ContainerInfo> {

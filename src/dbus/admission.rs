@@ -135,11 +135,17 @@ impl Permit {
 
     /// Make `value` the reply of this call, charging its size until it is written; refused
     /// (and dropped) if the sender or its uid already holds that much.
-    pub fn hold<T: Serialize + Type>(mut self, value: T) -> Result<Held<T>, Error> {
+    pub fn hold<T: Serialize + Type>(self, value: T) -> Result<Held<T>, Error> {
         let ctx = zbus::wire::serialized::Context::new(zbus::wire::Endian::Little, 0);
         let size = zbus::wire::serialized_size(ctx, &value)
             .map(|s| s.size())
             .unwrap_or(0);
+        self.hold_sized(value, size)
+    }
+
+    /// [`Permit::hold`] for a reply whose size is known without serializing it (a body
+    /// encoded already, `ListContainers`'): `size` bytes are charged.
+    pub fn hold_sized<T>(mut self, value: T, size: usize) -> Result<Held<T>, Error> {
         {
             let mut c = self.admission.inner.lock().unwrap();
             let held = c.senders.get(&self.sender).map_or(0, |s| s.bytes);

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod containers;
 pub mod images;
 pub mod life;
+pub mod listing;
 pub mod object_manager;
 pub mod options;
 pub mod standard;
@@ -310,6 +311,19 @@ pub trait Backend: ImageOps + ContainerOps + UnitOps + Send + Sync + 'static {
         fd: std::os::fd::OwnedFd,
     ) -> BoxFuture<'_, Result<()>>;
     fn list(&self) -> Vec<ContainerInfo>;
+    /// The `ListContainers` reply body: [`Backend::list`] as [`listing::body`] frames it,
+    /// each record [`ContainerInfo::redact`]ed when `redact`. berthd's keeps the records
+    /// encoded between changes; this one encodes them all.
+    fn list_body(&self, redact: bool) -> zbus::Result<Vec<u8>> {
+        let mut records = Vec::new();
+        for mut c in self.list() {
+            if redact {
+                c.redact();
+            }
+            records.push(listing::encode(&c)?);
+        }
+        Ok(listing::body(records.iter().map(Vec::as_slice)))
+    }
     fn info(&self, name: &str) -> Option<ContainerInfo>;
     fn create_network(
         &self,

@@ -787,9 +787,9 @@ async fn serve() -> Served {
     .unwrap();
     os.at(
         MANAGER_PATH,
-        Manager {
+        super::listing::ManagerServer(Manager {
             backend: Arc::downgrade(&backend),
-        },
+        }),
     )
     .await
     .unwrap();

@@ -15,6 +15,7 @@ pub mod mount_api;
 pub mod userns;
 
 pub mod caps;
+pub mod dbus_raw;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
