@@ -17,6 +17,7 @@
 //! Reading back ([`read`]) runs `journalctl -o json` with a match on the container's name and
 //! `_UID=0`, and parses its output.
 
+pub mod feed;
 pub mod native;
 pub mod read;
 pub mod relay;
@@ -24,9 +25,10 @@ pub mod split;
 
 use std::path::PathBuf;
 
+pub use feed::{Feed, Frame, FrameKind, FrameReader};
 pub use native::{Entry, JOURNAL_SOCKET, JournalSocket};
 pub use read::{LogEntry, LogQuery, Reassembler, TimeSpec, journalctl_args, parse_entry};
-pub use relay::{RelayEnd, RelayStats, Source, Tags, fdstore_name, log_pipe, relay};
+pub use relay::{RelayEnd, RelayStats, Sink, Source, Tags, fdstore_name, log_pipe, relay};
 pub use split::{LINE_MAX, LineBuffer, LineEnd};
 
 /// Which of the payload's output streams.

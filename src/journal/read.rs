@@ -166,6 +166,9 @@ pub struct LogEntry {
     pub partial: bool,
     /// journalctl's cursor, to resume after.
     pub cursor: String,
+    /// berthd's sequence number of the line (`BERTH_SEQ=`, see [`super::feed`]); 0 for
+    /// entries from before berthd numbered them.
+    pub seq: u64,
 }
 
 /// Parse one line of `journalctl -o json` output.
@@ -194,6 +197,9 @@ pub fn parse_entry(line: &[u8]) -> Result<LogEntry, JournalError> {
         message,
         partial,
         cursor: first_text(&entry, "__CURSOR")?.unwrap_or_default(),
+        seq: first_text(&entry, "BERTH_SEQ")?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -225,6 +231,7 @@ impl Reassembler {
                 }
                 first.partial = e.partial;
                 first.cursor = e.cursor;
+                first.seq = e.seq;
                 first
             }
             None => e,
@@ -322,10 +329,11 @@ mod tests {
     #[test]
     fn messages_parse_as_text_bytes_null_or_several_values() {
         let e = parse_entry(
-            br#"{"__REALTIME_TIMESTAMP":"1700000000000001","__CURSOR":"s=1","PRIORITY":"6","MESSAGE":"hello","OBJECT_PID":["42","42"]}"#,
+            br#"{"__REALTIME_TIMESTAMP":"1700000000000001","__CURSOR":"s=1","PRIORITY":"6","MESSAGE":"hello","OBJECT_PID":["42","42"],"BERTH_SEQ":"1700000000000000"}"#,
         )
         .unwrap();
         assert_eq!(e.realtime_usec, 1_700_000_000_000_001);
+        assert_eq!(e.seq, 1_700_000_000_000_000);
         assert_eq!(e.stream, Stream::Stdout);
         assert_eq!(e.message.as_deref(), Some(&b"hello"[..]));
         assert_eq!(e.cursor, "s=1");
@@ -336,6 +344,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.stream, Stream::Stderr);
+        assert_eq!(e.seq, 0, "an entry from before the numbering");
         assert_eq!(e.message.as_deref(), Some(&[255u8, 0, 104, 10][..]));
         assert!(e.partial);
 
@@ -381,6 +390,7 @@ mod tests {
             message: Some(m.as_bytes().to_vec()),
             partial,
             cursor: String::new(),
+            seq: 0,
         };
         let mut r = Reassembler::new(1 << 20);
         assert_eq!(r.push(piece(Stream::Stdout, "ab", true)), None);
