@@ -1,7 +1,7 @@
 //! `berthctl logs [-f] [-n N] [--since T] [--until T] [-o json] NAME`: a container's output
 //! read back from the journal, where berthd's relay put it (see `src/daemon/logs.rs`).
 //!
-//! berthctl runs the journal's own reader, `journalctl -o json`, as the caller — so the
+//! berthctl runs the journal's own reader, `journalctl -o export`, as the caller — so the
 //! journal's access rules decide (root, or the `systemd-journal`/`adm` groups), as for
 //! `journalctl CONTAINER_NAME=NAME` — matched on `CONTAINER_NAME=` and on `_UID=0` (only
 //! berthd, as root, can have sent them), and joins lines the relay had to cut. It works for
@@ -16,7 +16,7 @@
 //! root, systemd-journal, adm, wheel) or berthd is older, it follows the journal instead.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 
 use clap::Args;
@@ -25,7 +25,8 @@ use serde::Serialize;
 use super::{CliError, CliResult, Exit, Format};
 use crate::dbus::Options;
 use crate::journal::{
-    FrameKind, FrameReader, LINE_MAX, LogEntry, LogQuery, Reassembler, Stream, TimeSpec,
+    ExportReader, FrameKind, FrameReader, LINE_MAX, LogEntry, LogQuery, Reassembler, Stream,
+    TimeSpec,
 };
 
 #[derive(Debug, Args)]
@@ -257,17 +258,13 @@ fn history(
         h.shown += 1;
         printer.print(e)
     };
-    for line in std::io::BufReader::new(out).split(b'\n') {
-        let line = line.map_err(|e| CliError::new(Exit::Failed, format!("journalctl: {e}")))?;
-        if line.is_empty() {
-            continue;
-        }
-        let entry = match crate::journal::parse_entry(&line) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("berthctl: {e}, ignoring");
-                continue;
-            }
+    let mut entries = ExportReader::new(std::io::BufReader::with_capacity(256 * 1024, out));
+    loop {
+        let entry = match entries.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            // The format has no resynchronisation point: what follows is lost too.
+            Err(e) => return Err(CliError::new(Exit::Failed, format!("journalctl: {e}"))),
         };
         if let Some(whole) = joined.push(entry)
             && !show(whole, &mut h)
