@@ -152,6 +152,23 @@ impl BusAuthority {
     }
 }
 
+impl BusAuthority {
+    /// The groups of the process owning the connection `sender`
+    /// (`org.freedesktop.DBus.GetConnectionCredentials`, `UnixGroupIDs`).
+    pub async fn caller_groups(&self, sender: &str) -> Result<Vec<u32>, String> {
+        let name = BusName::try_from(sender).map_err(|e| e.to_string())?;
+        let creds = self
+            .dbus
+            .get_connection_credentials(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        creds
+            .unix_group_ids()
+            .cloned()
+            .ok_or_else(|| "the bus does not say the caller's groups".to_string())
+    }
+}
+
 impl Authority for BusAuthority {
     async fn caller_uid(&self, sender: &str) -> Result<u32, String> {
         let name = BusName::try_from(sender).map_err(|e| e.to_string())?;

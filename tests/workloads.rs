@@ -142,6 +142,81 @@ fn output_of_a_detached_container_is_in_the_journal_with_its_fields_across_a_ber
     );
 }
 
+/// The number of the last `n-N` line in `text`, if any.
+fn last_n(text: &str) -> Option<u32> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("n-").and_then(|n| n.parse().ok()))
+}
+
+#[test]
+fn logs_follow_shows_every_line_once_in_order_across_a_berthd_restart_and_ends_at_removal() {
+    let name = fresh("wl-follow");
+    let c = Running::start(
+        &name,
+        "",
+        "echo early; echo to-stderr >&2; i=0; while :; do echo n-$i; i=$((i+1)); sleep 0.02; done",
+    );
+    wait_until("lines in the journal", || {
+        last_n(&out(&sh(&format!("berthctl logs {name} 2>/dev/null")))).unwrap_or(0) >= 20
+    });
+    // berthctl logs -f in the background, its stdout and stderr in files.
+    let f = format!("/tmp/{name}.follow");
+    let pid = ok(&format!(
+        "setsid sh -c 'exec berthctl logs -f {name} >{f} 2>{f}.err' </dev/null >/dev/null 2>&1 & echo $!"
+    ));
+    let followed = || out(&sh(&format!("cat {f}")));
+    wait_until("the follower shows new lines", || {
+        last_n(&followed()).unwrap_or(0) >= 60
+    });
+    // A berthd restart ends the feed; berthctl subscribes again and catches up.
+    ok("systemctl restart berthd");
+    let at_restart = last_n(&followed()).unwrap();
+    wait_until("the follower goes on after the restart", || {
+        last_n(&followed()).unwrap_or(0) > at_restart + 50
+    });
+    assert_eq!(
+        code(&format!("test -d /proc/{pid}")),
+        0,
+        "the follower still runs"
+    );
+    // Removal ends it, and what it showed is exactly what the journal has.
+    ok(&format!("berthctl rm -f {name}"));
+    drop(c);
+    wait_until("the follower ends when the container is removed", || {
+        code(&format!("test -d /proc/{pid}")) != 0
+    });
+    let shown = followed();
+    let journal = ok(&format!("berthctl logs {name} 2>/dev/null"));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"early"),
+        "{}",
+        &shown[..shown.len().min(200)]
+    );
+    for (i, line) in lines[1..].iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("n-{i}"),
+            "line {} of what logs -f showed",
+            i + 1
+        );
+    }
+    assert_eq!(
+        shown.trim_end(),
+        journal.trim_end(),
+        "logs -f and the journal agree"
+    );
+    let e = ok(&format!("cat {f}.err"));
+    assert!(
+        e.starts_with("to-stderr"),
+        "stderr lines go to stderr: {e:?}"
+    );
+    assert_eq!(e.matches("to-stderr").count(), 1, "{e:?}");
+    sh(&format!("rm -f {f} {f}.err"));
+}
+
 #[test]
 fn a_foreground_run_gets_no_descriptor_of_the_callers_terminal_but_its_output_arrives() {
     // `script` gives berthctl a real terminal as stdin, stdout and stderr.

@@ -370,12 +370,27 @@ fn blkio_totals(text: &str) -> (u64, u64) {
     (r, w)
 }
 
-/// The `cgroup.procs` files of the cgroup a process is in, one per mounted hierarchy (cgroup2
-/// and every v1 hierarchy, `name=systemd` included): writing `0` into each moves the writer
-/// there, as `runc exec` joins a container. `mountinfo` is the reader's `/proc/self/mountinfo`,
-/// `proc_cgroup` the process's `/proc/PID/cgroup` (paths relative to the reader's cgroup
+/// Where a process is, per mounted hierarchy, as a joiner needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Membership {
+    /// Its cgroup2 directory: a child is started right in it (`CLONE_INTO_CGROUP`), or, where
+    /// that cannot be done, its `cgroup.procs` is written.
+    pub unified: Option<PathBuf>,
+    /// The `tasks` file of its cgroup in every v1 hierarchy (`name=systemd` included).
+    pub v1_tasks: Vec<PathBuf>,
+}
+
+/// Where the process whose `/proc/PID/cgroup` is `proc_cgroup` is, in every hierarchy mounted
+/// in `mountinfo` (the reader's `/proc/self/mountinfo`; paths relative to the reader's cgroup
 /// namespace). A hierarchy that is not mounted is left out.
-pub fn procs_files(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
+///
+/// A single-threaded joiner writes `0` into each v1 `tasks` file: moving the writing thread
+/// alone is the one migration the kernel does without taking the global
+/// `cgroup_threadgroup_rwsem` for writing, whose first taking waits for an RCU grace period
+/// (`cgroup_joins_write_start`; measured in the disposable host: 0.2 ms for `tasks`, 10–20 ms
+/// for the first `cgroup.procs` — the whole gap between `berthctl exec` and `nsenter`). For
+/// cgroup2 the same lock is avoided by starting the joiner inside (`CLONE_INTO_CGROUP`).
+pub fn membership(mountinfo: &str, proc_cgroup: &str) -> Membership {
     // (controllers of a v1 mount, or None for cgroup2; mount point; root inside the hierarchy)
     let mut mounts: Vec<(Option<Vec<String>>, PathBuf, String)> = Vec::new();
     for line in mountinfo.lines() {
@@ -407,7 +422,7 @@ pub fn procs_files(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
             unescape_octal(root),
         ));
     }
-    let mut out = Vec::new();
+    let mut out = Membership::default();
     for line in proc_cgroup.lines() {
         let mut it = line.splitn(3, ':');
         let (Some(_), Some(ctrls), Some(path)) = (it.next(), it.next(), it.next()) else {
@@ -418,7 +433,7 @@ pub fn procs_files(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
             None => want.is_empty(),
             Some(have) => !want.is_empty() && want.iter().all(|w| have.iter().any(|h| h == w)),
         });
-        let Some((_, mnt, root)) = found else {
+        let Some((kind, mnt, root)) = found else {
             continue;
         };
         // A hierarchy mounted from a subdirectory shows paths below it.
@@ -429,9 +444,13 @@ pub fn procs_files(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
             continue;
         };
         let dir = mnt.join(rel.trim_start_matches('/'));
-        let procs = dir.join("cgroup.procs");
-        if !out.contains(&procs) {
-            out.push(procs);
+        if kind.is_none() {
+            out.unified.get_or_insert(dir);
+        } else {
+            let tasks = dir.join("tasks");
+            if !out.v1_tasks.contains(&tasks) {
+                out.v1_tasks.push(tasks);
+            }
         }
     }
     out
@@ -457,24 +476,30 @@ mod tests {
 0::/machine.slice/berth-web.scope
 9:freezer:/
 ";
-        let files = procs_files(mountinfo, cg);
-        let s: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        let m = membership(mountinfo, cg);
+        let s: Vec<String> = m.v1_tasks.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(
             s,
             [
-                "/sys/fs/cgroup/memory/machine.slice/berth-web.scope/cgroup.procs",
-                "/sys/fs/cgroup/cpu,cpuacct/machine.slice/berth-web.scope/cgroup.procs",
-                "/sys/fs/cgroup/systemd/machine.slice/berth-web.scope/cgroup.procs",
-                "/sys/fs/cgroup/unified/machine.slice/berth-web.scope/cgroup.procs",
+                "/sys/fs/cgroup/memory/machine.slice/berth-web.scope/tasks",
+                "/sys/fs/cgroup/cpu,cpuacct/machine.slice/berth-web.scope/tasks",
+                "/sys/fs/cgroup/systemd/machine.slice/berth-web.scope/tasks",
             ]
+        );
+        assert_eq!(
+            m.unified,
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/unified/machine.slice/berth-web.scope"
+            ))
         );
         // The unified layout: one file.
         let unified = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            procs_files(unified, "0::/machine.slice/x.scope\n"),
-            [PathBuf::from(
-                "/sys/fs/cgroup/machine.slice/x.scope/cgroup.procs"
-            )]
+            membership(unified, "0::/machine.slice/x.scope\n"),
+            Membership {
+                unified: Some(PathBuf::from("/sys/fs/cgroup/machine.slice/x.scope")),
+                v1_tasks: vec![],
+            }
         );
     }
 

@@ -169,6 +169,20 @@ impl Authorizer {
     fn forget(&self, sender: &str) {
         self.uids.lock().unwrap().remove(sender);
     }
+
+    /// May `sender` read the system journal, by the journal's own rule: root, or a member of
+    /// one of the groups its files are shared with (systemd-journal, adm, wheel).
+    pub(super) async fn may_read_journal(&self, sender: &str) -> std::result::Result<bool, String> {
+        use polkit::Authority;
+        if self.caller_uid(sender).await? == 0 {
+            return Ok(true);
+        }
+        let bus = self.bus.as_ref().ok_or("the bus is not reachable")?;
+        let groups = bus.caller_groups(sender).await?;
+        Ok(["systemd-journal", "adm", "wheel"].iter().any(|g| {
+            matches!(nix::unistd::Group::from_name(g), Ok(Some(gr)) if groups.contains(&gr.gid.as_raw()))
+        }))
+    }
 }
 
 impl polkit::Authority for Authorizer {
@@ -568,6 +582,13 @@ impl dbus::Backend for Registry {
     }
     fn wait_exec(&self, name: String, id: String) -> BoxFuture<'_, Result<i32>> {
         Box::pin(self.bus_wait_exec(name, id))
+    }
+    fn follow_logs(
+        &self,
+        caller: Caller,
+        name: String,
+    ) -> BoxFuture<'_, Result<(std::os::fd::OwnedFd, u64)>> {
+        Box::pin(async move { bus(Registry::follow_logs(self, caller, name).await) })
     }
     fn kill_exec(
         &self,

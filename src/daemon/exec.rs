@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -117,11 +118,34 @@ impl Registry {
             .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
         let cgroup = std::fs::read_to_string(format!("/proc/{leader}/cgroup"))
             .map_err(|e| Error::io(format!("read the cgroup of {name}"), e))?;
-        let plan = base.plan(&req, crate::cgroup::procs_files(&mountinfo, &cgroup));
+        let member = crate::cgroup::membership(&mountinfo, &cgroup);
+        let mut joins = member.v1_tasks;
+        // The helper forks itself into the leader's cgroup2 directory; where that cannot be
+        // opened it joins by cgroup.procs (and waits for the kernel's lock).
+        let inside = member.unified.and_then(|dir| {
+            match nix::fcntl::open(
+                &dir,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(
+                        "cannot open {}: {e}, joining it by cgroup.procs",
+                        dir.display()
+                    );
+                    joins.push(dir.join("cgroup.procs"));
+                    None
+                }
+            }
+        });
+        let mut plan = base.plan(&req, joins);
+        plan.into_cgroup = inside.is_some();
         let memfd = protocol::exec_memfd(&plan)
             .map_err(|e| Error::Failed(format!("cannot pass the exec plan: {e}")))?;
         let helper = Helper::spawn(&self.helper, self.helper_image.as_ref())?;
         let mut fds = vec![memfd.as_fd(), leader_fd.as_fd()];
+        fds.extend(inside.as_ref().map(|fd| fd.as_fd()));
         fds.extend(stdio.iter().flatten().map(|f| f.as_fd()));
         if let Err(err) = helper.send(&ToHelper::Exec, &fds).await {
             helper.kill().await;

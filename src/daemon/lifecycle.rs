@@ -456,6 +456,7 @@ impl Registry {
         }
         self.net_release(name).await;
         self.forget_life(name);
+        self.logs_forget(name);
         self.remove_anonymous(name, anonymous);
         removed.map_err(|e| {
             Error::io(

@@ -28,7 +28,8 @@ use super::error::{Error, Result};
 use super::notify;
 use super::start::Stdio;
 use super::table::Registry;
-use crate::journal::{self, JournalSocket, LogDriver, RelayEnd, Source, Stream};
+use crate::dbus::Caller;
+use crate::journal::{self, Feed, JournalSocket, LogDriver, RelayEnd, Sink, Source, Stream};
 use crate::spec::ContainerSpec;
 
 /// The read ends of a start's log pipes.
@@ -44,9 +45,24 @@ struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The relays running, by container.
+/// The relays running, and the live followers' feeds, by container.
 #[derive(Default)]
-pub struct Relays(std::sync::Mutex<HashMap<String, Vec<Relay>>>);
+pub struct Relays {
+    running: std::sync::Mutex<HashMap<String, Vec<Relay>>>,
+    feeds: std::sync::Mutex<HashMap<String, Arc<Feed>>>,
+}
+
+impl Relays {
+    /// The container's feed, made on first use (by its first relay or follower).
+    fn feed(&self, name: &str) -> Arc<Feed> {
+        self.feeds
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+}
 
 fn devnull() -> Result<OwnedFd> {
     std::fs::OpenOptions::new()
@@ -198,6 +214,7 @@ impl Registry {
         let tags = self.log_source(name, leader).tags(stream, alive.clone());
         let (stop, stop_rx) = watch::channel(false);
         let container = name.to_string();
+        let feed = self.relays.feed(name);
         let task = tokio::spawn(async move {
             let mut sock = loop {
                 match JournalSocket::connect(journal::JOURNAL_SOCKET) {
@@ -208,7 +225,7 @@ impl Registry {
                     }
                 }
             };
-            match journal::relay(pipe, &mut sock, &tags, stop_rx).await {
+            match journal::relay(pipe, &mut Sink::new(&mut sock, &feed), &tags, stop_rx).await {
                 Ok(RelayEnd::Eof(_)) => {
                     if let Err(e) = notify::remove_fd(&fdname) {
                         warn!("cannot drop {fdname} from the FD store: {e}, ignoring");
@@ -219,7 +236,7 @@ impl Registry {
                 Err(e) => warn!("the log relay of {container} ended: {e}, ignoring"),
             }
         });
-        let mut relays = self.relays.0.lock().unwrap();
+        let mut relays = self.relays.running.lock().unwrap();
         let list = relays.entry(name.to_string()).or_default();
         list.retain(|r| !r.task.is_finished());
         list.push(Relay { stop, alive, task });
@@ -227,18 +244,68 @@ impl Registry {
 
     /// The leader exited: entries name the unit from now on.
     pub(super) fn logs_leader_gone(&self, name: &str) {
-        if let Some(list) = self.relays.0.lock().unwrap().get(name) {
+        if let Some(list) = self.relays.running.lock().unwrap().get(name) {
             for r in list {
                 r.alive.store(false, Ordering::Relaxed);
             }
         }
     }
 
+    /// The container is removed or renamed: its followers are told, and its finished relays
+    /// forgotten (one still draining its pipe finishes on its own).
+    pub(super) fn logs_forget(&self, name: &str) {
+        if let Some(feed) = self.relays.feeds.lock().unwrap().remove(name) {
+            feed.close();
+        }
+        let mut running = self.relays.running.lock().unwrap();
+        if let Some(list) = running.get_mut(name) {
+            list.retain(|r| !r.task.is_finished());
+            if list.is_empty() {
+                running.remove(name);
+            }
+        }
+    }
+
+    /// `FollowLogs`: a socket of the container's lines from now on (the newest few first),
+    /// for who may read the system journal.
+    pub(super) async fn follow_logs(&self, caller: Caller, name: String) -> Result<(OwnedFd, u64)> {
+        if !self.entries.lock().unwrap().contains_key(&name) {
+            return Err(Error::NoSuchContainer(name));
+        }
+        match self.authorizer.may_read_journal(&caller.sender).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::PermissionDenied(format!(
+                    "following the output of {name:?} is for who may read the system journal: \
+                     root, or the groups systemd-journal, adm and wheel"
+                )));
+            }
+            Err(e) => return Err(Error::PermissionDenied(format!("who is calling: {e}"))),
+        }
+        let sub = self
+            .relays
+            .feed(&name)
+            .subscribe()
+            .map_err(|e| Error::LimitExceeded(e.to_string()))?;
+        let (ours, theirs) =
+            tokio::net::UnixStream::pair().map_err(|e| Error::io("a socket pair", e))?;
+        let theirs = theirs
+            .into_std()
+            .map_err(|e| Error::io("a socket pair", e))?;
+        // berthctl reads it blocking.
+        theirs
+            .set_nonblocking(false)
+            .map_err(|e| Error::io("a socket pair", e))?;
+        let newest = sub.newest;
+        tokio::spawn(journal::feed::serve(sub, ours));
+        Ok((OwnedFd::from(theirs), newest))
+    }
+
     /// berthd stops: every relay sends what it has read and leaves the rest in its pipe.
     pub async fn stop_relays(&self) {
         let all: Vec<Relay> = self
             .relays
-            .0
+            .running
             .lock()
             .unwrap()
             .drain()

@@ -74,6 +74,7 @@ impl Registry {
             entries.insert(new.clone(), entry);
         }
         self.unexport(&old).await;
+        self.logs_forget(&old);
         if let Some(em) = self.manager_emitter()
             && let Err(e) = dbus::Manager::container_removed(&em, &old, path(&old)).await
         {

@@ -348,6 +348,15 @@ pub trait Backend: ImageOps + ContainerOps + UnitOps + Send + Sync + 'static {
         options: Options,
     ) -> BoxFuture<'_, Result<ExecStarted>>;
     fn wait_exec(&self, name: String, id: String) -> BoxFuture<'_, Result<i32>>;
+    /// Follow a container's output live: a socket of frames
+    /// ([`crate::journal::feed`]) and the sequence number of the newest line relayed before.
+    fn follow_logs(
+        &self,
+        _caller: Caller,
+        name: String,
+    ) -> BoxFuture<'_, Result<(std::os::fd::OwnedFd, u64)>> {
+        Box::pin(async move { Err(Error::NoSuchContainer(name)) })
+    }
     fn kill_exec(
         &self,
         caller: Caller,
@@ -1358,6 +1367,26 @@ impl Container {
             );
         }
         Ok(m)
+    }
+
+    /// Follow the container's output as berthd relays it to the journal, without the
+    /// journal's delay: returns a stream socket of frames (see `berthctl logs -f` and
+    /// src/journal/feed.rs: 16-byte header — kind, stream, flags, 0, length u32le, sequence
+    /// u64le — then the line) and the sequence number of the newest line relayed before this
+    /// call (the journal entries carry it as `BERTH_SEQ=`). The newest lines are replayed
+    /// first. Allowed to who may read the system journal: root and the members of
+    /// systemd-journal, adm and wheel. No options are known yet.
+    async fn follow_logs(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        options: Options,
+    ) -> Result<(zbus::OwnedFd, u64)> {
+        let _call = enter(&self.backend, &hdr, "a{sv}").await?;
+        options.check(&[])?;
+        let (fd, newest) = live(&self.backend)?
+            .follow_logs(Caller::of(&hdr)?, self.name.clone())
+            .await?;
+        Ok((zbus::OwnedFd::from(fd), newest))
     }
 
     /// Wait until an exec'd command has exited and return its exit status (128 + signal when

@@ -1,12 +1,15 @@
 //! The helper's exec: a command in a running container, as its payload would run there.
 //!
-//! Order ([`enter`], then the payload's own [`super::init::exec_steps`]):
+//! Order (with the leader's cgroup2 directory in the request, first a fork of the helper born
+//! in it — [`fork_into_cgroup`] — that goes on; then [`enter`], then the payload's own
+//! [`super::init::exec_steps`]):
 //! 1. non-dumpable first: from the moment this process shares a user namespace with the
 //!    container, nobody there may ptrace it or open its `/proc/PID/{fd,exe,mem}` (runc
 //!    CVE-2016-9962, CVE-2019-5736). It runs from berthd's sealed in-memory copy of the helper
 //!    and holds, besides its protocol socket (close-on-exec), only the caller's standard
 //!    streams and the leader's pidfd, which it closes once it has joined.
-//! 2. the scope's cgroup, on every hierarchy (`cgroup.procs`), while the host's cgroup
+//! 2. the scope's cgroup on every v1 hierarchy (`tasks`: see [`crate::cgroup::membership`]),
+//!    and on cgroup2 by `cgroup.procs` when it was not born there, while the host's cgroup
 //!    filesystems are still this process's view;
 //! 3. all of the container's namespaces at once, through the leader's pidfd (`setns(2)`
 //!    with a pidfd, Linux 5.8): user, mount (which also moves the root and working directory
@@ -35,7 +38,7 @@ use crate::sys::syscall::{Real, Syscalls};
 pub fn enter<S: Syscalls>(sys: &mut S, plan: &ExecPlan, leader: BorrowedFd<'_>) -> StepResult<()> {
     sys.set_non_dumpable()
         .map_err(|e| (Step::Join, e, "make the helper non-dumpable".into()))?;
-    for procs in &plan.cgroup_procs {
+    for procs in &plan.cgroup_joins {
         sys.join_cgroup(procs).map_err(|e| {
             (
                 Step::Cgroup,
@@ -139,6 +142,25 @@ fn exec(plan: &ExecPlan, mut fds: Vec<OwnedFd>) -> StepResult<(i32, OwnedFd, Opt
     Ok((pid.as_raw(), pidfd, master))
 }
 
+/// Go on in a child born in the leader's cgroup2 directory `cgroup` (closed in it before
+/// anything else: no host descriptor but the request's goes into the container); this process
+/// waits for it and exits as it does. The command the child starts is reparented to berthd,
+/// the nearest subreaper, when the child exits, as it is when a helper without this step does.
+fn fork_into_cgroup(cgroup: OwnedFd) -> StepResult<()> {
+    use crate::sys::process::{Cloned, clone3_into_cgroup};
+    match clone3_into_cgroup(cgroup.as_fd()) {
+        Ok(Cloned::Child) => Ok(()),
+        Ok(Cloned::Parent(pid, _pidfd)) => {
+            let code = match nix::sys::wait::waitpid(pid, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+                _ => 1,
+            };
+            std::process::exit(code)
+        }
+        Err(e) => Err((Step::Cgroup, e, "start in the container's cgroup".into())),
+    }
+}
+
 /// The helper's exec mode: `fds` are the request's (plan memfd, leader pidfd, the passed
 /// standard streams).
 pub fn run(sock: OwnedFd, mut fds: Vec<OwnedFd>) -> ! {
@@ -159,6 +181,23 @@ pub fn run(sock: OwnedFd, mut fds: Vec<OwnedFd>) -> ! {
             (Step::Protocol, Errno::EPROTO, format!("the exec plan: {e}")),
         ),
     };
+    // The request's descriptors: the leader's pidfd, then the cgroup2 directory if any.
+    if plan.into_cgroup {
+        if fds.len() < 2 {
+            fail(
+                &sock,
+                (
+                    Step::Protocol,
+                    Errno::EPROTO,
+                    "an exec into a cgroup without its directory".into(),
+                ),
+            );
+        }
+        let cgroup = fds.remove(1);
+        if let Err(failure) = fork_into_cgroup(cgroup) {
+            fail(&sock, failure);
+        }
+    }
     match exec(&plan, fds) {
         Ok((pid, pidfd, master)) => {
             let mut passed = vec![pidfd.as_fd()];
@@ -191,8 +230,8 @@ mod tests {
                 ..Default::default()
             },
             vec![
+                "/sys/fs/cgroup/memory/machine.slice/berth-web.scope/tasks".into(),
                 "/sys/fs/cgroup/unified/machine.slice/berth-web.scope/cgroup.procs".into(),
-                "/sys/fs/cgroup/memory/machine.slice/berth-web.scope/cgroup.procs".into(),
             ],
         )
     }
@@ -210,8 +249,8 @@ mod tests {
             sys.calls,
             [
                 "non-dumpable",
+                "join-cgroup /sys/fs/cgroup/memory/machine.slice/berth-web.scope/tasks",
                 "join-cgroup /sys/fs/cgroup/unified/machine.slice/berth-web.scope/cgroup.procs",
-                "join-cgroup /sys/fs/cgroup/memory/machine.slice/berth-web.scope/cgroup.procs",
                 "setns CLONE_NEWNS|CLONE_NEWCGROUP|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNET",
                 "become-root",
                 "setrlimit RLIMIT_NOFILE 1024 20000",

@@ -14,9 +14,10 @@
 //! berthd are limited by *berthd's* unit instead, which lifts the limit (units/berthd.service:
 //! a 1 s interval with a burst of 10^8, since systemd 252 does not pass a zero interval on).
 //!
-//! Reading back ([`read`]) runs `journalctl -o json` with a match on the container's name and
-//! `_UID=0`, and parses its output.
+//! Reading back ([`read`]) runs `journalctl -o export` with a match on the container's name
+//! and `_UID=0`, and parses its output; `logs -f` goes on with berthd's live feed ([`feed`]).
 
+pub mod feed;
 pub mod native;
 pub mod read;
 pub mod relay;
@@ -24,9 +25,10 @@ pub mod split;
 
 use std::path::PathBuf;
 
+pub use feed::{Feed, Frame, FrameKind, FrameReader};
 pub use native::{Entry, JOURNAL_SOCKET, JournalSocket};
-pub use read::{LogEntry, LogQuery, Reassembler, TimeSpec, journalctl_args, parse_entry};
-pub use relay::{RelayEnd, RelayStats, Source, Tags, fdstore_name, log_pipe, relay};
+pub use read::{ExportReader, LogEntry, LogQuery, Reassembler, TimeSpec, journalctl_args};
+pub use relay::{RelayEnd, RelayStats, Sink, Source, Tags, fdstore_name, log_pipe, relay};
 pub use split::{LINE_MAX, LineBuffer, LineEnd};
 
 /// Which of the payload's output streams.

@@ -25,6 +25,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::feed::Feed;
 use super::native::{JournalSocket, encode_field};
 use super::split::{LINE_MAX, LineBuffer, LineEnd};
 use super::{JournalError, Stream};
@@ -73,6 +74,7 @@ impl Source {
         let mut with_unit = common;
         encode_field(&mut with_unit, "OBJECT_SYSTEMD_UNIT", self.unit.as_bytes());
         Tags {
+            stream,
             with_pid,
             with_unit,
             leader_alive,
@@ -90,6 +92,7 @@ impl Source {
 /// of it); once it is gone (lines still in the pipe at exit), they name the unit directly.
 #[derive(Debug, Clone)]
 pub struct Tags {
+    stream: Stream,
     with_pid: Vec<u8>,
     with_unit: Vec<u8>,
     leader_alive: Arc<AtomicBool>,
@@ -143,6 +146,31 @@ pub enum RelayEnd {
     Stopped { pipe: OwnedFd, stats: RelayStats },
 }
 
+/// Where a relay sends its lines: the journal, then the container's live followers.
+pub struct Sink<'a> {
+    pub journal: &'a mut JournalSocket,
+    pub feed: &'a Feed,
+    outage: bool,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(journal: &'a mut JournalSocket, feed: &'a Feed) -> Self {
+        Sink {
+            journal,
+            feed,
+            outage: false,
+        }
+    }
+
+    /// One line: numbered, into the journal, then to the followers.
+    async fn line(&mut self, tags: &Tags, line: &[u8], end: LineEnd) {
+        let seq = self.feed.next_seq();
+        send_line(self.journal, tags, line, end, seq, &mut self.outage).await;
+        self.feed
+            .publish(seq, tags.stream, end == LineEnd::Split, line);
+    }
+}
+
 /// Send one line; on failure wait and try again (reconnecting when the peer is gone), for as
 /// long as it takes — dropping the line is not an option, and the container blocks meanwhile.
 async fn send_line(
@@ -150,9 +178,11 @@ async fn send_line(
     tags: &Tags,
     line: &[u8],
     end: LineEnd,
+    seq: u64,
     outage: &mut bool,
 ) {
     let mut delay = Duration::from_millis(10);
+    let seq = format!("BERTH_SEQ={seq}\n");
     loop {
         let partial: &[u8] = if end == LineEnd::Split {
             b"CONTAINER_PARTIAL_MESSAGE=true\n"
@@ -161,6 +191,7 @@ async fn send_line(
         };
         let parts = [
             IoSlice::new(tags.current()),
+            IoSlice::new(seq.as_bytes()),
             IoSlice::new(b"MESSAGE="),
             IoSlice::new(line),
             IoSlice::new(b"\n"),
@@ -197,11 +228,12 @@ async fn send_line(
     }
 }
 
-/// Relay `pipe` (the read end of a container's stdout or stderr) to `journal`, line by line,
-/// with `tags`, until every writer has closed it or `stop` becomes true.
+/// Relay `pipe` (the read end of a container's stdout or stderr) to the journal and the
+/// followers of `sink`, line by line, with `tags`, until every writer has closed it or `stop`
+/// becomes true.
 pub async fn relay(
     pipe: OwnedFd,
-    journal: &mut JournalSocket,
+    sink: &mut Sink<'_>,
     tags: &Tags,
     mut stop: watch::Receiver<bool>,
 ) -> Result<RelayEnd, JournalError> {
@@ -214,17 +246,16 @@ pub async fn relay(
     let afd = crate::sys::async_fd(pipe).map_err(JournalError::Read)?;
     let mut buf = LineBuffer::new(LINE_MAX, READ_CHUNK);
     let mut stats = RelayStats::default();
-    let mut outage = false;
     let mut stopping = *stop.borrow();
     loop {
         if stopping {
             while let Some((line, end)) = buf.next_line() {
-                send_line(journal, tags, line, end, &mut outage).await;
+                sink.line(tags, line, end).await;
                 stats.entries += 1;
             }
             // The rest of this line is still in the pipe, for the next relay.
             if let Some((line, _)) = buf.finish() {
-                send_line(journal, tags, line, LineEnd::Split, &mut outage).await;
+                sink.line(tags, line, LineEnd::Split).await;
                 stats.entries += 1;
             }
             return Ok(RelayEnd::Stopped {
@@ -253,11 +284,11 @@ pub async fn relay(
         };
         if n == 0 {
             while let Some((line, end)) = buf.next_line() {
-                send_line(journal, tags, line, end, &mut outage).await;
+                sink.line(tags, line, end).await;
                 stats.entries += 1;
             }
             if let Some((line, end)) = buf.finish() {
-                send_line(journal, tags, line, end, &mut outage).await;
+                sink.line(tags, line, end).await;
                 stats.entries += 1;
             }
             return Ok(RelayEnd::Eof(stats));
@@ -265,7 +296,7 @@ pub async fn relay(
         buf.filled(n);
         stats.bytes += n as u64;
         while let Some((line, end)) = buf.next_line() {
-            send_line(journal, tags, line, end, &mut outage).await;
+            sink.line(tags, line, end).await;
             stats.entries += 1;
         }
     }
@@ -317,12 +348,23 @@ mod tests {
         w.write_all(b"hello\n\xff\xfebinary\nlast, no newline")
             .unwrap();
         drop(w);
+        let feed = Feed::new();
+        let mut follower = feed.subscribe().unwrap();
         let end = rt().block_on(async {
             let mut j = JournalSocket::connect(fake.path()).unwrap();
             let tags = source().tags(Stream::Stderr, alive.clone());
             let (_tx, stop) = watch::channel(false);
-            relay(rd, &mut j, &tags, stop).await.unwrap()
+            relay(rd, &mut Sink::new(&mut j, &feed), &tags, stop)
+                .await
+                .unwrap()
         });
+        // The followers got the same lines, numbered as in the journal.
+        let mut seqs = Vec::new();
+        for want in [&b"hello"[..], b"\xff\xfebinary", b"last, no newline"] {
+            let f = follower.next_for_test();
+            assert_eq!((f.line.as_slice(), f.stream), (want, Stream::Stderr));
+            seqs.push(f.seq);
+        }
         let RelayEnd::Eof(stats) = end else {
             panic!("{end:?}")
         };
@@ -336,6 +378,8 @@ mod tests {
         assert_eq!(e["OBJECT_PID"], b"4242");
         assert_eq!(e["IMAGE_NAME"], b"docker.io/library/nginx:latest");
         assert!(!e.contains_key("OBJECT_SYSTEMD_UNIT"));
+        assert_eq!(e["BERTH_SEQ"], seqs[0].to_string().as_bytes());
+        assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2]);
         assert_eq!(fields(&fake.recv(&mut buf))["MESSAGE"], b"\xff\xfebinary");
         let e = fields(&fake.recv(&mut buf));
         assert_eq!(e["MESSAGE"], b"last, no newline");
@@ -351,9 +395,14 @@ mod tests {
         rt().block_on(async {
             let mut j = JournalSocket::connect(fake.path()).unwrap();
             let tags = source().tags(Stream::Stdout, alive);
-            relay(rd, &mut j, &tags, watch::channel(false).1)
-                .await
-                .unwrap()
+            relay(
+                rd,
+                &mut Sink::new(&mut j, &Feed::new()),
+                &tags,
+                watch::channel(false).1,
+            )
+            .await
+            .unwrap()
         });
         let e = fields(&fake.recv(&mut Vec::new()));
         assert_eq!(e["OBJECT_SYSTEMD_UNIT"], b"berth-web.scope");
@@ -377,7 +426,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 tx.send_replace(true);
             };
-            let (end, ()) = tokio::join!(relay(rd, &mut j, &tags, stop), task);
+            let feed = Feed::new();
+            let mut sink = Sink::new(&mut j, &feed);
+            let (end, ()) = tokio::join!(relay(rd, &mut sink, &tags, stop), task);
             match end.unwrap() {
                 RelayEnd::Stopped { pipe, stats } => (pipe, stats),
                 other => panic!("{other:?}"),
@@ -396,9 +447,14 @@ mod tests {
         rt().block_on(async {
             let mut j = JournalSocket::connect(fake.path()).unwrap();
             let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-            relay(pipe, &mut j, &tags, watch::channel(false).1)
-                .await
-                .unwrap()
+            relay(
+                pipe,
+                &mut Sink::new(&mut j, &Feed::new()),
+                &tags,
+                watch::channel(false).1,
+            )
+            .await
+            .unwrap()
         });
         assert_eq!(fields(&fake.recv(&mut buf))["MESSAGE"], b" the rest");
     }
@@ -412,9 +468,14 @@ mod tests {
             rt().block_on(async {
                 let mut j = JournalSocket::connect(path).unwrap();
                 let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-                relay(rd, &mut j, &tags, watch::channel(false).1)
-                    .await
-                    .unwrap()
+                relay(
+                    rd,
+                    &mut Sink::new(&mut j, &Feed::new()),
+                    &tags,
+                    watch::channel(false).1,
+                )
+                .await
+                .unwrap()
             })
         });
         let mut w = std::fs::File::from(wr);
@@ -457,9 +518,14 @@ mod tests {
             rt().block_on(async {
                 let mut j = JournalSocket::connect(path).unwrap();
                 let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-                relay(rd, &mut j, &tags, watch::channel(false).1)
-                    .await
-                    .unwrap()
+                relay(
+                    rd,
+                    &mut Sink::new(&mut j, &Feed::new()),
+                    &tags,
+                    watch::channel(false).1,
+                )
+                .await
+                .unwrap()
             })
         });
         // Nobody reads the journal socket: the socket, then the pipe fill up, and the writer
@@ -515,9 +581,14 @@ mod tests {
             rt().block_on(async {
                 let mut j = JournalSocket::connect(path).unwrap();
                 let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-                relay(rd, &mut j, &tags, watch::channel(false).1)
-                    .await
-                    .unwrap()
+                relay(
+                    rd,
+                    &mut Sink::new(&mut j, &Feed::new()),
+                    &tags,
+                    watch::channel(false).1,
+                )
+                .await
+                .unwrap()
             })
         });
         let mut buf = Vec::new();

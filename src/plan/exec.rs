@@ -94,9 +94,16 @@ pub struct ExecPlan {
     pub name: String,
     /// The namespaces to join: the container's.
     pub namespaces: Namespaces,
-    /// The `cgroup.procs` files of the container's scope, one per hierarchy: joined before
-    /// the namespaces, while the helper still sees the host's cgroup filesystems.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The files the helper writes `0` into to join the leader's cgroups — every v1
+    /// hierarchy's `tasks` (see [`crate::cgroup::membership`]), and cgroup2's `cgroup.procs`
+    /// only when berthd could not start the helper inside — before the namespaces, while the
+    /// helper still sees the host's cgroup filesystems.
+    pub cgroup_joins: Vec<PathBuf>,
+    /// The request carries the leader's cgroup2 directory (after the leader's pidfd): the
+    /// helper first forks itself into it (`CLONE_INTO_CGROUP`, no migration, so none of the
+    /// kernel's global cgroup lock), and that child goes on.
+    #[serde(default)]
+    pub into_cgroup: bool,
     pub process: ProcessPlan,
     pub security: SecurityPlan,
     /// Which standard streams travel with the request.
@@ -155,7 +162,7 @@ impl ExecBase {
     /// The plan of one exec: the container's environment with the request's on top, its
     /// working directory and user unless the request names others, the payload's limits and
     /// confinement; no terminal unless asked.
-    pub fn plan(&self, req: &ExecRequest, cgroup_procs: Vec<PathBuf>) -> ExecPlan {
+    pub fn plan(&self, req: &ExecRequest, cgroup_joins: Vec<PathBuf>) -> ExecPlan {
         let mut env = self.env.clone();
         // `container=berth` last, where the payload has it.
         env.retain(|e| !e.starts_with("container="));
@@ -180,7 +187,8 @@ impl ExecBase {
         ExecPlan {
             name: self.name.clone(),
             namespaces: self.namespaces,
-            cgroup_procs,
+            cgroup_joins,
+            into_cgroup: false,
             process: ProcessPlan {
                 argv: req.argv.clone(),
                 env,

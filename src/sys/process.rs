@@ -13,7 +13,8 @@ pub enum Cloned {
     Child,
 }
 
-/// `struct clone_args` from `<linux/sched.h>` (the first version, 64 bytes).
+/// `struct clone_args` from `<linux/sched.h>` (the second version, 88 bytes: with `cgroup`,
+/// Linux 5.7).
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -25,13 +26,31 @@ struct CloneArgs {
     stack: u64,
     stack_size: u64,
     tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
+
+/// `CLONE_INTO_CGROUP` (`<linux/sched.h>`), which the libc crate does not have.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// `clone3(2)` like fork (a copy of this process, SIGCHLD on exit) with `flags` — namespace
 /// flags are created for the child, owned by a new user namespace if `CLONE_NEWUSER` is among
 /// them — and `CLONE_PIDFD`, so the parent gets a pidfd that refers to the child from its
 /// first instant. For single-threaded processes only (berth-helper), as [`super::fork_single_threaded`].
 pub fn clone3_single_threaded(flags: nix::sched::CloneFlags) -> nix::Result<Cloned> {
+    clone3(flags, None)
+}
+
+/// [`clone3_single_threaded`] without new namespaces, the child born in the cgroup2 directory
+/// `cgroup` (`CLONE_INTO_CGROUP`): placed at fork, not migrated, so without the kernel's global
+/// `cgroup_threadgroup_rwsem` write lock that a `cgroup.procs` write takes.
+pub fn clone3_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<Cloned> {
+    use std::os::fd::AsRawFd;
+    clone3(nix::sched::CloneFlags::empty(), Some(cgroup.as_raw_fd()))
+}
+
+fn clone3(flags: nix::sched::CloneFlags, cgroup: Option<libc::c_int>) -> nix::Result<Cloned> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map_err(|_| Errno::EIO)?
         .count();
@@ -40,7 +59,10 @@ pub fn clone3_single_threaded(flags: nix::sched::CloneFlags) -> nix::Result<Clon
     }
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: flags.bits() as u64 | libc::CLONE_PIDFD as u64,
+        flags: flags.bits() as u64
+            | libc::CLONE_PIDFD as u64
+            | cgroup.map_or(0, |_| CLONE_INTO_CGROUP),
+        cgroup: cgroup.map_or(0, |fd| fd as u64),
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         // With CLONE_PARENT the child is our parent's, and signals it as we do: clone3 refuses
         // an exit signal of its own then (EINVAL).
@@ -54,7 +76,8 @@ pub fn clone3_single_threaded(flags: nix::sched::CloneFlags) -> nix::Result<Clon
     // SAFETY: the process has exactly one thread (checked above, and only this thread could
     // make another), so the child may run arbitrary code, as after fork(2). `args` and
     // `pidfd` live on this stack for the duration of the call; stack = 0 makes the child run
-    // on a copy of this stack, like fork.
+    // on a copy of this stack, like fork; `cgroup`, when given, is a descriptor the caller
+    // holds open across the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
