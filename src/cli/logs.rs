@@ -417,12 +417,8 @@ fn follow(rt: &tokio::runtime::Handle, query: LogQuery, p: &mut Printer) -> CliR
         }
         let mut frames = FrameReader::new(std::os::unix::net::UnixStream::from(fd));
         let mut joined = Reassembler::new(16 * LINE_MAX);
-        loop {
-            let f = match frames.next_frame() {
-                Ok(Some(f)) => f,
-                // berthd went away: subscribe again (to the next berthd).
-                Ok(None) | Err(_) => break,
-            };
+        // Until berthd goes away (then subscribe again, to the next berthd).
+        while let Ok(Some(f)) = frames.next_frame() {
             match f.kind {
                 FrameKind::Line => {
                     if seen.shown(f.seq) {
