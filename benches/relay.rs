@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use berth::journal::{JournalSocket, RelayEnd, Source, Stream, log_pipe, relay};
+use berth::journal::{Feed, JournalSocket, RelayEnd, Sink, Source, Stream, log_pipe, relay};
 
 const LINE: usize = 100;
 
@@ -77,7 +77,10 @@ fn throughput(total: usize, fake: FakeJournal) -> f64 {
             };
             let tags = source.tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
             let (_tx, stop) = tokio::sync::watch::channel(false);
-            relay(rd, &mut j, &tags, stop).await.expect("relay")
+            let feed = Feed::new();
+            relay(rd, &mut Sink::new(&mut j, &feed), &tags, stop)
+                .await
+                .expect("relay")
         })
     });
     let mut buf = vec![0u8; 1 << 16];
