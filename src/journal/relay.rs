@@ -332,6 +332,18 @@ mod tests {
         decode(entry).into_iter().collect()
     }
 
+    /// Relay `pipe` until its writers close it, with no follower and nobody to stop it.
+    async fn relay_to_end(pipe: OwnedFd, j: &mut JournalSocket, tags: &Tags) -> RelayEnd {
+        relay(
+            pipe,
+            &mut Sink::new(j, &Feed::new()),
+            tags,
+            watch::channel(false).1,
+        )
+        .await
+        .unwrap()
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -395,14 +407,7 @@ mod tests {
         rt().block_on(async {
             let mut j = JournalSocket::connect(fake.path()).unwrap();
             let tags = source().tags(Stream::Stdout, alive);
-            relay(
-                rd,
-                &mut Sink::new(&mut j, &Feed::new()),
-                &tags,
-                watch::channel(false).1,
-            )
-            .await
-            .unwrap()
+            relay_to_end(rd, &mut j, &tags).await
         });
         let e = fields(&fake.recv(&mut Vec::new()));
         assert_eq!(e["OBJECT_SYSTEMD_UNIT"], b"berth-web.scope");
@@ -447,14 +452,7 @@ mod tests {
         rt().block_on(async {
             let mut j = JournalSocket::connect(fake.path()).unwrap();
             let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-            relay(
-                pipe,
-                &mut Sink::new(&mut j, &Feed::new()),
-                &tags,
-                watch::channel(false).1,
-            )
-            .await
-            .unwrap()
+            relay_to_end(pipe, &mut j, &tags).await
         });
         assert_eq!(fields(&fake.recv(&mut buf))["MESSAGE"], b" the rest");
     }
@@ -468,14 +466,7 @@ mod tests {
             rt().block_on(async {
                 let mut j = JournalSocket::connect(path).unwrap();
                 let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-                relay(
-                    rd,
-                    &mut Sink::new(&mut j, &Feed::new()),
-                    &tags,
-                    watch::channel(false).1,
-                )
-                .await
-                .unwrap()
+                relay_to_end(rd, &mut j, &tags).await
             })
         });
         let mut w = std::fs::File::from(wr);
@@ -518,14 +509,7 @@ mod tests {
             rt().block_on(async {
                 let mut j = JournalSocket::connect(path).unwrap();
                 let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-                relay(
-                    rd,
-                    &mut Sink::new(&mut j, &Feed::new()),
-                    &tags,
-                    watch::channel(false).1,
-                )
-                .await
-                .unwrap()
+                relay_to_end(rd, &mut j, &tags).await
             })
         });
         // Nobody reads the journal socket: the socket, then the pipe fill up, and the writer
@@ -581,14 +565,7 @@ mod tests {
             rt().block_on(async {
                 let mut j = JournalSocket::connect(path).unwrap();
                 let tags = source().tags(Stream::Stdout, Arc::new(AtomicBool::new(true)));
-                relay(
-                    rd,
-                    &mut Sink::new(&mut j, &Feed::new()),
-                    &tags,
-                    watch::channel(false).1,
-                )
-                .await
-                .unwrap()
+                relay_to_end(rd, &mut j, &tags).await
             })
         });
         let mut buf = Vec::new();
