@@ -37,6 +37,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError::new(Exit::Failed, format!("{}: {e}", path.display()))
 }
 
+/// berthctl's whole command tree. Each verb's arguments are deferred (`#[command(defer)]`:
+/// a run builds only its own verb's, which was a third of `berthctl exec`'s start), so the
+/// generators get the tree built. (`help`'s own tree is then made before the verbs are:
+/// completion stops at `berthctl help VERB`.)
+fn full() -> clap::Command {
+    let mut cmd = super::Cli::command();
+    cmd.build();
+    cmd
+}
+
 fn write(path: &Path, data: &[u8]) -> CliResult<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(io(d))?;
@@ -49,7 +59,7 @@ pub fn bash() -> Vec<u8> {
     let mut out = Vec::new();
     clap_complete::generate(
         clap_complete::Shell::Bash,
-        &mut super::Cli::command(),
+        &mut full(),
         "berthctl",
         &mut out,
     );
@@ -89,7 +99,7 @@ fn fish() -> Vec<u8> {
     let mut out = Vec::new();
     clap_complete::generate(
         clap_complete::Shell::Fish,
-        &mut super::Cli::command(),
+        &mut full(),
         "berthctl",
         &mut out,
     );
@@ -130,19 +140,18 @@ pub fn generate(dir: &str) -> CliResult {
     let dir = Path::new(dir);
     write(&dir.join("completions/bash/berthctl"), &bash())?;
     let mut zsh = Vec::new();
-    clap_complete::generate(
-        clap_complete::Shell::Zsh,
-        &mut super::Cli::command(),
-        "berthctl",
-        &mut zsh,
-    );
+    clap_complete::generate(clap_complete::Shell::Zsh, &mut full(), "berthctl", &mut zsh);
     write(&dir.join("completions/zsh/_berthctl"), &zsh)?;
     write(&dir.join("completions/fish/berthctl.fish"), &fish())?;
-    let cmd = super::Cli::command();
+    let cmd = full();
     write(&dir.join("man/berthctl.1"), &man(cmd.clone(), "1")?)?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // `help` is built in (a built tree has it): `berthctl --help` says it.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let name: &'static str = Box::leak(format!("berthctl-{}", sub.get_name()).into_boxed_str());
-        let page = man(sub.clone().name(name).display_name(name), "1")?;
+        let page = man(sub.clone().name(name).display_name(name).bin_name(name), "1")?;
         write(&dir.join(format!("man/{name}.1")), &page)?;
     }
     write(&dir.join("man/berthd.8"), &man(berthd_command(), "8")?)?;
@@ -170,7 +179,7 @@ mod tests {
         assert!(b.contains("berthctl __complete"));
         let f = String::from_utf8(fish()).unwrap();
         assert!(f.contains("__complete containers"));
-        let m = String::from_utf8(man(super::super::Cli::command(), "1").unwrap()).unwrap();
+        let m = String::from_utf8(man(full(), "1").unwrap()).unwrap();
         assert!(m.contains(".TH berthctl 1"), "{}", &m[..200.min(m.len())]);
         assert!(m.contains("\n.ad l\n"), "not ragged right");
         assert!(m.contains("ps"));

@@ -52,6 +52,7 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum ImageVerb {
     /// List images.
     #[command(alias = "ls")]

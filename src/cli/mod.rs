@@ -194,6 +194,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Create and start a container; wait for it unless --detach.
     Run(run::RunArgs),

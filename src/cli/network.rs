@@ -15,6 +15,7 @@ pub struct NetworkArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum NetworkVerb {
     /// Define a bridge network (its bridge comes up with its first container).
     Create {

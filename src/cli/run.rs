@@ -11,7 +11,9 @@ use super::{CliError, CliResult, Exit, manager};
 use crate::dbus::{ManagerProxy, Options};
 use crate::spec::limits;
 
-/// What defines a container (shared by run and create).
+// What defines a container (shared by run and create). This and the groups flattened into it
+// have plain comments: with the verbs' arguments deferred (`#[command(defer)]`), a doc comment
+// here would become the about text of run and create.
 #[derive(Debug, Args)]
 pub struct ContainerOpts {
     /// Container name (default: a generated one).
@@ -147,7 +149,7 @@ impl ContainerOpts {
     }
 }
 
-/// Volumes, bind mounts, tmpfs and the root's writability (see `crate::volume::mounts`).
+// Volumes, bind mounts, tmpfs and the root's writability (see `crate::volume::mounts`).
 #[derive(Debug, Args)]
 pub struct StorageOpts {
     /// HOST-PATH:PATH[:ro|rw][,idmap], VOLUME:PATH[:OPTS] (a named volume) or PATH (an
@@ -174,7 +176,7 @@ pub struct StorageOpts {
     pub ephemeral: bool,
 }
 
-/// How the container is confined (the `[security]` table of its definition).
+// How the container is confined (the `[security]` table of its definition).
 #[derive(Debug, Args)]
 pub struct SecurityOpts {
     /// User namespace: auto (default: 65536 IDs of its own), UID:COUNT (an explicit host
@@ -203,7 +205,7 @@ pub struct SecurityOpts {
     pub security_opt: Vec<String>,
 }
 
-/// How the container is networked (the `[network]` table of its definition).
+// How the container is networked (the `[network]` table of its definition).
 #[derive(Debug, Args)]
 pub struct NetworkOpts {
     /// bridge (default: the network "berth" on bridge berth0, with NAT), none (loopback
@@ -243,8 +245,8 @@ pub struct NetworkOpts {
     pub host_userns: bool,
 }
 
-/// Resource limits and devices: one flag per key of [`limits::KEYS`] (the keys of
-/// `berthctl set`), made from that table so the list exists once.
+// Resource limits and devices: one flag per key of [`limits::KEYS`] (the keys of
+// `berthctl set`), made from that table so the list exists once.
 #[derive(Debug, Clone, Default)]
 pub struct ResourceOpts {
     /// (key, value) in the order given.

@@ -201,6 +201,7 @@ pub async fn inspect(a: NamesArgs) -> CliResult {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum ContainerVerb {
     /// Remove every container that does not run (created or exited).
     Prune {
@@ -244,6 +245,7 @@ pub async fn container_prune(proxy: &ManagerProxy<'_>, quiet: bool) -> CliResult
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum SystemVerb {
     /// Disk use of images, layers, blobs and container writable layers.
     Df {

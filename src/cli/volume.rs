@@ -20,6 +20,7 @@ pub struct VolumeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum VolumeCommand {
     /// Make a named volume (empty; owned by each container's root through idmapped mounts).
     Create {
