@@ -107,9 +107,39 @@ pub async fn shell(a: ShellArgs) -> CliResult {
     .await
 }
 
+/// The proxy of container `name`'s object at the path its name gives, without asking berthd
+/// (`GetContainer` was a round trip of every exec): the first call on it tells, through
+/// [`no_such`], whether the container exists.
+async fn at_name(conn: &zbus::Connection, name: &str) -> CliResult<ContainerProxy<'static>> {
+    let path = zbus::OwnedObjectPath::try_from(crate::name::container_path(name))
+        .map_err(zbus::Error::from)?;
+    Ok(ContainerProxy::builder(conn)
+        .path(path)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?)
+}
+
+/// A call on the object of a container that does not exist is answered by the bus
+/// (`UnknownObject`): say it as `GetContainer` would.
+fn no_such(name: &str, e: crate::dbus::Error) -> crate::dbus::Error {
+    use crate::dbus::Error;
+    const UNKNOWN: &str = "org.freedesktop.DBus.Error.UnknownObject";
+    let unknown = match &e {
+        Error::ZBus(zbus::Error::MethodError(n, ..)) => n.as_str() == UNKNOWN,
+        Error::ZBus(zbus::Error::FDO(f)) => matches!(**f, zbus::fdo::Error::UnknownObject(_)),
+        _ => false,
+    };
+    if unknown {
+        Error::NoSuchContainer(format!("no container named {name:?}"))
+    } else {
+        e
+    }
+}
+
 async fn run(r: Request) -> CliResult {
-    let (conn, manager) = manager().await?;
-    let c = container(&conn, &manager, &r.name).await?;
+    let (conn, _) = manager().await?;
+    let c = at_name(&conn, &r.name).await?;
     let mut options = r.options;
     // Killed or cut off, berthctl leaves: the command is hung up as a login's would be.
     options.insert("EndWithCaller", variant(true)?);
@@ -120,7 +150,7 @@ async fn run(r: Request) -> CliResult {
     } else {
         Some(attach::stdio_options(&mut options, r.interactive)?)
     };
-    let mut reply = c.exec(options).await?;
+    let mut reply = c.exec(options).await.map_err(|e| no_such(&r.name, e))?;
     let id = reply
         .remove("Id")
         .map(String::try_from)
@@ -175,5 +205,30 @@ async fn wait_forwarding(c: &ContainerProxy<'_>, id: &str) -> CliResult<i32> {
         {
             eprintln!("berthctl: cannot pass signal {forward} on: {e}, ignoring");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dbus::Error;
+
+    #[test]
+    fn an_unknown_object_is_no_such_container_and_other_errors_stay() {
+        let unknown = Error::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::UnknownObject(
+            "Unknown object '/org/berth/berth1/container/x'".into(),
+        ))));
+        match no_such("x", unknown) {
+            Error::NoSuchContainer(m) => assert_eq!(m, "no container named \"x\""),
+            e => panic!("{e:?}"),
+        }
+        match no_such("x", Error::InvalidState("not running".into())) {
+            Error::InvalidState(m) => assert_eq!(m, "not running"),
+            e => panic!("{e:?}"),
+        }
+        let other = Error::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied(
+            "no".into(),
+        ))));
+        assert!(matches!(no_such("x", other), Error::ZBus(_)));
     }
 }
