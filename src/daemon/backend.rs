@@ -20,6 +20,9 @@ use crate::spec::{Definition, Resources};
 
 /// How many callers' uids are remembered.
 const MAX_CALLERS: usize = 4096;
+/// At most this many uids of new bus connections are asked for at once ahead of their first
+/// call ([`Registry::watch_callers`]); beyond that a connection's first call asks.
+const MAX_PREFETCH: usize = 8;
 
 /// Options of CreateContainer.
 const CREATE_OPTIONS: &[&str] = &[
@@ -146,6 +149,8 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
 pub struct Authorizer {
     bus: Option<polkit::BusAuthority>,
     uids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// uids being asked for ahead of a first call.
+    prefetching: std::sync::atomic::AtomicUsize,
 }
 
 impl Authorizer {
@@ -160,6 +165,7 @@ impl Authorizer {
         Authorizer {
             bus,
             uids: Default::default(),
+            prefetching: Default::default(),
         }
     }
 }
@@ -246,7 +252,10 @@ impl Registry {
 }
 
 impl Registry {
-    /// Follow callers leaving the bus: their waiting calls end, their uid is forgotten.
+    /// Follow callers on the bus. A new connection's uid is asked for at once, so that its first
+    /// call (berthctl makes one or two) finds it known: that round trip to the bus was on the
+    /// way of every `berthctl exec`. Callers leaving: their waiting calls end, their uid is
+    /// forgotten, what ends with them is told ([`super::departures`]).
     pub async fn watch_callers(&self) {
         let proxy = match zbus::fdo::DBusProxy::new(&self.conn).await {
             Ok(p) => p,
@@ -262,18 +271,45 @@ impl Registry {
                 return;
             }
         };
+        self.departures.watching();
         let me = self.me.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
             while let Some(sig) = left.next().await {
                 let Ok(args) = sig.args() else { continue };
-                if args.new_owner.is_some() || !args.name.starts_with(':') {
+                if !args.name.starts_with(':') {
                     continue;
                 }
                 let Some(me) = me.upgrade() else { return };
+                if args.new_owner.is_some() {
+                    me.prefetch_uid(args.name.to_string());
+                    continue;
+                }
                 me.admission.left(args.name.as_str());
                 me.authorizer.forget(args.name.as_str());
+                me.departures.left(args.name.as_str());
             }
+        });
+    }
+}
+
+impl Registry {
+    /// Learn the uid of `name`, a connection that just appeared, unless enough are being
+    /// learnt already. An error is left for the first call to meet again.
+    fn prefetch_uid(&self, name: String) {
+        use std::sync::atomic::Ordering;
+        let busy = &self.authorizer.prefetching;
+        if busy.fetch_add(1, Ordering::Relaxed) >= MAX_PREFETCH {
+            busy.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let me = self.arc();
+        tokio::spawn(async move {
+            use polkit::Authority;
+            if me.authorizer.caller_uid(&name).await.is_err() {
+                // Gone already, or the bus did not answer: its first call asks again.
+            }
+            me.authorizer.prefetching.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

@@ -5,6 +5,7 @@ mod boot;
 mod bus_work;
 mod copy;
 mod declared;
+mod departures;
 mod entries;
 mod error;
 mod exec;

@@ -218,6 +218,8 @@ pub struct Registry {
     pub(super) relays: super::logs::Relays,
     /// Commands started with exec.
     pub(super) execs: super::exec::Execs,
+    /// Callers leaving the bus, for what ends with its caller.
+    pub(super) departures: super::departures::Departures,
 }
 
 impl Registry {
@@ -258,6 +260,7 @@ impl Registry {
             network: Default::default(),
             relays: Default::default(),
             execs: Default::default(),
+            departures: Default::default(),
         })
     }
 

@@ -115,6 +115,13 @@ impl Helper {
         reap(self.pidfd).await
     }
 
+    /// Whether the helper is still there (has not exited; its pidfd does not poll readable).
+    pub fn waiting(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
     /// Kill the helper process (not the leader) and wait until it is reaped.
     pub async fn kill(self) {
         match crate::sys::pidfd_send_signal(self.pidfd.as_fd(), Signal::SIGKILL) {

@@ -288,6 +288,17 @@ pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// A `/proc` text file, read into a buffer large enough for one read: procfs files report
+/// size 0, so `fs::read_to_string` reads them 32 bytes first and doubles from there, and each
+/// read makes the kernel produce the text again (berthd's mountinfo took 9 reads, 0.35 ms, on
+/// every exec).
+pub fn read_proc(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(64 * 1024);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Register an owned descriptor with the tokio reactor.
 pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: `fd` is owned (moved in), so no other handle can close or reuse the descriptor
