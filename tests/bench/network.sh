@@ -6,17 +6,19 @@
 #        nspawn: systemd-nspawn --network-veth        vs --private-network
 #        podman: podman run --rm (default bridge)     vs --network=none
 #      (hyperfine --warmup 3, $BENCH_RUNS runs each; the goal for berth: <= 5 ms);
-#   2. $BENCH_CONTAINERS (100) detached containers started on one bridge, one after the other,
-#      total wall time (goal: <= 2 s), each with its own address, then removed.
+#   2. $BENCH_CONTAINERS (100) detached containers started on one bridge, one after the other
+#      and then $BENCH_PARALLEL (8) at a time, total wall time (goal: <= 2 s), each with its
+#      own address, then removed; podman's default bridge beside, at the same parallelism.
 # Container-to-container throughput over the bridge (iperf3) is in `make bench-cargo`.
 #
 # Needs root and the release binaries. Environment: BENCH_RUNS (30), BENCH_CONTAINERS (100),
-# BENCH_OUT (where results are kept).
+# BENCH_PARALLEL (8), BENCH_OUT (where results are kept).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RUNS=${BENCH_RUNS:-30}
 NCT=${BENCH_CONTAINERS:-100}
+PAR=${BENCH_PARALLEL:-8}
 ROOTDIR=/srv/bench-root
 
 BENCH_NAME=bench-network
@@ -101,24 +103,42 @@ if "berth" in cost:
 EOF
 
 # ---- 2. many containers on one bridge ------------------------------------------------------
-log ""
-log "== $NCT detached containers on one bridge (berthctl run -d ... -- sleep 1000, sequential) =="
-H bash -s -- "$ROOTDIR" "$NCT" <<'EOF'
+# Once one after the other (a shell loop), once $PAR at a time (a unit file set or a script
+# starting many); each time every container has its own address and everything is removed.
+many() { # label parallelism
+    log ""
+    log "== $NCT detached containers on one bridge (berthctl run -d ... -- sleep 1000, $1) =="
+    H bash -s -- "$ROOTDIR" "$NCT" "$2" <<'EOF'
 set -euo pipefail
-root=$1 n=$2
+root=$1 n=$2 par=$3
 t0=$(date +%s%N)
-for i in $(seq 1 "$n"); do
-    berthctl run -d --name "bn$i" --directory "$root" -- sleep 1000 >/dev/null
-done
+seq 1 "$n" | xargs -P "$par" -I{} berthctl run -d --name "bn{}" --directory "$root" -- sleep 1000 >/dev/null
 t1=$(date +%s%N)
 addrs=$(for i in $(seq 1 "$n"); do berthctl show "bn$i" | sed -n 's/^Addresses=//p' | awk '{print $1}'; done | sort -u | wc -l)
 veths=$(ip -o link | grep -c ' vb-' || true)
 ms=$(( (t1 - t0) / 1000000 ))
 echo "started $n in $ms ms ($(( ms * 1000 / n )) us each); distinct addresses: $addrs; host-side veths: $veths"
 if (( ms <= 2000 )); then echo "goal (<= 2 s): met"; else echo "goal (<= 2 s): NOT met"; fi
-for i in $(seq 1 "$n"); do berthctl remove -f "bn$i" >/dev/null; done
+seq 1 "$n" | xargs -P "$par" -I{} berthctl remove -f "bn{}" >/dev/null
 left=$(ip -o link | grep -c ' vb-' || true)
 echo "after removing them: host-side veths $left"
 EOF
+}
+many "one after the other" 1
+many "$PAR at a time" "$PAR"
+if [[ -n ${CMD[podman-bridge]:-} ]]; then
+    log ""
+    log "== peer: $NCT detached podman containers on its default bridge, $PAR at a time =="
+    H bash -s -- "$NCT" "$PAR" "$P" <<'EOF'
+set -euo pipefail
+n=$1 par=$2 p=$3
+t0=$(date +%s%N)
+seq 1 "$n" | xargs -P "$par" -I{} $p run -d --name "pn{}" bench-root /bin/sleep 1000 >/dev/null
+t1=$(date +%s%N)
+echo "podman started $n in $(( (t1 - t0) / 1000000 )) ms"
+# shellcheck disable=SC2046
+$p rm -f -t 0 $(seq -f 'pn%g' 1 "$n") >/dev/null
+EOF
+fi
 log ""
 log "results in $OUT"
