@@ -151,7 +151,10 @@ pub fn generate(dir: &str) -> CliResult {
         .filter(|s| !s.is_hide_set() && s.get_name() != "help")
     {
         let name: &'static str = Box::leak(format!("berthctl-{}", sub.get_name()).into_boxed_str());
-        let page = man(sub.clone().name(name).display_name(name).bin_name(name), "1")?;
+        let page = man(
+            sub.clone().name(name).display_name(name).bin_name(name),
+            "1",
+        )?;
         write(&dir.join(format!("man/{name}.1")), &page)?;
     }
     write(&dir.join("man/berthd.8"), &man(berthd_command(), "8")?)?;

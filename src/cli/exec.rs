@@ -111,8 +111,7 @@ pub async fn shell(a: ShellArgs) -> CliResult {
 /// (`GetContainer` was a round trip of every exec): the first call on it tells, through
 /// [`no_such`], whether the container exists.
 async fn at_name(conn: &zbus::Connection, name: &str) -> CliResult<ContainerProxy<'static>> {
-    let path = zbus::OwnedObjectPath::try_from(crate::name::container_path(name))
-        .map_err(zbus::Error::from)?;
+    let path = zbus::OwnedObjectPath::try_from(crate::name::container_path(name))?;
     Ok(ContainerProxy::builder(conn)
         .path(path)
         .cache_properties(zbus::proxy::CacheProperties::No)
