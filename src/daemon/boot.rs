@@ -63,7 +63,10 @@ async fn pump(master: OwnedFd, out: OwnedFd, leader: OwnedFd) -> std::io::Result
     loop {
         let (n, hup) = {
             let mut ready = tokio::select! {
-                _ = gone.readable() => return Ok(()),
+                _ = gone.readable() => {
+                    drain(console.get_ref(), out.get_ref(), &[]);
+                    return Ok(());
+                }
                 r = console.readable() => r?,
             };
             // A hangup is sticky in the reactor's readiness: after one, every wait returns
@@ -91,7 +94,10 @@ async fn pump(master: OwnedFd, out: OwnedFd, leader: OwnedFd) -> std::io::Result
         let mut rest = &buf[..n];
         while !rest.is_empty() {
             let mut w = tokio::select! {
-                _ = gone.readable() => return Ok(()),
+                _ = gone.readable() => {
+                    drain(console.get_ref(), out.get_ref(), rest);
+                    return Ok(());
+                }
                 w = out.writable() => w?,
             };
             match w
@@ -102,6 +108,34 @@ async fn pump(master: OwnedFd, out: OwnedFd, leader: OwnedFd) -> std::io::Result
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Ok(Err(e)) => return Err(e),
             }
+        }
+    }
+}
+
+/// The init is gone: what it wrote last (its "System Power Off") is still in the console,
+/// and `pending` not yet written: pass on what the log pipe takes now, without waiting.
+fn drain(console: &OwnedFd, out: &OwnedFd, pending: &[u8]) {
+    let put = |mut data: &[u8]| -> bool {
+        while !data.is_empty() {
+            match nix::unistd::write(out, data) {
+                Ok(k) => data = &data[k..],
+                Err(nix::errno::Errno::EINTR) => {}
+                // Full (EAGAIN) or gone: the rest is lost, as at any end of a log.
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    if !put(pending) {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // At most what a terminal holds, a few times over: the end of its output.
+    for _ in 0..16 {
+        match nix::unistd::read(console, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) if !put(&buf[..n]) => return,
+            Ok(_) => {}
         }
     }
 }
