@@ -189,9 +189,6 @@ fn exec_payload<S: Syscalls>(sys: &mut S, payload: &Payload, stdio: [OwnedFd; 3]
         nix::unistd::dup2_stdout(o.as_fd())?;
         nix::unistd::dup2_stderr(e.as_fd())?;
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-        // The helper is a Rust program, which ignores SIGPIPE; an ignored signal stays ignored
-        // across exec, and a payload's `yes | head -1` would not end.
-        crate::sys::default_sigpipe()?;
         Ok(())
     })();
     if let Err(e) = r {

@@ -288,13 +288,6 @@ pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// SIGPIPE back to its default action (Rust programs start with it ignored).
-pub fn default_sigpipe() -> nix::Result<()> {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: SIG_DFL installs no handler, so no code of ours can run in signal context.
-    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(|_| ())
-}
-
 /// A `/proc` text file, read into a buffer large enough for one read: procfs files report
 /// size 0, so `fs::read_to_string` reads them 32 bytes first and doubles from there, and each
 /// read makes the kernel produce the text again (berthd's mountinfo took 9 reads, 0.35 ms, on
