@@ -33,7 +33,7 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
-use super::{StepResult, fail, init, terminal, user};
+use super::{Failure, StepResult, fail, init, terminal, user};
 use crate::plan::exec::ExecPlan;
 use crate::protocol::{self, FromHelper, Step};
 use crate::sys::syscall::{Real, Syscalls};
@@ -102,8 +102,6 @@ enum Told {
     /// It failed and told berthd why.
     Failed,
 }
-
-type Failure = (Step, Errno, String);
 
 /// Everything after the request arrived: one fork, whose child joins the container and
 /// becomes the command. Returns the command's PID and pidfd and the terminal's master, or

@@ -40,7 +40,9 @@ use crate::sys::syscall::{Real, Syscalls};
 /// The descriptor berthd hands the protocol socket on.
 pub const SOCKET_FD: i32 = 3;
 
-type StepResult<T> = Result<T, (Step, Errno, String)>;
+/// A failed step: which, its errno, and what to tell berthd.
+type Failure = (Step, Errno, String);
+type StepResult<T> = Result<T, Failure>;
 
 fn die(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("berth-helper: {what}: {e}");
