@@ -148,7 +148,12 @@ pub(super) fn definition(name: String, options: Options) -> Result<Definition> {
 /// bus runs, so a name's uid never changes. Root is allowed without asking polkit.
 pub struct Authorizer {
     bus: Option<polkit::BusAuthority>,
-    uids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The uid of each caller, or the one lookup of it under way that every call of that caller
+    /// waits for: a new connection's first burst of calls (a flood sends its whole burst before
+    /// any answer) asks the bus once, not once per call.
+    uids: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Arc<tokio::sync::OnceCell<u32>>>,
+    >,
     /// uids being asked for ahead of a first call.
     prefetching: std::sync::atomic::AtomicUsize,
 }
@@ -193,17 +198,18 @@ impl Authorizer {
 
 impl polkit::Authority for Authorizer {
     async fn caller_uid(&self, sender: &str) -> std::result::Result<u32, String> {
-        if let Some(uid) = self.uids.lock().unwrap().get(sender) {
-            return Ok(*uid);
-        }
+        let cell = {
+            let mut uids = self.uids.lock().unwrap();
+            if !uids.contains_key(sender) && uids.len() >= MAX_CALLERS {
+                uids.clear();
+            }
+            uids.entry(sender.to_string()).or_default().clone()
+        };
         let bus = self.bus.as_ref().ok_or("the bus is not reachable")?;
-        let uid = bus.caller_uid(sender).await?;
-        let mut uids = self.uids.lock().unwrap();
-        if uids.len() >= MAX_CALLERS {
-            uids.clear();
-        }
-        uids.insert(sender.to_string(), uid);
-        Ok(uid)
+        // A failed lookup leaves the cell empty: the next call asks again.
+        cell.get_or_try_init(|| bus.caller_uid(sender))
+            .await
+            .copied()
     }
 
     async fn check(&self, query: &polkit::Query) -> std::result::Result<polkit::Answer, String> {
