@@ -3,7 +3,7 @@
 # Cargo/rustc themselves must already be there (rustup; Rust >= 1.89).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-need=(systemd dbus dbus-bin util-linux bsdutils mount iproute2 busybox-static python3 libglib2.0-bin make gcc
+need=(systemd systemd-container dbus dbus-bin util-linux bsdutils mount iproute2 busybox-static python3 libglib2.0-bin make gcc
       docker-registry skopeo umoci apache2-utils podman python3-dbus python3-gi
       polkitd libc6-dev libcap2-bin tmux
       selinux-policy-dev checkpolicy semodule-utils setools bzip2 nftables iperf3)
