@@ -769,6 +769,15 @@ fn replies_nobody_reads_do_not_grow_berthd() {
             "",
             8,
         ),
+        // Eight times the connections of one uid: refusals are replies too, and 8000 of them
+        // waiting to be written grew berthd by 20 MiB.
+        (
+            "org.berth.berth1.Manager",
+            "/org/berth/berth1",
+            "ListContainers",
+            "",
+            64,
+        ),
         (
             "org.freedesktop.DBus.ObjectManager",
             "/org/berth/berth1",

@@ -337,6 +337,13 @@ impl dbus::Backend for Registry {
             permit.for_uid(uid)
         })
     }
+    fn answer(&self, sender: String) -> BoxFuture<'_, Option<dbus::admission::Answer>> {
+        Box::pin(async move {
+            use polkit::Authority;
+            let uid = self.authorizer.caller_uid(&sender).await.ok();
+            self.admission.answer(uid)
+        })
+    }
     fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             use polkit::Authority;

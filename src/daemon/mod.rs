@@ -182,9 +182,12 @@ async fn serve(
     server
         .at(
             crate::dbus::MANAGER_PATH,
-            crate::dbus::ObjectManager {
-                backend: Arc::downgrade(&backend),
-            },
+            crate::dbus::gate::Gated::new(
+                crate::dbus::ObjectManager {
+                    backend: Arc::downgrade(&backend),
+                },
+                Arc::downgrade(&backend),
+            ),
         )
         .await
         .map_err(|source| DaemonError::Serve {
@@ -194,9 +197,12 @@ async fn serve(
     server
         .at(
             crate::dbus::MANAGER_PATH,
-            crate::dbus::listing::ManagerServer(crate::dbus::Manager {
-                backend: Arc::downgrade(&backend),
-            }),
+            crate::dbus::gate::Gated::new(
+                crate::dbus::listing::ManagerServer(crate::dbus::Manager {
+                    backend: Arc::downgrade(&backend),
+                }),
+                Arc::downgrade(&backend),
+            ),
         )
         .await
         .map_err(|source| DaemonError::Serve {

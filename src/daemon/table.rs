@@ -351,6 +351,7 @@ impl Registry {
         };
         let server = self.conn.object_server();
         let path = name::container_path(name);
+        let obj = dbus::gate::Gated::new(obj, self.weak_backend());
         if let Err(e) = server.at(path.as_str(), obj).await {
             warn!("cannot export container {name}: {e}, ignoring");
         }

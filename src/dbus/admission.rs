@@ -14,6 +14,14 @@
 //!
 //! A call that waits for an event (`WaitContainer`) ends when its caller leaves the bus
 //! ([`Permit::caller_left`]): nobody is left to read its reply.
+//!
+//! A refusal is a reply too, and it waits to be written like any other: 64 connections of one
+//! uid sending 125 calls each grew berthd by 20 MiB of `LimitExceeded` errors. So every call
+//! of a uid other than root is also counted as an [`Answer`] from its arrival until its reply,
+//! whatever it is, has been written ([`super::gate`]); a uid with [`ANSWERS_PER_UID`] of them
+//! has its further calls dropped unanswered (its client's own timeout answers them), which
+//! costs berthd nothing it keeps. What one uid can make berthd hold is then bounded however
+//! many connections it opens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +43,10 @@ pub const PER_SENDER_BYTES: usize = 512 << 10;
 /// Bytes of replies not yet written (as serialized), per uid other than root.
 pub const PER_UID_BYTES: usize = 1 << 20;
 
+/// Calls of one uid other than root that berthd holds until their replies are written
+/// (refusals included); past it the uid's calls are dropped unanswered.
+pub const ANSWERS_PER_UID: usize = 4 * PER_UID;
+
 /// The counts of calls in flight.
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -45,6 +57,8 @@ pub struct Admission {
 struct Counts {
     senders: HashMap<String, Sender>,
     uids: HashMap<u32, Uid>,
+    /// Calls not yet answered, per uid other than root.
+    answers: HashMap<u32, usize>,
 }
 
 #[derive(Debug)]
@@ -72,7 +86,47 @@ pub struct Permit {
     left: watch::Receiver<bool>,
 }
 
+/// A call counted from its arrival until its reply is written (see [`Admission::answer`]).
+#[derive(Debug)]
+pub struct Answer {
+    admission: Arc<Admission>,
+    /// `None` for a call that is not counted (root's, or one whose caller is unknown).
+    uid: Option<u32>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        let Some(uid) = self.uid else { return };
+        let mut c = self.admission.inner.lock().unwrap();
+        if let Some(n) = c.answers.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                c.answers.remove(&uid);
+            }
+        }
+    }
+}
+
 impl Admission {
+    /// Count a call of `uid` until its reply is written, or `None` when that uid already has
+    /// [`ANSWERS_PER_UID`] calls unanswered: the call is to be dropped without a reply. Root's
+    /// calls, and those of a caller whose uid is unknown, are never dropped.
+    pub fn answer(self: &Arc<Self>, uid: Option<u32>) -> Option<Answer> {
+        let uid = uid.filter(|u| *u != 0);
+        if let Some(u) = uid {
+            let mut c = self.inner.lock().unwrap();
+            let n = c.answers.entry(u).or_default();
+            if *n >= ANSWERS_PER_UID {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Answer {
+            admission: self.clone(),
+            uid,
+        })
+    }
+
     /// Count a call of `sender`, or refuse it if the sender has [`PER_SENDER`] in flight.
     pub fn admit(self: &Arc<Self>, sender: &str) -> Result<Permit, Error> {
         let mut c = self.inner.lock().unwrap();
@@ -323,6 +377,25 @@ mod tests {
         drop(held);
         let c = a.inner.lock().unwrap();
         assert!(c.senders.is_empty() && c.uids.is_empty());
+    }
+
+    #[test]
+    fn a_uid_past_its_unanswered_calls_is_dropped_and_root_never_is() {
+        let a = Arc::new(Admission::default());
+        let held: Vec<Answer> = (0..ANSWERS_PER_UID)
+            .map(|_| a.answer(Some(65534)).unwrap())
+            .collect();
+        assert!(a.answer(Some(65534)).is_none());
+        // Another uid, root and an unknown caller are not affected.
+        let other = a.answer(Some(1000)).unwrap();
+        let root: Vec<Answer> = (0..2 * ANSWERS_PER_UID)
+            .map(|_| a.answer(Some(0)).unwrap())
+            .collect();
+        assert!(a.answer(None).is_some());
+        drop(held);
+        assert!(a.answer(Some(65534)).is_some());
+        drop((other, root));
+        assert!(a.inner.lock().unwrap().answers.is_empty());
     }
 
     #[test]

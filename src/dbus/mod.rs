@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod containers;
+pub mod gate;
 pub mod images;
 pub mod life;
 pub mod listing;
@@ -237,6 +238,9 @@ pub trait Backend: ImageOps + ContainerOps + UnitOps + Send + Sync + 'static {
     /// Count a call of `sender` against its connection and its uid (see [`admission`]), or
     /// refuse it with `LimitExceeded`. Every method asks this first.
     fn admit(&self, sender: String) -> BoxFuture<'_, Result<Permit>>;
+    /// Count a call of `sender` until its reply is written (see [`gate`]), or `None`: its uid
+    /// has too many unanswered already, and the call is dropped.
+    fn answer(&self, sender: String) -> BoxFuture<'_, Option<admission::Answer>>;
     /// Whether the caller is root (who may see everything); false when it cannot be told.
     fn caller_is_root(&self, sender: String) -> BoxFuture<'_, bool>;
     fn create(

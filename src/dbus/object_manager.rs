@@ -13,6 +13,7 @@ use zbus::message::Header;
 use zbus::object_server::{Interface, ObjectServer, SignalEmitter};
 use zbus::{Connection, OwnedObjectPath, interface};
 
+use super::gate::Gated;
 use super::{Backend, Container, Held, Image, Result, enter, live};
 
 /// What `GetManagedObjects` returns: object → interface → property → value.
@@ -76,7 +77,7 @@ impl ObjectManager {
         // 1000 calls of 50 containers each).
         for c in backend.list() {
             if let Some((name, props)) =
-                properties_of::<Container>(server, conn, &hdr, &c.object_path).await
+                properties_of::<Gated<Container>>(server, conn, &hdr, &c.object_path).await
             {
                 out.insert(c.object_path, HashMap::from([(name, props)]));
             }
@@ -84,7 +85,7 @@ impl ObjectManager {
         }
         for i in backend.list_images() {
             if let Some((name, props)) =
-                properties_of::<Image>(server, conn, &hdr, &i.object_path).await
+                properties_of::<Gated<Image>>(server, conn, &hdr, &i.object_path).await
             {
                 out.insert(i.object_path, HashMap::from([(name, props)]));
             }

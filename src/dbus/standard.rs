@@ -20,6 +20,7 @@ use zbus::names::InterfaceName;
 use zbus::object_server::{DispatchResult, Interface, ObjectServer, SignalEmitter};
 use zbus::{BoxDBusError, Connection, OwnedVariant, Variant, interface};
 
+use super::gate::Gated;
 use super::{Backend, Container, Held, Image, enter};
 
 /// A berth error as the boxed error these replies carry.
@@ -69,17 +70,23 @@ pub async fn replace(
     server
         .at(
             path,
-            Properties {
-                backend: backend.clone(),
-            },
+            Gated::new(
+                Properties {
+                    backend: backend.clone(),
+                },
+                backend.clone(),
+            ),
         )
         .await?;
     server
         .at(
             path,
-            Introspectable {
-                backend: backend.clone(),
-            },
+            Gated::new(
+                Introspectable {
+                    backend: backend.clone(),
+                },
+                backend.clone(),
+            ),
         )
         .await?;
     Ok(())
@@ -132,7 +139,10 @@ pub struct Properties {
 macro_rules! with_interface {
     ($server:expr, $path:expr, $own:expr, $name:expr, |$iface:ident| $body:expr) => {
         match $own {
-            Own::Container => match $server.interface::<_, Container>($path.as_str()).await {
+            Own::Container => match $server
+                .interface::<_, Gated<Container>>($path.as_str())
+                .await
+            {
                 Ok(r) => {
                     let guard = r.get().await;
                     let $iface = &*guard;
@@ -140,7 +150,7 @@ macro_rules! with_interface {
                 }
                 Err(_) => Err(unknown_interface($name).into()),
             },
-            Own::Image => match $server.interface::<_, Image>($path.as_str()).await {
+            Own::Image => match $server.interface::<_, Gated<Image>>($path.as_str()).await {
                 Ok(r) => {
                     let guard = r.get().await;
                     let $iface = &*guard;
@@ -246,8 +256,8 @@ impl Properties {
             }};
         }
         match own {
-            Own::Container => set_on!(Container),
-            Own::Image => set_on!(Image),
+            Own::Container => set_on!(Gated<Container>),
+            Own::Image => set_on!(Gated<Image>),
         }
     }
 
@@ -319,10 +329,10 @@ impl Introspectable {
         // image objects have no objects below them.
         let mut xml = String::with_capacity(8192);
         xml.push_str(XML_HEADER);
-        if let Ok(r) = server.interface::<_, Container>(path.as_str()).await {
+        if let Ok(r) = server.interface::<_, Gated<Container>>(path.as_str()).await {
             r.get().await.introspect_to_writer(&mut xml, 2);
         }
-        if let Ok(r) = server.interface::<_, Image>(path.as_str()).await {
+        if let Ok(r) = server.interface::<_, Gated<Image>>(path.as_str()).await {
             r.get().await.introspect_to_writer(&mut xml, 2);
         }
         self.introspect_to_writer(&mut xml, 2);

@@ -117,6 +117,10 @@ impl Backend for Fake {
         let uid = *self.uid.lock().unwrap();
         Box::pin(async move { self.admission.admit(&sender)?.for_uid(uid) })
     }
+    fn answer(&self, _sender: String) -> BoxFuture<'_, Option<super::admission::Answer>> {
+        let uid = *self.uid.lock().unwrap();
+        Box::pin(async move { self.admission.answer(Some(uid)) })
+    }
     fn caller_is_root(&self, _sender: String) -> BoxFuture<'_, bool> {
         let root = !*self.deny.lock().unwrap();
         Box::pin(async move { root })
@@ -779,35 +783,47 @@ async fn serve() -> Served {
     let os = server.object_server();
     os.at(
         MANAGER_PATH,
-        ObjectManager {
-            backend: Arc::downgrade(&backend),
-        },
+        super::gate::Gated::new(
+            ObjectManager {
+                backend: Arc::downgrade(&backend),
+            },
+            Arc::downgrade(&backend),
+        ),
     )
     .await
     .unwrap();
     os.at(
         MANAGER_PATH,
-        super::listing::ManagerServer(Manager {
-            backend: Arc::downgrade(&backend),
-        }),
+        super::gate::Gated::new(
+            super::listing::ManagerServer(Manager {
+                backend: Arc::downgrade(&backend),
+            }),
+            Arc::downgrade(&backend),
+        ),
     )
     .await
     .unwrap();
     os.at(
         crate::name::container_path("web"),
-        Container {
-            backend: Arc::downgrade(&backend),
-            name: "web".into(),
-        },
+        super::gate::Gated::new(
+            Container {
+                backend: Arc::downgrade(&backend),
+                name: "web".into(),
+            },
+            Arc::downgrade(&backend),
+        ),
     )
     .await
     .unwrap();
     os.at(
         crate::name::image_path("default"),
-        Image {
-            backend: Arc::downgrade(&backend),
-            name: "default".into(),
-        },
+        super::gate::Gated::new(
+            Image {
+                backend: Arc::downgrade(&backend),
+                name: "default".into(),
+            },
+            Arc::downgrade(&backend),
+        ),
     )
     .await
     .unwrap();
@@ -1556,6 +1572,50 @@ fn every_method_refuses_an_argument_too_many_and_takes_the_right_ones() {
 }
 
 #[test]
+fn a_uid_with_too_many_calls_unanswered_gets_no_reply_and_costs_nothing() {
+    timeout(async {
+        let s = serve().await;
+        *s.fake().uid.lock().unwrap() = 65534;
+        // The uid's calls whose replies are not written yet, as many as it may have.
+        let held: Vec<_> = (0..admission::ANSWERS_PER_UID)
+            .map(|_| s.fake().admission.answer(Some(65534)).unwrap())
+            .collect();
+        // Any call of it, to any interface, is dropped: no reply, not even an error, and the
+        // backend never sees it.
+        let objects = zbus::fdo::ObjectManagerProxy::builder(s.manager.inner().connection())
+            .destination(BUS_NAME)
+            .path(MANAGER_PATH)
+            .build()
+            .await
+            .unwrap();
+        let calls = s.calls();
+        let short = Duration::from_millis(300);
+        assert!(
+            tokio::time::timeout(short, s.manager.list_containers())
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::time::timeout(short, objects.get_managed_objects())
+                .await
+                .is_err()
+        );
+        assert_eq!(s.calls(), calls);
+        // Once they are written, the uid is answered again.
+        drop(held);
+        s.manager.list_containers().await.unwrap();
+        objects.get_managed_objects().await.unwrap();
+        // Root is never dropped.
+        *s.fake().uid.lock().unwrap() = 0;
+        let held: Vec<_> = (0..admission::ANSWERS_PER_UID)
+            .map(|_| s.fake().admission.answer(Some(65534)).unwrap())
+            .collect();
+        s.manager.list_containers().await.unwrap();
+        drop(held);
+    });
+}
+
+#[test]
 fn a_connection_that_keeps_calls_in_flight_is_bounded_and_others_are_not() {
     timeout(async {
         let s = serve().await;
@@ -1620,10 +1680,13 @@ fn the_object_manager_lists_every_object_with_its_properties() {
             .object_server()
             .at(
                 crate::name::container_path("new1"),
-                Container {
-                    backend: Arc::downgrade(&(s.fake.clone().unwrap() as Arc<dyn Backend>)),
-                    name: "new1".into(),
-                },
+                super::gate::Gated::new(
+                    Container {
+                        backend: Arc::downgrade(&(s.fake.clone().unwrap() as Arc<dyn Backend>)),
+                        name: "new1".into(),
+                    },
+                    Arc::downgrade(&(s.fake.clone().unwrap() as Arc<dyn Backend>)),
+                ),
             )
             .await
             .unwrap();
@@ -1660,19 +1723,25 @@ async fn zbus_served_twins(s: &Served) -> (String, String) {
     );
     os.at(
         c.as_str(),
-        Container {
-            backend: Arc::downgrade(&backend),
-            name: "web".into(),
-        },
+        super::gate::Gated::new(
+            Container {
+                backend: Arc::downgrade(&backend),
+                name: "web".into(),
+            },
+            Arc::downgrade(&backend),
+        ),
     )
     .await
     .unwrap();
     os.at(
         i.as_str(),
-        Image {
-            backend: Arc::downgrade(&backend),
-            name: "default".into(),
-        },
+        super::gate::Gated::new(
+            Image {
+                backend: Arc::downgrade(&backend),
+                name: "default".into(),
+            },
+            Arc::downgrade(&backend),
+        ),
     )
     .await
     .unwrap();

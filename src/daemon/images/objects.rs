@@ -38,6 +38,7 @@ impl Registry {
         };
         let server = self.conn.object_server();
         let path = name::image_path(image);
+        let obj = dbus::gate::Gated::new(obj, self.weak_backend());
         if let Err(e) = server.at(path.as_str(), obj).await {
             tracing::warn!("cannot export image {image}: {e}, ignoring");
         }
