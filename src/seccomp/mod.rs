@@ -49,6 +49,7 @@
 
 mod bpf;
 mod compile;
+mod default;
 mod oci;
 mod profile;
 mod table;
@@ -64,10 +65,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use compile::{compile, compile_for};
+pub use default::{CLONE_NS_FLAGS, cap_number, default_profile};
 pub use oci::parse_oci;
 pub use profile::{
-    Action, Arch, ArgCond, CLONE_NS_FLAGS, Cmp, KernelVersion, MAX_CONDS, MAX_ERRNO, Profile, Rule,
-    Width, cap_number, default_profile,
+    Action, Arch, ArgCond, Cmp, KernelVersion, MAX_CONDS, MAX_ERRNO, Profile, Rule, Width,
 };
 
 /// Why a profile was refused or could not be compiled.

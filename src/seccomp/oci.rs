@@ -32,9 +32,9 @@
 use serde::Deserialize;
 
 use super::SeccompError;
+use super::default::cap_number;
 use super::profile::{
     Action, Arch, ArgCond, Cmp, KernelVersion, MAX_CONDS, MAX_ERRNO, Profile, Rule, Width,
-    cap_number,
 };
 
 #[derive(Deserialize)]

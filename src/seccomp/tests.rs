@@ -8,7 +8,7 @@ use nix::errno::Errno;
 
 use super::bpf::run;
 use super::compile::{BAD_ARCH_ACTION, X32_ACTION, X32_SYSCALL_BIT};
-use super::profile::{ALLOWED, CAP_GATED};
+use super::default::{ALLOWED, CAP_GATED};
 use super::*;
 use crate::sys::ExitInfo;
 use crate::sys::seccomp::{RawCall, probe_in_child};
