@@ -1,5 +1,6 @@
 //! berthd: serves `org.berth.berth1` on the system bus and runs containers.
 
+mod authorizer;
 mod backend;
 mod boot;
 mod bus_work;

@@ -23,7 +23,7 @@ pub struct Selinux {
 
 /// What berthd opens once at start.
 pub struct Opened {
-    pub authorizer: super::backend::Authorizer,
+    pub authorizer: super::authorizer::Authorizer,
     pub id_ranges: IdAllocator,
     pub selinux: Selinux,
     pub helper_image: Option<OwnedFd>,
@@ -83,7 +83,7 @@ pub async fn open(
         }
     };
     Ok(Opened {
-        authorizer: super::backend::Authorizer::new(conn).await,
+        authorizer: super::authorizer::Authorizer::new(conn).await,
         id_ranges,
         selinux: Selinux { state, labels },
         helper_image,

@@ -202,7 +202,7 @@ pub struct Registry {
     /// Calls in flight by caller and uid (see `dbus::admission`).
     pub(super) admission: Arc<dbus::admission::Admission>,
     /// Who may call what: polkit, with each caller's uid remembered.
-    pub(super) authorizer: super::backend::Authorizer,
+    pub(super) authorizer: super::authorizer::Authorizer,
     /// User-ID ranges of the containers, persisted under /var/lib/berth.
     pub(super) id_ranges: Mutex<crate::userns::IdAllocator>,
     /// SELinux: whether labels apply, the policy's container types, the MCS pairs.
