@@ -19,6 +19,7 @@ use crate::name;
 
 mod objects;
 mod transfer;
+mod users;
 
 /// Sizes of the directory images shipped with berth, measured once per install.
 static SHIPPED_SIZES: std::sync::LazyLock<image::usage::SizeCache> =
@@ -210,65 +211,6 @@ impl Registry {
     /// The image's config as the `Image.Config` property shows it.
     pub(super) fn image_config(&self, image: &str) -> Option<ImageConfig> {
         self.images.get(image).ok().map(|r| r.config)
-    }
-
-    /// Every container defined on an image, with the image ID it runs. Containers record the
-    /// ID they were created on, so a tag that moves later does not change them; a container
-    /// defined before IDs were recorded still refers to its image by name.
-    fn image_users(&self) -> Vec<ImageUser> {
-        let rows: Vec<(String, Option<image::Digest>, String, bool)> = self
-            .entries
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(n, e)| match &e.spec.root {
-                crate::spec::Root::Image(i) => {
-                    Some((n.clone(), e.spec.image_id, i.clone(), e.is_active()))
-                }
-                crate::spec::Root::Directory(_) => None,
-            })
-            .collect();
-        rows.into_iter()
-            .map(|(container, id, name, active)| ImageUser {
-                container,
-                id: id.or_else(|| self.images.resolve(&name).ok().map(|(_, d)| d)),
-                by_name: id.is_none().then_some(name),
-                active,
-            })
-            .collect()
-    }
-
-    /// The image IDs containers are defined on.
-    pub(super) fn ids_in_use(&self) -> std::collections::BTreeSet<image::Digest> {
-        self.image_users()
-            .into_iter()
-            .filter_map(|u| u.id)
-            .collect()
-    }
-
-    /// Containers that run the image `image` names (by ID), with whether each is running; for
-    /// a shipped directory image, those defined on its name.
-    fn users_of(&self, image: &str) -> Vec<(String, bool)> {
-        let target = self.images.resolve(image).ok().map(|(_, id)| id);
-        self.image_users()
-            .into_iter()
-            .filter(|u| match target {
-                Some(id) => u.id == Some(id),
-                None => u.by_name.as_deref().and_then(shipped_name) == shipped_name(image),
-            })
-            .map(|u| (u.container, u.active))
-            .collect()
-    }
-
-    /// Containers that still name `image` rather than its ID (defined before IDs were
-    /// recorded): a rename would take their image away.
-    fn users_by_name(&self, image: &str) -> Vec<String> {
-        let target = self.images.resolve(image).ok().map(|(_, id)| id);
-        self.image_users()
-            .into_iter()
-            .filter(|u| u.by_name.is_some() && target.is_some() && u.id == target)
-            .map(|u| u.container)
-            .collect()
     }
 
     fn begin_operation(&self) -> Result<OperationGuard> {
@@ -669,16 +611,6 @@ pub(super) fn registry_options(
         opts.auth_file = Some(DEFAULT_AUTH_FILE.into());
     }
     Ok(opts)
-}
-
-/// One container defined on an image.
-struct ImageUser {
-    container: String,
-    /// The image it runs; None when its name no longer resolves.
-    id: Option<image::Digest>,
-    /// The name it refers to its image by, when it recorded no ID (defined before IDs were).
-    by_name: Option<String>,
-    active: bool,
 }
 
 /// Counts one image operation in flight; dropping it ends the operation.
