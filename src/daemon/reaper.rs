@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::notify;
-use super::start::fdname;
+use super::start::{Timer, fdname};
 use super::store::{self, Runtime};
 use super::table::{Registry, State};
 use crate::name;
@@ -77,6 +77,7 @@ impl Registry {
     /// status), and only then does the container show as exited (so that a start right after
     /// never finds the old scope).
     pub(super) async fn on_exit(&self, name: &str, status: i32) {
+        let _whole = Timer::of("exit", name, "exit (berthd)");
         let unit = name::scope_unit(name);
         let record = self.with(name, |e| Runtime {
             running: false,
@@ -93,15 +94,24 @@ impl Registry {
             warn!("cannot record exit of {name}: {e}, ignoring");
         }
         super::failpoint::hit("exit:after-record");
-        self.unregister_machine(name).await;
-        if let Err(e) = self.systemd.stop_unit(&unit).await {
-            warn!("cannot stop {unit}: {e}, ignoring");
+        {
+            let _t = Timer::of("exit", name, "machined");
+            self.unregister_machine(name).await;
+        }
+        {
+            let _t = Timer::of("exit", name, "scope");
+            if let Err(e) = self.systemd.stop_unit(&unit).await {
+                warn!("cannot stop {unit}: {e}, ignoring");
+            }
         }
         if let Err(e) = notify::remove_fd(&fdname(name)) {
             warn!("cannot drop the exit descriptor of {name}: {e}, ignoring");
         }
         self.cpu_samples.lock().unwrap().remove(name);
-        self.net_detach(name).await;
+        {
+            let _t = Timer::of("exit", name, "network");
+            self.net_detach(name).await;
+        }
         self.logs_leader_gone(name);
         let Ok((tx, auto_remove)) = self.with(name, |e| {
             e.state = State::Exited;
@@ -122,6 +132,7 @@ impl Registry {
         }
         self.publish(name).await;
         if auto_remove {
+            let _t = Timer::of("exit", name, "remove");
             self.remember_removed(name, status);
             if let Err(e) = self.remove_entry(name).await {
                 warn!("cannot remove {name} at its exit: {e}, ignoring");

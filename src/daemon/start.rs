@@ -75,8 +75,9 @@ pub fn fdname(name: &str) -> String {
     format!("exit-{name}")
 }
 
-/// Time one step of the start, for `BERTH_LOG=debug`.
-struct Timer<'a> {
+/// Time one step of a start or an exit, for `BERTH_LOG=debug`.
+pub(super) struct Timer<'a> {
+    flow: &'static str,
     name: &'a str,
     step: &'static str,
     at: Instant,
@@ -84,7 +85,13 @@ struct Timer<'a> {
 
 impl<'a> Timer<'a> {
     fn new(name: &'a str, step: &'static str) -> Self {
+        Timer::of("start", name, step)
+    }
+
+    /// A step of `flow` ("start", "exit").
+    pub(super) fn of(flow: &'static str, name: &'a str, step: &'static str) -> Self {
         Timer {
+            flow,
             name,
             step,
             at: Instant::now(),
@@ -98,7 +105,8 @@ impl Drop for Timer<'_> {
             container = self.name,
             step = self.step,
             usec = self.at.elapsed().as_micros() as u64,
-            "start step {} of {} took {:?}",
+            "{} step {} of {} took {:?}",
+            self.flow,
             self.step,
             self.name,
             self.at.elapsed()
