@@ -206,6 +206,27 @@ fn published_ports_reach_the_container_from_loopback_a_client_namespace_and_ipv6
     assert!(!leases().contains("nt20.json"));
 }
 
+/// berthd returns from a stop once the kernel has unlisted the veth (it frees it later, off
+/// berthd's path): when `stop` returns the veth is gone, and its name is free for the next
+/// start at once; a `run --rm` leaves none either.
+#[test]
+fn a_stopped_containers_veth_is_gone_when_stop_returns_and_its_name_is_free() {
+    ok("berthctl run -d --name nt25 -- sleep 1000");
+    for _ in 0..3 {
+        assert!(veths().contains("vb-nt25"), "{}", veths());
+        ok("berthctl stop nt25");
+        assert!(!veths().contains("vb-nt25"), "{}", veths());
+        ok("berthctl start nt25");
+    }
+    assert!(in_netns("nt25", "ip -o link show eth0").contains("eth0@"));
+    ok("berthctl rm -f nt25");
+    assert!(!veths().contains("vb-nt25"), "{}", veths());
+    for _ in 0..3 {
+        ok("berthctl run --rm --name nt26 -- true");
+        assert!(!veths().contains("vb-nt26"), "{}", veths());
+    }
+}
+
 #[test]
 fn none_host_and_container_modes_see_the_namespace_they_asked_for() {
     // none: loopback only, and no veth on the host.

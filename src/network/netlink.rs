@@ -14,7 +14,8 @@
 //! `VETH_INFO_PEER`, see `veth_newlink()` in drivers/net/veth.c) and up.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use nix::sched::CloneFlags;
@@ -34,6 +35,8 @@ use tokio::task::JoinHandle;
 
 use super::error::{NetError, Result};
 use super::types::{Cidr, Rate};
+
+mod unlink;
 
 /// A locally administered unicast MAC derived from an IPv4 address (02:62:a.b.c.d, "b" for
 /// berth): a container keeps its MAC with its address across restarts, so its peers' ARP
@@ -55,6 +58,8 @@ fn is_gone(e: &NetError) -> bool {
 pub struct Nl {
     handle: Handle,
     task: JoinHandle<()>,
+    /// The namespace, unless it is berthd's own.
+    netns: Option<Arc<OwnedFd>>,
 }
 
 impl Drop for Nl {
@@ -94,24 +99,28 @@ impl Nl {
         Ok(Nl {
             handle,
             task: tokio::spawn(conn),
+            netns: None,
         })
     }
 
     /// A connection in the network namespace `netns` (e.g. `/proc/PID/ns/net` of a container's
     /// PID 1), made from a throw-away thread so the runtime's threads never change namespace.
     pub async fn in_netns(netns: BorrowedFd<'_>) -> Result<Nl> {
-        let fd = netns
-            .try_clone_to_owned()
-            .map_err(|source| NetError::NetlinkIo {
-                op: "duplicating the netns descriptor".into(),
-                source,
-            })?;
+        let kept = Arc::new(
+            netns
+                .try_clone_to_owned()
+                .map_err(|source| NetError::NetlinkIo {
+                    op: "duplicating the netns descriptor".into(),
+                    source,
+                })?,
+        );
+        let fd = kept.clone();
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("berth-netns".into())
             .spawn(move || {
-                let made = nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET)
+                let made = nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
                     .map_err(NetError::Setns)
                     .and_then(|()| {
                         let _guard = rt.enter();
@@ -134,6 +143,7 @@ impl Nl {
         Ok(Nl {
             handle,
             task: tokio::spawn(conn),
+            netns: Some(kept),
         })
     }
 
@@ -321,14 +331,12 @@ impl Nl {
             .map_err(|e| NetError::netlink(format!("setting the alias of link {index}"), e))
     }
 
-    /// Delete a link; a link already gone is success.
+    /// Delete a link, returning once it is unlisted (see [`unlink`]); a link already gone is
+    /// success.
     pub async fn del_link(&self, index: u32) -> Result<()> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = NetError::netlink(format!("deleting link {index}"), e);
-                if is_gone(&e) { Ok(()) } else { Err(e) }
-            }
+        match unlink::del_link(self.netns.clone(), index).await {
+            Err(e) if is_gone(&e) => Ok(()),
+            r => r,
         }
     }
 
