@@ -1,12 +1,13 @@
 //! `make bench-cargo` (`cargo bench --bench bridge_iperf3`): container-to-container TCP
 //! throughput over berth's bridge (the network engine alone, as tests/network.rs drives it)
-//! beside two namespaces joined by a plain veth pair, iperf3 for 5 s each, in the same run.
+//! beside two namespaces joined by a plain veth pair, iperf3 in interleaved rounds of 3 s
+//! each (`BENCH_ROUNDS`, default 5), in the same run.
 //!
 //! Needs root, iproute2, nftables, util-linux and iperf3. It re-runs itself under
 //! `unshare --net`: that fresh namespace plays the host (bridge, sysctls and nft table are
 //! made there, never in the machine's namespace); the "containers" are `sleep` processes in
 //! network namespaces of their own, with documentation addresses, so no packet leaves them.
-//! Prints the two rates and their ratio, and a note if the bridge is below half the veth's.
+//! Prints every round's rates, the medians and their ratio, and a note if the bridge is below half the veth's.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -72,6 +73,9 @@ impl Drop for Ns {
 }
 
 /// iperf3 from `client` to a one-shot server in `server` on `addr`: bits per second received.
+/// Seconds per iperf3 run.
+const SECS: u32 = 3;
+
 fn iperf3(server: &Ns, client: &Ns, addr: &str) -> f64 {
     let mut srv = Command::new("nsenter")
         .args(["-t", &server.pid().to_string(), "-n", "--"])
@@ -80,7 +84,7 @@ fn iperf3(server: &Ns, client: &Ns, addr: &str) -> f64 {
         .spawn()
         .expect("iperf3 -s");
     std::thread::sleep(Duration::from_millis(300));
-    let out = client.sh(&format!("iperf3 -c {addr} -t 5 -J"));
+    let out = client.sh(&format!("iperf3 -c {addr} -t {SECS} -J"));
     srv.wait().expect("iperf3 -s exits after one test");
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3's JSON");
     v["end"]["sum_received"]["bits_per_second"]
@@ -99,12 +103,12 @@ fn measure() {
     ));
     p.sh("ip link set lo up && ip link set pv0 up && ip addr add 192.0.2.1/24 dev pv0");
     q.sh("ip link set lo up && ip link set pv1 up && ip addr add 192.0.2.2/24 dev pv1");
-    let plain = iperf3(&q, &p, "192.0.2.2");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let bridged = rt.block_on(async {
+    // The engine stays open (and the containers attached) for all rounds.
+    let (_nets, a, b, ip) = rt.block_on(async {
         let mut cfg = NetworksConfig::new(dir.path().join("state"), dir.path().join("run"));
         cfg.upstreams = Some(vec!["198.51.100.2:53".parse().expect("an address")]);
         let mut nets = Networks::open(cfg).await.expect("open the engine");
@@ -118,12 +122,33 @@ fn measure() {
         let prepared = nets.prepare("b", &spec, true).await.expect("prepare b");
         let att = nets.attach(prepared, b.fd.as_fd()).await.expect("attach b");
         let ip = att.ip4.expect("an IPv4 address").to_string();
-        tokio::task::spawn_blocking(move || iperf3(&b, &a, &ip))
-            .await
-            .expect("the iperf3 thread")
+        (nets, a, b, ip)
     });
+    // Interleaved rounds: single 5 s runs varied by ±15% here, more than the difference.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let (mut plain, mut bridged) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        plain.push(iperf3(&q, &p, "192.0.2.2"));
+        bridged.push(iperf3(&b, &a, &ip));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rates = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{:.2}", r / 1e9))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("plain veth Gbit/s:   {}", rates(&plain));
+    println!("berth bridge Gbit/s: {}", rates(&bridged));
+    let (plain, bridged) = (median(&mut plain), median(&mut bridged));
     println!(
-        "iperf3, 5 s each: plain veth {:.2} Gbit/s, berth bridge {:.2} Gbit/s ({:.0}% of the veth)",
+        "iperf3, {rounds} interleaved rounds of {SECS} s, medians: plain veth {:.2} Gbit/s, berth bridge {:.2} Gbit/s ({:.1}% of the veth)",
         plain / 1e9,
         bridged / 1e9,
         100.0 * bridged / plain
