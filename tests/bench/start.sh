@@ -6,10 +6,12 @@
 # not systemd and leaves nothing behind on the machine. In that host it:
 #   1. copies the built-in busybox image to /srv/bench-root (the root all three tools run);
 #   2. times `/bin/true` in a fresh container with hyperfine (warmup 3, $BENCH_RUNS runs) for
-#        berthctl run --rm --directory /srv/bench-root -- /bin/true
+#        berthctl run --rm --directory /srv/bench-root -- /bin/true   (default: bridged network)
+#        berthctl run --rm --network none ...   (loopback only, as podman --network=none is;
+#                                                nspawn here shares the host's network)
 #        systemd-nspawn -q -D /srv/bench-root --register=yes /bin/true
 #        podman run --rm --network=none bench-root /bin/true   (image imported from the root)
-#      and prints p50/p90 per tool and the ratios to berth;
+#      and prints p50/p90 per tool and the ratios to both berth rows;
 #   3. starts $BENCH_CONTAINERS detached berth containers and prints berthd's RSS/PSS growth
 #      per container and the number of processes per container, then removes them.
 # A competitor that cannot run in the host is reported and skipped; berth failing is fatal.
@@ -128,6 +130,8 @@ bench() { # name command -> $OUT/NAME.json (in the machine's view)
     fi
 }
 bench berth "$BERTH_CMD" || die "hyperfine failed for berth"
+bench berth-none "berthctl run --rm --network none --directory $ROOTDIR -- /bin/true" ||
+    die "hyperfine failed for berth --network none"
 if [[ -n $NSPAWN_CMD ]]; then
     bench nspawn "$NSPAWN_CMD" || log "systemd-nspawn: hyperfine run FAILED: left out of the table"
 fi
@@ -160,8 +164,8 @@ def pct(xs, p):  # linear interpolation between closest ranks (numpy's default)
     return xs[f] + (xs[c] - xs[f]) * (k - f)
 
 rows, notes = {}, []
-label = {"berth": "berth", "nspawn": "systemd-nspawn", "nspawn-userns": "nspawn --private-users=pick", "podman": "podman"}
-for name in ("berth", "nspawn", "nspawn-userns", "podman"):
+label = {"berth": "berth", "berth-none": "berth --network none", "nspawn": "systemd-nspawn", "nspawn-userns": "nspawn --private-users=pick", "podman": "podman"}
+for name in ("berth", "berth-none", "nspawn", "nspawn-userns", "podman"):
     path = os.path.join(out, name + ".json")
     if not os.path.exists(path):
         continue
@@ -187,14 +191,17 @@ if notes:
     print()
 if "berth" not in rows:
     sys.exit(1)
-b = rows["berth"]
-print("%-28s %9s %9s" % ("ratio", "p50", "p90"))
-for name in ("nspawn", "nspawn-userns", "podman"):
-    if name in rows:
-        r = rows[name]
-        print("%-28s %8.2fx %8.2fx" % (name + "/berth", r[2] / b[2], r[3] / b[3]))
-    else:
-        print("%-28s %9s %9s" % (name + "/berth", "n/a", "n/a"))
+print("%-34s %9s %9s" % ("ratio", "p50", "p90"))
+for base in ("berth", "berth-none"):
+    if base not in rows:
+        continue
+    b = rows[base]
+    for name in ("nspawn", "nspawn-userns", "podman"):
+        if name in rows:
+            r = rows[name]
+            print("%-34s %8.2fx %8.2fx" % (name + "/" + base, r[2] / b[2], r[3] / b[3]))
+        else:
+            print("%-34s %9s %9s" % (name + "/" + base, "n/a", "n/a"))
 EOF
 
 # ---- 3. memory per running container -----------------------------------------------------------
@@ -269,5 +276,5 @@ echo "removed them (berthctl remove --force, one call) in $(( (t1 - t0) / 100000
 EOF
 
 log ""
-log "hyperfine JSON: $OUT/{berth,nspawn,podman}.json"
+log "hyperfine JSON: $OUT/{berth,berth-none,nspawn,nspawn-userns,podman}.json"
 log "bench: done in $(($(date +%s) - T_START)) s"
