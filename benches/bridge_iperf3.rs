@@ -7,7 +7,8 @@
 //! `unshare --net`: that fresh namespace plays the host (bridge, sysctls and nft table are
 //! made there, never in the machine's namespace); the "containers" are `sleep` processes in
 //! network namespaces of their own, with documentation addresses, so no packet leaves them.
-//! Prints every round's rates, the medians and their ratio, and a note if the bridge is below half the veth's.
+//! Prints every round's rates, the medians and their ratio, and a note if the bridge is below
+//! half the veth's.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -72,10 +73,10 @@ impl Drop for Ns {
     }
 }
 
-/// iperf3 from `client` to a one-shot server in `server` on `addr`: bits per second received.
 /// Seconds per iperf3 run.
 const SECS: u32 = 3;
 
+/// iperf3 from `client` to a one-shot server in `server` on `addr`: bits per second received.
 fn iperf3(server: &Ns, client: &Ns, addr: &str) -> f64 {
     let mut srv = Command::new("nsenter")
         .args(["-t", &server.pid().to_string(), "-n", "--"])

@@ -16,9 +16,8 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use nix::sys::socket::{MsgFlags, recv};
-
 use nix::sched::CloneFlags;
+use nix::sys::socket::{MsgFlags, recv};
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_ECHO, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
@@ -80,9 +79,14 @@ pub(super) async fn del_link(netns: Option<Arc<OwnedFd>>, index: u32) -> Result<
                 match got {
                     Ok(n) => {
                         let n = n.map_err(io)?;
-                        if let Some(answer) = answer(&buf[..n.min(buf.len())], index) {
+                        if let Some(answer) = answer(&buf[..n], index) {
                             return answer.map_err(|e| NetError::netlink(op(), e));
                         }
+                    }
+                    // Once sent, the answer was queued before the send returned: a drained
+                    // socket without one means the kernel's reply was not understood.
+                    Err(_would_block) if !sending => {
+                        return Err(io(std::io::Error::other("no answer from the kernel")));
                     }
                     Err(_would_block) => continue,
                 }
