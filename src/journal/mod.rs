@@ -4,8 +4,9 @@
 //! stderr and relays the read ends itself ([`relay`]): each line becomes one entry in the
 //! journal's native protocol ([`native`]), with `MESSAGE=`, `PRIORITY=` (6 for stdout, 3 for
 //! stderr), `SYSLOG_IDENTIFIER=` and `CONTAINER_NAME=` (the container's name),
-//! `IMAGE_NAME=`, and `OBJECT_PID=` naming the container's leader so that
-//! `journalctl -u berth-NAME.scope` finds the lines too.
+//! `IMAGE_NAME=`, and `OBJECT_SYSTEMD_UNIT=berth-NAME.scope` (plus `OBJECT_PID=` naming the
+//! container's leader while it runs) so that `journalctl -u berth-NAME.scope` finds the lines
+//! too.
 //!
 //! Why a relay and not the journal's stream socket (`StandardOutput=journal` style): the
 //! stream protocol carries no fields of our own (no `CONTAINER_NAME=`), and journald

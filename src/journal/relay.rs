@@ -45,8 +45,7 @@ pub struct Source {
     /// default output shows `web[PID]:`; the image's or command's name would be the same for
     /// every container of one image.
     pub identifier: String,
-    /// `berth-NAME.scope`: sent as `OBJECT_SYSTEMD_UNIT=` once the leader is gone (see
-    /// [`Tags`]).
+    /// `berth-NAME.scope`: sent as `OBJECT_SYSTEMD_UNIT=` with every entry (see [`Tags`]).
     pub unit: String,
     /// The container's leader (its PID 1) on the host: `OBJECT_PID=`.
     pub leader: u32,
@@ -65,14 +64,14 @@ impl Source {
         if let Some(image) = &self.image {
             encode_field(&mut common, "IMAGE_NAME", image.as_bytes());
         }
+        encode_field(&mut common, "OBJECT_SYSTEMD_UNIT", self.unit.as_bytes());
         let mut with_pid = common.clone();
         encode_field(
             &mut with_pid,
             "OBJECT_PID",
             self.leader.to_string().as_bytes(),
         );
-        let mut with_unit = common;
-        encode_field(&mut with_unit, "OBJECT_SYSTEMD_UNIT", self.unit.as_bytes());
+        let with_unit = common;
         Tags {
             stream,
             with_pid,
@@ -87,9 +86,11 @@ impl Source {
 /// `journalctl -u berth-web.scope` matches `OBJECT_SYSTEMD_UNIT=berth-web.scope` from a
 /// sender with `_UID=0`. journald derives that field itself from `OBJECT_PID=` when the
 /// sender is root (journald-native.c: `allow_object_pid()` is `ucred->uid == 0`), by reading
-/// the process's cgroup — which works only while the process exists. So while the leader
-/// runs, entries name it by `OBJECT_PID=` (journald then adds the trusted `OBJECT_*` fields
-/// of it); once it is gone (lines still in the pipe at exit), they name the unit directly.
+/// the process's cgroup — which works only while the process exists, and the relay can read
+/// a line after the leader died but before the reaper has said so. So every entry names the
+/// unit directly; while the leader runs, entries also name it by `OBJECT_PID=` (journald then
+/// adds the trusted `OBJECT_*` fields of it, the unit among them with the same value); once
+/// the leader is known to be gone, they do not, lest a reused PID lend its fields.
 #[derive(Debug, Clone)]
 pub struct Tags {
     stream: Stream,
@@ -389,7 +390,8 @@ mod tests {
         assert_eq!(e["SYSLOG_IDENTIFIER"], b"web");
         assert_eq!(e["OBJECT_PID"], b"4242");
         assert_eq!(e["IMAGE_NAME"], b"docker.io/library/nginx:latest");
-        assert!(!e.contains_key("OBJECT_SYSTEMD_UNIT"));
+        // Named even if the leader dies before the reaper clears `alive`.
+        assert_eq!(e["OBJECT_SYSTEMD_UNIT"], b"berth-web.scope");
         assert_eq!(e["BERTH_SEQ"], seqs[0].to_string().as_bytes());
         assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2]);
         assert_eq!(fields(&fake.recv(&mut buf))["MESSAGE"], b"\xff\xfebinary");
