@@ -151,14 +151,16 @@ pub(super) fn take_stored(stored: &mut HashMap<String, OwnedFd>) -> StoredLogs {
 
 impl Registry {
     fn log_source(&self, name: &str, leader: u32) -> Source {
-        let image = self
-            .with(name, |e| e.spec.definition.image.clone())
-            .ok()
-            .flatten();
+        let (image, held_by) = self
+            .with(name, |e| {
+                (e.spec.definition.image.clone(), e.held_by.clone())
+            })
+            .unwrap_or_default();
         Source {
             container: name.to_string(),
             identifier: name.to_string(),
-            unit: crate::name::scope_unit(name),
+            // The unit that holds it: its scope, or its berth@ service.
+            unit: held_by.unwrap_or_else(|| crate::name::scope_unit(name)),
             leader,
             image,
         }

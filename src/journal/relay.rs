@@ -45,7 +45,8 @@ pub struct Source {
     /// default output shows `web[PID]:`; the image's or command's name would be the same for
     /// every container of one image.
     pub identifier: String,
-    /// `berth-NAME.scope`: sent as `OBJECT_SYSTEMD_UNIT=` with every entry (see [`Tags`]).
+    /// The unit that holds the container (`berth-NAME.scope`, or `berth@NAME.service`): sent
+    /// as `OBJECT_SYSTEMD_UNIT=` with every entry (see [`Tags`]).
     pub unit: String,
     /// The container's leader (its PID 1) on the host: `OBJECT_PID=`.
     pub leader: u32,
