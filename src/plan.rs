@@ -219,9 +219,11 @@ pub(crate) mod tests {
     pub fn sample() -> Plan {
         let spec = crate::spec::validate(&def("web"), &Facts::default()).unwrap();
         let dirs = ContainerDirs::under(Path::new("/var/lib/berth/containers/web"));
-        build(&spec, &["/srv/root".into()], None, &dirs, decided())
+        let mut plan = build(&spec, &["/srv/root".into()], None, &dirs, decided())
             .unwrap()
-            .0
+            .0;
+        crate::mount::defer_to_scope(&mut plan.mounts);
+        plan
     }
 
     fn hard(r: nix::sys::resource::Resource) -> u64 {

@@ -9,11 +9,16 @@
 //!    The helper process then exits.
 //!    With `--network container:NAME` a sixth descriptor comes last: the network namespace the
 //!    helper joins before it clones the leader.
-//! 3. berthd → leader, [`ToHelper::Release`]: the scope holds the leader, its ID maps are
-//!    written, its root is made (the message carries it) and its network is plugged (veth,
-//!    addresses, routes, forwards, and the generated /etc files); go on.
-//! 4. leader → berthd, [`FromHelper::Started`] once the payload has exec'd, or
-//!    [`FromHelper::Failed`] at any step before that.
+//! 3. berthd → leader, [`ToHelper::Release`]: its ID maps are written and its root is made
+//!    (the message carries it, and the detached mounts of binds and volumes). The leader
+//!    attaches the root and makes the plan's mounts up to [`crate::mount::MountOp::InScope`],
+//!    while systemd still makes the scope and berthd plugs the network in.
+//! 4. berthd → leader, [`ToHelper::InScope`]: the scope holds the leader and its network is
+//!    plugged (veth, addresses, routes, forwards, and the generated /etc files); it unshares
+//!    its cgroup namespace, makes the rest of its mounts, pivots and starts the payload.
+//! 5. leader → berthd, [`FromHelper::Started`] once the payload has exec'd, or
+//!    [`FromHelper::Failed`] at any step before that (a failure before sync #4 waits in the
+//!    socket until berthd reads it).
 //!
 //! An exec into a running container ([`ToHelper::Exec`], its [`ExecPlan`] in a sealed memfd)
 //! and a live bind mount ([`ToHelper::Bind`]) are one exchange each: the request, then
@@ -53,7 +58,8 @@ pub enum Sync {
     Plan = 1,
     Forked = 2,
     Release = 3,
-    Started = 4,
+    InScope = 4,
+    Started = 5,
 }
 
 impl std::fmt::Display for Sync {
@@ -62,6 +68,7 @@ impl std::fmt::Display for Sync {
             Sync::Plan => "plan",
             Sync::Forked => "forked",
             Sync::Release => "release",
+            Sync::InScope => "in scope",
             Sync::Started => "started",
         };
         write!(f, "sync #{} ({name})", *self as u8)
@@ -75,6 +82,8 @@ pub enum ToHelper {
     /// Sync #3; carries the container's root, a detached mount, then the detached mounts the
     /// plan's `MountOp::Attach` operations name by index.
     Release,
+    /// Sync #4; no descriptors: the leader is in its scope and its network is plugged in.
+    InScope,
     /// Run a command in a running container: an [`ExecPlan`] in the first descriptor, the
     /// leader's pidfd in the second, then the standard streams the plan says were passed.
     Exec,
@@ -145,7 +154,7 @@ impl Step {
 pub enum FromHelper {
     /// Sync #2; carries the leader's pidfd.
     Forked,
-    /// Sync #4; carries the master of the container's terminal when the plan asked for one.
+    /// Sync #5; carries the master of the container's terminal when the plan asked for one.
     Started,
     /// An exec runs: `pid` (in berthd's PID namespace); carries its pidfd, and the terminal's
     /// master when the plan asked for one.
@@ -387,6 +396,7 @@ mod tests {
     #[test]
     fn sync_points_are_numbered_and_named() {
         assert_eq!(Sync::Forked.to_string(), "sync #2 (forked)");
-        assert_eq!(Sync::Started as u8, 4);
+        assert_eq!(Sync::Started as u8, 5);
+        assert_eq!(Sync::InScope.to_string(), "sync #4 (in scope)");
     }
 }

@@ -141,19 +141,18 @@ fn drain(console: &OwnedFd, out: &OwnedFd, pending: &[u8]) {
 }
 
 /// Make the plan a booted one (see [`crate::boot::shape_plan`]), the host's os-release bound
-/// from `files` (the container's runtime directory; [`after_scope`] writes it there).
+/// from `files` (the container's runtime directory; [`write_os_release`] writes it there).
 pub(super) fn shape_plan(spec: &ContainerSpec, plan: &mut Plan, files: &Path) {
     crate::boot::shape_plan(plan, &spec.definition.command, files);
     // The console: a pty of the container's own on the three streams of its init.
     plan.process.terminal = [true; 3];
 }
 
-/// Once the scope exists and the network files are written (their directory is remade
-/// then), before the leader is released: the host's os-release copied into `files`, and the
-/// cgroup delegated ([`delegate_cgroup`]). A copy, not the host's file: the leader may not
-/// reach host paths once it is root of its user namespace, and the file must not change
-/// under the container; it goes with the directory at the container's exit.
-pub(super) fn after_scope(reg: &Registry, pid: i32, plan: &Plan, files: &Path) -> Result<()> {
+/// Once the network files are written (their directory is remade then), before the leader is
+/// released: the host's os-release copied into `files`. A copy, not the host's file: the
+/// leader may not reach host paths once it is root of its user namespace, and the file must
+/// not change under the container; it goes with the directory at the container's exit.
+pub(super) fn write_os_release(files: &Path) -> Result<()> {
     let text = crate::boot::HOST_OS_RELEASE
         .iter()
         .find_map(|p| std::fs::read(p).ok())
@@ -161,8 +160,7 @@ pub(super) fn after_scope(reg: &Registry, pid: i32, plan: &Plan, files: &Path) -
     let to = files.join(crate::boot::OS_RELEASE_FILE);
     std::fs::create_dir_all(files)
         .and_then(|()| std::fs::write(&to, text))
-        .map_err(|e| Error::io(format!("write {}", to.display()), e))?;
-    delegate_cgroup(reg, pid, plan)
+        .map_err(|e| Error::io(format!("write {}", to.display()), e))
 }
 
 /// Hand the leader's cgroup (the root of the container's cgroup namespace) to the container's
@@ -170,7 +168,7 @@ pub(super) fn after_scope(reg: &Registry, pid: i32, plan: &Plan, files: &Path) -
 /// directory, `cgroup.procs`, `cgroup.threads` and `cgroup.subtree_control`. Its systemd may
 /// then make and fill subgroups and enable controllers below, never change the scope's own
 /// limits (those files stay host root's).
-fn delegate_cgroup(reg: &Registry, pid: i32, plan: &Plan) -> Result<()> {
+pub(super) fn delegate_cgroup(reg: &Registry, pid: i32, plan: &Plan) -> Result<()> {
     let Some(root) = plan
         .security
         .id_maps

@@ -4,7 +4,7 @@
 //! stop) reaches it. Nothing of berth stays in the container: the exit-status memfd is closed
 //! (berthd reads the init's end from waitid), the protocol socket is close-on-exec.
 //!
-//! The init is looked for before sync #4 says "started", so that a missing one fails the
+//! The init is looked for before sync #5 says "started", so that a missing one fails the
 //! start with a clear message instead of a container that exits 127.
 
 use std::ffi::CString;
@@ -57,6 +57,7 @@ pub(super) fn run(
             root.as_fd(),
             nodes.as_ref().map(|n| n.as_fd()),
             &sources,
+            |_| super::wait_in_scope(&sock),
         )?;
         let argv0 = plan.process.argv[0].as_str();
         let init = find_init(argv0, executable).ok_or_else(|| {

@@ -7,13 +7,15 @@
 //! 1. (sync #1) the plan arrives; the helper makes a private mount namespace of its own
 //!    ([`before_clone`]) and clones the leader into new namespaces (a user namespace first,
 //!    owning the others); the leader's pidfd goes to berthd (sync #2); the helper exits.
-//! 2. berthd puts the leader in its scope, writes its ID maps and makes its root; the leader
-//!    waits for sync #3, which brings the root, then ([`prepare`]) becomes root of its user
-//!    namespace, unshares the cgroup namespace, brings loopback up, attaches the root, makes
-//!    the plan's mounts and masks, pivots, sets the hostname, rlimits and a session keyring,
-//!    resolves its user in the container's own databases, and starts the payload
-//!    ([`init::exec_steps`]: session, groups, gid, uid, working directory, capabilities,
-//!    no_new_privs, SELinux exec label, seccomp, exec); sync #4 says it ran.
+//! 2. berthd writes the leader's ID maps and makes its root while systemd makes the scope;
+//!    the leader waits for sync #3, which brings the root, then ([`prepare`]) brings loopback
+//!    up, attaches the root, becomes root of its user namespace, makes the plan's mounts and
+//!    masks up to [`mount::MountOp::InScope`] and pivots; at sync #4 (in its scope, its
+//!    network plugged in) it unshares the cgroup namespace, mounts its cgroup, sets the
+//!    hostname, rlimits and a session keyring, resolves its user in the container's
+//!    own databases, and starts the payload ([`init::exec_steps`]: session, groups, gid, uid,
+//!    working directory, capabilities, no_new_privs, SELinux exec label, seccomp, exec);
+//!    sync #5 says it ran.
 //! 3. The leader stays as the container's PID 1 ([`init::supervise`]) with no capability but
 //!    CAP_KILL (to pass signals on to a payload of another uid).
 
@@ -93,12 +95,12 @@ pub fn main() -> ! {
         ToHelper::Plan => {}
         ToHelper::Exec => exec::run(sock, fds),
         ToHelper::Bind => bind::run(sock, fds),
-        ToHelper::Release => fail(
+        ToHelper::Release | ToHelper::InScope => fail(
             &sock,
             (
                 Step::Protocol,
                 Errno::EPROTO,
-                "sync #1 (plan): a release before the plan".into(),
+                format!("sync #1 (plan): {msg:?} before the plan"),
             ),
         ),
     }
@@ -211,7 +213,14 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
     if plan.process.boot {
         boot::run(sock, &mut sys, plan, payload, root, nodes, sources, fds)
     }
-    match leader(&mut sys, plan, payload, root, nodes, &sources, fds) {
+    match leader(
+        &mut sys,
+        plan,
+        payload,
+        (root, nodes, &sources),
+        fds,
+        |_| wait_in_scope(&sock),
+    ) {
         Ok((pid, status_fd, devnull, master)) => {
             drop(sources);
             let passed: Vec<BorrowedFd<'_>> = master.iter().map(|m| m.as_fd()).collect();
@@ -225,6 +234,27 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
             init::become_init(pid, status_fd, devnull, sock)
         }
         Err(failure) => fail(&sock, failure),
+    }
+}
+
+/// Sync #4: berthd says the leader is in its scope and its network is plugged in.
+pub(crate) fn wait_in_scope(sock: &OwnedFd) -> StepResult<()> {
+    match protocol::recv::<ToHelper>(sock.as_fd()) {
+        Ok((ToHelper::InScope, fds)) if fds.is_empty() => Ok(()),
+        Ok((other, fds)) => Err((
+            Step::Protocol,
+            Errno::EPROTO,
+            format!(
+                "{}: berthd sent {other:?} with {} descriptors",
+                protocol::Sync::InScope,
+                fds.len()
+            ),
+        )),
+        Err(e) => Err((
+            Step::Protocol,
+            Errno::EPROTO,
+            format!("{}: {e}", protocol::Sync::InScope),
+        )),
     }
 }
 
@@ -282,18 +312,19 @@ pub fn before_clone<S: Syscalls>(sys: &mut S, plan: &Plan) -> StepResult<()> {
     Ok(())
 }
 
-/// The leader's steps before the payload: root of its user namespace, in the scope's cgroup
-/// namespace, with the root attached, the plan's mounts made, pivoted into, named, limited,
-/// with a session keyring of its own.
+/// The leader's steps before the payload: root of its user namespace, with the root
+/// attached, the plan's mounts up to [`mount::MountOp::InScope`] made and pivoted into;
+/// then, once `in_scope` returns (sync #4: systemd made the scope meanwhile), in the scope's
+/// cgroup namespace with its cgroup mounted, named, limited, with a session keyring of its
+/// own.
 pub fn prepare<S: Syscalls>(
     sys: &mut S,
     plan: &Plan,
     root: BorrowedFd<'_>,
     nodes: Option<BorrowedFd<'_>>,
     sources: &[S::Fd],
+    in_scope: impl FnOnce(&mut S) -> StepResult<()>,
 ) -> StepResult<()> {
-    sys.unshare(plan.namespaces.in_scope())
-        .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
     // Only in a network namespace of its own (berthd brings it up too, at the attach): the
     // host's or another container's loopback is not the container's to touch.
     if plan.namespaces.net {
@@ -332,10 +363,28 @@ pub fn prepare<S: Syscalls>(
         sys.become_root()
             .map_err(|e| (Step::Userns, e, "become root of the user namespace".into()))?;
     }
-    mount::apply::operations_with(sys, &root, nodes.as_ref(), &plan.mounts, sources)
+    let split = plan
+        .mounts
+        .iter()
+        .position(|op| matches!(op, mount::MountOp::InScope))
+        .ok_or_else(|| {
+            (
+                Step::Protocol,
+                Errno::EINVAL,
+                "sync #1 (plan): the mounts have no in-scope point".to_string(),
+            )
+        })?;
+    let (before, after) = plan.mounts.split_at(split);
+    mount::apply::operations_with(sys, &root, nodes.as_ref(), before, sources)
         .map_err(|(e, m)| (Step::Mount, e, m))?;
     sys.pivot_root(&root)
         .map_err(|e| (Step::Pivot, e, "pivot_root".into()))?;
+    in_scope(sys)?;
+    sys.unshare(plan.namespaces.in_scope())
+        .map_err(|e| (Step::Cgroup, e, "unshare cgroup namespace".into()))?;
+    // Inside the new root (`root` is it now): the cgroup mount.
+    mount::apply::operations_with(sys, &root, None, after, &[])
+        .map_err(|(e, m)| (Step::Mount, e, m))?;
     sys.sethostname(&plan.hostname)
         .map_err(|e| (Step::Hostname, e, "sethostname".into()))?;
     for u in &plan.process.rlimits {
@@ -355,10 +404,9 @@ fn leader(
     sys: &mut Real,
     plan: &Plan,
     mut payload: init::Payload,
-    root: OwnedFd,
-    nodes: Option<OwnedFd>,
-    sources: &[OwnedFd],
+    (root, nodes, sources): (OwnedFd, Option<OwnedFd>, &[OwnedFd]),
     fds: Vec<OwnedFd>,
+    in_scope: impl FnOnce(&mut Real) -> StepResult<()>,
 ) -> StepResult<(nix::unistd::Pid, OwnedFd, OwnedFd, Option<OwnedFd>)> {
     prepare(
         sys,
@@ -366,6 +414,7 @@ fn leader(
         root.as_fd(),
         nodes.as_ref().map(|n| n.as_fd()),
         sources,
+        in_scope,
     )?;
     drop(root);
     drop(nodes);
@@ -455,9 +504,12 @@ mod tests {
         let plan = crate::plan::tests::sample();
         let mut sys = Recorder::default();
         let root = devnull();
-        prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap();
+        prepare(&mut sys, &plan, root.as_fd(), None, &[], |sys| {
+            sys.calls.push("in-scope".into());
+            Ok(())
+        })
+        .unwrap();
         let order = [
-            "unshare CLONE_NEWCGROUP",
             "loopback-up",
             "attach /var/lib/berth/containers/web/root",
             "become-root",
@@ -466,12 +518,15 @@ mod tests {
             "bind /proc/sys /proc/sys",
             "remount /proc/sys MS_RDONLY",
             "mount sysfs /sys",
-            "mount cgroup2 /sys/fs/cgroup",
             "bind //run/berth/scratch/empty /proc/kcore",
             "mount tmpfs /dev ",
             "bind //dev/null /dev/null",
             "mount tmpfs /run",
             "pivot-root",
+            // Sync #4: all of the above is made while systemd makes the scope.
+            "in-scope",
+            "unshare CLONE_NEWCGROUP",
+            "mount cgroup2 /sys/fs/cgroup",
             "sethostname web",
             "setrlimit RLIMIT_NOFILE",
             "join-session-keyring",
@@ -500,7 +555,7 @@ mod tests {
         assert!(sys.calls.is_empty());
         // The leader leaves a loopback it does not own alone.
         let mut sys = Recorder::default();
-        prepare(&mut sys, &plan, ns.as_fd(), None, &[]).unwrap();
+        prepare(&mut sys, &plan, ns.as_fd(), None, &[], |_| Ok(())).unwrap();
         assert!(!sys.calls.iter().any(|c| c == "loopback-up"));
     }
 
@@ -515,9 +570,18 @@ mod tests {
             major: 10,
             minor: 229,
         });
+        crate::mount::defer_to_scope(&mut plan.mounts);
         let mut sys = Recorder::default();
         let (root, nodes) = (devnull(), devnull());
-        prepare(&mut sys, &plan, root.as_fd(), Some(nodes.as_fd()), &[]).unwrap();
+        prepare(
+            &mut sys,
+            &plan,
+            root.as_fd(),
+            Some(nodes.as_fd()),
+            &[],
+            |_| Ok(()),
+        )
+        .unwrap();
         let order = [
             "attach /var/lib/berth/containers/web/root",
             "attach /run/berth/scratch/dev",
@@ -530,7 +594,8 @@ mod tests {
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:#?}", sys.calls);
         // Without the mount, a Node is an error, never a host bind.
         let mut sys = Recorder::default();
-        let (_, _, what) = prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap_err();
+        let (_, _, what) =
+            prepare(&mut sys, &plan, root.as_fd(), None, &[], |_| Ok(())).unwrap_err();
         assert!(what.contains("no device mount"), "{what}");
     }
 
@@ -542,8 +607,48 @@ mod tests {
             ..Default::default()
         };
         let root = devnull();
-        let (step, errno, _) = prepare(&mut sys, &plan, root.as_fd(), None, &[]).unwrap_err();
+        let (step, errno, _) =
+            prepare(&mut sys, &plan, root.as_fd(), None, &[], |_| Ok(())).unwrap_err();
         assert_eq!((step, errno), (Step::Mount, Errno::EPERM));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot-root")));
+    }
+
+    #[test]
+    fn a_mount_that_fails_before_the_scope_is_reported_without_waiting_for_it() {
+        let plan = crate::plan::tests::sample();
+        let mut sys = Recorder {
+            failing: vec!["mount"],
+            ..Default::default()
+        };
+        let root = devnull();
+        let waited = std::cell::Cell::new(false);
+        let (step, errno, what) = prepare(&mut sys, &plan, root.as_fd(), None, &[], |_| {
+            waited.set(true);
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!((step, errno), (Step::Mount, Errno::EPERM), "{what}");
+        assert!(!waited.get());
+        assert!(
+            !sys.calls
+                .iter()
+                .any(|c| c.starts_with("unshare CLONE_NEWCGROUP"))
+        );
+    }
+
+    #[test]
+    fn without_the_scope_nothing_after_the_wait_is_made() {
+        let plan = crate::plan::tests::sample();
+        let mut sys = Recorder::default();
+        let root = devnull();
+        let (step, _, _) = prepare(&mut sys, &plan, root.as_fd(), None, &[], |_| {
+            Err((Step::Protocol, Errno::EPROTO, "berthd went away".into()))
+        })
+        .unwrap_err();
+        assert_eq!(step, Step::Protocol);
+        assert!(sys.calls.iter().any(|c| c.starts_with("pivot-root")));
+        for never in ["unshare CLONE_NEWCGROUP", "mount cgroup2", "sethostname"] {
+            assert!(!sys.calls.iter().any(|c| c.starts_with(never)), "{never}");
+        }
     }
 }

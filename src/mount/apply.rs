@@ -262,6 +262,8 @@ pub fn apply<S: Syscalls>(
         MountOp::RootReadOnly => ctx(sys.make_read_only(root), || {
             "make the root read-only".to_string()
         }),
+        // The helper splits the plan here (see `helper::prepare`).
+        MountOp::InScope => Ok(()),
     }
 }
 

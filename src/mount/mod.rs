@@ -96,6 +96,12 @@ pub enum MountOp {
     /// the scratch directory, for a container whose network namespace another user namespace
     /// owns; see [`network`]).
     BindHost { source: String, path: String },
+    /// Where the leader, pivoted into its root, waits to be in its scope (sync #4) and
+    /// unshares its cgroup namespace. Everything before it is made while systemd still makes
+    /// the scope; after it comes only the cgroup mount, which needs that namespace, made
+    /// inside the new root ([`defer_to_scope`]). It changes no mount itself; every plan has
+    /// exactly one.
+    InScope,
 }
 
 /// The container's root: the detached overlay berthd made, attached at `target` (an empty
@@ -252,7 +258,7 @@ pub fn operations(devices: &[&Device], context: Option<&str>, userns: bool) -> V
     );
     ops.push(fs("sysfs", "sys", hard | MsFlags::MS_RDONLY, None));
     // The container's own cgroup (its namespace's root is its scope), read-only: it may look
-    // at its limits, never raise them.
+    // at its limits, never raise them. [`defer_to_scope`] moves it last.
     ops.push(fs(
         "cgroup2",
         "sys/fs/cgroup",
@@ -326,6 +332,20 @@ pub fn operations(devices: &[&Device], context: Option<&str>, userns: bool) -> V
         }
     }));
     ops
+}
+
+/// Finish a plan's mounts: the cgroup mounts (the container's cgroup namespace exists only
+/// once the leader is in its scope) move after [`MountOp::InScope`], at the end, so that all
+/// else is made while systemd makes the scope. Nothing else depends on them: no mask is
+/// under /sys/fs/cgroup, and user mounts under /proc or /sys are refused.
+pub fn defer_to_scope(ops: &mut Vec<MountOp>) {
+    let (cgroup, mut rest): (Vec<MountOp>, Vec<MountOp>) = ops
+        .drain(..)
+        .filter(|op| !matches!(op, MountOp::InScope))
+        .partition(|op| matches!(op, MountOp::Fs { fstype, .. } if fstype == "cgroup2"));
+    rest.push(MountOp::InScope);
+    rest.extend(cgroup);
+    *ops = rest;
 }
 
 /// The mounts a container asked for (`spec`), after [`operations`], parents before children;
@@ -478,7 +498,7 @@ mod tests {
                     path
                 }
                 MountOp::Attach { target, .. } | MountOp::Tmpfs { target, .. } => target,
-                MountOp::RootReadOnly => continue,
+                MountOp::RootReadOnly | MountOp::InScope => continue,
                 MountOp::BindFile { path, .. } | MountOp::BindHost { path, .. } => path,
             };
             assert!(
@@ -491,6 +511,30 @@ mod tests {
                 .any(|o| matches!(o, MountOp::Fs { fstype, flags, .. }
             if fstype == "sysfs" && flags & MsFlags::MS_RDONLY.bits() != 0))
         );
+    }
+
+    #[test]
+    fn the_cgroup_mount_alone_waits_for_the_scope_at_the_end() {
+        let mut ops = operations(&[], None, true);
+        ops.extend(user_operations(&[], &[], true, None));
+        let before = ops.clone();
+        defer_to_scope(&mut ops);
+        let n = ops.len();
+        assert_eq!(ops[n - 2], MountOp::InScope);
+        assert!(matches!(&ops[n - 1], MountOp::Fs { fstype, target, .. }
+            if fstype == "cgroup2" && target == "sys/fs/cgroup"));
+        // The rest keeps its order, the read-only root last of it.
+        let rest: Vec<_> = before
+            .iter()
+            .filter(|o| !matches!(o, MountOp::Fs { fstype, .. } if fstype == "cgroup2"))
+            .cloned()
+            .collect();
+        assert_eq!(ops[..n - 2], rest[..]);
+        assert_eq!(ops[n - 3], MountOp::RootReadOnly);
+        // Once only.
+        let once = ops.clone();
+        defer_to_scope(&mut ops);
+        assert_eq!(ops, once);
     }
 
     #[test]

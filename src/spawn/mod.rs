@@ -212,6 +212,14 @@ pub async fn send_on<T: Serialize>(
     }
 }
 
+/// A message already waiting on the helper's socket, without waiting for one: what a leader
+/// reported before it exited.
+pub fn pending(sock: &AsyncFd<OwnedFd>) -> Option<FromHelper> {
+    protocol::recv::<FromHelper>(sock.get_ref().as_fd())
+        .ok()
+        .map(|(msg, _)| msg)
+}
+
 /// Receive the next message (and its descriptors) on the helper's socket, within `timeout`.
 pub async fn recv_on(
     sock: &AsyncFd<OwnedFd>,

@@ -1,5 +1,6 @@
-//! The launch of a planned start: the helper spawned, its namespaces made, the scope, the
-//! ID maps and root, the network, then mounts and exec — each step timed.
+//! The launch of a planned start: the helper spawned, its namespaces made, the scope job
+//! running while the ID maps, root and network are made and then the leader's mounts, then
+//! the cgroup and exec in the scope — each step timed.
 
 use super::*;
 
@@ -66,6 +67,8 @@ impl Registry {
             if spec.boot {
                 crate::daemon::boot::shape_plan(spec, &mut plan, &files);
             }
+            // Last: only what needs the scope waits for it.
+            crate::mount::defer_to_scope(&mut plan.mounts);
             (
                 plan,
                 root_source,
@@ -160,8 +163,8 @@ impl Registry {
             reason
         };
         // The scope job runs in systemd while berthd writes the ID maps and makes the root (on
-        // a blocking thread) and plugs the network in (netlink, on this one): the three cost
-        // the start only once.
+        // a blocking thread) and plugs the network in (netlink, on this one), and then while
+        // the leader makes its mounts: they cost the start only once.
         let scope = async {
             let _t = Timer::new(name, "scope");
             if let Some(u) = &held_unit {
@@ -194,39 +197,56 @@ impl Registry {
             let _t = Timer::new(name, "network");
             self.net_attach(spec, pid, net).await
         };
-        let (scoped, root, attached) = tokio::join!(scope, root, attach);
-        let root = match (scoped, root, attached) {
-            (Ok(()), Ok(root), Ok(())) => root,
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(abort(e).await),
+        let release = async {
+            let (root, attached) = tokio::join!(root, attach);
+            attached?;
+            let (root, nodes) = root?;
+            let _t = Timer::new(name, "release (sync #3)");
+            // Volumes and binds are few; their ID-mapped clones are made after the root.
+            crate::daemon::mounts::idmap_sources(pid, &plan, &sources)?;
+            let files = crate::daemon::network::files_dir(&self.layout, name);
+            if spec.boot {
+                // Into the directory the network attach has just remade.
+                crate::daemon::boot::write_os_release(&files)?;
+            }
+            // Sync #3: the root, the device mount when berthd made one, then the detached
+            // mounts of the plan's `Attach` operations (the helper knows from the plan which
+            // are there). The leader makes its mounts while systemd makes the scope.
+            let mut fds = vec![root.as_fd()];
+            fds.extend(nodes.as_ref().map(|n| n.as_fd()));
+            fds.extend(sources.iter().map(|s| s.fd.as_fd()));
+            spawn::send_on(&sock, &ToHelper::Release, &fds)
+                .await
+                .map_err(Error::from)
         };
+        let (scoped, released) = tokio::join!(scope, release);
+        if let Err(e) = released.and(scoped) {
+            // A step of the leader that failed (it exits, and the scope then fails for want of
+            // it) is the cause to report.
+            let e = match spawn::pending(&sock) {
+                Some(FromHelper::Failed {
+                    step,
+                    errno,
+                    message,
+                }) => Error::Helper {
+                    step,
+                    errno,
+                    message: failure_message(name, step, errno, &message),
+                },
+                _ => e,
+            };
+            return Err(abort(e).await);
+        }
+        drop(sources);
         crate::daemon::failpoint::hit("start:after-scope");
         if spec.boot
-            && let Err(e) = crate::daemon::boot::after_scope(
-                self,
-                pid,
-                &plan,
-                &crate::daemon::network::files_dir(&self.layout, name),
-            )
+            && let Err(e) = crate::daemon::boot::delegate_cgroup(self, pid, &plan)
         {
             return Err(abort(e).await);
         }
-        // Volumes and binds are few; their ID-mapped clones are made after the root.
-        if let Err(e) = crate::daemon::mounts::idmap_sources(pid, &plan, &sources) {
-            return Err(abort(e).await);
-        }
-        let _t = Timer::new(name, "mounts and exec (sync #3-#4)");
-        // Sync #3: the root, the device mount when berthd made one, then the detached mounts
-        // of the plan's `Attach` operations (the helper knows from the plan which are there).
-        let (root, nodes) = root;
-        let mut release = vec![root.as_fd()];
-        release.extend(nodes.as_ref().map(|n| n.as_fd()));
-        release.extend(sources.iter().map(|s| s.fd.as_fd()));
-        if let Err(e) = spawn::send_on(&sock, &ToHelper::Release, &release).await {
-            return Err(abort(e.into()).await);
-        }
-        drop(release);
-        drop((root, nodes));
-        drop(sources);
+        let _t = Timer::new(name, "in scope to exec (sync #4-#5)");
+        // Sync #4. If the leader failed meanwhile, the send may fail: its report comes next.
+        let sent = spawn::send_on(&sock, &ToHelper::InScope, &[]).await;
         let want_master = plan.process.terminal.iter().any(|t| *t);
         match spawn::recv_on(&sock, Duration::from_secs(30)).await {
             Ok((FromHelper::Started, mut got)) if got.len() == usize::from(want_master) => {
@@ -259,7 +279,7 @@ impl Registry {
                 Sync::Started
             )))
             .await),
-            Err(e) => Err(abort(e.into()).await),
+            Err(e) => Err(abort(sent.err().unwrap_or(e).into()).await),
         }
     }
 }
