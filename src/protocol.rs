@@ -9,13 +9,13 @@
 //!    The helper process then exits.
 //!    With `--network container:NAME` a sixth descriptor comes last: the network namespace the
 //!    helper joins before it clones the leader.
-//! 3. berthd → leader, [`ToHelper::Release`]: its ID maps are written and its root is made
-//!    (the message carries it, and the detached mounts of binds and volumes). The leader
-//!    attaches the root and makes the plan's mounts up to [`crate::mount::MountOp::InScope`],
-//!    while systemd still makes the scope and berthd plugs the network in.
-//! 4. berthd → leader, [`ToHelper::InScope`]: the scope holds the leader and its network is
-//!    plugged (veth, addresses, routes, forwards, and the generated /etc files); it unshares
-//!    its cgroup namespace, makes the rest of its mounts, pivots and starts the payload.
+//! 3. berthd → leader, [`ToHelper::Release`]: its ID maps are written, its root is made (the
+//!    message carries it, and the detached mounts of binds and volumes) and its network is
+//!    plugged (veth, addresses, routes, forwards, and the generated /etc files). The leader
+//!    makes the plan's mounts up to [`crate::mount::MountOp::InScope`] and pivots, while
+//!    systemd still makes the scope.
+//! 4. berthd → leader, [`ToHelper::InScope`]: the scope holds the leader; it unshares its
+//!    cgroup namespace, mounts its cgroup and starts the payload.
 //! 5. leader → berthd, [`FromHelper::Started`] once the payload has exec'd, or
 //!    [`FromHelper::Failed`] at any step before that (a failure before sync #4 waits in the
 //!    socket until berthd reads it).
@@ -82,7 +82,7 @@ pub enum ToHelper {
     /// Sync #3; carries the container's root, a detached mount, then the detached mounts the
     /// plan's `MountOp::Attach` operations name by index.
     Release,
-    /// Sync #4; no descriptors: the leader is in its scope and its network is plugged in.
+    /// Sync #4; no descriptors: the leader is in its scope.
     InScope,
     /// Run a command in a running container: an [`ExecPlan`] in the first descriptor, the
     /// leader's pidfd in the second, then the standard streams the plan says were passed.

@@ -223,11 +223,7 @@ impl Registry {
                     message,
                 },
                 _,
-            ) => Err(Error::Helper {
-                step,
-                errno,
-                message: super::start::failure_message(name, step, errno, &message),
-            }),
+            ) => Err(super::start::helper_failed(name, step, errno, &message)),
             (other, _) => Err(Error::Failed(format!(
                 "berth-helper sent {other:?} to a bind"
             ))),

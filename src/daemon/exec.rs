@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::error::{Error, Result};
-use super::start::failure_message;
+use super::start::helper_failed;
 use super::table::{Registry, State};
 use crate::plan::exec::{ExecBase, ExecRequest};
 use crate::protocol::{self, FromHelper, ToHelper};
@@ -175,11 +175,7 @@ impl Registry {
                 message,
             } => {
                 helper.finish().await;
-                return Err(Error::Helper {
-                    step,
-                    errno,
-                    message: failure_message(name, step, errno, &message),
-                });
+                return Err(helper_failed(name, step, errno, &message));
             }
             other => {
                 helper.kill().await;

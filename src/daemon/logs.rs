@@ -6,8 +6,9 @@
 //! the payload): the stream protocol carries no fields of ours (`CONTAINER_NAME=`), and
 //! journald rate-limits a stream by the sender's unit — the container's scope, which cannot
 //! raise `LogRateLimitBurst=` — while berthd.service lifts its own limit. Entries
-//! name the unit with `OBJECT_SYSTEMD_UNIT=berth-NAME.scope`, so `journalctl -u` finds them,
-//! and, while it runs, the leader with `OBJECT_PID=` (which journald honours from root).
+//! name the unit that holds the container with `OBJECT_SYSTEMD_UNIT=` (`berth-NAME.scope`, or
+//! `berth@NAME.service`), so `journalctl -u` finds them, and, while it runs, the leader with
+//! `OBJECT_PID=` (which journald honours from root).
 //!
 //! The read ends also live in systemd's FD store (`log-NAME-out.GEN`, `log-NAME-err.GEN`,
 //! GEN the start's time): a restarted berthd relays them on, and a stopping berthd lets its

@@ -351,13 +351,17 @@ fn hard_limit(r: nix::sys::resource::Resource) -> u64 {
     nix::sys::resource::getrlimit(r).map_or(u64::MAX, |(_, hard)| hard)
 }
 
+/// A step the helper or leader reported failed, as the error the caller gets.
+pub(super) fn helper_failed(name: &str, step: protocol::Step, errno: i32, message: &str) -> Error {
+    Error::Helper {
+        step,
+        errno,
+        message: failure_message(name, step, errno, message),
+    }
+}
+
 /// What a failed step tells the user.
-pub(super) fn failure_message(
-    name: &str,
-    step: protocol::Step,
-    errno: i32,
-    message: &str,
-) -> String {
+fn failure_message(name: &str, step: protocol::Step, errno: i32, message: &str) -> String {
     use protocol::Step;
     let errno = nix::errno::Errno::from_raw(errno);
     match (step, errno) {

@@ -7,11 +7,12 @@
 //! 1. (sync #1) the plan arrives; the helper makes a private mount namespace of its own
 //!    ([`before_clone`]) and clones the leader into new namespaces (a user namespace first,
 //!    owning the others); the leader's pidfd goes to berthd (sync #2); the helper exits.
-//! 2. berthd writes the leader's ID maps and makes its root while systemd makes the scope;
-//!    the leader waits for sync #3, which brings the root, then ([`prepare`]) brings loopback
-//!    up, attaches the root, becomes root of its user namespace, makes the plan's mounts and
-//!    masks up to [`mount::MountOp::InScope`] and pivots; at sync #4 (in its scope, its
-//!    network plugged in) it unshares the cgroup namespace, mounts its cgroup, sets the
+//! 2. While systemd makes the scope, berthd writes the leader's ID maps, makes its root and
+//!    plugs its network in; the leader waits for sync #3, which brings the root, then
+//!    ([`prepare`]) brings loopback up, attaches the root, becomes root of its user
+//!    namespace, makes the plan's mounts and masks up to [`mount::MountOp::InScope`] and
+//!    pivots; at sync #4 (in its scope) it unshares the cgroup namespace, mounts its cgroup,
+//!    sets the
 //!    hostname, rlimits and a session keyring, resolves its user in the container's
 //!    own databases, and starts the payload ([`init::exec_steps`]: session, groups, gid, uid,
 //!    working directory, capabilities, no_new_privs, SELinux exec label, seccomp, exec);
@@ -237,7 +238,7 @@ fn run(sock: OwnedFd, plan: &Plan, mut fds: Vec<OwnedFd>, notifier: Option<held:
     }
 }
 
-/// Sync #4: berthd says the leader is in its scope and its network is plugged in.
+/// Sync #4: berthd says the leader is in its scope.
 pub(crate) fn wait_in_scope(sock: &OwnedFd) -> StepResult<()> {
     match protocol::recv::<ToHelper>(sock.as_fd()) {
         Ok((ToHelper::InScope, fds)) if fds.is_empty() => Ok(()),

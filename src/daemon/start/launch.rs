@@ -134,11 +134,7 @@ impl Registry {
                     message,
                 } => {
                     helper.kill().await;
-                    return Err(Error::Helper {
-                        step,
-                        errno,
-                        message: failure_message(name, step, errno, &message),
-                    });
+                    return Err(helper_failed(name, step, errno, &message));
                 }
                 other => {
                     helper.kill().await;
@@ -228,11 +224,7 @@ impl Registry {
                     step,
                     errno,
                     message,
-                }) => Error::Helper {
-                    step,
-                    errno,
-                    message: failure_message(name, step, errno, &message),
-                },
+                }) => helper_failed(name, step, errno, &message),
                 _ => e,
             };
             return Err(abort(e).await);
@@ -268,12 +260,7 @@ impl Registry {
                     message,
                 },
                 _,
-            )) => Err(abort(Error::Helper {
-                step,
-                errno,
-                message: failure_message(name, step, errno, &message),
-            })
-            .await),
+            )) => Err(abort(helper_failed(name, step, errno, &message)).await),
             Ok((other, _)) => Err(abort(Error::Failed(format!(
                 "container sent {other:?} at {}",
                 Sync::Started
