@@ -345,6 +345,19 @@ fn bridge_containers_by_address_and_name() {
                 .await
                 .unwrap();
             assert_eq!(srv.join().unwrap().ip(), IpAddr::V6(aa.ip6.unwrap()));
+            // ... while the bridge ports themselves have no IPv6: no address, no route (each
+            // port's routes would make every veth deletion walk a table growing with them).
+            for port in ["vb-a", "vb-b"] {
+                let off =
+                    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{port}/disable_ipv6"));
+                assert_eq!(off.unwrap().trim(), "1", "{port}");
+                assert_eq!(sh(&format!("ip -6 -o addr show dev {port}")), "", "{port}");
+                assert_eq!(
+                    sh(&format!("ip -6 route show table all dev {port}")),
+                    "",
+                    "{port}"
+                );
+            }
             // a resolves b by name through the resolver on the gateway.
             let gw = SocketAddr::new(IpAddr::V4(aa.gateway4.unwrap()), 53);
             let h = a.run(move || {

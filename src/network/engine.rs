@@ -205,6 +205,19 @@ fn host_ifname(prefix: &str, container: &str, salt: u32) -> IfName {
     name.parse().expect("at most 15 valid bytes")
 }
 
+/// Turn IPv6 off on a bridge port's host end before its peer comes up (no carrier, so no
+/// address or route has been made on it yet). A port needs no IPv6 of its own (the bridge
+/// carries the containers' IPv6), and each port's link-local and multicast routes would make
+/// every later port change walk a routing table that grows with the number of containers
+/// (`fib6_ifdown` at each veth deletion). Without IPv6 in the kernel there is nothing to do.
+fn disable_port_ipv6(ifname: &str) -> std::io::Result<()> {
+    let p = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match fs::write(&p, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 fn sysctl(path: &str, value: &str) -> Result<()> {
     let p = Path::new("/proc/sys").join(path);
     match fs::read_to_string(&p) {

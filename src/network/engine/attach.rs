@@ -203,6 +203,13 @@ impl Networks {
                         netns,
                     )
                     .await
+                    .inspect(|_| {
+                        if master.is_some()
+                            && let Err(e) = disable_port_ipv6(h.as_str())
+                        {
+                            tracing::debug!("cannot turn IPv6 off on port {h}: {e}, ignoring");
+                        }
+                    })
                     .map(Some),
                 None => Ok(None),
             }
