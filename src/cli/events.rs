@@ -286,13 +286,28 @@ async fn container<'a>(conn: &zbus::Connection, path: &'a str) -> zbus::Result<C
     ContainerProxy::builder(conn).path(path).build().await
 }
 
-/// A container's health ("" without a check, or when it cannot be read).
+/// A container's health ("" without a check, or when it cannot be read): one
+/// `Properties.Get`, without the `GetAll` and match rule that a caching container proxy
+/// would first make.
 pub async fn health_of(conn: &zbus::Connection, name: &str) -> String {
     let path = crate::name::container_path(name);
-    match container(conn, &path).await {
-        Ok(c) => c.health().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
+    let get = async {
+        let props = zbus::fdo::PropertiesProxy::builder(conn)
+            .destination(crate::dbus::BUS_NAME)
+            .path(path)
+            .build()
+            .await
+            .ok()?;
+        let v = props
+            .get(
+                zbus::names::InterfaceName::from_static_str_unchecked("org.berth.berth1.Container"),
+                "Health",
+            )
+            .await
+            .ok()?;
+        String::try_from(v).ok()
+    };
+    get.await.unwrap_or_default()
 }
 
 /// A container's readiness, health and restart-policy properties, in one `GetAll`; `None`

@@ -91,14 +91,22 @@ pub async fn run(a: ListArgs) -> CliResult {
         output::print_json(&views);
         return Ok(0);
     }
-    // podman's "Up 5 minutes (healthy)": one property read per running container.
-    let mut health = std::collections::HashMap::new();
-    for c in all.iter().filter(|c| c.state == "running") {
-        let h = super::events::health_of(proxy.inner().connection(), &c.name).await;
-        if !h.is_empty() {
-            health.insert(c.name.clone(), h);
-        }
-    }
+    // podman's "Up 5 minutes (healthy)": one property read per running container, 16 in
+    // flight at a time (one after another, 300 containers took 200 ms).
+    use futures_util::StreamExt;
+    let conn = proxy.inner().connection();
+    let health: std::collections::HashMap<String, String> =
+        futures_util::stream::iter(all.iter().filter(|c| c.state == "running"))
+            .map(|c| async move {
+                (
+                    c.name.clone(),
+                    super::events::health_of(conn, &c.name).await,
+                )
+            })
+            .buffered(16)
+            .filter(|(_, h)| std::future::ready(!h.is_empty()))
+            .collect()
+            .await;
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|c| {
