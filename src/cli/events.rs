@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
+use zbus::names::InterfaceName;
 use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue, Variant};
 
 use super::{CliError, CliResult, Exit, Format, manager};
@@ -286,26 +287,30 @@ async fn container<'a>(conn: &zbus::Connection, path: &'a str) -> zbus::Result<C
     ContainerProxy::builder(conn).path(path).build().await
 }
 
+/// The properties of a container's `org.berth.berth1.Container` interface, without the
+/// `GetAll` and match rule that a caching container proxy would first make.
+async fn container_properties(
+    conn: &zbus::Connection,
+    name: &str,
+) -> Option<(zbus::fdo::PropertiesProxy<'static>, InterfaceName<'static>)> {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(crate::dbus::BUS_NAME)
+        .path(crate::name::container_path(name))
+        .build()
+        .await
+        .ok()?;
+    Some((
+        props,
+        InterfaceName::from_static_str_unchecked("org.berth.berth1.Container"),
+    ))
+}
+
 /// A container's health ("" without a check, or when it cannot be read): one
-/// `Properties.Get`, without the `GetAll` and match rule that a caching container proxy
-/// would first make.
+/// `Properties.Get`.
 pub async fn health_of(conn: &zbus::Connection, name: &str) -> String {
-    let path = crate::name::container_path(name);
     let get = async {
-        let props = zbus::fdo::PropertiesProxy::builder(conn)
-            .destination(crate::dbus::BUS_NAME)
-            .path(path)
-            .build()
-            .await
-            .ok()?;
-        let v = props
-            .get(
-                zbus::names::InterfaceName::from_static_str_unchecked("org.berth.berth1.Container"),
-                "Health",
-            )
-            .await
-            .ok()?;
-        String::try_from(v).ok()
+        let (props, iface) = container_properties(conn, name).await?;
+        String::try_from(props.get(iface, "Health").await.ok()?).ok()
     };
     get.await.unwrap_or_default()
 }
@@ -313,19 +318,8 @@ pub async fn health_of(conn: &zbus::Connection, name: &str) -> String {
 /// A container's readiness, health and restart-policy properties, in one `GetAll`; `None`
 /// when it cannot be read (the container went away meanwhile).
 pub async fn life_of(conn: &zbus::Connection, name: &str) -> Option<crate::dbus::LifeInfo> {
-    let path = crate::name::container_path(name);
-    let props = zbus::fdo::PropertiesProxy::builder(conn)
-        .destination(crate::dbus::BUS_NAME)
-        .path(path)
-        .build()
-        .await
-        .ok()?;
-    let all = props
-        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(
-            "org.berth.berth1.Container",
-        ))
-        .await
-        .ok()?;
+    let (props, iface) = container_properties(conn, name).await?;
+    let all = props.get_all(iface).await.ok()?;
     Some(life_from(&all))
 }
 
