@@ -236,7 +236,7 @@ impl Registry {
         let mut ifaces: Vec<&str> = n.interfaces.iter().map(|i| i.as_str()).collect();
         match &n.mode {
             NetworkMode::Bridge(net) => {
-                self.engine()?.lock().await.inspect_network(net)?;
+                self.engine()?.lock().await.network_def(net)?;
             }
             NetworkMode::Macvlan(parent) => ifaces.push(parent.as_str()),
             NetworkMode::Container(other) => {
@@ -465,11 +465,11 @@ fn view(engine: &Networks, att: &Attachment) -> NetView {
     let def = att
         .network
         .as_ref()
-        .and_then(|n| engine.inspect_network(n).ok());
+        .and_then(|n| engine.network_def(n).ok());
     NetView::of(
         att,
-        def.as_ref().map(|d| d.def.subnet4.prefix()),
-        def.as_ref().and_then(|d| d.def.subnet6).map(|s| s.prefix()),
+        def.map(|d| d.subnet4.prefix()),
+        def.and_then(|d| d.subnet6).map(|s| s.prefix()),
     )
 }
 

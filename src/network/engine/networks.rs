@@ -26,6 +26,13 @@ impl Networks {
         self.store.defs().cloned().collect()
     }
 
+    /// One network's definition alone: what the start path and recovery need, without the
+    /// walk over its leases that `inspect_network` makes (that walk made each start cost more
+    /// as more containers ran).
+    pub fn network_def(&self, name: &NetName) -> Result<&NetworkDef> {
+        self.store.get(name)
+    }
+
     pub fn inspect_network(&self, name: &NetName) -> Result<NetworkInfo> {
         let def = self.store.get(name)?.clone();
         let mut containers: Vec<_> = self
